@@ -1,0 +1,482 @@
+//! `SandboxManager`: every sandbox operation, implemented once for the gateway, the CLI and MCP.
+//!
+//! The manager owns the in-memory index of sandboxes, persists every change to the [`Store`]
+//! before acting on it, and reaches the blocking backends through `spawn_blocking`. Two
+//! background tasks run while the manager lives: the TTL reaper ([`background`]) and the
+//! monitor that records OOM kills and notices sandboxes whose init died.
+//!
+//! Crash safety: a sandbox is recorded as `Creating` before any host resource exists and as
+//! `Stopping` before any is released, so [`reconcile`] can finish or undo either after a crash.
+
+mod background;
+mod error;
+mod reconcile;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+
+pub use self::error::ManagerError;
+use crate::clock::Clock;
+use crate::event::{EventKind, LifecycleEvent, Reason};
+use crate::exec::{ExecOutcome, ExecRequest};
+use crate::id::{SandboxId, TemplateId};
+use crate::net::NetPolicy;
+use crate::runtime::{Runtime, RuntimeSpec, SandboxEndpoints};
+use crate::sandbox::Sandbox;
+use crate::spec::{Limits, SandboxSpec};
+use crate::state::{Operation, SandboxState};
+use crate::storage::{Storage, TemplateInfo};
+use crate::store::Store;
+
+/// The three backends, chosen once by the daemon.
+#[derive(Clone)]
+pub struct Backends {
+    /// Isolation.
+    pub runtime: Arc<dyn Runtime>,
+    /// Root filesystems and templates.
+    pub storage: Arc<dyn Storage>,
+    /// Networking and egress policy.
+    pub net: Arc<dyn NetPolicy>,
+}
+
+impl std::fmt::Debug for Backends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Backends").finish_non_exhaustive()
+    }
+}
+
+/// The manager's settings.
+#[derive(Debug, Clone)]
+pub struct ManagerConfig {
+    /// Bounds on what one sandbox may ask for.
+    pub limits: Limits,
+    /// How often the monitor probes running sandboxes.
+    pub monitor_interval: Duration,
+}
+
+impl Default for ManagerConfig {
+    fn default() -> Self {
+        Self { limits: Limits::default(), monitor_interval: Duration::from_secs(1) }
+    }
+}
+
+/// Which sandboxes `list` returns.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ListFilter {
+    /// Only these states; empty means every live state.
+    pub states: Vec<SandboxState>,
+    /// Only sandboxes whose metadata contains every one of these pairs.
+    pub metadata: BTreeMap<String, String>,
+    /// Only sandboxes of this template.
+    pub template: Option<TemplateId>,
+}
+
+/// Every sandbox operation. Cheap to clone; clones share one manager.
+#[derive(Debug, Clone)]
+pub struct SandboxManager {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    backends: Backends,
+    store: Store,
+    clock: Arc<dyn Clock>,
+    config: ManagerConfig,
+    sandboxes: Mutex<HashMap<SandboxId, Sandbox>>,
+    /// OOM kill counters last seen per sandbox, so each kill is recorded once.
+    oom_seen: Mutex<HashMap<SandboxId, u64>>,
+    /// Woken whenever an end time changes, so the reaper recomputes its deadline.
+    deadlines_changed: Notify,
+}
+
+impl SandboxManager {
+    /// Opens the manager: reconciles persisted records with what the backends hold, then
+    /// starts the TTL reaper and the monitor on the current tokio runtime.
+    ///
+    /// # Errors
+    /// A store or backend failure during reconciliation.
+    pub async fn start(
+        config: ManagerConfig,
+        backends: Backends,
+        store: Store,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, ManagerError> {
+        let manager = Self {
+            inner: Arc::new(Inner {
+                backends,
+                store,
+                clock,
+                config,
+                sandboxes: Mutex::new(HashMap::new()),
+                oom_seen: Mutex::new(HashMap::new()),
+                deadlines_changed: Notify::new(),
+            }),
+        };
+        manager.reconcile().await?;
+        background::spawn(&manager);
+        Ok(manager)
+    }
+
+    fn sandboxes(&self) -> MutexGuard<'_, HashMap<SandboxId, Sandbox>> {
+        self.inner.sandboxes.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Creates and starts a sandbox.
+    ///
+    /// # Errors
+    /// `InvalidSpec`, `TemplateNotFound`, or a backend failure (after which nothing of the
+    /// sandbox remains on the host).
+    #[tracing::instrument(skip(self, spec), fields(template = %spec.template))]
+    pub async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, ManagerError> {
+        spec.validate(&self.inner.config.limits)?;
+        let storage = Arc::clone(&self.inner.backends.storage);
+        let template = spec.template.clone();
+        blocking("look up template", move || storage.template(&template))
+            .await?
+            .map_err(|source| ManagerError::from_storage("look up template", source))?;
+
+        let id = SandboxId::generate().map_err(|source| ManagerError::Entropy { source })?;
+        let now = self.inner.clock.now();
+        let mut sandbox = Sandbox {
+            id: id.clone(),
+            end_at: now + spec.timeout,
+            spec,
+            state: SandboxState::Creating,
+            created_at: now,
+            endpoints: None,
+        };
+        self.persist(&sandbox).await?;
+        self.sandboxes().insert(id.clone(), sandbox.clone());
+
+        match self.provision(&sandbox).await {
+            Ok(endpoints) => {
+                sandbox.state = sandbox.state.apply(Operation::Start).map_err(|source| {
+                    ManagerError::InvalidState { id: id.clone(), source }
+                })?;
+                sandbox.endpoints = Some(endpoints);
+                self.persist(&sandbox).await?;
+                self.sandboxes().insert(id.clone(), sandbox.clone());
+                self.record(&id, EventKind::Created, Reason::Requested, String::new()).await;
+                self.inner.deadlines_changed.notify_one();
+                tracing::info!(sandbox_id = %id, "sandbox created");
+                Ok(sandbox)
+            }
+            Err(error) => {
+                let detail = error_chain(&error);
+                // Provisioning already released what it made; record why it failed.
+                sandbox.state = SandboxState::Failed;
+                self.sandboxes().remove(&id);
+                if let Err(store_error) = self.persist(&sandbox).await {
+                    tracing::warn!(sandbox_id = %id, error = %error_chain(&store_error), "cannot record failed create");
+                }
+                self.record(&id, EventKind::CreateFailed, Reason::Error, detail).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Runs storage, network and runtime set-up; on failure undoes what was done.
+    async fn provision(&self, sandbox: &Sandbox) -> Result<SandboxEndpoints, ManagerError> {
+        let backends = self.inner.backends.clone();
+        let id = sandbox.id.clone();
+        let spec = sandbox.spec.clone();
+        let max_pids = self.inner.config.limits.max_pids;
+        blocking("provision", move || {
+            let result = provision_blocking(&backends, &id, &spec, max_pids);
+            if result.is_err() {
+                release_blocking(&backends, &id);
+            }
+            result
+        })
+        .await?
+    }
+
+    /// A live (running or paused) sandbox.
+    ///
+    /// # Errors
+    /// `SandboxNotFound`.
+    pub fn get(&self, id: &SandboxId) -> Result<Sandbox, ManagerError> {
+        self.sandboxes()
+            .get(id)
+            .filter(|sandbox| sandbox.state.is_live())
+            .cloned()
+            .ok_or_else(|| ManagerError::SandboxNotFound { id: id.clone() })
+    }
+
+    /// Live sandboxes matching `filter`, oldest first.
+    pub fn list(&self, filter: &ListFilter) -> Vec<Sandbox> {
+        let mut sandboxes: Vec<Sandbox> = self
+            .sandboxes()
+            .values()
+            .filter(|sandbox| sandbox.state.is_live())
+            .filter(|sandbox| filter.states.is_empty() || filter.states.contains(&sandbox.state))
+            .filter(|sandbox| filter.template.as_ref().is_none_or(|t| *t == sandbox.spec.template))
+            .filter(|sandbox| {
+                filter.metadata.iter().all(|(key, value)| sandbox.spec.metadata.get(key) == Some(value))
+            })
+            .cloned()
+            .collect();
+        sandboxes.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        sandboxes
+    }
+
+    /// Kills a sandbox and releases all its host resources.
+    ///
+    /// # Errors
+    /// `SandboxNotFound`, `InvalidState` (already being killed), or a backend failure (the
+    /// sandbox then stays `Stopping` and the monitor retries the cleanup).
+    #[tracing::instrument(skip(self), fields(sandbox_id = %id))]
+    pub async fn kill(&self, id: &SandboxId) -> Result<(), ManagerError> {
+        self.kill_with_reason(id, Reason::Requested).await
+    }
+
+    async fn kill_with_reason(&self, id: &SandboxId, reason: Reason) -> Result<(), ManagerError> {
+        let sandbox = self.begin_stopping(id)?;
+        self.persist(&sandbox).await?;
+        self.finish_stopping(sandbox, EventKind::Killed, reason, String::new()).await
+    }
+
+    /// Moves a live sandbox to `Stopping` in memory, refusing concurrent kills.
+    fn begin_stopping(&self, id: &SandboxId) -> Result<Sandbox, ManagerError> {
+        let mut sandboxes = self.sandboxes();
+        let sandbox = sandboxes
+            .get_mut(id)
+            .filter(|sandbox| sandbox.state != SandboxState::Stopped)
+            .ok_or_else(|| ManagerError::SandboxNotFound { id: id.clone() })?;
+        sandbox.state = sandbox
+            .state
+            .apply(Operation::Kill)
+            .map_err(|source| ManagerError::InvalidState { id: id.clone(), source })?;
+        Ok(sandbox.clone())
+    }
+
+    /// Releases a `Stopping` sandbox's resources and records it as stopped.
+    async fn finish_stopping(
+        &self,
+        mut sandbox: Sandbox,
+        kind: EventKind,
+        reason: Reason,
+        detail: String,
+    ) -> Result<(), ManagerError> {
+        let backends = self.inner.backends.clone();
+        let id = sandbox.id.clone();
+        blocking("release", move || try_release_blocking(&backends, &id)).await??;
+        sandbox.state = sandbox
+            .state
+            .apply(Operation::Finish)
+            .map_err(|source| ManagerError::InvalidState { id: sandbox.id.clone(), source })?;
+        self.persist(&sandbox).await?;
+        self.sandboxes().remove(&sandbox.id);
+        self.oom_seen().remove(&sandbox.id);
+        self.record(&sandbox.id, kind, reason, detail).await;
+        tracing::info!(sandbox_id = %sandbox.id, reason = reason.as_str(), "sandbox stopped");
+        Ok(())
+    }
+
+    /// Sets the end time to now + `timeout` (shorter or longer than before).
+    ///
+    /// # Errors
+    /// `SandboxNotFound`, `InvalidSpec` for a timeout out of range.
+    pub async fn set_timeout(&self, id: &SandboxId, timeout: Duration) -> Result<Sandbox, ManagerError> {
+        let limits = &self.inner.config.limits;
+        if timeout.is_zero() || timeout > limits.max_timeout {
+            return Err(ManagerError::InvalidSpec(crate::spec::SpecError::Timeout {
+                got_secs: timeout.as_secs(),
+                max_secs: limits.max_timeout.as_secs(),
+            }));
+        }
+        let end_at = self.inner.clock.now() + timeout;
+        let sandbox = {
+            let mut sandboxes = self.sandboxes();
+            let sandbox = sandboxes
+                .get_mut(id)
+                .filter(|sandbox| sandbox.state.is_live())
+                .ok_or_else(|| ManagerError::SandboxNotFound { id: id.clone() })?;
+            sandbox.end_at = end_at;
+            sandbox.clone()
+        };
+        self.persist(&sandbox).await?;
+        self.inner.deadlines_changed.notify_one();
+        let detail = format!("{} s from now", timeout.as_secs());
+        self.record(id, EventKind::TimeoutChanged, Reason::Requested, detail).await;
+        Ok(sandbox)
+    }
+
+    /// How to reach a running sandbox's init and envd.
+    ///
+    /// # Errors
+    /// `SandboxNotFound`, `InvalidState` when it is not running.
+    pub fn endpoints(&self, id: &SandboxId) -> Result<SandboxEndpoints, ManagerError> {
+        let sandbox = self.get(id)?;
+        if sandbox.state != SandboxState::Running {
+            return Err(ManagerError::NotRunning { id: id.clone(), state: sandbox.state });
+        }
+        sandbox.endpoints.ok_or_else(|| ManagerError::NotRunning { id: id.clone(), state: sandbox.state })
+    }
+
+    /// Runs a command to completion inside a running sandbox (control path, bounded output).
+    ///
+    /// # Errors
+    /// `SandboxNotFound`, `NotRunning`, or a runtime failure.
+    #[tracing::instrument(skip(self, request), fields(sandbox_id = %id))]
+    pub async fn exec(&self, id: &SandboxId, request: ExecRequest) -> Result<ExecOutcome, ManagerError> {
+        self.endpoints(id)?;
+        let runtime = Arc::clone(&self.inner.backends.runtime);
+        let sandbox_id = id.clone();
+        let outcome = blocking("exec", move || runtime.exec(&sandbox_id, &request))
+            .await?
+            .map_err(|source| ManagerError::from_runtime("exec", source))?;
+        // A command killed for memory shows up as SIGKILL; record the OOM now rather than at
+        // the next monitor tick, so the event precedes the caller's next request.
+        self.check_oom(id).await;
+        Ok(outcome)
+    }
+
+    /// A sandbox's lifecycle events, oldest first; also for sandboxes that are gone.
+    ///
+    /// # Errors
+    /// A store failure.
+    pub async fn events(&self, id: &SandboxId) -> Result<Vec<LifecycleEvent>, ManagerError> {
+        let inner = Arc::clone(&self.inner);
+        let id = id.clone();
+        Ok(blocking("read events", move || inner.store.events(&id)).await??)
+    }
+
+    /// Every template.
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn templates(&self) -> Result<Vec<TemplateInfo>, ManagerError> {
+        let storage = Arc::clone(&self.inner.backends.storage);
+        blocking("list templates", move || storage.templates())
+            .await?
+            .map_err(|source| ManagerError::from_storage("list templates", source))
+    }
+
+    fn oom_seen(&self) -> MutexGuard<'_, HashMap<SandboxId, u64>> {
+        self.inner.oom_seen.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records one event per OOM kill not seen before.
+    async fn check_oom(&self, id: &SandboxId) {
+        let runtime = Arc::clone(&self.inner.backends.runtime);
+        let sandbox_id = id.clone();
+        let probe = match blocking("probe", move || runtime.probe(&sandbox_id)).await {
+            Ok(Ok(probe)) => probe,
+            _ => return,
+        };
+        let new_kills = {
+            let mut seen = self.oom_seen();
+            let last = seen.entry(id.clone()).or_insert(0);
+            let new_kills = probe.oom_kills.saturating_sub(*last);
+            *last = probe.oom_kills;
+            new_kills
+        };
+        for _ in 0..new_kills {
+            let detail = format!("memory limit {} MiB reached", self.memory_mb(id).unwrap_or(0));
+            self.record(id, EventKind::OomKill, Reason::Oom, detail).await;
+        }
+    }
+
+    fn memory_mb(&self, id: &SandboxId) -> Option<u32> {
+        self.sandboxes().get(id).map(|sandbox| sandbox.spec.memory_mb)
+    }
+
+    async fn persist(&self, sandbox: &Sandbox) -> Result<(), ManagerError> {
+        let inner = Arc::clone(&self.inner);
+        let sandbox = sandbox.clone();
+        Ok(blocking("persist", move || inner.store.put(&sandbox)).await??)
+    }
+
+    /// Appends an event; a failure to record is logged, never fatal to the operation.
+    async fn record(&self, id: &SandboxId, kind: EventKind, reason: Reason, detail: String) {
+        let event = LifecycleEvent { sandbox_id: id.clone(), at: self.inner.clock.now(), kind, reason, detail };
+        let inner = Arc::clone(&self.inner);
+        match blocking("record event", move || inner.store.record_event(&event)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cannot record event"),
+            Err(error) => tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cannot record event"),
+        }
+    }
+}
+
+fn provision_blocking(
+    backends: &Backends,
+    id: &SandboxId,
+    spec: &SandboxSpec,
+    max_pids: u32,
+) -> Result<SandboxEndpoints, ManagerError> {
+    let root = backends
+        .storage
+        .create_rootfs(id, &spec.template, spec.disk_mb)
+        .map_err(|source| ManagerError::from_storage("create rootfs", source))?;
+    let network = backends
+        .net
+        .attach(id, &spec.network)
+        .map_err(|source| ManagerError::from_net("attach network", source))?;
+    let runtime_spec = RuntimeSpec {
+        hostname: id.to_string(),
+        vcpus: spec.vcpus,
+        memory_mb: spec.memory_mb,
+        max_pids,
+        env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        network,
+    };
+    backends
+        .runtime
+        .create(id, &runtime_spec, &root)
+        .map_err(|source| ManagerError::from_runtime("create", source))?;
+    backends.runtime.start(id).map_err(|source| ManagerError::from_runtime("start", source))
+}
+
+/// Releases everything of a sandbox, in reverse order of creation, stopping at the first
+/// failure so that a retry starts where this one stopped.
+fn try_release_blocking(backends: &Backends, id: &SandboxId) -> Result<(), ManagerError> {
+    backends.runtime.destroy(id).map_err(|source| ManagerError::from_runtime("destroy", source))?;
+    backends.net.detach(id).map_err(|source| ManagerError::from_net("detach network", source))?;
+    backends
+        .storage
+        .destroy_rootfs(id)
+        .map_err(|source| ManagerError::from_storage("destroy rootfs", source))
+}
+
+/// Best-effort release after a failed create; failures are logged and left to reconciliation.
+fn release_blocking(backends: &Backends, id: &SandboxId) {
+    if let Err(error) = backends.runtime.destroy(id) {
+        tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "rollback: runtime destroy failed");
+    }
+    if let Err(error) = backends.net.detach(id) {
+        tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "rollback: network detach failed");
+    }
+    if let Err(error) = backends.storage.destroy_rootfs(id) {
+        tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "rollback: rootfs destroy failed");
+    }
+}
+
+/// Runs blocking backend work on tokio's blocking pool.
+async fn blocking<T, F>(op: &'static str, work: F) -> Result<T, ManagerError>
+where
+    F: FnOnce() -> T + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(work).await.map_err(|source| ManagerError::Task { op, source })
+}
+
+/// An error and its sources on one line, for event details and logs.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests;

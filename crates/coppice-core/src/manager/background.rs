@@ -1,0 +1,116 @@
+//! The manager's background tasks: the TTL reaper and the monitor.
+//!
+//! Both hold only a weak reference, so they end when the last `SandboxManager` clone is dropped.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, SystemTime};
+
+use super::{Inner, SandboxManager, blocking, error_chain};
+use crate::event::{EventKind, Reason};
+use crate::id::SandboxId;
+use crate::state::SandboxState;
+
+/// Longest the reaper sleeps without re-checking, so clock jumps are noticed.
+const REAPER_MAX_SLEEP: Duration = Duration::from_secs(30);
+
+pub(super) fn spawn(manager: &SandboxManager) {
+    let weak = Arc::downgrade(&manager.inner);
+    tokio::spawn(reaper(weak.clone()));
+    tokio::spawn(monitor(weak, manager.inner.config.monitor_interval));
+}
+
+fn upgrade(weak: &Weak<Inner>) -> Option<SandboxManager> {
+    weak.upgrade().map(|inner| SandboxManager { inner })
+}
+
+async fn reaper(weak: Weak<Inner>) {
+    loop {
+        let Some(manager) = upgrade(&weak) else { return };
+        let now = manager.inner.clock.now();
+        let (expired, next_deadline) = manager.deadlines(now);
+        for id in expired {
+            // Pausing on timeout arrives with the lifecycle work; until then auto-pause
+            // sandboxes are killed like the others, and the event says so.
+            match manager.kill_with_reason(&id, Reason::Timeout).await {
+                Ok(()) | Err(super::ManagerError::SandboxNotFound { .. } | super::ManagerError::InvalidState { .. }) => {}
+                Err(error) => tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "TTL kill failed"),
+            }
+        }
+        let sleep_for = next_deadline
+            .and_then(|deadline| deadline.duration_since(now).ok())
+            .map_or(REAPER_MAX_SLEEP, |wait| wait.min(REAPER_MAX_SLEEP));
+        let notified = Arc::clone(&manager.inner);
+        drop(manager);
+        tokio::select! {
+            () = tokio::time::sleep(sleep_for) => {}
+            () = notified.deadlines_changed.notified() => {}
+        }
+    }
+}
+
+async fn monitor(weak: Weak<Inner>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(manager) = upgrade(&weak) else { return };
+        manager.monitor_once().await;
+    }
+}
+
+impl SandboxManager {
+    /// Running sandboxes past their end time, and the earliest end time still ahead.
+    fn deadlines(&self, now: SystemTime) -> (Vec<SandboxId>, Option<SystemTime>) {
+        let sandboxes = self.sandboxes();
+        let mut expired = Vec::new();
+        let mut next = None::<SystemTime>;
+        for sandbox in sandboxes.values().filter(|s| s.state.is_live()) {
+            if sandbox.end_at <= now {
+                expired.push(sandbox.id.clone());
+            } else {
+                next = Some(next.map_or(sandbox.end_at, |n| n.min(sandbox.end_at)));
+            }
+        }
+        (expired, next)
+    }
+
+    /// One monitor pass: OOM kills, dead inits, and retries of unfinished cleanups.
+    pub(super) async fn monitor_once(&self) {
+        let snapshot: Vec<(SandboxId, SandboxState)> =
+            self.sandboxes().values().map(|s| (s.id.clone(), s.state)).collect();
+        for (id, state) in snapshot {
+            match state {
+                SandboxState::Running => self.check_running(&id).await,
+                SandboxState::Stopping => {
+                    let Some(sandbox) = self.sandboxes().get(&id).cloned() else { continue };
+                    let detail = "cleanup retried".to_owned();
+                    if let Err(error) =
+                        self.finish_stopping(sandbox, EventKind::Killed, Reason::Requested, detail).await
+                    {
+                        tracing::debug!(sandbox_id = %id, error = %error_chain(&error), "cleanup retry failed");
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    async fn check_running(&self, id: &SandboxId) {
+        self.check_oom(id).await;
+        let runtime = Arc::clone(&self.inner.backends.runtime);
+        let sandbox_id = id.clone();
+        let Ok(Ok(probe)) = blocking("probe", move || runtime.probe(&sandbox_id)).await else { return };
+        if probe.alive {
+            return;
+        }
+        let Ok(sandbox) = self.begin_stopping(id) else { return };
+        let detail = "sandbox init exited".to_owned();
+        if let Err(error) = self.persist(&sandbox).await {
+            tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cannot record exit");
+            return;
+        }
+        if let Err(error) = self.finish_stopping(sandbox, EventKind::Exited, Reason::Error, detail).await {
+            tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cleanup of exited sandbox failed");
+        }
+    }
+}

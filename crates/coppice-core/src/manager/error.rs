@@ -1,0 +1,126 @@
+//! The error every manager operation returns, classified by kind for the frontends.
+
+use crate::error::ErrorKind;
+use crate::id::{SandboxId, TemplateId};
+use crate::net::NetError;
+use crate::runtime::RuntimeError;
+use crate::spec::SpecError;
+use crate::state::{InvalidTransition, SandboxState};
+use crate::storage::StorageError;
+use crate::store::StoreError;
+
+/// Why a manager operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The spec breaks a limit.
+    #[error("invalid sandbox spec")]
+    InvalidSpec(#[from] SpecError),
+    /// No live sandbox with that id.
+    #[error("sandbox {id} not found")]
+    SandboxNotFound {
+        /// The sandbox.
+        id: SandboxId,
+    },
+    /// No template with that id.
+    #[error("template {id} not found")]
+    TemplateNotFound {
+        /// The template.
+        id: TemplateId,
+    },
+    /// The operation does not fit the sandbox's state.
+    #[error("sandbox {id}: invalid state")]
+    InvalidState {
+        /// The sandbox.
+        id: SandboxId,
+        /// The refused transition.
+        #[source]
+        source: InvalidTransition,
+    },
+    /// The sandbox exists but is not running.
+    #[error("sandbox {id} is {state}, not running")]
+    NotRunning {
+        /// The sandbox.
+        id: SandboxId,
+        /// Its state.
+        state: SandboxState,
+    },
+    /// The isolation backend failed.
+    #[error("runtime {op} failed")]
+    Runtime {
+        /// The operation.
+        op: &'static str,
+        /// The backend error.
+        #[source]
+        source: RuntimeError,
+    },
+    /// The storage backend failed.
+    #[error("storage {op} failed")]
+    Storage {
+        /// The operation.
+        op: &'static str,
+        /// The backend error.
+        #[source]
+        source: StorageError,
+    },
+    /// The network backend failed.
+    #[error("network {op} failed")]
+    Net {
+        /// The operation.
+        op: &'static str,
+        /// The backend error.
+        #[source]
+        source: NetError,
+    },
+    /// The state database failed.
+    #[error("state database failed")]
+    Store(#[from] StoreError),
+    /// The OS entropy source failed.
+    #[error("cannot generate a sandbox id")]
+    Entropy {
+        /// The cause.
+        #[source]
+        source: getrandom::Error,
+    },
+    /// A blocking task panicked or was cancelled.
+    #[error("background task {op} did not complete")]
+    Task {
+        /// The operation.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: tokio::task::JoinError,
+    },
+}
+
+impl ManagerError {
+    pub(crate) fn from_runtime(op: &'static str, source: RuntimeError) -> Self {
+        match source {
+            RuntimeError::NotFound { id } => Self::SandboxNotFound { id },
+            source => Self::Runtime { op, source },
+        }
+    }
+
+    pub(crate) fn from_storage(op: &'static str, source: StorageError) -> Self {
+        match source {
+            StorageError::TemplateNotFound { id } => Self::TemplateNotFound { id },
+            source => Self::Storage { op, source },
+        }
+    }
+
+    pub(crate) fn from_net(op: &'static str, source: NetError) -> Self {
+        Self::Net { op, source }
+    }
+
+    /// The kind of failure, for picking a status code.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::InvalidSpec(_) => ErrorKind::Invalid,
+            Self::SandboxNotFound { .. } | Self::TemplateNotFound { .. } => ErrorKind::NotFound,
+            Self::InvalidState { .. } | Self::NotRunning { .. } => ErrorKind::Conflict,
+            Self::Runtime { source, .. } => source.kind(),
+            Self::Storage { source, .. } => source.kind(),
+            Self::Net { source, .. } => source.kind(),
+            Self::Store(_) | Self::Entropy { .. } | Self::Task { .. } => ErrorKind::Internal,
+        }
+    }
+}

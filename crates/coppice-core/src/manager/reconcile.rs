@@ -1,0 +1,94 @@
+//! Start-up reconciliation: persisted records against what the backends actually hold.
+//!
+//! - running or paused records whose init is alive are re-adopted;
+//! - records that were `Creating` are cleaned up and marked failed (the create never answered);
+//! - records that were `Stopping` are cleaned up and marked stopped;
+//! - running records whose init is gone are cleaned up and marked failed;
+//! - backend resources with no active record are removed.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::{Backends, ManagerError, SandboxManager, blocking, error_chain, try_release_blocking};
+use crate::event::{EventKind, Reason};
+use crate::id::SandboxId;
+use crate::runtime::RuntimeSandbox;
+use crate::state::SandboxState;
+
+struct Inventory {
+    runtime: Vec<RuntimeSandbox>,
+    storage: Vec<SandboxId>,
+    net: Vec<SandboxId>,
+}
+
+impl SandboxManager {
+    pub(super) async fn reconcile(&self) -> Result<(), ManagerError> {
+        let inner = Arc::clone(&self.inner);
+        let records = blocking("load records", move || inner.store.active()).await??;
+        let backends = self.inner.backends.clone();
+        let inventory = blocking("inventory", move || take_inventory(&backends)).await??;
+
+        let mut known = BTreeSet::new();
+        for mut sandbox in records {
+            known.insert(sandbox.id.clone());
+            let alive = inventory.runtime.iter().any(|found| found.id == sandbox.id && found.alive);
+            match sandbox.state {
+                SandboxState::Running | SandboxState::Paused if alive => {
+                    tracing::info!(sandbox_id = %sandbox.id, "re-adopted sandbox after restart");
+                    self.sandboxes().insert(sandbox.id.clone(), sandbox.clone());
+                    self.record(&sandbox.id, EventKind::Readopted, Reason::Restart, String::new()).await;
+                }
+                SandboxState::Stopping => {
+                    self.sandboxes().insert(sandbox.id.clone(), sandbox.clone());
+                    let detail = "kill completed after restart".to_owned();
+                    if let Err(error) =
+                        self.finish_stopping(sandbox, EventKind::Killed, Reason::Restart, detail).await
+                    {
+                        tracing::warn!(error = %error_chain(&error), "cleanup after restart failed; will retry");
+                    }
+                }
+                state => {
+                    let (kind, detail) = if state == SandboxState::Creating {
+                        (EventKind::CreateFailed, "daemon restarted during create".to_owned())
+                    } else {
+                        (EventKind::Exited, "sandbox init not running after restart".to_owned())
+                    };
+                    let backends = self.inner.backends.clone();
+                    let id = sandbox.id.clone();
+                    blocking("release", move || try_release_blocking(&backends, &id)).await??;
+                    sandbox.state = SandboxState::Failed;
+                    self.persist(&sandbox).await?;
+                    self.record(&sandbox.id, kind, Reason::Restart, detail).await;
+                }
+            }
+        }
+
+        let orphans: BTreeSet<SandboxId> = inventory
+            .runtime
+            .iter()
+            .map(|found| found.id.clone())
+            .chain(inventory.storage)
+            .chain(inventory.net)
+            .filter(|id| !known.contains(id))
+            .collect();
+        for id in orphans {
+            tracing::info!(sandbox_id = %id, "removing leftovers of an unknown sandbox");
+            let backends = self.inner.backends.clone();
+            let sandbox_id = id.clone();
+            blocking("release", move || try_release_blocking(&backends, &sandbox_id)).await??;
+            self.record(&id, EventKind::CleanedUp, Reason::Restart, String::new()).await;
+        }
+        Ok(())
+    }
+}
+
+fn take_inventory(backends: &Backends) -> Result<Inventory, ManagerError> {
+    Ok(Inventory {
+        runtime: backends.runtime.list().map_err(|source| ManagerError::from_runtime("list", source))?,
+        storage: backends
+            .storage
+            .list_rootfs()
+            .map_err(|source| ManagerError::from_storage("list rootfs", source))?,
+        net: backends.net.list().map_err(|source| ManagerError::from_net("list", source))?,
+    })
+}

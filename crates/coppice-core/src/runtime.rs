@@ -1,0 +1,165 @@
+//! The `Runtime` trait: creates, starts and destroys isolated execution environments.
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+use crate::error::ErrorKind;
+use crate::exec::{ExecOutcome, ExecRequest};
+use crate::id::SandboxId;
+use crate::net::NetAttachment;
+use crate::storage::RootFs;
+
+/// What the runtime needs to know to build a sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSpec {
+    /// Hostname inside the sandbox.
+    pub hostname: String,
+    /// CPU quota in whole cores.
+    pub vcpus: u32,
+    /// Memory limit in MiB.
+    pub memory_mb: u32,
+    /// Most processes and threads.
+    pub max_pids: u32,
+    /// Environment given to every process the runtime starts.
+    pub env: Vec<(String, String)>,
+    /// How the sandbox is connected to the network.
+    pub network: NetAttachment,
+}
+
+/// How the host reaches a running sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxEndpoints {
+    /// Unix socket of the sandbox init's control channel (exec, health).
+    pub control_socket: PathBuf,
+    /// Unix socket where envd listens once it runs; created inside the sandbox's run dir.
+    pub envd_socket: PathBuf,
+}
+
+/// A point-in-time view of a running sandbox, as the runtime sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Probe {
+    /// Whether the sandbox's init process is alive.
+    pub alive: bool,
+    /// How many processes the kernel's OOM killer has killed in the sandbox so far.
+    pub oom_kills: u64,
+    /// Memory in use, in bytes.
+    pub memory_bytes: u64,
+    /// Processes and threads in the sandbox.
+    pub pids: u64,
+}
+
+/// Creates, starts and destroys isolated execution environments.
+///
+/// Implementations block; `SandboxManager` calls them off the async runtime.
+pub trait Runtime: Send + Sync + 'static {
+    /// Prepares the sandbox (limits, directories) without starting anything.
+    ///
+    /// # Errors
+    /// `AlreadyExists` if `id` is known, otherwise a backend failure; nothing stays behind.
+    fn create(&self, id: &SandboxId, spec: &RuntimeSpec, root: &RootFs) -> Result<(), RuntimeError>;
+
+    /// Starts the sandbox's init and returns how to reach it once it is ready.
+    ///
+    /// # Errors
+    /// `NotFound` if `id` was never created.
+    fn start(&self, id: &SandboxId) -> Result<SandboxEndpoints, RuntimeError>;
+
+    /// Runs one command to completion inside the sandbox, over the control channel.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown or dead sandbox; `Invalid` for a request the sandbox refuses.
+    fn exec(&self, id: &SandboxId, request: &ExecRequest) -> Result<ExecOutcome, RuntimeError>;
+
+    /// Reports liveness and resource counters.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown sandbox.
+    fn probe(&self, id: &SandboxId) -> Result<Probe, RuntimeError>;
+
+    /// Kills every process of the sandbox and releases everything `create` and `start` made.
+    /// Destroying an unknown sandbox succeeds, so that cleanup can be retried.
+    ///
+    /// # Errors
+    /// A backend failure; the call can be retried.
+    fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+
+    /// Every sandbox the runtime holds resources for, e.g. after a restart of the daemon.
+    ///
+    /// # Errors
+    /// A backend failure.
+    fn list(&self) -> Result<Vec<RuntimeSandbox>, RuntimeError>;
+}
+
+/// One sandbox found by [`Runtime::list`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeSandbox {
+    /// Its id.
+    pub id: SandboxId,
+    /// Whether its init is alive (it can be re-adopted) or only leftovers remain.
+    pub alive: bool,
+    /// When its init started, if it did.
+    pub started_at: Option<SystemTime>,
+}
+
+/// A runtime failure, classified by kind; the backend's detail travels as the source.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// No such sandbox.
+    #[error("sandbox {id} not found in the runtime")]
+    NotFound {
+        /// The sandbox.
+        id: SandboxId,
+    },
+    /// The sandbox already exists.
+    #[error("sandbox {id} already exists in the runtime")]
+    AlreadyExists {
+        /// The sandbox.
+        id: SandboxId,
+    },
+    /// The request cannot be carried out as given.
+    #[error("invalid {what}: {reason}")]
+    Invalid {
+        /// What was invalid.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// This runtime cannot do it.
+    #[error("{what} is not supported by this runtime")]
+    Unsupported {
+        /// The capability.
+        what: &'static str,
+    },
+    /// The sandbox did not answer in time.
+    #[error("sandbox {id} did not answer within {waited:?}")]
+    Timeout {
+        /// The sandbox.
+        id: SandboxId,
+        /// How long we waited.
+        waited: Duration,
+    },
+    /// A failure inside the backend.
+    #[error("runtime operation {op} failed for sandbox {id}")]
+    Backend {
+        /// The operation.
+        op: &'static str,
+        /// The sandbox.
+        id: SandboxId,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl RuntimeError {
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Self::Invalid { .. } => ErrorKind::Invalid,
+            Self::Unsupported { .. } => ErrorKind::Unsupported,
+            Self::Timeout { .. } | Self::Backend { .. } => ErrorKind::Internal,
+        }
+    }
+}

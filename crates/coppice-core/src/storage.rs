@@ -1,0 +1,155 @@
+//! The `Storage` trait: templates and the per-sandbox root filesystems made from them.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use crate::error::ErrorKind;
+use crate::id::{SandboxId, TemplateId};
+
+/// A template as storage knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateInfo {
+    /// Its id.
+    pub id: TemplateId,
+    /// When it was built.
+    pub created_at: SystemTime,
+    /// Bytes on disk of its own layers (shared host directories not counted).
+    pub size_bytes: u64,
+    /// The user processes run as by default.
+    pub default_user: String,
+    /// The default working directory.
+    pub default_workdir: String,
+}
+
+/// A host directory mounted into the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindMount {
+    /// Host path.
+    pub source: PathBuf,
+    /// Absolute path inside the sandbox.
+    pub target: PathBuf,
+    /// Mounted read-only.
+    pub read_only: bool,
+}
+
+/// A sandbox's root filesystem, in the form the storage backend produced it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RootFs {
+    /// An overlay of read-only layers under a per-sandbox writable upper directory.
+    Overlay {
+        /// Read-only layers, topmost first.
+        lower: Vec<PathBuf>,
+        /// The sandbox's writable layer.
+        upper: PathBuf,
+        /// overlayfs's scratch directory, on the same filesystem as `upper`.
+        work: PathBuf,
+        /// Host directories mounted on top (e.g. a read-only `/usr`).
+        binds: Vec<BindMount>,
+    },
+    /// A plain directory the sandbox owns (e.g. a ZFS clone's mountpoint).
+    Directory {
+        /// The directory.
+        path: PathBuf,
+        /// Host directories mounted on top.
+        binds: Vec<BindMount>,
+    },
+}
+
+/// Holds templates and makes root filesystems from them.
+///
+/// Implementations block; `SandboxManager` calls them off the async runtime.
+pub trait Storage: Send + Sync + 'static {
+    /// Every template.
+    ///
+    /// # Errors
+    /// A backend failure.
+    fn templates(&self) -> Result<Vec<TemplateInfo>, StorageError>;
+
+    /// One template.
+    ///
+    /// # Errors
+    /// `TemplateNotFound`.
+    fn template(&self, id: &TemplateId) -> Result<TemplateInfo, StorageError>;
+
+    /// Makes the root filesystem of a new sandbox from `template`.
+    ///
+    /// # Errors
+    /// `TemplateNotFound`, `AlreadyExists`, or a backend failure; nothing stays behind.
+    fn create_rootfs(
+        &self,
+        id: &SandboxId,
+        template: &TemplateId,
+        disk_mb: u32,
+    ) -> Result<RootFs, StorageError>;
+
+    /// The root filesystem of an existing sandbox, e.g. after a restart of the daemon.
+    ///
+    /// # Errors
+    /// `NotFound`.
+    fn rootfs(&self, id: &SandboxId) -> Result<RootFs, StorageError>;
+
+    /// Deletes a sandbox's root filesystem. Deleting an unknown one succeeds.
+    ///
+    /// # Errors
+    /// A backend failure; the call can be retried.
+    fn destroy_rootfs(&self, id: &SandboxId) -> Result<(), StorageError>;
+
+    /// Every sandbox that has a root filesystem.
+    ///
+    /// # Errors
+    /// A backend failure.
+    fn list_rootfs(&self) -> Result<Vec<SandboxId>, StorageError>;
+}
+
+/// A storage failure, classified by kind.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// No such template.
+    #[error("template {id} not found")]
+    TemplateNotFound {
+        /// The template.
+        id: TemplateId,
+    },
+    /// No root filesystem for that sandbox.
+    #[error("no root filesystem for sandbox {id}")]
+    NotFound {
+        /// The sandbox.
+        id: SandboxId,
+    },
+    /// A root filesystem for that sandbox already exists.
+    #[error("a root filesystem for sandbox {id} already exists")]
+    AlreadyExists {
+        /// The sandbox.
+        id: SandboxId,
+    },
+    /// Out of space or a quota.
+    #[error("storage exhausted while {op}")]
+    Exhausted {
+        /// The operation.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// A failure inside the backend.
+    #[error("storage operation {op} failed")]
+    Backend {
+        /// The operation.
+        op: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl StorageError {
+    /// The kind of failure.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::TemplateNotFound { .. } | Self::NotFound { .. } => ErrorKind::NotFound,
+            Self::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Self::Exhausted { .. } => ErrorKind::Exhausted,
+            Self::Backend { .. } => ErrorKind::Internal,
+        }
+    }
+}

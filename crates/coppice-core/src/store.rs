@@ -1,0 +1,422 @@
+//! Sandbox records and lifecycle events persisted in SQLite (WAL) under the data dir.
+//!
+//! Persisted records are separate serde structs with an explicit `version`, so the domain
+//! types never derive `Serialize`. Every call blocks; the manager calls them off the async
+//! runtime.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::{Deserialize, Serialize};
+
+use crate::clock::{from_unix_millis, to_unix_millis};
+use crate::event::{EventKind, LifecycleEvent, Reason};
+use crate::id::{SandboxId, TemplateId};
+use crate::runtime::SandboxEndpoints;
+use crate::sandbox::Sandbox;
+use crate::spec::{NetworkSpec, SandboxSpec};
+use crate::state::SandboxState;
+
+/// The record format written today.
+const RECORD_VERSION: u32 = 1;
+
+/// A persistence failure.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or migrated.
+    #[error("cannot open the state database {path}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A query failed.
+    #[error("state database query {op} failed")]
+    Query {
+        /// Which query.
+        op: &'static str,
+        /// The cause.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A record could not be encoded or decoded.
+    #[error("sandbox record {id} is not readable")]
+    Record {
+        /// The record's key.
+        id: String,
+        /// The cause.
+        #[source]
+        source: RecordError,
+    },
+}
+
+/// Why a stored record could not be turned back into a domain value.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Bad JSON.
+    #[error("invalid JSON")]
+    Json(#[from] serde_json::Error),
+    /// A record version this build does not know.
+    #[error("unknown record version {0}")]
+    Version(u32),
+    /// A field that does not parse.
+    #[error("invalid field {field}")]
+    Field {
+        /// The field name.
+        field: &'static str,
+    },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct SandboxRecord {
+    version: u32,
+    id: String,
+    template: String,
+    vcpus: u32,
+    memory_mb: u32,
+    disk_mb: u32,
+    env: BTreeMap<String, String>,
+    metadata: BTreeMap<String, String>,
+    timeout_ms: u64,
+    auto_pause: bool,
+    allow_internet: bool,
+    allow_out: Vec<String>,
+    deny_out: Vec<String>,
+    state: String,
+    created_at_ms: i64,
+    end_at_ms: i64,
+    control_socket: Option<PathBuf>,
+    envd_socket: Option<PathBuf>,
+}
+
+impl SandboxRecord {
+    fn from_domain(sandbox: &Sandbox) -> Self {
+        let spec = &sandbox.spec;
+        Self {
+            version: RECORD_VERSION,
+            id: sandbox.id.to_string(),
+            template: spec.template.to_string(),
+            vcpus: spec.vcpus,
+            memory_mb: spec.memory_mb,
+            disk_mb: spec.disk_mb,
+            env: spec.env.clone(),
+            metadata: spec.metadata.clone(),
+            timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
+            auto_pause: spec.auto_pause,
+            allow_internet: spec.network.allow_internet,
+            allow_out: spec.network.allow_out.clone(),
+            deny_out: spec.network.deny_out.clone(),
+            state: sandbox.state.as_str().to_owned(),
+            created_at_ms: to_unix_millis(sandbox.created_at),
+            end_at_ms: to_unix_millis(sandbox.end_at),
+            control_socket: sandbox.endpoints.as_ref().map(|e| e.control_socket.clone()),
+            envd_socket: sandbox.endpoints.as_ref().map(|e| e.envd_socket.clone()),
+        }
+    }
+
+    fn into_domain(self) -> Result<Sandbox, RecordError> {
+        if self.version != RECORD_VERSION {
+            return Err(RecordError::Version(self.version));
+        }
+        let id = self.id.parse::<SandboxId>().map_err(|_| RecordError::Field { field: "id" })?;
+        let template =
+            self.template.parse::<TemplateId>().map_err(|_| RecordError::Field { field: "template" })?;
+        let state = SandboxState::from_persisted(&self.state)
+            .ok_or(RecordError::Field { field: "state" })?;
+        let endpoints = match (self.control_socket, self.envd_socket) {
+            (Some(control_socket), Some(envd_socket)) => {
+                Some(SandboxEndpoints { control_socket, envd_socket })
+            }
+            _ => None,
+        };
+        Ok(Sandbox {
+            id,
+            spec: SandboxSpec {
+                template,
+                vcpus: self.vcpus,
+                memory_mb: self.memory_mb,
+                disk_mb: self.disk_mb,
+                env: self.env,
+                metadata: self.metadata,
+                timeout: Duration::from_millis(self.timeout_ms),
+                auto_pause: self.auto_pause,
+                network: NetworkSpec {
+                    allow_internet: self.allow_internet,
+                    allow_out: self.allow_out,
+                    deny_out: self.deny_out,
+                },
+            },
+            state,
+            created_at: from_unix_millis(self.created_at_ms),
+            end_at: from_unix_millis(self.end_at_ms),
+            endpoints,
+        })
+    }
+}
+
+/// The state database.
+#[derive(Debug)]
+pub struct Store {
+    connection: Mutex<Connection>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS sandboxes (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL,
+    created_at_ms INTEGER NOT NULL,
+    record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    sandbox_id TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    kind TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_by_sandbox ON events (sandbox_id, seq);
+";
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, in WAL mode.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`].
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open { path: path.to_owned(), source };
+        let connection = Connection::open(path).map_err(open_error)?;
+        connection.pragma_update(None, "journal_mode", "WAL").map_err(open_error)?;
+        // With WAL, NORMAL survives a crash of the daemon (not of the host) without an fsync
+        // per transaction; a host crash kills the sandboxes anyway.
+        connection.pragma_update(None, "synchronous", "NORMAL").map_err(open_error)?;
+        connection.busy_timeout(Duration::from_secs(5)).map_err(open_error)?;
+        connection.execute_batch(SCHEMA).map_err(open_error)?;
+        Ok(Self { connection: Mutex::new(connection) })
+    }
+
+    /// An in-memory database, for tests.
+    ///
+    /// # Errors
+    /// [`StoreError::Open`].
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let open_error = |source| StoreError::Open { path: PathBuf::from(":memory:"), source };
+        let connection = Connection::open_in_memory().map_err(open_error)?;
+        connection.execute_batch(SCHEMA).map_err(open_error)?;
+        Ok(Self { connection: Mutex::new(connection) })
+    }
+
+    fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
+        self.connection.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Inserts or replaces a sandbox's record.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn put(&self, sandbox: &Sandbox) -> Result<(), StoreError> {
+        let record = SandboxRecord::from_domain(sandbox);
+        let json = serde_json::to_string(&record).map_err(|source| StoreError::Record {
+            id: sandbox.id.to_string(),
+            source: source.into(),
+        })?;
+        self.connection()
+            .execute(
+                "INSERT INTO sandboxes (id, state, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record",
+                params![record.id, record.state, record.created_at_ms, json],
+            )
+            .map_err(|source| StoreError::Query { op: "put sandbox", source })?;
+        Ok(())
+    }
+
+    /// One sandbox's record.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn get(&self, id: &SandboxId) -> Result<Option<Sandbox>, StoreError> {
+        let json: Option<String> = self
+            .connection()
+            .query_row("SELECT record FROM sandboxes WHERE id = ?1", [id.as_str()], |row| row.get(0))
+            .optional()
+            .map_err(|source| StoreError::Query { op: "get sandbox", source })?;
+        json.map(|json| decode(id.as_str(), &json)).transpose()
+    }
+
+    /// Every sandbox that still holds or may hold host resources (not stopped or failed).
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn active(&self) -> Result<Vec<Sandbox>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection
+            .prepare(
+                "SELECT id, record FROM sandboxes WHERE state NOT IN ('stopped', 'failed')
+                 ORDER BY created_at_ms",
+            )
+            .map_err(|source| StoreError::Query { op: "list active", source })?;
+        let rows = statement
+            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
+            .map_err(|source| StoreError::Query { op: "list active", source })?;
+        let mut sandboxes = Vec::new();
+        for row in rows {
+            let (id, json) = row.map_err(|source| StoreError::Query { op: "list active", source })?;
+            sandboxes.push(decode(&id, &json)?);
+        }
+        Ok(sandboxes)
+    }
+
+    /// Appends an event.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn record_event(&self, event: &LifecycleEvent) -> Result<(), StoreError> {
+        self.connection()
+            .execute(
+                "INSERT INTO events (sandbox_id, at_ms, kind, reason, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    event.sandbox_id.as_str(),
+                    to_unix_millis(event.at),
+                    event.kind.as_str(),
+                    event.reason.as_str(),
+                    event.detail
+                ],
+            )
+            .map_err(|source| StoreError::Query { op: "record event", source })?;
+        Ok(())
+    }
+
+    /// A sandbox's events, oldest first.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn events(&self, id: &SandboxId) -> Result<Vec<LifecycleEvent>, StoreError> {
+        let connection = self.connection();
+        let mut statement = connection
+            .prepare("SELECT at_ms, kind, reason, detail FROM events WHERE sandbox_id = ?1 ORDER BY seq")
+            .map_err(|source| StoreError::Query { op: "list events", source })?;
+        let rows = statement
+            .query_map([id.as_str()], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                ))
+            })
+            .map_err(|source| StoreError::Query { op: "list events", source })?;
+        let mut events = Vec::new();
+        for row in rows {
+            let (at_ms, kind, reason, detail) =
+                row.map_err(|source| StoreError::Query { op: "list events", source })?;
+            let record_error = |field| StoreError::Record {
+                id: id.to_string(),
+                source: RecordError::Field { field },
+            };
+            events.push(LifecycleEvent {
+                sandbox_id: id.clone(),
+                at: from_unix_millis(at_ms),
+                kind: EventKind::from_persisted(&kind).ok_or_else(|| record_error("kind"))?,
+                reason: Reason::from_persisted(&reason).ok_or_else(|| record_error("reason"))?,
+                detail,
+            });
+        }
+        Ok(events)
+    }
+}
+
+fn decode(id: &str, json: &str) -> Result<Sandbox, StoreError> {
+    serde_json::from_str::<SandboxRecord>(json)
+        .map_err(RecordError::from)
+        .and_then(SandboxRecord::into_domain)
+        .map_err(|source| StoreError::Record { id: id.to_owned(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::UNIX_EPOCH;
+
+    use super::*;
+
+    fn sandbox(id: &str, state: SandboxState) -> Sandbox {
+        let mut spec = SandboxSpec::new("base".parse().unwrap());
+        spec.metadata.insert("k".into(), "v".into());
+        Sandbox {
+            id: id.parse().unwrap(),
+            spec,
+            state,
+            created_at: UNIX_EPOCH + Duration::from_secs(10),
+            end_at: UNIX_EPOCH + Duration::from_secs(310),
+            endpoints: Some(SandboxEndpoints {
+                control_socket: "/run/c.sock".into(),
+                envd_socket: "/run/e.sock".into(),
+            }),
+        }
+    }
+
+    #[test]
+    fn test_store_put_get_round_trips_a_sandbox() {
+        let store = Store::in_memory().unwrap();
+        let original = sandbox("abc", SandboxState::Running);
+        store.put(&original).unwrap();
+        assert_eq!(store.get(&original.id).unwrap(), Some(original));
+    }
+
+    #[test]
+    fn test_store_active_excludes_stopped_and_failed() {
+        let store = Store::in_memory().unwrap();
+        store.put(&sandbox("a", SandboxState::Running)).unwrap();
+        store.put(&sandbox("b", SandboxState::Stopped)).unwrap();
+        store.put(&sandbox("c", SandboxState::Failed)).unwrap();
+        store.put(&sandbox("d", SandboxState::Creating)).unwrap();
+        let ids: Vec<String> = store.active().unwrap().into_iter().map(|s| s.id.to_string()).collect();
+        assert_eq!(ids, ["a", "d"]);
+    }
+
+    #[test]
+    fn test_store_events_keep_order_and_fields() {
+        let store = Store::in_memory().unwrap();
+        let id: SandboxId = "abc".parse().unwrap();
+        for kind in [EventKind::Created, EventKind::OomKill] {
+            store
+                .record_event(&LifecycleEvent {
+                    sandbox_id: id.clone(),
+                    at: UNIX_EPOCH + Duration::from_secs(5),
+                    kind,
+                    reason: Reason::Oom,
+                    detail: "d".into(),
+                })
+                .unwrap();
+        }
+        let kinds: Vec<EventKind> = store.events(&id).unwrap().into_iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EventKind::Created, EventKind::OomKill]);
+    }
+
+    #[test]
+    fn test_store_survives_reopen_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let original = sandbox("persisted", SandboxState::Running);
+        Store::open(&path).unwrap().put(&original).unwrap();
+        let reopened = Store::open(&path).unwrap();
+        assert_eq!(reopened.get(&original.id).unwrap(), Some(original));
+    }
+
+    #[test]
+    fn test_store_unknown_version_is_a_record_error() {
+        let store = Store::in_memory().unwrap();
+        store
+            .connection()
+            .execute(
+                "INSERT INTO sandboxes (id, state, created_at_ms, record) VALUES ('x', 'running', 0, ?1)",
+                [r#"{"version": 99}"#],
+            )
+            .unwrap();
+        assert!(matches!(store.active(), Err(StoreError::Record { .. })));
+    }
+}

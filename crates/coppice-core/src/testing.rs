@@ -1,0 +1,344 @@
+//! Fakes of the three backend traits and the `require_privileged!` macro, for tests in every
+//! crate (feature `test-support`).
+//!
+//! Each fake keeps enough state to answer `list`, records the calls it receives, and can be
+//! told to fail its next call of a given operation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, UNIX_EPOCH};
+
+use crate::exec::{ExecOutcome, ExecRequest, ExitStatus};
+use crate::id::{SandboxId, TemplateId};
+use crate::net::{NetAttachment, NetError, NetPolicy};
+use crate::runtime::{Probe, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints};
+use crate::spec::NetworkSpec;
+use crate::storage::{RootFs, Storage, StorageError, TemplateInfo};
+
+/// Fails the test unless privileged tests were asked for and the process is root.
+///
+/// Privileged tests are `#[ignore = "privileged: …"]`; CI runs them with
+/// `COPPICE_PRIVILEGED_TESTS=1 … -- --ignored`. A misconfigured run fails instead of passing
+/// by not testing anything.
+#[macro_export]
+macro_rules! require_privileged {
+    () => {
+        assert_eq!(
+            std::env::var("COPPICE_PRIVILEGED_TESTS").as_deref(),
+            Ok("1"),
+            "privileged test run without COPPICE_PRIVILEGED_TESTS=1"
+        );
+        assert!(
+            std::fs::read_to_string("/proc/self/status")
+                .unwrap_or_default()
+                .lines()
+                .any(|line| line.starts_with("Uid:") && line.split_whitespace().nth(1) == Some("0")),
+            "privileged test must run as root"
+        );
+    };
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("injected failure")]
+struct Injected;
+
+/// One call a fake received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeCall {
+    /// `Runtime::create`.
+    Create(SandboxId),
+    /// `Runtime::start`.
+    Start(SandboxId),
+    /// `Runtime::exec`, with argv.
+    Exec(SandboxId, Vec<String>),
+    /// `Runtime::destroy`.
+    Destroy(SandboxId),
+    /// `Storage::create_rootfs`.
+    CreateRootfs(SandboxId, TemplateId),
+    /// `Storage::destroy_rootfs`.
+    DestroyRootfs(SandboxId),
+    /// `NetPolicy::attach`.
+    Attach(SandboxId),
+    /// `NetPolicy::detach`.
+    Detach(SandboxId),
+}
+
+/// An in-memory `Runtime`. `exec` echoes its argv joined by spaces on stdout.
+#[derive(Debug, Default)]
+pub struct FakeRuntime {
+    created: Mutex<BTreeMap<SandboxId, bool>>,
+    calls: Mutex<Vec<FakeCall>>,
+    fail_next: Mutex<BTreeSet<&'static str>>,
+    oom_kills: Mutex<BTreeMap<SandboxId, u64>>,
+}
+
+impl FakeRuntime {
+    /// Makes the next call of `op` ("create", "start", "exec", "destroy", "list") fail.
+    pub fn fail_next(&self, op: &'static str) {
+        lock(&self.fail_next).insert(op);
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<FakeCall> {
+        lock(&self.calls).clone()
+    }
+
+    /// Whether the fake holds the sandbox.
+    pub fn holds(&self, id: &SandboxId) -> bool {
+        lock(&self.created).contains_key(id)
+    }
+
+    /// Marks a sandbox's init as dead, as if it had exited.
+    pub fn kill_init(&self, id: &SandboxId) {
+        if let Some(alive) = lock(&self.created).get_mut(id) {
+            *alive = false;
+        }
+    }
+
+    /// Pretends the OOM killer struck `count` more times.
+    pub fn add_oom_kills(&self, id: &SandboxId, count: u64) {
+        *lock(&self.oom_kills).entry(id.clone()).or_insert(0) += count;
+    }
+
+    /// Adds a sandbox as if it had been left by an earlier daemon.
+    pub fn insert_alive(&self, id: &SandboxId) {
+        lock(&self.created).insert(id.clone(), true);
+    }
+
+    fn injected(&self, op: &'static str, id: &SandboxId) -> Result<(), RuntimeError> {
+        if lock(&self.fail_next).remove(op) {
+            return Err(RuntimeError::Backend { op, id: id.clone(), source: Box::new(Injected) });
+        }
+        Ok(())
+    }
+}
+
+impl Runtime for FakeRuntime {
+    fn create(&self, id: &SandboxId, _spec: &RuntimeSpec, _root: &RootFs) -> Result<(), RuntimeError> {
+        lock(&self.calls).push(FakeCall::Create(id.clone()));
+        self.injected("create", id)?;
+        let mut created = lock(&self.created);
+        if created.contains_key(id) {
+            return Err(RuntimeError::AlreadyExists { id: id.clone() });
+        }
+        created.insert(id.clone(), false);
+        Ok(())
+    }
+
+    fn start(&self, id: &SandboxId) -> Result<SandboxEndpoints, RuntimeError> {
+        lock(&self.calls).push(FakeCall::Start(id.clone()));
+        self.injected("start", id)?;
+        let mut created = lock(&self.created);
+        let alive = created.get_mut(id).ok_or_else(|| RuntimeError::NotFound { id: id.clone() })?;
+        *alive = true;
+        Ok(SandboxEndpoints {
+            control_socket: PathBuf::from(format!("/fake/{id}/control.sock")),
+            envd_socket: PathBuf::from(format!("/fake/{id}/envd.sock")),
+        })
+    }
+
+    fn exec(&self, id: &SandboxId, request: &ExecRequest) -> Result<ExecOutcome, RuntimeError> {
+        lock(&self.calls).push(FakeCall::Exec(id.clone(), request.argv.clone()));
+        self.injected("exec", id)?;
+        if lock(&self.created).get(id) != Some(&true) {
+            return Err(RuntimeError::NotFound { id: id.clone() });
+        }
+        Ok(ExecOutcome {
+            status: ExitStatus::Code(0),
+            stdout: request.argv.join(" ").into_bytes(),
+            stderr: Vec::new(),
+            truncated: false,
+            timed_out: false,
+        })
+    }
+
+    fn probe(&self, id: &SandboxId) -> Result<Probe, RuntimeError> {
+        let alive = *lock(&self.created).get(id).ok_or_else(|| RuntimeError::NotFound { id: id.clone() })?;
+        let oom_kills = lock(&self.oom_kills).get(id).copied().unwrap_or(0);
+        Ok(Probe { alive, oom_kills, memory_bytes: 0, pids: u64::from(alive) })
+    }
+
+    fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        lock(&self.calls).push(FakeCall::Destroy(id.clone()));
+        self.injected("destroy", id)?;
+        lock(&self.created).remove(id);
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<RuntimeSandbox>, RuntimeError> {
+        Ok(lock(&self.created)
+            .iter()
+            .map(|(id, alive)| RuntimeSandbox { id: id.clone(), alive: *alive, started_at: None })
+            .collect())
+    }
+}
+
+/// An in-memory `Storage` holding the templates it was built with.
+#[derive(Debug)]
+pub struct FakeStorage {
+    templates: Vec<TemplateId>,
+    rootfs: Mutex<BTreeSet<SandboxId>>,
+    calls: Mutex<Vec<FakeCall>>,
+    fail_next: Mutex<BTreeSet<&'static str>>,
+}
+
+impl FakeStorage {
+    /// Storage with the given templates.
+    pub fn with_templates(templates: &[&str]) -> Self {
+        Self {
+            templates: templates.iter().filter_map(|t| t.parse().ok()).collect(),
+            rootfs: Mutex::new(BTreeSet::new()),
+            calls: Mutex::new(Vec::new()),
+            fail_next: Mutex::new(BTreeSet::new()),
+        }
+    }
+
+    /// Makes the next call of `op` ("create_rootfs", "destroy_rootfs") fail.
+    pub fn fail_next(&self, op: &'static str) {
+        lock(&self.fail_next).insert(op);
+    }
+
+    /// Whether a rootfs exists for the sandbox.
+    pub fn holds(&self, id: &SandboxId) -> bool {
+        lock(&self.rootfs).contains(id)
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<FakeCall> {
+        lock(&self.calls).clone()
+    }
+
+    /// Adds a rootfs as if it had been left by an earlier daemon.
+    pub fn insert_rootfs(&self, id: &SandboxId) {
+        lock(&self.rootfs).insert(id.clone());
+    }
+
+    fn injected(&self, op: &'static str) -> Result<(), StorageError> {
+        if lock(&self.fail_next).remove(op) {
+            return Err(StorageError::Backend { op, source: Box::new(Injected) });
+        }
+        Ok(())
+    }
+
+    fn info(id: &TemplateId) -> TemplateInfo {
+        TemplateInfo {
+            id: id.clone(),
+            created_at: UNIX_EPOCH + Duration::from_secs(1),
+            size_bytes: 0,
+            default_user: "user".into(),
+            default_workdir: "/home/user".into(),
+        }
+    }
+
+    fn root(id: &SandboxId) -> RootFs {
+        RootFs::Directory { path: PathBuf::from(format!("/fake/{id}/root")), binds: Vec::new() }
+    }
+}
+
+impl Storage for FakeStorage {
+    fn templates(&self) -> Result<Vec<TemplateInfo>, StorageError> {
+        Ok(self.templates.iter().map(Self::info).collect())
+    }
+
+    fn template(&self, id: &TemplateId) -> Result<TemplateInfo, StorageError> {
+        self.templates
+            .iter()
+            .find(|t| *t == id)
+            .map(Self::info)
+            .ok_or_else(|| StorageError::TemplateNotFound { id: id.clone() })
+    }
+
+    fn create_rootfs(&self, id: &SandboxId, template: &TemplateId, _disk_mb: u32) -> Result<RootFs, StorageError> {
+        lock(&self.calls).push(FakeCall::CreateRootfs(id.clone(), template.clone()));
+        self.injected("create_rootfs")?;
+        self.template(template)?;
+        if !lock(&self.rootfs).insert(id.clone()) {
+            return Err(StorageError::AlreadyExists { id: id.clone() });
+        }
+        Ok(Self::root(id))
+    }
+
+    fn rootfs(&self, id: &SandboxId) -> Result<RootFs, StorageError> {
+        if lock(&self.rootfs).contains(id) {
+            Ok(Self::root(id))
+        } else {
+            Err(StorageError::NotFound { id: id.clone() })
+        }
+    }
+
+    fn destroy_rootfs(&self, id: &SandboxId) -> Result<(), StorageError> {
+        lock(&self.calls).push(FakeCall::DestroyRootfs(id.clone()));
+        self.injected("destroy_rootfs")?;
+        lock(&self.rootfs).remove(id);
+        Ok(())
+    }
+
+    fn list_rootfs(&self) -> Result<Vec<SandboxId>, StorageError> {
+        Ok(lock(&self.rootfs).iter().cloned().collect())
+    }
+}
+
+/// An in-memory `NetPolicy` that hands out loopback-only attachments.
+#[derive(Debug, Default)]
+pub struct FakeNetPolicy {
+    attached: Mutex<BTreeMap<SandboxId, NetworkSpec>>,
+    calls: Mutex<Vec<FakeCall>>,
+    fail_next: Mutex<BTreeSet<&'static str>>,
+}
+
+impl FakeNetPolicy {
+    /// Makes the next call of `op` ("attach", "detach", "update") fail.
+    pub fn fail_next(&self, op: &'static str) {
+        lock(&self.fail_next).insert(op);
+    }
+
+    /// Whether the sandbox is attached.
+    pub fn holds(&self, id: &SandboxId) -> bool {
+        lock(&self.attached).contains_key(id)
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<FakeCall> {
+        lock(&self.calls).clone()
+    }
+
+    fn injected(&self, op: &'static str) -> Result<(), NetError> {
+        if lock(&self.fail_next).remove(op) {
+            return Err(NetError::Backend { op, source: Box::new(Injected) });
+        }
+        Ok(())
+    }
+}
+
+impl NetPolicy for FakeNetPolicy {
+    fn attach(&self, id: &SandboxId, spec: &NetworkSpec) -> Result<NetAttachment, NetError> {
+        lock(&self.calls).push(FakeCall::Attach(id.clone()));
+        self.injected("attach")?;
+        lock(&self.attached).insert(id.clone(), spec.clone());
+        Ok(NetAttachment::LoopbackOnly)
+    }
+
+    fn update(&self, id: &SandboxId, spec: &NetworkSpec) -> Result<(), NetError> {
+        self.injected("update")?;
+        let mut attached = lock(&self.attached);
+        let current = attached.get_mut(id).ok_or_else(|| NetError::NotFound { id: id.clone() })?;
+        *current = spec.clone();
+        Ok(())
+    }
+
+    fn detach(&self, id: &SandboxId) -> Result<(), NetError> {
+        lock(&self.calls).push(FakeCall::Detach(id.clone()));
+        self.injected("detach")?;
+        lock(&self.attached).remove(id);
+        Ok(())
+    }
+
+    fn list(&self) -> Result<Vec<SandboxId>, NetError> {
+        Ok(lock(&self.attached).keys().cloned().collect())
+    }
+}
