@@ -138,6 +138,15 @@ pub enum RuntimeError {
         /// How long we waited.
         waited: Duration,
     },
+    /// A failure of a host-wide operation (not tied to one sandbox).
+    #[error("runtime operation {op} failed")]
+    Host {
+        /// The operation.
+        op: &'static str,
+        /// The backend's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     /// A failure inside the backend.
     #[error("runtime operation {op} failed for sandbox {id}")]
     Backend {
@@ -159,7 +168,7 @@ impl RuntimeError {
             Self::AlreadyExists { .. } => ErrorKind::AlreadyExists,
             Self::Invalid { .. } => ErrorKind::Invalid,
             Self::Unsupported { .. } => ErrorKind::Unsupported,
-            Self::Timeout { .. } | Self::Backend { .. } => ErrorKind::Internal,
+            Self::Timeout { .. } | Self::Host { .. } | Self::Backend { .. } => ErrorKind::Internal,
         }
     }
 }

@@ -1,0 +1,79 @@
+//! Errors of the Linux runtime, mapped onto `RuntimeError` kinds at the trait boundary.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::cgroup::CgroupError;
+use crate::mount_plan::PlanError;
+
+/// A Linux runtime failure.
+#[derive(Debug, thiserror::Error)]
+pub enum LinuxError {
+    /// cgroup set-up, accounting or removal failed.
+    #[error("cgroup operation failed")]
+    Cgroup(#[from] CgroupError),
+    /// The root filesystem cannot be mounted as given.
+    #[error("cannot plan the root filesystem")]
+    Plan(#[from] PlanError),
+    /// A file of the run dir could not be read or written.
+    #[error("cannot {op} {path}")]
+    RunDir {
+        /// What was attempted.
+        op: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The init binary could not be started.
+    #[error("cannot start the sandbox init {binary}")]
+    SpawnInit {
+        /// The binary.
+        binary: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// The init reported a failure while building the sandbox.
+    #[error("sandbox init failed: {message}")]
+    InitFailed {
+        /// The init's own error chain.
+        message: String,
+    },
+    /// The init did not report in time.
+    #[error("sandbox init did not report ready")]
+    InitTimeout,
+    /// The control socket failed.
+    #[error("control channel to the sandbox init failed")]
+    Control(#[source] io::Error),
+    /// The sandbox init refused a command.
+    #[error("sandbox refused the command: {message}")]
+    Refused {
+        /// Why.
+        message: String,
+    },
+    /// A process could not be signalled or inspected.
+    #[error("cannot {op} process {pid}")]
+    Process {
+        /// What was attempted.
+        op: &'static str,
+        /// The pid.
+        pid: i32,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Processes were still present after the stop timeout.
+    #[error("sandbox processes still present after kill")]
+    StopTimeout,
+    /// A JSON file of the run dir is corrupt.
+    #[error("corrupt run-dir file {path}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}

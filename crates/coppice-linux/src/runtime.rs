@@ -1,0 +1,314 @@
+//! [`NamespaceRuntime`]: `coppice_core::Runtime` over Linux namespaces, cgroups and the
+//! `coppice-init` process.
+//!
+//! Per sandbox, `<run_dir>/<id>/` holds `init.json` (what the init builds), `state.json`
+//! (PID 1's host pid and start time, for re-adoption after a daemon restart), `init.log`
+//! (the init's stderr), `control.sock`, and `root/`, the mount point the root is assembled on
+//! (mounted only inside the sandbox's own mount namespace).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use coppice_core::SandboxId;
+use coppice_core::exec::{ExecOutcome, ExecRequest};
+use coppice_core::net::NetAttachment;
+use coppice_core::runtime::{Probe, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints};
+use coppice_core::storage::RootFs;
+use serde::{Deserialize, Serialize};
+
+use crate::cgroup::{SandboxCgroups, limit_writes};
+use crate::client;
+use crate::config::NamespaceRuntimeConfig;
+use crate::error::LinuxError;
+use crate::mount_plan;
+use crate::protocol::{INIT_CONFIG_VERSION, InitConfig, NetworkSetup, ReadyMessage};
+use crate::sys::NsSys;
+
+const INIT_CONFIG: &str = "init.json";
+const STATE: &str = "state.json";
+const INIT_LOG: &str = "init.log";
+const CONTROL_SOCKET: &str = "control.sock";
+const ENVD_SOCKET: &str = "envd.sock";
+const ROOT_MOUNT_POINT: &str = "root";
+
+/// Largest `/tmp` per sandbox; smaller sandboxes get their memory size (tmpfs is charged to
+/// the sandbox's memory cgroup either way).
+const MAX_TMP_MB: u32 = 1024;
+
+/// What `state.json` holds.
+#[derive(Debug, Serialize, Deserialize)]
+struct RunState {
+    pid: i32,
+    start_time: u64,
+}
+
+/// The Linux namespace runtime.
+#[derive(Debug)]
+pub struct NamespaceRuntime<S: NsSys> {
+    sys: Arc<S>,
+    config: NamespaceRuntimeConfig,
+    proc_self_cgroup: String,
+}
+
+#[cfg(target_os = "linux")]
+impl NamespaceRuntime<crate::sys::RealNsSys> {
+    /// A runtime over the real kernel. Makes this process a child subreaper, so that the
+    /// sandbox inits it starts are reaped by it when they exit.
+    ///
+    /// # Errors
+    /// The run dir cannot be created, `/proc/self/cgroup` cannot be read, or a required
+    /// cgroup controller is missing.
+    pub fn new(config: NamespaceRuntimeConfig) -> Result<Self, LinuxError> {
+        Self::with_sys(Arc::new(crate::sys::RealNsSys), config)
+    }
+}
+
+impl<S: NsSys> NamespaceRuntime<S> {
+    /// A runtime over `sys` (a fake in tests).
+    ///
+    /// # Errors
+    /// As [`NamespaceRuntime::new`].
+    pub fn with_sys(sys: Arc<S>, config: NamespaceRuntimeConfig) -> Result<Self, LinuxError> {
+        fs::create_dir_all(&config.run_dir)
+            .map_err(|source| LinuxError::RunDir { op: "create", path: config.run_dir.clone(), source })?;
+        let proc_self_cgroup = fs::read_to_string(&config.cgroup.proc_self_cgroup).map_err(|source| {
+            LinuxError::RunDir { op: "read", path: config.cgroup.proc_self_cgroup.clone(), source }
+        })?;
+        SandboxCgroups::group_dirs(&config.cgroup, &proc_self_cgroup)?;
+        sys.become_subreaper()
+            .map_err(|source| LinuxError::Process { op: "become subreaper of", pid: 0, source })?;
+        Ok(Self { sys, config, proc_self_cgroup })
+    }
+
+    fn sandbox_dir(&self, id: &SandboxId) -> PathBuf {
+        self.config.run_dir.join(id.as_str())
+    }
+
+    fn cgroups(&self, id: &SandboxId) -> Result<SandboxCgroups, LinuxError> {
+        Ok(SandboxCgroups::plan(&self.config.cgroup, &self.proc_self_cgroup, id)?)
+    }
+
+    fn endpoints(&self, id: &SandboxId) -> SandboxEndpoints {
+        let dir = self.sandbox_dir(id);
+        SandboxEndpoints { control_socket: dir.join(CONTROL_SOCKET), envd_socket: dir.join(ENVD_SOCKET) }
+    }
+
+    fn read_state(&self, id: &SandboxId) -> Result<Option<RunState>, LinuxError> {
+        let path = self.sandbox_dir(id).join(STATE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| LinuxError::Corrupt { path, source }),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(LinuxError::RunDir { op: "read", path, source }),
+        }
+    }
+
+    /// Whether the recorded PID 1 still runs (same pid and start time, not a zombie).
+    fn init_alive(&self, state: &RunState) -> Result<bool, LinuxError> {
+        let start_time = self
+            .sys
+            .process_start_time(state.pid)
+            .map_err(|source| LinuxError::Process { op: "inspect", pid: state.pid, source })?;
+        Ok(start_time == Some(state.start_time))
+    }
+
+    fn create_impl(&self, id: &SandboxId, spec: &RuntimeSpec, root: &RootFs) -> Result<(), LinuxError> {
+        let dir = self.sandbox_dir(id);
+        let mount_point = dir.join(ROOT_MOUNT_POINT);
+        let tmp_mb = spec.memory_mb.min(MAX_TMP_MB);
+        let mounts = mount_plan::plan(root, &self.config.host_dev, tmp_mb)?;
+        let cgroups = self.cgroups(id)?;
+        fs::create_dir_all(&mount_point)
+            .map_err(|source| LinuxError::RunDir { op: "create", path: mount_point.clone(), source })?;
+        cgroups.create(&limit_writes(spec.memory_mb, spec.max_pids, spec.vcpus))?;
+        let network = match &spec.network {
+            NetAttachment::LoopbackOnly => NetworkSetup::Loopback,
+            NetAttachment::Namespace { path, .. } => NetworkSetup::Join { path: path.clone() },
+        };
+        let init = InitConfig {
+            version: INIT_CONFIG_VERSION,
+            sandbox_id: id.to_string(),
+            hostname: spec.hostname.clone(),
+            rootfs: mount_point,
+            mounts,
+            cgroup_procs: cgroups.procs_files(),
+            control_socket: dir.join(CONTROL_SOCKET),
+            network,
+            host_uid_base: self.config.id_map.host_uid_base,
+            host_gid_base: self.config.id_map.host_gid_base,
+            id_count: self.config.id_map.count,
+            env: spec.env.clone(),
+            exec_output_limit: self.config.exec_output_limit,
+        };
+        write_json(&dir.join(INIT_CONFIG), &init)
+    }
+
+    fn start_impl(&self, id: &SandboxId) -> Result<SandboxEndpoints, LinuxError> {
+        let dir = self.sandbox_dir(id);
+        let config_path = dir.join(INIT_CONFIG);
+        let ready = self
+            .sys
+            .spawn_init(&self.config.init_binary, &config_path, &dir.join(INIT_LOG), self.config.start_timeout)
+            .map_err(|source| LinuxError::SpawnInit { binary: self.config.init_binary.clone(), source })?;
+        let pid = match ready {
+            Some(ReadyMessage::Ready { pid }) => pid,
+            Some(ReadyMessage::Failed { error }) => return Err(LinuxError::InitFailed { message: error }),
+            None => return Err(LinuxError::InitTimeout),
+        };
+        let start_time = self
+            .sys
+            .process_start_time(pid)
+            .map_err(|source| LinuxError::Process { op: "inspect", pid, source })?
+            .ok_or(LinuxError::InitFailed { message: format!("init {pid} exited right after start") })?;
+        write_json(&dir.join(STATE), &RunState { pid, start_time })?;
+        Ok(self.endpoints(id))
+    }
+
+    fn destroy_impl(&self, id: &SandboxId) -> Result<(), LinuxError> {
+        let cgroups = self.cgroups(id)?;
+        let state = self.read_state(id)?;
+        if !cgroups.kill_all()? && !cgroups.pids()?.is_empty() {
+            // No cgroup2 kill on this host: freeze so nothing forks while we signal, then thaw
+            // so the signals are delivered.
+            cgroups.set_frozen(true)?;
+            for pid in cgroups.pids()? {
+                self.sys.kill(pid).map_err(|source| LinuxError::Process { op: "kill", pid, source })?;
+            }
+            cgroups.set_frozen(false)?;
+        }
+        if let Some(state) = &state {
+            self.sys.kill(state.pid).map_err(|source| LinuxError::Process { op: "kill", pid: state.pid, source })?;
+        }
+        let deadline = Instant::now() + self.config.stop_timeout;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            if let Some(state) = &state {
+                self.sys.reap(state.pid);
+            }
+            let init_gone = match &state {
+                Some(state) => !self.init_alive(state)?,
+                None => true,
+            };
+            if init_gone && cgroups.pids()?.is_empty() {
+                match cgroups.remove() {
+                    Ok(()) => break,
+                    Err(error) if Instant::now() >= deadline => return Err(error.into()),
+                    Err(_) => {}
+                }
+            } else if Instant::now() >= deadline {
+                return Err(LinuxError::StopTimeout);
+            }
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        let dir = self.sandbox_dir(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(LinuxError::RunDir { op: "remove", path: dir, source }),
+        }
+    }
+
+    fn list_impl(&self) -> Result<Vec<RuntimeSandbox>, LinuxError> {
+        let mut ids = SandboxCgroups::group_dirs(&self.config.cgroup, &self.proc_self_cgroup)?.list_sandboxes()?;
+        let entries = fs::read_dir(&self.config.run_dir)
+            .map_err(|source| LinuxError::RunDir { op: "list", path: self.config.run_dir.clone(), source })?;
+        ids.extend(entries.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<SandboxId>().ok()));
+        ids.sort();
+        ids.dedup();
+        let mut found = Vec::with_capacity(ids.len());
+        for id in ids {
+            let alive = match self.read_state(&id) {
+                Ok(Some(state)) => self.init_alive(&state)?,
+                Ok(None) | Err(LinuxError::Corrupt { .. }) => false,
+                Err(error) => return Err(error),
+            };
+            found.push(RuntimeSandbox { id, alive, started_at: None });
+        }
+        Ok(found)
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), LinuxError> {
+    let bytes = serde_json::to_vec(value)
+        .map_err(|source| LinuxError::Corrupt { path: path.to_owned(), source })?;
+    let temporary = path.with_extension("tmp");
+    fs::write(&temporary, bytes)
+        .and_then(|()| fs::rename(&temporary, path))
+        .map_err(|source| LinuxError::RunDir { op: "write", path: path.to_owned(), source })
+}
+
+fn backend(op: &'static str, id: &SandboxId, error: LinuxError) -> RuntimeError {
+    match error {
+        LinuxError::Refused { message } => RuntimeError::Invalid { what: "command", reason: message },
+        LinuxError::Plan(source) => RuntimeError::Invalid { what: "root filesystem", reason: source.to_string() },
+        error => RuntimeError::Backend { op, id: id.clone(), source: Box::new(error) },
+    }
+}
+
+impl<S: NsSys> Runtime for NamespaceRuntime<S> {
+    fn create(&self, id: &SandboxId, spec: &RuntimeSpec, root: &RootFs) -> Result<(), RuntimeError> {
+        let dir = self.sandbox_dir(id);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(RuntimeError::AlreadyExists { id: id.clone() });
+            }
+            Err(source) => return Err(backend("create", id, LinuxError::RunDir { op: "create", path: dir, source })),
+        }
+        self.create_impl(id, spec, root).map_err(|error| {
+            if let Err(cleanup) = self.destroy_impl(id) {
+                tracing::warn!(sandbox_id = %id, error = %coppice_core::manager::error_chain(&cleanup), "cleanup after failed create");
+            }
+            backend("create", id, error)
+        })
+    }
+
+    fn start(&self, id: &SandboxId) -> Result<SandboxEndpoints, RuntimeError> {
+        if !self.sandbox_dir(id).join(INIT_CONFIG).is_file() {
+            return Err(RuntimeError::NotFound { id: id.clone() });
+        }
+        let started = Instant::now();
+        let endpoints = self.start_impl(id).map_err(|error| backend("start", id, error))?;
+        tracing::debug!(sandbox_id = %id, elapsed_us = started.elapsed().as_micros(), "sandbox init ready");
+        Ok(endpoints)
+    }
+
+    fn exec(&self, id: &SandboxId, request: &ExecRequest) -> Result<ExecOutcome, RuntimeError> {
+        if request.argv.is_empty() {
+            return Err(RuntimeError::Invalid { what: "command", reason: "argv is empty".into() });
+        }
+        match self.read_state(id) {
+            Ok(Some(state)) if self.init_alive(&state).unwrap_or(false) => {}
+            Ok(_) => return Err(RuntimeError::NotFound { id: id.clone() }),
+            Err(error) => return Err(backend("exec", id, error)),
+        }
+        client::exec(&self.endpoints(id).control_socket, request).map_err(|error| backend("exec", id, error))
+    }
+
+    fn probe(&self, id: &SandboxId) -> Result<Probe, RuntimeError> {
+        let state = self.read_state(id).map_err(|error| backend("probe", id, error))?;
+        let Some(state) = state else { return Err(RuntimeError::NotFound { id: id.clone() }) };
+        let alive = self.init_alive(&state).map_err(|error| backend("probe", id, error))?;
+        let cgroups = self.cgroups(id).map_err(|error| backend("probe", id, error))?;
+        let counters = || -> Result<(u64, u64, u64), LinuxError> {
+            Ok((cgroups.oom_kills()?, cgroups.memory_bytes()?, cgroups.pids_current()?))
+        };
+        let (oom_kills, memory_bytes, pids) = counters().map_err(|error| backend("probe", id, error))?;
+        Ok(Probe { alive, oom_kills, memory_bytes, pids })
+    }
+
+    fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.destroy_impl(id).map_err(|error| backend("destroy", id, error))
+    }
+
+    fn list(&self) -> Result<Vec<RuntimeSandbox>, RuntimeError> {
+        self.list_impl().map_err(|error| RuntimeError::Host { op: "list", source: Box::new(error) })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,48 @@
+//! The only place that knows the OS: the `NsSys` seam the runtime calls through, its real
+//! implementation on Linux, and a recording fake on every OS.
+
+use std::fmt;
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::protocol::ReadyMessage;
+
+mod fake;
+#[cfg(target_os = "linux")]
+mod linux;
+
+pub use fake::FakeNsSys;
+#[cfg(target_os = "linux")]
+pub use linux::{RealNsSys, init_main};
+
+/// The host-side process operations the runtime needs.
+pub trait NsSys: Send + Sync + fmt::Debug + 'static {
+    /// Starts the init binary with `--config <config>`, stderr appended to `log`, and waits up
+    /// to `timeout` for its ready line.
+    ///
+    /// # Errors
+    /// Spawn failure, or no ready line in time (the init is then killed).
+    fn spawn_init(&self, binary: &Path, config: &Path, log: &Path, timeout: Duration) -> io::Result<Option<ReadyMessage>>;
+
+    /// The start time (clock ticks since boot) of a live, non-zombie process; `None` when gone.
+    ///
+    /// # Errors
+    /// An unexpected read failure.
+    fn process_start_time(&self, pid: i32) -> io::Result<Option<u64>>;
+
+    /// Sends SIGKILL; a process that is already gone is not an error.
+    ///
+    /// # Errors
+    /// A failure other than `ESRCH`.
+    fn kill(&self, pid: i32) -> io::Result<()>;
+
+    /// Collects the exit status of `pid` if it is a child of this process and has exited.
+    fn reap(&self, pid: i32);
+
+    /// Makes this process adopt orphaned descendants, so exited sandbox inits can be reaped.
+    ///
+    /// # Errors
+    /// The `prctl` failure.
+    fn become_subreaper(&self) -> io::Result<()>;
+}

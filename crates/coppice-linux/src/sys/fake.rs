@@ -1,0 +1,89 @@
+//! A recording fake of `NsSys`, compiled on every OS, for the runtime's unit tests.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use super::NsSys;
+use crate::protocol::ReadyMessage;
+
+/// One call received by [`FakeNsSys`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FakeNsCall {
+    /// `spawn_init` with the config path.
+    SpawnInit(PathBuf),
+    /// `kill`.
+    Kill(i32),
+    /// `reap`.
+    Reap(i32),
+}
+
+/// Pretends to start inits: each gets the next pid and stays alive until killed.
+#[derive(Debug, Default)]
+pub struct FakeNsSys {
+    state: Mutex<FakeState>,
+}
+
+#[derive(Debug, Default)]
+struct FakeState {
+    next_pid: i32,
+    alive: BTreeMap<i32, u64>,
+    calls: Vec<FakeNsCall>,
+    fail_spawn: Option<String>,
+}
+
+impl FakeNsSys {
+    fn state(&self) -> MutexGuard<'_, FakeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every call so far.
+    pub fn calls(&self) -> Vec<FakeNsCall> {
+        self.state().calls.clone()
+    }
+
+    /// Makes the next init report this failure.
+    pub fn fail_next_spawn(&self, error: &str) {
+        self.state().fail_spawn = Some(error.to_owned());
+    }
+
+    /// Whether a pid is alive.
+    pub fn is_alive(&self, pid: i32) -> bool {
+        self.state().alive.contains_key(&pid)
+    }
+}
+
+impl NsSys for FakeNsSys {
+    fn spawn_init(&self, _binary: &Path, config: &Path, _log: &Path, _timeout: Duration) -> io::Result<Option<ReadyMessage>> {
+        let mut state = self.state();
+        state.calls.push(FakeNsCall::SpawnInit(config.to_owned()));
+        if let Some(error) = state.fail_spawn.take() {
+            return Ok(Some(ReadyMessage::Failed { error }));
+        }
+        state.next_pid += 1;
+        let pid = 1000 + state.next_pid;
+        state.alive.insert(pid, 42);
+        Ok(Some(ReadyMessage::Ready { pid }))
+    }
+
+    fn process_start_time(&self, pid: i32) -> io::Result<Option<u64>> {
+        Ok(self.state().alive.get(&pid).copied())
+    }
+
+    fn kill(&self, pid: i32) -> io::Result<()> {
+        let mut state = self.state();
+        state.calls.push(FakeNsCall::Kill(pid));
+        state.alive.remove(&pid);
+        Ok(())
+    }
+
+    fn reap(&self, pid: i32) {
+        self.state().calls.push(FakeNsCall::Reap(pid));
+    }
+
+    fn become_subreaper(&self) -> io::Result<()> {
+        Ok(())
+    }
+}

@@ -1,0 +1,203 @@
+//! The sandbox's PID 1: assembles the root, enters the user namespace, locks itself down,
+//! then serves the control socket and reaps zombies until the sandbox is killed.
+
+use std::ffi::CString;
+use std::fs;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Component, Path, PathBuf};
+
+use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags, mount, mount_bind, mount_change, mount_remount, unmount};
+use rustix::process::{DumpableBehavior, chdir, pivot_root, set_dumpable_behavior};
+use rustix::thread::{Gid, Uid, UnshareFlags, set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+
+use super::outer::{MSG_ERROR, MSG_ID_MAP_DONE, MSG_NEED_ID_MAP, MSG_READY};
+use super::syscalls::{close_range, dup_onto, loopback_up, unshare};
+use super::{security, server};
+use crate::mount_plan::overlay_data;
+use crate::protocol::{InitConfig, MountStep, NetworkSetup};
+
+/// Where the old root is parked during `pivot_root`, relative to the new root.
+const OLD_ROOT: &str = ".oldroot";
+
+/// Runs as PID 1 of the new PID namespace; never returns.
+pub(super) fn run(config: &InitConfig, listener: UnixListener, channel: UnixStream) -> ! {
+    match set_up(config, &listener, &channel) {
+        Ok(()) => {
+            let mut writer = &channel;
+            if writer.write_all(format!("{MSG_READY}\n").as_bytes()).is_err() {
+                std::process::exit(1);
+            }
+            drop(channel);
+            server::serve(config, listener)
+        }
+        Err(error) => {
+            let mut writer = &channel;
+            let _ = writer.write_all(format!("{MSG_ERROR}{error}\n").as_bytes());
+            std::process::exit(1)
+        }
+    }
+}
+
+fn set_up(config: &InitConfig, listener: &UnixListener, channel: &UnixStream) -> Result<(), String> {
+    unshare(UnshareFlags::NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
+    mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
+        .map_err(|e| format!("make / private: {e}"))?;
+    for step in &config.mounts {
+        apply(config, step)?;
+    }
+    rustix::system::sethostname(config.hostname.as_bytes()).map_err(|e| format!("sethostname: {e}"))?;
+    if config.network == NetworkSetup::Loopback {
+        loopback_up().map_err(|e| format!("loopback up: {e}"))?;
+    }
+    enter_root(&config.rootfs)?;
+    enter_user_namespace(channel)?;
+    redirect_stdio()?;
+    let keep = [listener.as_raw_fd(), channel.as_raw_fd()];
+    close_all_but(&keep)?;
+    rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
+    set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(|e| format!("set not dumpable: {e}"))?;
+    security::lock_down()
+}
+
+fn apply(config: &InitConfig, step: &MountStep) -> Result<(), String> {
+    let root = &config.rootfs;
+    match step {
+        MountStep::Overlay { lower, upper, work } => {
+            let data = overlay_data(lower, upper, work);
+            mount_data("overlay", root, "overlay", MountFlags::empty(), &data)
+                .map_err(|e| format!("mount overlay root ({data}): {e}"))
+        }
+        MountStep::Bind { source, target, read_only } => {
+            let target = safe_target(root, target)?;
+            mount_bind(source, &target).map_err(|e| format!("bind {} on {}: {e}", source.display(), target.display()))?;
+            if *read_only {
+                let flags = MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV;
+                mount_remount(&target, flags, "").map_err(|e| format!("read-only {}: {e}", target.display()))?;
+            }
+            Ok(())
+        }
+        MountStep::DevNode { source, target } => {
+            let target = safe_target(root, target)?;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o666)
+                .open(&target)
+                .map_err(|e| format!("create {}: {e}", target.display()))?;
+            mount_bind(source, &target).map_err(|e| format!("bind {} on {}: {e}", source.display(), target.display()))
+        }
+        MountStep::Proc { target } => {
+            let target = safe_target(root, target)?;
+            let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+            mount_data("proc", &target, "proc", flags, "").map_err(|e| format!("mount proc: {e}"))
+        }
+        MountStep::Devpts { target } => {
+            let target = make_dir(root, target)?;
+            let flags = MountFlags::NOSUID | MountFlags::NOEXEC;
+            let data = format!("newinstance,ptmxmode=0666,mode=0620,uid={},gid={}", config.host_uid_base, config.host_gid_base);
+            mount_data("devpts", &target, "devpts", flags, &data).map_err(|e| format!("mount devpts: {e}"))
+        }
+        MountStep::Tmpfs { target, data, noexec, nodev } => {
+            let target = make_dir(root, target)?;
+            let mut flags = MountFlags::NOSUID;
+            if *noexec {
+                flags |= MountFlags::NOEXEC;
+            }
+            if *nodev {
+                flags |= MountFlags::NODEV;
+            }
+            // Owned by sandbox root, not by the unmapped host root that mounts it.
+            let data = format!("{data},uid={},gid={}", config.host_uid_base, config.host_gid_base);
+            mount_data("tmpfs", &target, "tmpfs", flags, &data).map_err(|e| format!("mount tmpfs on {}: {e}", target.display()))
+        }
+        MountStep::Symlink { link, points_to } => {
+            let link = safe_target(root, link)?;
+            std::os::unix::fs::symlink(points_to, &link).map_err(|e| format!("symlink {}: {e}", link.display()))
+        }
+    }
+}
+
+/// Resolves `relative` under `root`, refusing `..` and any symlink on the way: the upper layer
+/// may hold links a previous run of the sandbox planted, and a mount must never follow one
+/// out of the root.
+fn safe_target(root: &Path, relative: &Path) -> Result<PathBuf, String> {
+    let mut path = root.to_path_buf();
+    for component in relative.components() {
+        match component {
+            Component::Normal(part) => path.push(part),
+            Component::CurDir => {}
+            _ => return Err(format!("mount target {} leaves the root", relative.display())),
+        }
+        if let Ok(metadata) = fs::symlink_metadata(&path)
+            && metadata.file_type().is_symlink()
+        {
+            return Err(format!("mount target {} is a symlink", path.display()));
+        }
+    }
+    Ok(path)
+}
+
+fn make_dir(root: &Path, relative: &Path) -> Result<PathBuf, String> {
+    let target = safe_target(root, relative)?;
+    match fs::DirBuilder::new().mode(0o755).create(&target) {
+        Ok(()) => Ok(target),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && target.is_dir() => Ok(target),
+        Err(error) => Err(format!("create {}: {error}", target.display())),
+    }
+}
+
+/// mount(2) with string data; empty data passes NULL.
+fn mount_data(source: &str, target: &Path, fstype: &str, flags: MountFlags, data: &str) -> std::io::Result<()> {
+    let data = CString::new(data).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let data = if data.is_empty() { None } else { Some(data.as_c_str()) };
+    Ok(mount(source, target, fstype, flags, data)?)
+}
+
+fn enter_root(rootfs: &Path) -> Result<(), String> {
+    chdir(rootfs).map_err(|e| format!("chdir root: {e}"))?;
+    make_dir(rootfs, Path::new(OLD_ROOT))?;
+    pivot_root(".", OLD_ROOT).map_err(|e| format!("pivot_root: {e}"))?;
+    unmount(format!("/{OLD_ROOT}").as_str(), UnmountFlags::DETACH).map_err(|e| format!("detach old root: {e}"))?;
+    chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// Unshares a user namespace, has the outer process map its ids, and becomes its root.
+/// Every other namespace stays owned by the host's user namespace, so sandbox root holds
+/// no capability over the mounts, network, hostname or cgroups.
+fn enter_user_namespace(channel: &UnixStream) -> Result<(), String> {
+    unshare(UnshareFlags::NEWUSER).map_err(|e| format!("unshare user namespace: {e}"))?;
+    let mut writer = channel;
+    writer.write_all(format!("{MSG_NEED_ID_MAP}\n").as_bytes()).map_err(|e| format!("socketpair: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(channel).read_line(&mut answer).map_err(|e| format!("socketpair: {e}"))?;
+    if answer.trim_end() != MSG_ID_MAP_DONE {
+        return Err(format!("id map not written: {answer:?}"));
+    }
+    set_thread_groups(&[]).map_err(|e| format!("setgroups: {e}"))?;
+    set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT).map_err(|e| format!("setresgid: {e}"))?;
+    set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).map_err(|e| format!("setresuid: {e}"))
+}
+
+/// Points stdin, stdout and stderr at the sandbox's own `/dev/null`, so PID 1 holds no
+/// descriptor of a host file.
+fn redirect_stdio() -> Result<(), String> {
+    let null = fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    for target in 0..=2 {
+        dup_onto(&null, target).map_err(|e| format!("dup2 onto {target}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn close_all_but(keep: &[i32]) -> Result<(), String> {
+    let mut keep = keep.to_vec();
+    keep.sort_unstable();
+    let mut first = 3;
+    for fd in keep {
+        close_range(first, fd - 1).map_err(|e| format!("close_range: {e}"))?;
+        first = fd + 1;
+    }
+    close_range(first, i32::MAX).map_err(|e| format!("close_range: {e}"))
+}

@@ -1,0 +1,253 @@
+//! PID 1's steady state: the main thread reaps every child (it is the sandbox's init), and a
+//! thread per control connection runs one command and answers with its output.
+//!
+//! A command's exit status must reach the thread that started it even though the reaper
+//! collects it: starters register their pid under the registry lock *while spawning*, and the
+//! reaper records statuses only for registered pids, so no status is lost and orphans that
+//! end up reaped by PID 1 leave nothing behind.
+
+use std::collections::HashMap;
+use std::io::{BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use rustix::process::{Pid, Signal, WaitOptions, WaitStatus, kill_process_group, wait};
+
+use crate::protocol::{
+    ControlRequest, ControlResponse, ExecIdentity, InitConfig, WireExit, read_header, read_payload, write_frame,
+};
+
+/// Default `PATH` of commands.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How long output readers may lag behind the exit (a background grandchild can keep a pipe).
+const OUTPUT_GRACE: Duration = Duration::from_millis(200);
+
+#[derive(Default)]
+struct Registry {
+    /// Registered pids, with their status once reaped.
+    waiting: HashMap<i32, Option<WaitStatus>>,
+}
+
+struct Shared {
+    registry: Mutex<Registry>,
+    changed: Condvar,
+    env: Vec<(String, String)>,
+    output_limit: usize,
+}
+
+impl Shared {
+    fn registry(&self) -> MutexGuard<'_, Registry> {
+        self.registry.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Serves the control socket; never returns.
+pub(super) fn serve(config: &InitConfig, listener: UnixListener) -> ! {
+    let shared = Arc::new(Shared {
+        registry: Mutex::new(Registry::default()),
+        changed: Condvar::new(),
+        env: config.env.clone(),
+        output_limit: config.exec_output_limit,
+    });
+    let acceptor = Arc::clone(&shared);
+    // If the acceptor thread cannot start, PID 1 still reaps; the daemon sees a dead channel.
+    let _ = thread::Builder::new().name("control".into()).spawn(move || accept_loop(&acceptor, &listener));
+    reap_forever(&shared)
+}
+
+fn reap_forever(shared: &Shared) -> ! {
+    loop {
+        match wait(WaitOptions::empty()) {
+            Ok(Some((pid, status))) => {
+                let mut registry = shared.registry();
+                if let Some(slot) = registry.waiting.get_mut(&pid.as_raw_nonzero().get()) {
+                    *slot = Some(status);
+                    shared.changed.notify_all();
+                }
+            }
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            Err(_) => {
+                // No children right now: sleep until a command is started.
+                let registry = shared.registry();
+                let _ = shared.changed.wait_timeout(registry, Duration::from_secs(1));
+            }
+        }
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
+    for stream in listener.incoming() {
+        let Ok(stream) = stream else { continue };
+        let shared = Arc::clone(shared);
+        let _ = thread::Builder::new().name("exec".into()).spawn(move || {
+            // A client that vanished mid-answer is not PID 1's problem.
+            let _ = handle(&shared, &stream);
+        });
+    }
+}
+
+fn handle(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
+    let request: ControlRequest = match read_header(&mut reader) {
+        Ok(request) => request,
+        Err(error) => {
+            let refusal = ControlResponse::Refused { message: format!("bad request: {error}") };
+            return write_frame(&mut &*stream, &refusal, &[]);
+        }
+    };
+    match request {
+        ControlRequest::Ping => write_frame(&mut &*stream, &ControlResponse::Pong, &[]),
+        ControlRequest::Exec { argv, env, cwd, identity, timeout_ms, stdin_len } => {
+            let stdin = read_payload(&mut reader, stdin_len)?;
+            let command = ExecCommand { argv, env, cwd, identity, timeout: timeout_ms.map(Duration::from_millis), stdin };
+            match run(shared, command) {
+                Ok(finished) => {
+                    let header = ControlResponse::Exited {
+                        status: finished.status,
+                        stdout_len: finished.stdout.len(),
+                        stderr_len: finished.stderr.len(),
+                        truncated: finished.truncated,
+                        timed_out: finished.timed_out,
+                    };
+                    write_frame(&mut &*stream, &header, &[&finished.stdout, &finished.stderr])
+                }
+                Err(message) => write_frame(&mut &*stream, &ControlResponse::Refused { message }, &[]),
+            }
+        }
+    }
+}
+
+struct ExecCommand {
+    argv: Vec<String>,
+    env: Vec<(String, String)>,
+    cwd: Option<String>,
+    identity: ExecIdentity,
+    timeout: Option<Duration>,
+    stdin: Vec<u8>,
+}
+
+struct Finished {
+    status: WireExit,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    truncated: bool,
+    timed_out: bool,
+}
+
+fn run(shared: &Shared, request: ExecCommand) -> Result<Finished, String> {
+    let Some((program, args)) = request.argv.split_first() else { return Err("argv is empty".into()) };
+    let mut command = Command::new(program);
+    command
+        .args(args)
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", &request.identity.home)
+        .env("USER", &request.identity.name)
+        .env("LOGNAME", &request.identity.name)
+        .envs(shared.env.iter().map(|(k, v)| (k, v)))
+        .envs(request.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(request.cwd.as_deref().unwrap_or(&request.identity.home))
+        .uid(request.identity.uid)
+        .gid(request.identity.gid)
+        .process_group(0)
+        .stdin(if request.stdin.is_empty() { Stdio::null() } else { Stdio::piped() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+
+    let mut child = {
+        let mut registry = shared.registry();
+        let child = command.spawn().map_err(|e| format!("cannot run {program:?}: {e}"))?;
+        let pid = i32::try_from(child.id()).map_err(|_| "pid out of range".to_owned())?;
+        registry.waiting.insert(pid, None);
+        shared.changed.notify_all();
+        child
+    };
+    let pid = i32::try_from(child.id()).map_err(|_| "pid out of range".to_owned())?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let bytes = request.stdin;
+        thread::spawn(move || {
+            // The command may exit without reading; a broken pipe is fine.
+            let _ = stdin.write_all(&bytes);
+        });
+    }
+    let limit = shared.output_limit;
+    let stdout = child.stdout.take().map(|pipe| spawn_reader(pipe, limit));
+    let stderr = child.stderr.take().map(|pipe| spawn_reader(pipe, limit));
+    // The reaper collects the status; dropping `child` neither waits nor kills.
+    drop(child);
+
+    let (status, timed_out) = wait_for(shared, pid, request.timeout);
+    let deadline = Instant::now() + OUTPUT_GRACE;
+    let (stdout, stdout_cut) = collect(stdout, deadline);
+    let (stderr, stderr_cut) = collect(stderr, deadline);
+    Ok(Finished { status: wire_exit(status), stdout, stderr, truncated: stdout_cut || stderr_cut, timed_out })
+}
+
+/// Waits for the reaper to record `pid`'s status; kills its process group at the timeout.
+fn wait_for(shared: &Shared, pid: i32, timeout: Option<Duration>) -> (WaitStatus, bool) {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let mut timed_out = false;
+    let mut registry = shared.registry();
+    loop {
+        if let Some(Some(status)) = registry.waiting.get(&pid) {
+            let status = *status;
+            registry.waiting.remove(&pid);
+            return (status, timed_out);
+        }
+        let wait = match deadline {
+            Some(deadline) if !timed_out => deadline.saturating_duration_since(Instant::now()),
+            _ => Duration::from_secs(1),
+        };
+        if wait.is_zero() && !timed_out {
+            timed_out = true;
+            if let Some(group) = Pid::from_raw(pid) {
+                let _ = kill_process_group(group, Signal::KILL);
+            }
+            continue;
+        }
+        registry = shared.changed.wait_timeout(registry, wait).map(|(guard, _)| guard).unwrap_or_else(|e| e.into_inner().0);
+    }
+}
+
+fn wire_exit(status: WaitStatus) -> WireExit {
+    if let Some(code) = status.exit_status() {
+        WireExit::Code(code)
+    } else if let Some(signal) = status.terminating_signal() {
+        WireExit::Signal(signal)
+    } else {
+        WireExit::Code(-1)
+    }
+}
+
+type Reader = std::sync::mpsc::Receiver<(Vec<u8>, bool)>;
+
+/// Reads a pipe to its end, keeping at most `limit` bytes and draining the rest.
+fn spawn_reader<R: Read + Send + 'static>(mut pipe: R, limit: usize) -> Reader {
+    let (sender, receiver) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut truncated = false;
+        let mut buffer = [0u8; 16 * 1024];
+        loop {
+            match pipe.read(&mut buffer) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    let room = limit.saturating_sub(kept.len());
+                    kept.extend_from_slice(&buffer[..n.min(room)]);
+                    truncated |= n > room;
+                }
+            }
+        }
+        let _ = sender.send((kept, truncated));
+    });
+    receiver
+}
+
+fn collect(reader: Option<Reader>, deadline: Instant) -> (Vec<u8>, bool) {
+    let Some(reader) = reader else { return (Vec::new(), false) };
+    reader.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or((Vec::new(), true))
+}
