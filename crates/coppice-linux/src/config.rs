@@ -23,13 +23,29 @@ impl Default for IdMap {
     }
 }
 
+/// How to start the sandbox init: a program and the arguments that precede `--config`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InitCommand {
+    /// The executable (the `coppice-init` binary, or a binary with an init mode).
+    pub program: PathBuf,
+    /// Arguments before `--config <file>` (e.g. the init mode's sub-command).
+    pub leading_args: Vec<String>,
+}
+
+impl InitCommand {
+    /// The dedicated `coppice-init` binary at `program`.
+    pub fn binary(program: PathBuf) -> Self {
+        Self { program, leading_args: Vec::new() }
+    }
+}
+
 /// Settings of [`crate::NamespaceRuntime`].
 #[derive(Debug, Clone)]
 pub struct NamespaceRuntimeConfig {
     /// Per-sandbox run dirs (init config, state, control socket, mount point) live here.
     pub run_dir: PathBuf,
-    /// The `coppice-init` binary.
-    pub init_binary: PathBuf,
+    /// How to start the sandbox init.
+    pub init: InitCommand,
     /// Where the cgroup hierarchies are and what to call coppice's group.
     pub cgroup: CgroupConfig,
     /// The sandbox id map.
@@ -45,11 +61,11 @@ pub struct NamespaceRuntimeConfig {
 }
 
 impl NamespaceRuntimeConfig {
-    /// Defaults for a daemon whose state lives under `run_dir`, with `init_binary` as the init.
-    pub fn new(run_dir: PathBuf, init_binary: PathBuf) -> Self {
+    /// Defaults for a daemon whose state lives under `run_dir`, starting inits with `init`.
+    pub fn new(run_dir: PathBuf, init: InitCommand) -> Self {
         Self {
             run_dir,
-            init_binary,
+            init,
             cgroup: CgroupConfig::default(),
             id_map: IdMap::default(),
             host_dev: PathBuf::from("/dev"),

@@ -151,8 +151,8 @@ impl<S: NsSys> NamespaceRuntime<S> {
         let config_path = dir.join(INIT_CONFIG);
         let ready = self
             .sys
-            .spawn_init(&self.config.init_binary, &config_path, &dir.join(INIT_LOG), self.config.start_timeout)
-            .map_err(|source| LinuxError::SpawnInit { binary: self.config.init_binary.clone(), source })?;
+            .spawn_init(&self.config.init, &config_path, &dir.join(INIT_LOG), self.config.start_timeout)
+            .map_err(|source| LinuxError::SpawnInit { binary: self.config.init.program.clone(), source })?;
         let pid = match ready {
             Some(ReadyMessage::Ready { pid }) => pid,
             Some(ReadyMessage::Failed { error }) => return Err(LinuxError::InitFailed { message: error }),
@@ -203,6 +203,10 @@ impl<S: NsSys> NamespaceRuntime<S> {
             }
             thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        // The init is a zombie now; collect it (it is our child when this process started it).
+        if let Some(state) = &state {
+            self.sys.reap(state.pid);
         }
         let dir = self.sandbox_dir(id);
         match fs::remove_dir_all(&dir) {

@@ -6,6 +6,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::config::InitCommand;
 use crate::protocol::ReadyMessage;
 
 mod fake;
@@ -18,12 +19,12 @@ pub use linux::{RealNsSys, init_main};
 
 /// The host-side process operations the runtime needs.
 pub trait NsSys: Send + Sync + fmt::Debug + 'static {
-    /// Starts the init binary with `--config <config>`, stderr appended to `log`, and waits up
-    /// to `timeout` for its ready line.
+    /// Starts `command` followed by `--config <config>`, stderr appended to `log`, and waits
+    /// up to `timeout` for its ready line (`None` when none came; the init is then killed).
     ///
     /// # Errors
-    /// Spawn failure, or no ready line in time (the init is then killed).
-    fn spawn_init(&self, binary: &Path, config: &Path, log: &Path, timeout: Duration) -> io::Result<Option<ReadyMessage>>;
+    /// Spawn failure.
+    fn spawn_init(&self, command: &InitCommand, config: &Path, log: &Path, timeout: Duration) -> io::Result<Option<ReadyMessage>>;
 
     /// The start time (clock ticks since boot) of a live, non-zombie process; `None` when gone.
     ///

@@ -14,7 +14,7 @@ use coppice_core::net::NetAttachment;
 use coppice_core::runtime::{Runtime, RuntimeSpec};
 use coppice_core::storage::{BindMount, RootFs};
 use coppice_linux::cgroup::CgroupConfig;
-use coppice_linux::{IdMap, NamespaceRuntime, NamespaceRuntimeConfig, RealNsSys};
+use coppice_linux::{IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig, RealNsSys};
 
 const ROOT_UID: u32 = 200_000;
 
@@ -34,7 +34,7 @@ impl Host {
         let lower = dir.path().join("lower");
         build_template(&lower);
         let group = format!("coppice-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let mut config = NamespaceRuntimeConfig::new(dir.path().join("run"), env!("CARGO_BIN_EXE_coppice-init").into());
+        let mut config = NamespaceRuntimeConfig::new(dir.path().join("run"), InitCommand::binary(env!("CARGO_BIN_EXE_coppice-init").into()));
         config.cgroup = CgroupConfig { group: group.clone(), ..CgroupConfig::default() };
         config.id_map = IdMap { host_uid_base: ROOT_UID, host_gid_base: ROOT_UID, count: 65_536 };
         let runtime = NamespaceRuntime::new(config).unwrap();

@@ -161,11 +161,19 @@ impl HostIds {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Entry {
     /// A directory with an exact mode.
-    Dir { path: &'static str, mode: u32, owner: SandboxOwner },
+    Dir {
+        path: &'static str,
+        mode: u32,
+        owner: SandboxOwner,
+    },
     /// A symlink.
     Symlink { path: &'static str, target: String },
     /// A generated file owned by the sandbox's root.
-    File { path: &'static str, contents: String, mode: u32 },
+    File {
+        path: &'static str,
+        contents: String,
+        mode: u32,
+    },
     /// `etc/<name>` copied from the host's `/etc`, if the host has it.
     HostEtc { name: &'static str },
 }
@@ -176,8 +184,15 @@ pub(crate) enum Entry {
 /// links are made. `machine_id` is the 32-hex-digit contents of `/etc/machine-id`.
 pub(crate) fn plan(host_usr_has: impl Fn(&str) -> bool, machine_id: &str) -> Vec<Entry> {
     let mut entries = Vec::new();
-    for name in USR_MERGE_DIRS.iter().copied().filter(|name| host_usr_has(name)) {
-        entries.push(Entry::Symlink { path: name, target: format!("usr/{name}") });
+    for name in USR_MERGE_DIRS
+        .iter()
+        .copied()
+        .filter(|name| host_usr_has(name))
+    {
+        entries.push(Entry::Symlink {
+            path: name,
+            target: format!("usr/{name}"),
+        });
     }
     for &(path, mode, owner) in DIRS {
         entries.push(Entry::Dir { path, mode, owner });
@@ -193,7 +208,11 @@ pub(crate) fn plan(host_usr_has: impl Fn(&str) -> bool, machine_id: &str) -> Vec
         ("etc/profile", PROFILE.to_owned(), 0o644),
     ];
     for (path, contents, mode) in files {
-        entries.push(Entry::File { path, contents, mode });
+        entries.push(Entry::File {
+            path,
+            contents,
+            mode,
+        });
     }
     for &name in HOST_ETC_COPIES {
         entries.push(Entry::HostEtc { name });
@@ -203,11 +222,13 @@ pub(crate) fn plan(host_usr_has: impl Fn(&str) -> bool, machine_id: &str) -> Vec
 
 /// Formats 16 random bytes as a machine id (32 lowercase hex digits).
 pub(crate) fn machine_id(random: &[u8; 16]) -> String {
-    random.iter().fold(String::with_capacity(32), |mut id, byte| {
-        // Writing to a String cannot fail.
-        let _ = write!(id, "{byte:02x}");
-        id
-    })
+    random
+        .iter()
+        .fold(String::with_capacity(32), |mut id, byte| {
+            // Writing to a String cannot fail.
+            let _ = write!(id, "{byte:02x}");
+            id
+        })
 }
 
 /// Writes `entries` into the empty directory `tree`, copying host entries from `host_etc`.
@@ -233,14 +254,26 @@ pub(crate) fn apply(
             }
             Entry::Symlink { path, target } => {
                 let path = tree.join(path);
-                std::os::unix::fs::symlink(target, &path)
-                    .map_err(|source| OverlayError::Symlink { path: path.clone(), source })?;
+                std::os::unix::fs::symlink(target, &path).map_err(|source| {
+                    OverlayError::Symlink {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
                 ids.root.apply(sys, &path)?;
             }
-            Entry::File { path, contents, mode } => {
+            Entry::File {
+                path,
+                contents,
+                mode,
+            } => {
                 let path = tree.join(path);
-                write_new(&path, contents.as_bytes())
-                    .map_err(|source| OverlayError::WriteFile { path: path.clone(), source })?;
+                write_new(&path, contents.as_bytes()).map_err(|source| {
+                    OverlayError::WriteFile {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
                 ids.root.apply(sys, &path)?;
                 fsutil::set_mode(&path, *mode)?;
             }
@@ -285,8 +318,14 @@ mod tests {
     use crate::sys::FakeOverlaySys;
 
     const IDS: HostIds = HostIds {
-        root: Owner { uid: 200_000, gid: 300_000 },
-        user: Owner { uid: 201_000, gid: 301_000 },
+        root: Owner {
+            uid: 200_000,
+            gid: 300_000,
+        },
+        user: Owner {
+            uid: 201_000,
+            gid: 301_000,
+        },
     };
 
     fn mode_of(path: &Path) -> u32 {
@@ -297,19 +336,27 @@ mod tests {
     fn test_plan_usr_merge_links_only_for_present_dirs() {
         let entries = plan(|name| matches!(name, "bin" | "lib"), &"0".repeat(32));
 
-        let links: Vec<&Entry> =
-            entries.iter().filter(|entry| matches!(entry, Entry::Symlink { .. })).collect();
+        let links: Vec<&Entry> = entries
+            .iter()
+            .filter(|entry| matches!(entry, Entry::Symlink { .. }))
+            .collect();
         assert_eq!(
             links,
             [
-                &Entry::Symlink { path: "bin", target: "usr/bin".to_owned() },
-                &Entry::Symlink { path: "lib", target: "usr/lib".to_owned() },
+                &Entry::Symlink {
+                    path: "bin",
+                    target: "usr/bin".to_owned()
+                },
+                &Entry::Symlink {
+                    path: "lib",
+                    target: "usr/lib".to_owned()
+                },
             ]
         );
     }
 
     #[test]
-    fn test_plan_has_no_shadow_file() {
+    fn test_plan_any_host_shadow_is_not_included() {
         let entries = plan(|_| true, &"0".repeat(32));
 
         let shadow = entries.iter().any(|entry| {
@@ -334,7 +381,8 @@ mod tests {
             .iter()
             .enumerate()
             .filter(|(index, path)| {
-                path.rsplit_once('/').is_some_and(|(parent, _)| !dirs[..*index].contains(&parent))
+                path.rsplit_once('/')
+                    .is_some_and(|(parent, _)| !dirs[..*index].contains(&parent))
             })
             .map(|(_, path)| path)
             .collect();
@@ -342,7 +390,7 @@ mod tests {
     }
 
     #[test]
-    fn test_machine_id_is_32_lowercase_hex_digits() {
+    fn test_machine_id_16_bytes_give_32_hex_digits() {
         let id = machine_id(&[0xab; 16]);
 
         assert_eq!(id, "ab".repeat(16));
@@ -357,7 +405,14 @@ mod tests {
         fs::create_dir(&host_etc).unwrap();
         let sys = FakeOverlaySys::default();
 
-        apply(&sys, &tree, &plan(|_| false, &"1".repeat(32)), IDS, &host_etc).unwrap();
+        apply(
+            &sys,
+            &tree,
+            &plan(|_| false, &"1".repeat(32)),
+            IDS,
+            &host_etc,
+        )
+        .unwrap();
 
         assert_eq!(mode_of(&tree.join("tmp")), 0o1777);
         assert_eq!(mode_of(&tree.join("var/tmp")), 0o1777);
@@ -365,7 +420,10 @@ mod tests {
         assert_eq!(mode_of(&tree.join("etc/machine-id")), 0o444);
         assert_eq!(sys.owner(&tree.join("home/user")), Some((201_000, 301_000)));
         assert_eq!(sys.owner(&tree.join("home")), Some((200_000, 300_000)));
-        assert_eq!(sys.owner(&tree.join("etc/passwd")), Some((200_000, 300_000)));
+        assert_eq!(
+            sys.owner(&tree.join("etc/passwd")),
+            Some((200_000, 300_000))
+        );
         assert_eq!(sys.owner(&tree), Some((200_000, 300_000)));
     }
 
@@ -376,8 +434,14 @@ mod tests {
         fs::create_dir(&tree).unwrap();
         let sys = FakeOverlaySys::default();
 
-        apply(&sys, &tree, &plan(|_| false, &"1".repeat(32)), IDS, &dir.path().join("none"))
-            .unwrap();
+        apply(
+            &sys,
+            &tree,
+            &plan(|_| false, &"1".repeat(32)),
+            IDS,
+            &dir.path().join("none"),
+        )
+        .unwrap();
 
         assert!(!tree.join("etc/ssl").exists());
         assert!(tree.join("etc/passwd").is_file());

@@ -46,13 +46,22 @@ impl OverlayConfig {
 
     /// Host ids of the sandbox's root.
     pub(crate) fn root_owner(&self) -> Owner {
-        Owner { uid: self.sandbox_root_uid, gid: self.sandbox_root_gid }
+        Owner {
+            uid: self.sandbox_root_uid,
+            gid: self.sandbox_root_gid,
+        }
     }
 
     /// Host ids of the sandbox's default user.
     pub(crate) fn user_owner(&self) -> Result<Owner, OverlayError> {
-        let shift = |id: u32| id.checked_add(USER_ID).ok_or(OverlayError::IdOverflow { id });
-        Ok(Owner { uid: shift(self.sandbox_root_uid)?, gid: shift(self.sandbox_root_gid)? })
+        let shift = |id: u32| {
+            id.checked_add(USER_ID)
+                .ok_or(OverlayError::IdOverflow { id })
+        };
+        Ok(Owner {
+            uid: shift(self.sandbox_root_uid)?,
+            gid: shift(self.sandbox_root_gid)?,
+        })
     }
 }
 
@@ -60,7 +69,10 @@ fn check_absolute(field: &'static str, path: &Path) -> Result<(), OverlayError> 
     if path.is_absolute() {
         Ok(())
     } else {
-        Err(OverlayError::RelativePath { field, path: path.to_owned() })
+        Err(OverlayError::RelativePath {
+            field,
+            path: path.to_owned(),
+        })
     }
 }
 
@@ -74,7 +86,10 @@ mod tests {
 
         let err = config.validate().unwrap_err();
 
-        assert!(matches!(err, OverlayError::RelativePath { field: "root", .. }));
+        assert!(matches!(
+            err,
+            OverlayError::RelativePath { field: "root", .. }
+        ));
     }
 
     #[test]
@@ -92,6 +107,12 @@ mod tests {
 
         let owner = config.user_owner().unwrap();
 
-        assert_eq!(owner, Owner { uid: 201_000, gid: 301_000 });
+        assert_eq!(
+            owner,
+            Owner {
+                uid: 201_000,
+                gid: 301_000
+            }
+        );
     }
 }

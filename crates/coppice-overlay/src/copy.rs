@@ -28,12 +28,13 @@ pub(crate) struct Owner {
 impl Owner {
     /// Gives `path` to this owner, not following a symlink at `path`.
     pub(crate) fn apply(self, sys: &dyn OverlaySys, path: &Path) -> Result<()> {
-        sys.lchown(path, self.uid, self.gid).map_err(|source| OverlayError::Chown {
-            path: path.to_owned(),
-            uid: self.uid,
-            gid: self.gid,
-            source,
-        })
+        sys.lchown(path, self.uid, self.gid)
+            .map_err(|source| OverlayError::Chown {
+                path: path.to_owned(),
+                uid: self.uid,
+                gid: self.gid,
+                source,
+            })
     }
 }
 
@@ -61,19 +62,28 @@ fn copy_entry(
     owner: Owner,
     skipped: &mut Vec<PathBuf>,
 ) -> Result<()> {
-    let meta = fs::symlink_metadata(src)
-        .map_err(|source| OverlayError::Stat { path: src.to_owned(), source })?;
+    let meta = fs::symlink_metadata(src).map_err(|source| OverlayError::Stat {
+        path: src.to_owned(),
+        source,
+    })?;
     let file_type = meta.file_type();
     let mode = meta.permissions().mode() & 0o7777;
     if file_type.is_symlink() {
-        let target = fs::read_link(src)
-            .map_err(|source| OverlayError::Symlink { path: src.to_owned(), source })?;
-        std::os::unix::fs::symlink(&target, dst)
-            .map_err(|source| OverlayError::Symlink { path: dst.to_owned(), source })?;
+        let target = fs::read_link(src).map_err(|source| OverlayError::Symlink {
+            path: src.to_owned(),
+            source,
+        })?;
+        std::os::unix::fs::symlink(&target, dst).map_err(|source| OverlayError::Symlink {
+            path: dst.to_owned(),
+            source,
+        })?;
         owner.apply(sys, dst)
     } else if file_type.is_file() && mode & OTHER_READ == OTHER_READ {
-        copy_file(src, dst)
-            .map_err(|source| OverlayError::Copy { from: src.to_owned(), to: dst.to_owned(), source })?;
+        copy_file(src, dst).map_err(|source| OverlayError::Copy {
+            from: src.to_owned(),
+            to: dst.to_owned(),
+            source,
+        })?;
         // Owner first: chown clears set-id bits, and the mode is meant to survive.
         owner.apply(sys, dst)?;
         fsutil::set_mode(dst, mode)
@@ -81,7 +91,9 @@ fn copy_entry(
         fsutil::create_dir(dst)?;
         owner.apply(sys, dst)?;
         for entry in fsutil::read_dir_sorted(src)? {
-            let Some(name) = entry.file_name() else { continue };
+            let Some(name) = entry.file_name() else {
+                continue;
+            };
             copy_entry(sys, &entry, &dst.join(name), owner, skipped)?;
         }
         // Last, so that a read-only source directory does not stop its own filling.
@@ -96,8 +108,15 @@ fn copy_entry(
 /// Copies a regular file's bytes, refusing to follow a symlink swapped in at `src` and to
 /// overwrite anything at `dst`.
 fn copy_file(src: &Path, dst: &Path) -> io::Result<()> {
-    let mut from = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(src)?;
-    let mut to: File = OpenOptions::new().write(true).create_new(true).mode(0o600).open(dst)?;
+    let mut from = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(src)?;
+    let mut to: File = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(dst)?;
     io::copy(&mut from, &mut to)?;
     Ok(())
 }
@@ -109,7 +128,10 @@ mod tests {
     use super::*;
     use crate::sys::FakeOverlaySys;
 
-    const OWNER: Owner = Owner { uid: 200_000, gid: 200_000 };
+    const OWNER: Owner = Owner {
+        uid: 200_000,
+        gid: 200_000,
+    };
 
     fn mode_of(path: &Path) -> u32 {
         fs::symlink_metadata(path).unwrap().permissions().mode() & 0o7777
@@ -147,9 +169,19 @@ mod tests {
 
         copy_tree(&sys, &src, &dst, OWNER).unwrap();
 
-        assert!(fs::symlink_metadata(dst.join("escape")).unwrap().file_type().is_symlink());
+        assert!(
+            fs::symlink_metadata(dst.join("escape"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         assert_eq!(fs::read_link(dst.join("escape")).unwrap(), secret);
-        assert!(fs::symlink_metadata(dst.join("key-link")).unwrap().file_type().is_symlink());
+        assert!(
+            fs::symlink_metadata(dst.join("key-link"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
         assert_eq!(fsutil::tree_size(&dst).unwrap(), 0);
     }
 

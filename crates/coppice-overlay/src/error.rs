@@ -255,8 +255,14 @@ impl OverlayError {
             Self::TemplateNotFound { template } => StorageError::TemplateNotFound { id: template },
             Self::SandboxNotFound { sandbox } => StorageError::NotFound { id: sandbox },
             Self::SandboxExists { sandbox } => StorageError::AlreadyExists { id: sandbox },
-            err if err.is_exhausted() => StorageError::Exhausted { op, source: Box::new(err) },
-            err => StorageError::Backend { op, source: Box::new(err) },
+            err if err.is_exhausted() => StorageError::Exhausted {
+                op,
+                source: Box::new(err),
+            },
+            err => StorageError::Backend {
+                op,
+                source: Box::new(err),
+            },
         }
     }
 }
@@ -300,14 +306,22 @@ mod tests {
 
         let mapped = err.into_storage("create rootfs");
 
-        assert!(matches!(mapped, StorageError::Backend { op: "create rootfs", .. }));
+        assert!(matches!(
+            mapped,
+            StorageError::Backend {
+                op: "create rootfs",
+                ..
+            }
+        ));
         assert!(mapped.source().is_some());
     }
 
     #[test]
     fn test_into_storage_template_not_found_keeps_kind() {
         let template: TemplateId = "nope".parse().unwrap();
-        let err = OverlayError::TemplateNotFound { template: template.clone() };
+        let err = OverlayError::TemplateNotFound {
+            template: template.clone(),
+        };
 
         let mapped = err.into_storage("create rootfs");
 
@@ -315,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn test_display_does_not_repeat_source() {
+    fn test_display_io_error_omits_source() {
         let err = write_error(libc::EIO);
 
         let message = err.to_string();

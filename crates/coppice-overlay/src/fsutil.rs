@@ -20,8 +20,9 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Milliseconds since the Unix epoch; instants before it count as 0.
 pub(crate) fn unix_ms(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+    time.duration_since(UNIX_EPOCH).map_or(0, |elapsed| {
+        u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+    })
 }
 
 /// The instant `ms` milliseconds after the Unix epoch.
@@ -36,31 +37,47 @@ pub(crate) fn truncate_to_ms(time: SystemTime) -> SystemTime {
 
 /// Creates one directory (its parent must exist).
 pub(crate) fn create_dir(path: &Path) -> Result<()> {
-    fs::create_dir(path).map_err(|source| OverlayError::CreateDir { path: path.to_owned(), source })
+    fs::create_dir(path).map_err(|source| OverlayError::CreateDir {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Creates a directory and its missing parents.
 pub(crate) fn create_dir_all(path: &Path) -> Result<()> {
-    fs::create_dir_all(path)
-        .map_err(|source| OverlayError::CreateDir { path: path.to_owned(), source })
+    fs::create_dir_all(path).map_err(|source| OverlayError::CreateDir {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 /// Sets the permission bits of `path` exactly, independent of the umask. Follows symlinks, so
 /// only call it on paths this crate created.
 pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
-    fs::set_permissions(path, fs::Permissions::from_mode(mode))
-        .map_err(|source| OverlayError::SetMode { path: path.to_owned(), mode, source })
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(|source| {
+        OverlayError::SetMode {
+            path: path.to_owned(),
+            mode,
+            source,
+        }
+    })
 }
 
 /// Writes `contents` to `path` through a temporary file in the same directory and a rename,
 /// so that readers see either the old or the new file, never a torn one.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let name = path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = path
+        .file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let counter = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let temp = dir.join(format!(".{name}.tmp-{}-{counter}", std::process::id()));
     let written = write_synced(&temp, contents)
-        .map_err(|source| OverlayError::WriteFile { path: temp.clone(), source })
+        .map_err(|source| OverlayError::WriteFile {
+            path: temp.clone(),
+            source,
+        })
         .and_then(|()| {
             fs::rename(&temp, path).map_err(|source| OverlayError::Rename {
                 from: temp.clone(),
@@ -89,8 +106,11 @@ fn write_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
 
 /// Serialises `record` as pretty JSON and writes it atomically to `path`.
 pub(crate) fn write_json<T: Serialize>(path: &Path, record: &T) -> Result<()> {
-    let mut bytes = serde_json::to_vec_pretty(record)
-        .map_err(|source| OverlayError::EncodeMetadata { path: path.to_owned(), source })?;
+    let mut bytes =
+        serde_json::to_vec_pretty(record).map_err(|source| OverlayError::EncodeMetadata {
+            path: path.to_owned(),
+            source,
+        })?;
     bytes.push(b'\n');
     write_atomic(path, &bytes)
 }
@@ -100,16 +120,27 @@ pub(crate) fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     let bytes = match fs::read(path) {
         Ok(bytes) => bytes,
         Err(source) if source.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(source) => return Err(OverlayError::ReadFile { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(OverlayError::ReadFile {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
     serde_json::from_slice(&bytes)
         .map(Some)
-        .map_err(|source| OverlayError::ParseMetadata { path: path.to_owned(), source })
+        .map_err(|source| OverlayError::ParseMetadata {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// The entries of a directory, as full paths, sorted by name.
 pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
-    let read_err = |source| OverlayError::ReadDir { path: dir.to_owned(), source };
+    let read_err = |source| OverlayError::ReadDir {
+        path: dir.to_owned(),
+        source,
+    };
     let mut entries = Vec::new();
     for entry in fs::read_dir(dir).map_err(read_err)? {
         entries.push(entry.map_err(read_err)?.path());
@@ -120,8 +151,10 @@ pub(crate) fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>> {
 
 /// The summed size of the regular files under `root`, without following symlinks.
 pub(crate) fn tree_size(root: &Path) -> Result<u64> {
-    let meta = fs::symlink_metadata(root)
-        .map_err(|source| OverlayError::Stat { path: root.to_owned(), source })?;
+    let meta = fs::symlink_metadata(root).map_err(|source| OverlayError::Stat {
+        path: root.to_owned(),
+        source,
+    })?;
     if meta.is_file() {
         return Ok(meta.len());
     }
@@ -147,11 +180,18 @@ pub(crate) fn remove_tree(path: &Path) -> Result<bool> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(source) if source.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(source) => return Err(OverlayError::Stat { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(OverlayError::Stat {
+                path: path.to_owned(),
+                source,
+            });
+        }
     };
     if !meta.is_dir() {
-        fs::remove_file(path)
-            .map_err(|source| OverlayError::Remove { path: path.to_owned(), source })?;
+        fs::remove_file(path).map_err(|source| OverlayError::Remove {
+            path: path.to_owned(),
+            source,
+        })?;
         return Ok(true);
     }
     match fs::remove_dir_all(path) {
@@ -161,12 +201,20 @@ pub(crate) fn remove_tree(path: &Path) -> Result<bool> {
             tracing::debug!(path = %path.display(), "opening up directories before removal");
             open_up_dirs(path)?;
         }
-        Err(source) => return Err(OverlayError::Remove { path: path.to_owned(), source }),
+        Err(source) => {
+            return Err(OverlayError::Remove {
+                path: path.to_owned(),
+                source,
+            });
+        }
     }
     match fs::remove_dir_all(path) {
         Ok(()) => Ok(true),
         Err(source) if source.kind() == io::ErrorKind::NotFound => Ok(true),
-        Err(source) => Err(OverlayError::Remove { path: path.to_owned(), source }),
+        Err(source) => Err(OverlayError::Remove {
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 
@@ -176,7 +224,12 @@ fn open_up_dirs(dir: &Path) -> Result<()> {
     let meta = match fs::symlink_metadata(dir) {
         Ok(meta) => meta,
         Err(source) if source.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => return Err(OverlayError::Stat { path: dir.to_owned(), source }),
+        Err(source) => {
+            return Err(OverlayError::Stat {
+                path: dir.to_owned(),
+                source,
+            });
+        }
     };
     if !meta.is_dir() {
         return Ok(());
@@ -263,7 +316,10 @@ mod tests {
 
         open_up_dirs(&work).unwrap();
 
-        let mode = fs::symlink_metadata(work.join("work")).unwrap().permissions().mode();
+        let mode = fs::symlink_metadata(work.join("work"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o700);
     }
 
@@ -292,7 +348,7 @@ mod tests {
     }
 
     #[test]
-    fn test_unix_ms_round_trips() {
+    fn test_unix_ms_of_from_unix_ms_round_trips() {
         let time = from_unix_ms(1_700_000_000_123);
 
         let ms = unix_ms(time);

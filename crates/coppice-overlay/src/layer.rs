@@ -58,7 +58,11 @@ impl LayerId {
             .take(GENERATED_PREFIX_MAX_LEN)
             .map(|c| {
                 let c = c.to_ascii_lowercase();
-                if c.is_ascii_lowercase() || c.is_ascii_digit() { c } else { '-' }
+                if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                    c
+                } else {
+                    '-'
+                }
             })
             .collect();
         let trimmed_len = clean.trim_start_matches('-').len();
@@ -85,12 +89,19 @@ impl FromStr for LayerId {
             return Err(ParseIdError::Empty { kind: KIND });
         }
         if value.len() > Self::MAX_LEN {
-            return Err(ParseIdError::TooLong { kind: KIND, len: value.len(), max: Self::MAX_LEN });
+            return Err(ParseIdError::TooLong {
+                kind: KIND,
+                len: value.len(),
+                max: Self::MAX_LEN,
+            });
         }
-        let first_ok =
-            value.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        let all_ok =
-            value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+        let first_ok = value
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let all_ok = value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
         if !first_ok || !all_ok {
             return Err(ParseIdError::BadCharacter {
                 kind: KIND,
@@ -162,7 +173,10 @@ impl ManifestRecord {
         let parse = |value: &str| {
             value
                 .parse::<LayerId>()
-                .map_err(|source| OverlayError::MetadataId { path: path.to_owned(), source })
+                .map_err(|source| OverlayError::MetadataId {
+                    path: path.to_owned(),
+                    source,
+                })
         };
         Ok(LayerManifest {
             id: parse(&self.id)?,
@@ -264,12 +278,20 @@ impl LayerRegistry {
         }
         let staging = self.staging_dir(&id);
         if let Err(err) = fsutil::create_dir(&staging) {
-            if err.io_source().is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists) {
+            if err
+                .io_source()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::AlreadyExists)
+            {
                 return Err(OverlayError::LayerExists { layer: id });
             }
             return Err(err);
         }
-        let pending = PendingLayer { id, parent, staging, committed: false };
+        let pending = PendingLayer {
+            id,
+            parent,
+            staging,
+            committed: false,
+        };
         fsutil::create_dir(&pending.tree())?;
         Ok(pending)
     }
@@ -299,7 +321,9 @@ impl LayerRegistry {
         let target = self.layer_dir(&pending.id);
         // rename(2) would silently replace an empty directory, so check first.
         if target.exists() {
-            return Err(OverlayError::LayerExists { layer: pending.id.clone() });
+            return Err(OverlayError::LayerExists {
+                layer: pending.id.clone(),
+            });
         }
         std::fs::rename(&pending.staging, &target).map_err(|source| OverlayError::Rename {
             from: pending.staging.clone(),
@@ -321,7 +345,10 @@ impl LayerRegistry {
             .ok_or_else(|| OverlayError::LayerNotFound { layer: id.clone() })?;
         let manifest = record.into_manifest(&path)?;
         if manifest.id != *id {
-            return Err(OverlayError::MetadataMismatch { path, found: manifest.id.to_string() });
+            return Err(OverlayError::MetadataMismatch {
+                path,
+                found: manifest.id.to_string(),
+            });
         }
         if !self.tree_dir(id).is_dir() {
             return Err(OverlayError::LayerNotFound { layer: id.clone() });
@@ -398,8 +425,11 @@ impl LayerRegistry {
     /// # Errors
     /// `ReadDir`, `Remove`, a malformed manifest.
     pub fn remove_unreferenced(&self, referenced: &BTreeSet<LayerId>) -> Result<Vec<LayerId>> {
-        let parents: BTreeMap<LayerId, Option<LayerId>> =
-            self.list()?.into_iter().map(|manifest| (manifest.id, manifest.parent)).collect();
+        let parents: BTreeMap<LayerId, Option<LayerId>> = self
+            .list()?
+            .into_iter()
+            .map(|manifest| (manifest.id, manifest.parent))
+            .collect();
         let mut keep = BTreeSet::new();
         for id in referenced {
             let mut next = Some(id.clone());
@@ -530,7 +560,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let registry = LayerRegistry::open(dir.path().join("layers")).unwrap();
 
-        let err = registry.begin(layer_id("child"), Some(layer_id("absent"))).unwrap_err();
+        let err = registry
+            .begin(layer_id("child"), Some(layer_id("absent")))
+            .unwrap_err();
 
         assert!(matches!(err, OverlayError::LayerNotFound { layer } if layer.as_str() == "absent"));
     }
@@ -568,7 +600,9 @@ mod tests {
         commit_layer(&registry, "top", Some("bottom"));
         commit_layer(&registry, "orphan", None);
 
-        let removed = registry.remove_unreferenced(&BTreeSet::from([layer_id("top")])).unwrap();
+        let removed = registry
+            .remove_unreferenced(&BTreeSet::from([layer_id("top")]))
+            .unwrap();
 
         assert_eq!(removed, vec![layer_id("orphan")]);
         let ids: Vec<LayerId> = registry.list().unwrap().into_iter().map(|m| m.id).collect();

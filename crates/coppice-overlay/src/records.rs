@@ -27,7 +27,11 @@ pub(crate) struct BindRecord {
 
 impl BindRecord {
     pub(crate) fn from_bind(bind: &BindMount) -> Self {
-        Self { source: bind.source.clone(), target: bind.target.clone(), read_only: bind.read_only }
+        Self {
+            source: bind.source.clone(),
+            target: bind.target.clone(),
+            read_only: bind.read_only,
+        }
     }
 
     pub(crate) fn to_bind(&self) -> BindMount {
@@ -87,11 +91,18 @@ impl TemplateRecord {
         check_version(path, file.version)?;
         let id: TemplateId = parse_id(path, &file.id)?;
         if id != *expected {
-            return Err(OverlayError::MetadataMismatch { path: path.to_owned(), found: file.id });
+            return Err(OverlayError::MetadataMismatch {
+                path: path.to_owned(),
+                found: file.id,
+            });
         }
         Ok(Some(Self {
             id,
-            layers: file.layers.iter().map(|layer| parse_id(path, layer)).collect::<Result<_>>()?,
+            layers: file
+                .layers
+                .iter()
+                .map(|layer| parse_id(path, layer))
+                .collect::<Result<_>>()?,
             default_user: file.default_user,
             default_workdir: file.default_workdir,
             created_at: fsutil::from_unix_ms(file.created_unix_ms),
@@ -157,7 +168,11 @@ impl RootfsRecord {
         Ok(Some(Self {
             sandbox,
             template: parse_id(path, &file.template)?,
-            layers: file.layers.iter().map(|layer| parse_id(path, layer)).collect::<Result<_>>()?,
+            layers: file
+                .layers
+                .iter()
+                .map(|layer| parse_id(path, layer))
+                .collect::<Result<_>>()?,
             binds: file.binds.iter().map(BindRecord::to_bind).collect(),
             disk_mb: file.disk_mb,
             created_at: fsutil::from_unix_ms(file.created_unix_ms),
@@ -169,7 +184,10 @@ fn check_version(path: &Path, version: u32) -> Result<()> {
     if version == RECORD_VERSION {
         Ok(())
     } else {
-        Err(OverlayError::MetadataVersion { path: path.to_owned(), version })
+        Err(OverlayError::MetadataVersion {
+            path: path.to_owned(),
+            version,
+        })
     }
 }
 
@@ -177,7 +195,10 @@ fn parse_id<T>(path: &Path, value: &str) -> Result<T>
 where
     T: std::str::FromStr<Err = coppice_core::ParseIdError>,
 {
-    value.parse().map_err(|source| OverlayError::MetadataId { path: path.to_owned(), source })
+    value.parse().map_err(|source| OverlayError::MetadataId {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -234,7 +255,10 @@ mod tests {
 
         let err = TemplateRecord::read(&path, &"base".parse().unwrap()).unwrap_err();
 
-        assert!(matches!(err, OverlayError::MetadataVersion { version: 2, .. }));
+        assert!(matches!(
+            err,
+            OverlayError::MetadataVersion { version: 2, .. }
+        ));
     }
 
     #[test]

@@ -76,11 +76,20 @@ impl OverlayStorage {
     /// Like [`OverlayStorage::new`], with the host operations supplied by the caller.
     pub(crate) fn with_sys(sys: Arc<dyn OverlaySys>, config: OverlayConfig) -> Result<Self> {
         config.validate()?;
-        let ids = HostIds { root: config.root_owner(), user: config.user_owner()? };
+        let ids = HostIds {
+            root: config.root_owner(),
+            user: config.user_owner()?,
+        };
         let layers = LayerRegistry::open(config.root.join(LAYERS_DIR))?;
         fsutil::create_dir_all(&config.root.join(TEMPLATES_DIR))?;
         fsutil::create_dir_all(&config.root.join(SANDBOXES_DIR))?;
-        Ok(Self { config, ids, sys, layers, build_lock: Mutex::new(()) })
+        Ok(Self {
+            config,
+            ids,
+            sys,
+            layers,
+            build_lock: Mutex::new(()),
+        })
     }
 
     /// The configuration this storage was opened with.
@@ -112,10 +121,7 @@ impl OverlayStorage {
         let _guard = self.lock_builds();
         let id = base_template_id(&self.template_path_str(base::BASE_TEMPLATE))?;
         let path = self.template_path(&id);
-        match TemplateRecord::read(&path, &id).and_then(|record| match record {
-            Some(record) => self.template_info(&record).map(Some),
-            None => Ok(None),
-        }) {
+        match self.existing_template(&path, &id) {
             Ok(Some(info)) => return Ok(info),
             Ok(None) => {}
             Err(err) if is_damage(&err) => {
@@ -128,13 +134,23 @@ impl OverlayStorage {
         let layer = LayerId::generate(base::BASE_TEMPLATE, created_at, self.random_u32()?);
         let pending = self.layers.begin(layer, None)?;
         let mut random = [0u8; 16];
-        self.sys.fill_random(&mut random).map_err(|source| OverlayError::Random { source })?;
+        self.sys
+            .fill_random(&mut random)
+            .map_err(|source| OverlayError::Random { source })?;
         let entries = base::plan(
             |name| self.config.host_usr.join(name).exists(),
             &base::machine_id(&random),
         );
-        base::apply(&*self.sys, &pending.tree(), &entries, self.ids, &self.config.host_etc)?;
-        let manifest = self.layers.commit(pending, base::LAYER_DESCRIPTION, created_at)?;
+        base::apply(
+            &*self.sys,
+            &pending.tree(),
+            &entries,
+            self.ids,
+            &self.config.host_etc,
+        )?;
+        let manifest = self
+            .layers
+            .commit(pending, base::LAYER_DESCRIPTION, created_at)?;
         let record = TemplateRecord {
             id,
             layers: vec![manifest.id.clone()],
@@ -190,13 +206,25 @@ impl OverlayStorage {
         Ok(removed)
     }
 
+    /// The template stored at `path`, if it exists and all its layers are complete.
+    fn existing_template(&self, path: &Path, id: &TemplateId) -> Result<Option<TemplateInfo>> {
+        match TemplateRecord::read(path, id)? {
+            Some(record) => self.template_info(&record).map(Some),
+            None => Ok(None),
+        }
+    }
+
     fn lock_builds(&self) -> MutexGuard<'_, ()> {
-        self.build_lock.lock().unwrap_or_else(PoisonError::into_inner)
+        self.build_lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn random_u32(&self) -> Result<u32> {
         let mut bytes = [0u8; 4];
-        self.sys.fill_random(&mut bytes).map_err(|source| OverlayError::Random { source })?;
+        self.sys
+            .fill_random(&mut bytes)
+            .map_err(|source| OverlayError::Random { source })?;
         Ok(u32::from_le_bytes(bytes))
     }
 
@@ -221,15 +249,20 @@ impl OverlayStorage {
     }
 
     fn read_template(&self, id: &TemplateId) -> Result<TemplateRecord> {
-        TemplateRecord::read(&self.template_path(id), id)?
-            .ok_or_else(|| OverlayError::TemplateNotFound { template: id.clone() })
+        TemplateRecord::read(&self.template_path(id), id)?.ok_or_else(|| {
+            OverlayError::TemplateNotFound {
+                template: id.clone(),
+            }
+        })
     }
 
     /// Every template record, sorted by id.
     fn template_records(&self) -> Result<Vec<TemplateRecord>> {
         let mut records = Vec::new();
         for path in fsutil::read_dir_sorted(&self.templates_dir())? {
-            let Some(id) = template_id_of_file(&path) else { continue };
+            let Some(id) = template_id_of_file(&path) else {
+                continue;
+            };
             if let Some(record) = TemplateRecord::read(&path, &id)? {
                 records.push(record);
             }
@@ -275,7 +308,9 @@ impl OverlayStorage {
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(source) if source.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(OverlayError::SandboxExists { sandbox: id.clone() });
+                return Err(OverlayError::SandboxExists {
+                    sandbox: id.clone(),
+                });
             }
             Err(source) => return Err(OverlayError::CreateDir { path: dir, source }),
         }
@@ -321,7 +356,11 @@ impl OverlayStorage {
     fn rootfs_of(&self, record: &RootfsRecord) -> RootFs {
         let dir = self.sandbox_dir(&record.sandbox);
         RootFs::Overlay {
-            lower: record.layers.iter().map(|layer| self.layers.tree_dir(layer)).collect(),
+            lower: record
+                .layers
+                .iter()
+                .map(|layer| self.layers.tree_dir(layer))
+                .collect(),
             upper: dir.join(UPPER_DIR),
             work: dir.join(WORK_DIR),
             binds: record.binds.clone(),
@@ -330,8 +369,10 @@ impl OverlayStorage {
 
     fn read_rootfs(&self, id: &SandboxId) -> Result<RootFs> {
         let path = self.sandbox_dir(id).join(ROOTFS_FILE);
-        let record = RootfsRecord::read(&path, id)?
-            .ok_or_else(|| OverlayError::SandboxNotFound { sandbox: id.clone() })?;
+        let record =
+            RootfsRecord::read(&path, id)?.ok_or_else(|| OverlayError::SandboxNotFound {
+                sandbox: id.clone(),
+            })?;
         Ok(self.rootfs_of(&record))
     }
 
@@ -355,7 +396,8 @@ impl OverlayStorage {
 
 impl Storage for OverlayStorage {
     fn templates(&self) -> std::result::Result<Vec<TemplateInfo>, StorageError> {
-        self.all_templates().map_err(|err| err.into_storage("list templates"))
+        self.all_templates()
+            .map_err(|err| err.into_storage("list templates"))
     }
 
     fn template(&self, id: &TemplateId) -> std::result::Result<TemplateInfo, StorageError> {
@@ -381,23 +423,27 @@ impl Storage for OverlayStorage {
         template: &TemplateId,
         disk_mb: u32,
     ) -> std::result::Result<RootFs, StorageError> {
-        self.create(id, template, disk_mb).map_err(|err| err.into_storage("create rootfs"))
+        self.create(id, template, disk_mb)
+            .map_err(|err| err.into_storage("create rootfs"))
     }
 
     fn rootfs(&self, id: &SandboxId) -> std::result::Result<RootFs, StorageError> {
-        self.read_rootfs(id).map_err(|err| err.into_storage("read rootfs"))
+        self.read_rootfs(id)
+            .map_err(|err| err.into_storage("read rootfs"))
     }
 
     /// Removes `sandboxes/<id>` entirely, including overlayfs's unreadable `work/work`.
     /// Call it only after the sandbox's overlay is unmounted and its processes are gone.
     fn destroy_rootfs(&self, id: &SandboxId) -> std::result::Result<(), StorageError> {
-        self.destroy(id).map_err(|err| err.into_storage("destroy rootfs"))
+        self.destroy(id)
+            .map_err(|err| err.into_storage("destroy rootfs"))
     }
 
     /// Every sandbox directory, including ones left by an interrupted create (for which
     /// [`Storage::rootfs`] answers `NotFound`), so that reconciliation removes them.
     fn list_rootfs(&self) -> std::result::Result<Vec<SandboxId>, StorageError> {
-        self.list_sandboxes().map_err(|err| err.into_storage("list rootfs"))
+        self.list_sandboxes()
+            .map_err(|err| err.into_storage("list rootfs"))
     }
 }
 
@@ -405,12 +451,19 @@ impl Storage for OverlayStorage {
 fn base_template_id(path: &Path) -> Result<TemplateId> {
     base::BASE_TEMPLATE
         .parse()
-        .map_err(|source| OverlayError::MetadataId { path: path.to_owned(), source })
+        .map_err(|source| OverlayError::MetadataId {
+            path: path.to_owned(),
+            source,
+        })
 }
 
 /// The template id of a `templates/<id>.json` path; `None` for temporary and foreign files.
 fn template_id_of_file(path: &Path) -> Option<TemplateId> {
-    path.file_name()?.to_str()?.strip_suffix(TEMPLATE_SUFFIX)?.parse().ok()
+    path.file_name()?
+        .to_str()?
+        .strip_suffix(TEMPLATE_SUFFIX)?
+        .parse()
+        .ok()
 }
 
 /// Whether `err` means that stored state is damaged (and may be rebuilt), rather than that
@@ -464,7 +517,11 @@ mod tests {
         /// Where `relative` was while the base layer was being built, the path the fake saw.
         fn staged(&self, relative: &str) -> PathBuf {
             let staging = format!(".staging-{}", self.base_layer());
-            self.root().join("layers").join(staging).join("tree").join(relative)
+            self.root()
+                .join("layers")
+                .join(staging)
+                .join("tree")
+                .join(relative)
         }
 
         /// The owner the fake gave to `relative` in the base layer's tree.
@@ -529,9 +586,18 @@ mod tests {
 
         let tree = harness.base_tree();
 
-        assert_eq!(fs::read_link(tree.join("bin")).unwrap(), Path::new("usr/bin"));
-        assert_eq!(fs::read_link(tree.join("lib")).unwrap(), Path::new("usr/lib"));
-        assert_eq!(fs::read_link(tree.join("sbin")).unwrap(), Path::new("usr/sbin"));
+        assert_eq!(
+            fs::read_link(tree.join("bin")).unwrap(),
+            Path::new("usr/bin")
+        );
+        assert_eq!(
+            fs::read_link(tree.join("lib")).unwrap(),
+            Path::new("usr/lib")
+        );
+        assert_eq!(
+            fs::read_link(tree.join("sbin")).unwrap(),
+            Path::new("usr/sbin")
+        );
         assert!(fs::symlink_metadata(tree.join("lib64")).is_err());
     }
 
@@ -542,10 +608,27 @@ mod tests {
         let tree = harness.base_tree();
 
         let dirs = [
-            "usr", "proc", "dev", "tmp", "sys", "run", "root", "home/user", "var/tmp", "var/log",
-            "workspace", ".oldroot", "etc", "mnt", "opt", "srv",
+            "usr",
+            "proc",
+            "dev",
+            "tmp",
+            "sys",
+            "run",
+            "root",
+            "home/user",
+            "var/tmp",
+            "var/log",
+            "workspace",
+            ".oldroot",
+            "etc",
+            "mnt",
+            "opt",
+            "srv",
         ];
-        let missing: Vec<&str> = dirs.into_iter().filter(|dir| !tree.join(dir).is_dir()).collect();
+        let missing: Vec<&str> = dirs
+            .into_iter()
+            .filter(|dir| !tree.join(dir).is_dir())
+            .collect();
         assert!(missing.is_empty(), "{missing:?}");
         assert_eq!(mode_of(&tree.join("tmp")), 0o1777);
         assert_eq!(mode_of(&tree.join("root")), 0o700);
@@ -570,15 +653,27 @@ mod tests {
         let etc = harness.base_tree().join("etc");
 
         let passwd = fs::read_to_string(etc.join("passwd")).unwrap();
-        assert!(passwd.contains("root:x:0:0:root:/root:/bin/bash\n"), "{passwd}");
-        assert!(passwd.contains("user:x:1000:1000::/home/user:/bin/bash\n"), "{passwd}");
+        assert!(
+            passwd.contains("root:x:0:0:root:/root:/bin/bash\n"),
+            "{passwd}"
+        );
+        assert!(
+            passwd.contains("user:x:1000:1000::/home/user:/bin/bash\n"),
+            "{passwd}"
+        );
         assert!(passwd.contains("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"));
         let group = fs::read_to_string(etc.join("group")).unwrap();
         assert_eq!(group, "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n");
-        assert_eq!(fs::read_to_string(etc.join("hostname")).unwrap(), "sandbox\n");
+        assert_eq!(
+            fs::read_to_string(etc.join("hostname")).unwrap(),
+            "sandbox\n"
+        );
         let hosts = fs::read_to_string(etc.join("hosts")).unwrap();
         assert!(hosts.contains("127.0.0.1\tlocalhost\n"), "{hosts}");
-        assert!(hosts.contains("::1\tlocalhost ip6-localhost ip6-loopback\n"), "{hosts}");
+        assert!(
+            hosts.contains("::1\tlocalhost ip6-localhost ip6-loopback\n"),
+            "{hosts}"
+        );
         let nsswitch = fs::read_to_string(etc.join("nsswitch.conf")).unwrap();
         assert!(nsswitch.contains("passwd: files\n") && nsswitch.contains("hosts: files dns\n"));
     }
@@ -600,7 +695,11 @@ mod tests {
 
         let id = id.strip_suffix('\n').unwrap();
         assert_eq!(id.len(), 32);
-        assert!(id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)), "{id}");
+        assert!(
+            id.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
+            "{id}"
+        );
     }
 
     #[test]
@@ -609,7 +708,10 @@ mod tests {
 
         let profile = fs::read_to_string(harness.base_tree().join("etc/profile")).unwrap();
 
-        assert!(profile.contains("PATH=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\""));
+        assert!(
+            profile
+                .contains("PATH=\"/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\"")
+        );
         assert!(profile.contains("/etc/profile.d/*.sh"));
     }
 
@@ -620,10 +722,19 @@ mod tests {
         let etc = harness.base_tree().join("etc");
 
         assert_eq!(fs::read(etc.join("ssl/certs/ca.pem")).unwrap(), b"CERT");
-        assert_eq!(fs::read(etc.join("ld.so.conf.d/libc.conf")).unwrap(), b"/usr/local/lib\n");
+        assert_eq!(
+            fs::read(etc.join("ld.so.conf.d/libc.conf")).unwrap(),
+            b"/usr/local/lib\n"
+        );
         assert_eq!(fs::read(etc.join("debian_version")).unwrap(), b"12.0\n");
-        assert_eq!(fs::read_link(etc.join("os-release")).unwrap(), Path::new("../usr/lib/os-release"));
-        assert_eq!(harness.base_owner("etc/ssl/certs/ca.pem"), Some((ROOT_ID, ROOT_ID)));
+        assert_eq!(
+            fs::read_link(etc.join("os-release")).unwrap(),
+            Path::new("../usr/lib/os-release")
+        );
+        assert_eq!(
+            harness.base_owner("etc/ssl/certs/ca.pem"),
+            Some((ROOT_ID, ROOT_ID))
+        );
     }
 
     #[test]
@@ -645,7 +756,10 @@ mod tests {
         assert_eq!(info.id, template_id("base"));
         assert_eq!(info.default_user, "user");
         assert_eq!(info.default_workdir, "/home/user");
-        assert_eq!(info.size_bytes, fsutil::tree_size(&harness.base_tree()).unwrap());
+        assert_eq!(
+            info.size_bytes,
+            fsutil::tree_size(&harness.base_tree()).unwrap()
+        );
         assert!(info.size_bytes > 0);
     }
 
@@ -667,7 +781,11 @@ mod tests {
         let harness = harness();
         let layers = harness.root().join("layers");
         fs::create_dir_all(layers.join(".staging-base-1-00000000/tree/etc")).unwrap();
-        fs::write(layers.join(".staging-base-1-00000000/tree/etc/passwd"), b"partial").unwrap();
+        fs::write(
+            layers.join(".staging-base-1-00000000/tree/etc/passwd"),
+            b"partial",
+        )
+        .unwrap();
         fs::create_dir_all(layers.join("base-2-00000000/tree")).unwrap();
 
         harness.storage.ensure_base_template().unwrap();
@@ -708,8 +826,16 @@ mod tests {
         let err = harness.storage.ensure_base_template().unwrap_err();
 
         assert!(matches!(err, OverlayError::Chown { .. }), "{err:?}");
-        assert!(fsutil::read_dir_sorted(&harness.root().join("layers")).unwrap().is_empty());
-        assert!(fsutil::read_dir_sorted(&harness.root().join("templates")).unwrap().is_empty());
+        assert!(
+            fsutil::read_dir_sorted(&harness.root().join("layers"))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(
+            fsutil::read_dir_sorted(&harness.root().join("templates"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -720,7 +846,11 @@ mod tests {
             .layers()
             .begin("orphan".parse().unwrap(), None)
             .unwrap();
-        harness.storage.layers().commit(pending, "orphan", SystemTime::now()).unwrap();
+        harness
+            .storage
+            .layers()
+            .commit(pending, "orphan", SystemTime::now())
+            .unwrap();
 
         let removed = harness.storage.prune_layers().unwrap();
 
@@ -732,7 +862,10 @@ mod tests {
     fn test_prune_layers_keeps_layer_used_only_by_a_sandbox() {
         let harness = harness_with_base();
         let old = harness.base_layer();
-        harness.storage.create_rootfs(&sandbox_id("sbx1"), &template_id("base"), 512).unwrap();
+        harness
+            .storage
+            .create_rootfs(&sandbox_id("sbx1"), &template_id("base"), 512)
+            .unwrap();
         fs::remove_file(harness.root().join("templates/base.json")).unwrap();
         harness.storage.ensure_base_template().unwrap();
 
@@ -747,7 +880,10 @@ mod tests {
         let harness = harness_with_base();
         let id = sandbox_id("sbx1");
 
-        let rootfs = harness.storage.create_rootfs(&id, &template_id("base"), 512).unwrap();
+        let rootfs = harness
+            .storage
+            .create_rootfs(&id, &template_id("base"), 512)
+            .unwrap();
 
         let dir = harness.root().join("sandboxes/sbx1");
         let expected = RootFs::Overlay {
@@ -767,7 +903,10 @@ mod tests {
     fn test_create_rootfs_upper_is_owned_by_sandbox_root_with_mode_0755() {
         let harness = harness_with_base();
 
-        harness.storage.create_rootfs(&sandbox_id("sbx1"), &template_id("base"), 512).unwrap();
+        harness
+            .storage
+            .create_rootfs(&sandbox_id("sbx1"), &template_id("base"), 512)
+            .unwrap();
 
         let upper = harness.root().join("sandboxes/sbx1/upper");
         assert_eq!(mode_of(&upper), 0o755);
@@ -780,7 +919,10 @@ mod tests {
         let harness = harness_with_base();
         let id = sandbox_id("sbx1");
 
-        harness.storage.create_rootfs(&id, &template_id("base"), 2048).unwrap();
+        harness
+            .storage
+            .create_rootfs(&id, &template_id("base"), 2048)
+            .unwrap();
 
         let path = harness.root().join("sandboxes/sbx1/rootfs.json");
         let record = RootfsRecord::read(&path, &id).unwrap().unwrap();
@@ -793,7 +935,10 @@ mod tests {
         let harness = harness_with_base();
         let id = sandbox_id("sbx1");
 
-        let created = harness.storage.create_rootfs(&id, &template_id("base"), 512).unwrap();
+        let created = harness
+            .storage
+            .create_rootfs(&id, &template_id("base"), 512)
+            .unwrap();
 
         assert_eq!(harness.storage.rootfs(&id).unwrap(), created);
         assert_eq!(harness.storage.list_rootfs().unwrap(), vec![id]);
@@ -803,11 +948,20 @@ mod tests {
     fn test_create_rootfs_existing_sandbox_is_already_exists() {
         let harness = harness_with_base();
         let id = sandbox_id("sbx1");
-        harness.storage.create_rootfs(&id, &template_id("base"), 512).unwrap();
+        harness
+            .storage
+            .create_rootfs(&id, &template_id("base"), 512)
+            .unwrap();
 
-        let err = harness.storage.create_rootfs(&id, &template_id("base"), 512).unwrap_err();
+        let err = harness
+            .storage
+            .create_rootfs(&id, &template_id("base"), 512)
+            .unwrap_err();
 
-        assert!(matches!(err, StorageError::AlreadyExists { id: ref got } if *got == id), "{err:?}");
+        assert!(
+            matches!(err, StorageError::AlreadyExists { id: ref got } if *got == id),
+            "{err:?}"
+        );
         assert!(harness.storage.rootfs(&id).is_ok());
     }
 
@@ -821,7 +975,11 @@ mod tests {
             .unwrap_err();
 
         assert!(matches!(err, StorageError::TemplateNotFound { ref id } if id.as_str() == "nope"));
-        assert!(fsutil::read_dir_sorted(&harness.root().join("sandboxes")).unwrap().is_empty());
+        assert!(
+            fsutil::read_dir_sorted(&harness.root().join("sandboxes"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -835,29 +993,54 @@ mod tests {
             .unwrap_err();
 
         assert_eq!(err.kind(), ErrorKind::Internal);
-        assert!(fsutil::read_dir_sorted(&harness.root().join("sandboxes")).unwrap().is_empty());
+        assert!(
+            fsutil::read_dir_sorted(&harness.root().join("sandboxes"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn test_create_rootfs_template_without_layer_is_backend_error() {
         let harness = harness_with_base();
-        fs::remove_dir_all(harness.root().join("layers").join(harness.base_layer().as_str()))
-            .unwrap();
+        fs::remove_dir_all(
+            harness
+                .root()
+                .join("layers")
+                .join(harness.base_layer().as_str()),
+        )
+        .unwrap();
 
         let err = harness
             .storage
             .create_rootfs(&sandbox_id("sbx1"), &template_id("base"), 512)
             .unwrap_err();
 
-        assert!(matches!(err, StorageError::Backend { op: "create rootfs", .. }), "{err:?}");
-        assert!(fsutil::read_dir_sorted(&harness.root().join("sandboxes")).unwrap().is_empty());
+        assert!(
+            matches!(
+                err,
+                StorageError::Backend {
+                    op: "create rootfs",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        assert!(
+            fsutil::read_dir_sorted(&harness.root().join("sandboxes"))
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
     fn test_destroy_rootfs_removes_overlay_work_leftovers() {
         let harness = harness_with_base();
         let id = sandbox_id("sbx1");
-        harness.storage.create_rootfs(&id, &template_id("base"), 512).unwrap();
+        harness
+            .storage
+            .create_rootfs(&id, &template_id("base"), 512)
+            .unwrap();
         let kernel_work = harness.root().join("sandboxes/sbx1/work/work");
         fs::create_dir_all(kernel_work.join("index")).unwrap();
         fsutil::set_mode(&kernel_work, 0).unwrap();
@@ -917,20 +1100,29 @@ mod tests {
 
         let err = harness.storage.template(&template_id("base")).unwrap_err();
 
-        assert!(matches!(err, StorageError::TemplateNotFound { .. }), "{err:?}");
+        assert!(
+            matches!(err, StorageError::TemplateNotFound { .. }),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn test_reopened_storage_sees_templates_layers_and_rootfs() {
         let harness = harness_with_base();
         let id = sandbox_id("sbx1");
-        let created = harness.storage.create_rootfs(&id, &template_id("base"), 512).unwrap();
+        let created = harness
+            .storage
+            .create_rootfs(&id, &template_id("base"), 512)
+            .unwrap();
         let template = harness.storage.template(&template_id("base")).unwrap();
 
         let reopened = harness.reopen();
 
         assert_eq!(reopened.templates().unwrap(), vec![template]);
-        assert_eq!(reopened.layers().list().unwrap(), harness.storage.layers().list().unwrap());
+        assert_eq!(
+            reopened.layers().list().unwrap(),
+            harness.storage.layers().list().unwrap()
+        );
         assert_eq!(reopened.rootfs(&id).unwrap(), created);
         assert_eq!(reopened.list_rootfs().unwrap(), vec![id]);
     }
@@ -939,8 +1131,12 @@ mod tests {
     fn test_with_sys_relative_root_is_rejected() {
         let config = OverlayConfig::new(PathBuf::from("relative"), ROOT_ID, ROOT_ID);
 
-        let err = OverlayStorage::with_sys(Arc::new(FakeOverlaySys::default()), config).unwrap_err();
+        let err =
+            OverlayStorage::with_sys(Arc::new(FakeOverlaySys::default()), config).unwrap_err();
 
-        assert!(matches!(err, OverlayError::RelativePath { field: "root", .. }));
+        assert!(matches!(
+            err,
+            OverlayError::RelativePath { field: "root", .. }
+        ));
     }
 }

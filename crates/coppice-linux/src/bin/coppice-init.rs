@@ -3,7 +3,7 @@
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
-    coppice_linux::init_main()
+    coppice_linux::init_main(std::env::args_os().skip(1))
 }
 
 #[cfg(not(target_os = "linux"))]

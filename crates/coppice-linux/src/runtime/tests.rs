@@ -23,7 +23,7 @@ fn fixture() -> Fixture {
         fs::create_dir_all(root.join("cg").join(controller)).unwrap();
     }
     fs::write(root.join("self-cgroup"), "4:memory:/own\n0::/\n").unwrap();
-    let mut config = NamespaceRuntimeConfig::new(root.join("run"), "/bin/coppice-init".into());
+    let mut config = NamespaceRuntimeConfig::new(root.join("run"), crate::config::InitCommand::binary("/bin/coppice-init".into()));
     config.cgroup = CgroupConfig {
         v1_root: root.join("cg"),
         unified_root: None,

@@ -7,6 +7,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use super::NsSys;
+use crate::config::InitCommand;
 use crate::protocol::ReadyMessage;
 
 /// One call received by [`FakeNsSys`].
@@ -56,7 +57,7 @@ impl FakeNsSys {
 }
 
 impl NsSys for FakeNsSys {
-    fn spawn_init(&self, _binary: &Path, config: &Path, _log: &Path, _timeout: Duration) -> io::Result<Option<ReadyMessage>> {
+    fn spawn_init(&self, _command: &InitCommand, config: &Path, _log: &Path, _timeout: Duration) -> io::Result<Option<ReadyMessage>> {
         let mut state = self.state();
         state.calls.push(FakeNsCall::SpawnInit(config.to_owned()));
         if let Some(error) = state.fail_spawn.take() {

@@ -16,6 +16,7 @@ use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, Signal, WaitOptions, kill_process, set_child_subreaper, waitpid};
 
 use super::NsSys;
+use crate::config::InitCommand;
 use crate::protocol::{InitConfig, ReadyMessage};
 
 /// The daemon-side process operations, on the real kernel.
@@ -23,9 +24,10 @@ use crate::protocol::{InitConfig, ReadyMessage};
 pub struct RealNsSys;
 
 impl NsSys for RealNsSys {
-    fn spawn_init(&self, binary: &Path, config: &Path, log: &Path, timeout: Duration) -> io::Result<Option<ReadyMessage>> {
+    fn spawn_init(&self, command: &InitCommand, config: &Path, log: &Path, timeout: Duration) -> io::Result<Option<ReadyMessage>> {
         let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
-        let mut child = Command::new(binary)
+        let mut child = Command::new(&command.program)
+            .args(&command.leading_args)
             .arg("--config")
             .arg(config)
             .stdin(Stdio::null())
@@ -112,9 +114,9 @@ fn parse_stat_start_time(stat: &str) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
-/// Entry point of the `coppice-init` binary.
-pub fn init_main() -> ExitCode {
-    let mut args = std::env::args_os().skip(1);
+/// Entry point of the sandbox init, given its arguments after the program name
+/// (`--config <init.json>`). Used by the `coppice-init` binary and by `coppiced`'s init mode.
+pub fn init_main(mut args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     let config_path = match (args.next(), args.next()) {
         (Some(flag), Some(path)) if flag == "--config" => path,
         _ => return report(&ReadyMessage::Failed { error: "usage: coppice-init --config <init.json>".into() }),

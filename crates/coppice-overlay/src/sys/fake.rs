@@ -60,7 +60,11 @@ impl FakeOverlaySys {
     }
 
     fn take_failure(state: &mut FakeState, op: SysOp) -> io::Result<()> {
-        match state.failures.iter().position(|(failing, _)| *failing == op) {
+        match state
+            .failures
+            .iter()
+            .position(|(failing, _)| *failing == op)
+        {
             Some(index) => Err(io::Error::from_raw_os_error(state.failures.remove(index).1)),
             None => Ok(()),
         }
@@ -70,7 +74,11 @@ impl FakeOverlaySys {
 impl OverlaySys for FakeOverlaySys {
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         let mut state = self.state();
-        state.calls.push(SysCall::Lchown { path: path.to_owned(), uid, gid });
+        state.calls.push(SysCall::Lchown {
+            path: path.to_owned(),
+            uid,
+            gid,
+        });
         Self::take_failure(&mut state, SysOp::Lchown)
     }
 
@@ -81,7 +89,9 @@ impl OverlaySys for FakeOverlaySys {
         state.random_seed = state.random_seed.wrapping_add(1);
         let seed = state.random_seed;
         for (index, byte) in buf.iter_mut().enumerate() {
-            *byte = seed.wrapping_mul(31).wrapping_add(u8::try_from(index % 256).unwrap_or(0));
+            *byte = seed
+                .wrapping_mul(31)
+                .wrapping_add(u8::try_from(index % 256).unwrap_or(0));
         }
         Ok(())
     }

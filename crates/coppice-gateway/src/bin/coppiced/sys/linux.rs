@@ -1,0 +1,56 @@
+//! Linux backends: namespaces runtime, overlayfs storage, loopback-only networking.
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use coppice_core::manager::Backends;
+use coppice_gateway::config::GatewayConfig;
+use coppice_linux::{IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig};
+use coppice_net::LoopbackOnly;
+use coppice_overlay::{OverlayConfig, OverlayStorage};
+
+/// The sub-command under which `coppiced` acts as a sandbox init, used when no separate
+/// `coppice-init` binary sits next to it.
+const INIT_SUBCOMMAND: &str = "__sandbox-init";
+
+/// Runs the sandbox init instead of the daemon when asked to.
+pub(crate) fn run_as_sandbox_init() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|first| first == INIT_SUBCOMMAND) {
+        return Some(coppice_linux::init_main(args));
+    }
+    None
+}
+
+/// The dedicated init binary next to this executable if present (smaller per sandbox),
+/// otherwise this executable in init mode.
+fn init_command() -> anyhow::Result<InitCommand> {
+    let exe = std::env::current_exe().context("locating the coppiced executable")?;
+    let sibling = exe.with_file_name("coppice-init");
+    if sibling.is_file() {
+        return Ok(InitCommand::binary(sibling));
+    }
+    Ok(InitCommand { program: exe, leading_args: vec![INIT_SUBCOMMAND.to_owned()] })
+}
+
+fn private_dir(path: &PathBuf) -> anyhow::Result<()> {
+    fs::DirBuilder::new().recursive(true).mode(0o700).create(path).with_context(|| format!("creating {}", path.display()))
+}
+
+pub(crate) fn backends(config: &GatewayConfig) -> anyhow::Result<Backends> {
+    private_dir(&config.data_dir)?;
+    let id_map = IdMap::default();
+    let storage = OverlayStorage::new(OverlayConfig::new(config.storage_dir(), id_map.host_uid_base, id_map.host_gid_base))
+        .context("opening overlay storage")?;
+    let base = storage.ensure_base_template().context("building the base template")?;
+    tracing::info!(template = %base.id, "base template ready");
+    let mut runtime_config = NamespaceRuntimeConfig::new(config.run_dir(), init_command()?);
+    runtime_config.id_map = id_map;
+    let runtime = NamespaceRuntime::new(runtime_config).context("starting the namespace runtime")?;
+    tracing::info!(runtime = "linux-namespaces", storage = "overlayfs", network = "loopback-only", "backends chosen");
+    Ok(Backends { runtime: Arc::new(runtime), storage: Arc::new(storage), net: Arc::new(LoopbackOnly::default()) })
+}

@@ -1,0 +1,14 @@
+//! Hosts without a backend yet: the FreeBSD backends arrive with their own work.
+
+use std::process::ExitCode;
+
+use coppice_core::manager::Backends;
+use coppice_gateway::config::GatewayConfig;
+
+pub(crate) fn run_as_sandbox_init() -> Option<ExitCode> {
+    None
+}
+
+pub(crate) fn backends(_config: &GatewayConfig) -> anyhow::Result<Backends> {
+    anyhow::bail!("no isolation backend for {} yet; coppiced runs on Linux", std::env::consts::OS)
+}

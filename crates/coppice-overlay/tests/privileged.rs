@@ -1,0 +1,145 @@
+//! Privileged tests of overlay storage: the base template and a sandbox root filesystem made
+//! for real, as root, from the host's `/etc` and `/usr`. Linux only, root only.
+#![cfg(target_os = "linux")]
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use coppice_core::storage::{RootFs, Storage};
+use coppice_core::{SandboxId, TemplateId};
+use coppice_overlay::{OverlayConfig, OverlayStorage};
+
+/// Host uid and gid that sandbox root maps to in these tests.
+const SANDBOX_ROOT: u32 = 200_000;
+
+fn open_storage(dir: &Path) -> OverlayStorage {
+    OverlayStorage::new(OverlayConfig::new(
+        dir.join("storage"),
+        SANDBOX_ROOT,
+        SANDBOX_ROOT,
+    ))
+    .expect("open overlay storage")
+}
+
+/// Builds the base template and returns the tree of its only layer.
+fn build_base(storage: &OverlayStorage) -> PathBuf {
+    storage
+        .ensure_base_template()
+        .expect("build the base template");
+    let layers = storage.layers().list().expect("list layers");
+    storage.layers().tree_dir(&layers[0].id)
+}
+
+fn owner(path: &Path) -> (u32, u32) {
+    let meta = fs::symlink_metadata(path).expect("stat");
+    (meta.uid(), meta.gid())
+}
+
+fn sandbox_dir(dir: &Path, id: &str) -> PathBuf {
+    dir.join("storage/sandboxes").join(id)
+}
+
+fn base() -> TemplateId {
+    "base".parse().expect("valid template id")
+}
+
+fn sandbox(value: &str) -> SandboxId {
+    value.parse().expect("valid sandbox id")
+}
+
+#[test]
+#[ignore = "privileged: chowns files to the sandbox id range"]
+fn test_ensure_base_template_as_root_etc_passwd_is_owned_by_sandbox_root() {
+    coppice_core::require_privileged!();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open_storage(dir.path());
+
+    let tree = build_base(&storage);
+
+    assert_eq!(
+        owner(&tree.join("etc/passwd")),
+        (SANDBOX_ROOT, SANDBOX_ROOT)
+    );
+    assert_eq!(owner(&tree), (SANDBOX_ROOT, SANDBOX_ROOT));
+}
+
+#[test]
+#[ignore = "privileged: chowns files to the sandbox id range"]
+fn test_ensure_base_template_as_root_home_user_is_owned_by_sandbox_user() {
+    coppice_core::require_privileged!();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open_storage(dir.path());
+
+    let tree = build_base(&storage);
+
+    assert_eq!(
+        owner(&tree.join("home/user")),
+        (SANDBOX_ROOT + 1000, SANDBOX_ROOT + 1000)
+    );
+    assert_eq!(
+        fs::metadata(tree.join("home/user"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o755
+    );
+}
+
+#[test]
+#[ignore = "privileged: chowns files to the sandbox id range"]
+fn test_ensure_base_template_as_root_copies_host_etc_as_sandbox_root() {
+    coppice_core::require_privileged!();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open_storage(dir.path());
+
+    let tree = build_base(&storage);
+
+    assert!(fs::symlink_metadata(tree.join("etc/ld.so.cache")).is_ok());
+    assert_eq!(
+        owner(&tree.join("etc/ld.so.cache")),
+        (SANDBOX_ROOT, SANDBOX_ROOT)
+    );
+    assert!(!tree.join("etc/shadow").exists());
+    assert!(!tree.join("etc/ssl/private").exists());
+}
+
+#[test]
+#[ignore = "privileged: chowns files to the sandbox id range"]
+fn test_create_rootfs_as_root_upper_is_owned_by_sandbox_root() {
+    coppice_core::require_privileged!();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open_storage(dir.path());
+    build_base(&storage);
+
+    let rootfs = storage
+        .create_rootfs(&sandbox("sbx1"), &base(), 512)
+        .unwrap();
+
+    let upper = sandbox_dir(dir.path(), "sbx1").join("upper");
+    assert!(
+        matches!(&rootfs, RootFs::Overlay { upper: got, .. } if *got == upper),
+        "{rootfs:?}"
+    );
+    assert_eq!(owner(&upper), (SANDBOX_ROOT, SANDBOX_ROOT));
+}
+
+#[test]
+#[ignore = "privileged: chowns files to the sandbox id range"]
+fn test_destroy_rootfs_as_root_removes_kernel_work_dir() {
+    coppice_core::require_privileged!();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open_storage(dir.path());
+    build_base(&storage);
+    let id = sandbox("sbx1");
+    storage.create_rootfs(&id, &base(), 512).unwrap();
+    let work = sandbox_dir(dir.path(), "sbx1").join("work");
+    fs::create_dir_all(work.join("work/index")).unwrap();
+    fs::set_permissions(work.join("work"), fs::Permissions::from_mode(0o000)).unwrap();
+
+    storage.destroy_rootfs(&id).unwrap();
+
+    assert!(storage.list_rootfs().unwrap().is_empty());
+    assert!(!sandbox_dir(dir.path(), "sbx1").exists());
+}

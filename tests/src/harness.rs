@@ -1,0 +1,111 @@
+//! Real Linux backends in a private directory, for privileged tests and latency benches.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use coppice_core::clock::SystemClock;
+use coppice_core::manager::{Backends, ManagerConfig};
+use coppice_core::store::Store;
+use coppice_core::SandboxManager;
+use coppice_linux::cgroup::{CgroupConfig, SandboxCgroups};
+use coppice_linux::{IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig, RealNsSys};
+use coppice_net::LoopbackOnly;
+use coppice_overlay::{OverlayConfig, OverlayStorage};
+
+static NEXT_GROUP: AtomicUsize = AtomicUsize::new(0);
+
+/// Where a harness keeps its state.
+#[derive(Debug, Clone)]
+pub struct HarnessPaths {
+    /// Root of everything.
+    pub data_dir: PathBuf,
+    /// The cgroup group name, unique to this harness.
+    pub group: String,
+}
+
+impl HarnessPaths {
+    /// Fresh paths under `data_dir` with a cgroup group unique to this process.
+    pub fn new(data_dir: &Path) -> Self {
+        let group = format!("coppice-test-{}-{}", std::process::id(), NEXT_GROUP.fetch_add(1, Ordering::Relaxed));
+        Self::with_group(data_dir, group)
+    }
+
+    /// Paths under `data_dir` with the given cgroup group (to share state with another process).
+    pub fn with_group(data_dir: &Path, group: String) -> Self {
+        Self { data_dir: data_dir.to_owned(), group }
+    }
+
+    /// The cgroup group directories (parents of every sandbox's cgroups).
+    pub fn cgroup_groups(&self) -> Vec<PathBuf> {
+        let config = self.cgroup_config();
+        let own = std::fs::read_to_string(&config.proc_self_cgroup).unwrap_or_default();
+        SandboxCgroups::group_dirs(&config, &own)
+            .map(|dirs| dirs.dirs().iter().map(|d| d.path.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    fn cgroup_config(&self) -> CgroupConfig {
+        CgroupConfig { group: self.group.clone(), ..CgroupConfig::default() }
+    }
+
+    /// The real backends over these paths, with `init` as the sandbox init.
+    ///
+    /// # Errors
+    /// Backend start-up failures.
+    pub fn backends(&self, init: &InitCommand) -> anyhow::Result<(Backends, Arc<NamespaceRuntime<RealNsSys>>)> {
+        let id_map = IdMap::default();
+        let storage = OverlayStorage::new(OverlayConfig::new(
+            self.data_dir.join("storage"),
+            id_map.host_uid_base,
+            id_map.host_gid_base,
+        ))?;
+        storage.ensure_base_template()?;
+        let mut config = NamespaceRuntimeConfig::new(self.data_dir.join("run"), init.clone());
+        config.cgroup = self.cgroup_config();
+        config.id_map = id_map;
+        let runtime = Arc::new(NamespaceRuntime::new(config)?);
+        let backends = Backends {
+            runtime: Arc::clone(&runtime) as Arc<dyn coppice_core::runtime::Runtime>,
+            storage: Arc::new(storage),
+            net: Arc::new(LoopbackOnly::default()),
+        };
+        Ok((backends, runtime))
+    }
+
+    /// A manager over the real backends, persisting to `<data_dir>/state.db`.
+    ///
+    /// # Errors
+    /// Backend or store start-up failures.
+    pub async fn manager(&self, init: &InitCommand) -> anyhow::Result<SandboxManager> {
+        let (backends, _) = self.backends(init)?;
+        let store = Store::open(&self.data_dir.join("state.db"))?;
+        Ok(SandboxManager::start(ManagerConfig::default(), backends, store, Arc::new(SystemClock)).await?)
+    }
+
+    /// Removes the (empty) cgroup group directories.
+    pub fn remove_groups(&self) {
+        for dir in self.cgroup_groups() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// The sub-command under which `coppice-test-daemon` acts as a sandbox init.
+pub const INIT_SUBCOMMAND: &str = "__sandbox-init";
+
+/// `coppice-test-daemon` at `program`, in init mode.
+pub fn test_daemon_init(program: &Path) -> InitCommand {
+    InitCommand { program: program.to_owned(), leading_args: vec![INIT_SUBCOMMAND.to_owned()] }
+}
+
+/// Finds a workspace binary next to the running test or bench executable
+/// (`target/<profile>/<name>`).
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut dir = exe.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    dir.join(name)
+}
