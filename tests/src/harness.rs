@@ -4,10 +4,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use coppice_core::SandboxManager;
 use coppice_core::clock::SystemClock;
 use coppice_core::manager::{Backends, ManagerConfig};
 use coppice_core::store::Store;
-use coppice_core::SandboxManager;
 use coppice_linux::cgroup::{CgroupConfig, SandboxCgroups};
 use coppice_linux::{IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig, RealNsSys};
 use coppice_net::LoopbackOnly;
@@ -27,13 +27,20 @@ pub struct HarnessPaths {
 impl HarnessPaths {
     /// Fresh paths under `data_dir` with a cgroup group unique to this process.
     pub fn new(data_dir: &Path) -> Self {
-        let group = format!("coppice-test-{}-{}", std::process::id(), NEXT_GROUP.fetch_add(1, Ordering::Relaxed));
+        let group = format!(
+            "coppice-test-{}-{}",
+            std::process::id(),
+            NEXT_GROUP.fetch_add(1, Ordering::Relaxed)
+        );
         Self::with_group(data_dir, group)
     }
 
     /// Paths under `data_dir` with the given cgroup group (to share state with another process).
     pub fn with_group(data_dir: &Path, group: String) -> Self {
-        Self { data_dir: data_dir.to_owned(), group }
+        Self {
+            data_dir: data_dir.to_owned(),
+            group,
+        }
     }
 
     /// The cgroup group directories (parents of every sandbox's cgroups).
@@ -46,14 +53,20 @@ impl HarnessPaths {
     }
 
     fn cgroup_config(&self) -> CgroupConfig {
-        CgroupConfig { group: self.group.clone(), ..CgroupConfig::default() }
+        CgroupConfig {
+            group: self.group.clone(),
+            ..CgroupConfig::default()
+        }
     }
 
     /// The real backends over these paths, with `init` as the sandbox init.
     ///
     /// # Errors
     /// Backend start-up failures.
-    pub fn backends(&self, init: &InitCommand) -> anyhow::Result<(Backends, Arc<NamespaceRuntime<RealNsSys>>)> {
+    pub fn backends(
+        &self,
+        init: &InitCommand,
+    ) -> anyhow::Result<(Backends, Arc<NamespaceRuntime<RealNsSys>>)> {
         let id_map = IdMap::default();
         let storage = OverlayStorage::new(OverlayConfig::new(
             self.data_dir.join("storage"),
@@ -80,7 +93,13 @@ impl HarnessPaths {
     pub async fn manager(&self, init: &InitCommand) -> anyhow::Result<SandboxManager> {
         let (backends, _) = self.backends(init)?;
         let store = Store::open(&self.data_dir.join("state.db"))?;
-        Ok(SandboxManager::start(ManagerConfig::default(), backends, store, Arc::new(SystemClock)).await?)
+        Ok(SandboxManager::start(
+            ManagerConfig::default(),
+            backends,
+            store,
+            Arc::new(SystemClock),
+        )
+        .await?)
     }
 
     /// Removes the (empty) cgroup group directories.
@@ -96,7 +115,10 @@ pub const INIT_SUBCOMMAND: &str = "__sandbox-init";
 
 /// `coppice-test-daemon` at `program`, in init mode.
 pub fn test_daemon_init(program: &Path) -> InitCommand {
-    InitCommand { program: program.to_owned(), leading_args: vec![INIT_SUBCOMMAND.to_owned()] }
+    InitCommand {
+        program: program.to_owned(),
+        leading_args: vec![INIT_SUBCOMMAND.to_owned()],
+    }
 }
 
 /// Finds a workspace binary next to the running test or bench executable

@@ -24,11 +24,15 @@ impl HostResources {
     /// Counts everything now; `cgroup_groups` are directories whose subdirectories are counted.
     pub fn count(cgroup_groups: &[std::path::PathBuf]) -> Self {
         Self {
-            mounts: fs::read_to_string("/proc/self/mountinfo").map(|t| t.lines().count()).unwrap_or(0),
+            mounts: fs::read_to_string("/proc/self/mountinfo")
+                .map(|t| t.lines().count())
+                .unwrap_or(0),
             namespaces: namespaces(),
             processes: pids().len(),
             loop_devices: loop_devices(),
-            open_fds: fs::read_dir("/proc/self/fd").map(|d| d.count()).unwrap_or(0),
+            open_fds: fs::read_dir("/proc/self/fd")
+                .map(|d| d.count())
+                .unwrap_or(0),
             cgroups: cgroup_groups
                 .iter()
                 .filter_map(|group| fs::read_dir(group).ok())
@@ -40,14 +44,20 @@ impl HostResources {
 
 fn pids() -> Vec<u32> {
     fs::read_dir("/proc")
-        .map(|dir| dir.flatten().filter_map(|e| e.file_name().to_str()?.parse().ok()).collect())
+        .map(|dir| {
+            dir.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn namespaces() -> usize {
     let mut seen = BTreeSet::new();
     for pid in pids() {
-        let Ok(entries) = fs::read_dir(format!("/proc/{pid}/ns")) else { continue };
+        let Ok(entries) = fs::read_dir(format!("/proc/{pid}/ns")) else {
+            continue;
+        };
         for entry in entries.flatten() {
             if let Ok(target) = fs::read_link(entry.path()) {
                 seen.insert(target);

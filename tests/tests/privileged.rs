@@ -1,6 +1,8 @@
 //! End-to-end scenarios over the real Linux backends through `SandboxManager`. Root only; run
 //! with `COPPICE_PRIVILEGED_TESTS=1 cargo test -p coppice-tests --test privileged -- --ignored`.
 #![cfg(target_os = "linux")]
+// Test helpers outside `#[test]` functions unwrap too: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
@@ -32,8 +34,15 @@ async fn env() -> Env {
     coppice_core::require_privileged!();
     let dir = tempfile::tempdir().unwrap();
     let paths = HarnessPaths::new(dir.path());
-    let manager = paths.manager(&test_daemon_init(Path::new(DAEMON))).await.unwrap();
-    Env { _dir: dir, paths, manager }
+    let manager = paths
+        .manager(&test_daemon_init(Path::new(DAEMON)))
+        .await
+        .unwrap();
+    Env {
+        _dir: dir,
+        paths,
+        manager,
+    }
 }
 
 fn base() -> SandboxSpec {
@@ -41,7 +50,10 @@ fn base() -> SandboxSpec {
 }
 
 fn sh(script: &str) -> ExecRequest {
-    ExecRequest { timeout: Some(Duration::from_secs(30)), ..ExecRequest::new(["/bin/bash", "-c", script]) }
+    ExecRequest {
+        timeout: Some(Duration::from_secs(30)),
+        ..ExecRequest::new(["/bin/bash", "-c", script])
+    }
 }
 
 async fn kill_all(manager: &SandboxManager) {
@@ -56,13 +68,46 @@ async fn test_base_template_runs_python_and_knows_user() {
     let env = env().await;
     let sandbox = env.manager.create(base()).await.unwrap();
 
-    let python = env.manager.exec(&sandbox.id, ExecRequest::new(["/usr/bin/python3", "-c", "print(6 * 7)"])).await.unwrap();
-    let user = env.manager.exec(&sandbox.id, sh("whoami; echo $HOME; pwd").as_user(ExecUser::User)).await.unwrap();
-    let root = env.manager.exec(&sandbox.id, sh("whoami; hostname; ls -ld /home/user | cut -d' ' -f3")).await.unwrap();
+    let python = env
+        .manager
+        .exec(
+            &sandbox.id,
+            ExecRequest::new(["/usr/bin/python3", "-c", "print(6 * 7)"]),
+        )
+        .await
+        .unwrap();
+    let user = env
+        .manager
+        .exec(
+            &sandbox.id,
+            sh("whoami; echo $HOME; pwd").as_user(ExecUser::User),
+        )
+        .await
+        .unwrap();
+    let root = env
+        .manager
+        .exec(
+            &sandbox.id,
+            sh("whoami; hostname; ls -ld /home/user | cut -d' ' -f3"),
+        )
+        .await
+        .unwrap();
 
-    assert_eq!(String::from_utf8_lossy(&python.stdout), "42\n", "{python:?}");
-    assert_eq!(String::from_utf8_lossy(&user.stdout), "user\n/home/user\n/home/user\n", "{user:?}");
-    assert_eq!(String::from_utf8_lossy(&root.stdout), format!("root\n{}\nuser\n", sandbox.id), "{root:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&python.stdout),
+        "42\n",
+        "{python:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&user.stdout),
+        "user\n/home/user\n/home/user\n",
+        "{user:?}"
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&root.stdout),
+        format!("root\n{}\nuser\n", sandbox.id),
+        "{root:?}"
+    );
     kill_all(&env.manager).await;
 }
 
@@ -70,14 +115,26 @@ async fn test_base_template_runs_python_and_knows_user() {
 #[ignore = "privileged: creates sandboxes with namespaces, overlay mounts and cgroups"]
 async fn test_memory_hog_oom_kill_is_recorded_with_reason_oom() {
     let env = env().await;
-    let sandbox = env.manager.create(SandboxSpec { memory_mb: 64, ..base() }).await.unwrap();
+    let sandbox = env
+        .manager
+        .create(SandboxSpec {
+            memory_mb: 64,
+            ..base()
+        })
+        .await
+        .unwrap();
     let hog = ExecRequest::new(["/usr/bin/python3", "-c", "b = bytearray(300 << 20)"]);
 
     let outcome = env.manager.exec(&sandbox.id, hog).await.unwrap();
 
     assert_eq!(outcome.status, ExitStatus::Signal(9), "{outcome:?}");
     let events = env.manager.events(&sandbox.id).await.unwrap();
-    assert!(events.iter().any(|e| e.kind == EventKind::OomKill && e.reason == Reason::Oom), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::OomKill && e.reason == Reason::Oom),
+        "{events:?}"
+    );
     kill_all(&env.manager).await;
 }
 
@@ -88,13 +145,20 @@ async fn test_thousand_cycles_leave_no_resource_behind() {
     // Warm up once so lazily created process-wide state (thread pools, the database) is
     // counted in the baseline.
     let warm = env.manager.create(base()).await.unwrap();
-    env.manager.exec(&warm.id, ExecRequest::new(["/bin/true"])).await.unwrap();
+    env.manager
+        .exec(&warm.id, ExecRequest::new(["/bin/true"]))
+        .await
+        .unwrap();
     env.manager.kill(&warm.id).await.unwrap();
     let before = HostResources::count(&env.paths.cgroup_groups());
 
     for _ in 0..1000 {
         let sandbox = env.manager.create(base()).await.unwrap();
-        let outcome = env.manager.exec(&sandbox.id, ExecRequest::new(["/bin/true"])).await.unwrap();
+        let outcome = env
+            .manager
+            .exec(&sandbox.id, ExecRequest::new(["/bin/true"]))
+            .await
+            .unwrap();
         assert!(outcome.status.success());
         env.manager.kill(&sandbox.id).await.unwrap();
     }
@@ -106,10 +170,20 @@ async fn test_thousand_cycles_leave_no_resource_behind() {
     assert_eq!(after.open_fds, before.open_fds, "fds");
     // Other workloads on the host may start or end processes meanwhile; a leak of one per
     // cycle would be 1000.
-    assert!(after.processes <= before.processes + 5, "processes {before:?} -> {after:?}");
-    assert!(after.namespaces <= before.namespaces + 10, "namespaces {before:?} -> {after:?}");
-    let storage = std::fs::read_dir(env.paths.data_dir.join("storage/sandboxes")).unwrap().count();
-    let run = std::fs::read_dir(env.paths.data_dir.join("run")).unwrap().count();
+    assert!(
+        after.processes <= before.processes + 5,
+        "processes {before:?} -> {after:?}"
+    );
+    assert!(
+        after.namespaces <= before.namespaces + 10,
+        "namespaces {before:?} -> {after:?}"
+    );
+    let storage = std::fs::read_dir(env.paths.data_dir.join("storage/sandboxes"))
+        .unwrap()
+        .count();
+    let run = std::fs::read_dir(env.paths.data_dir.join("run"))
+        .unwrap()
+        .count();
     assert_eq!((storage, run), (0, 0), "sandbox directories left behind");
 }
 
@@ -118,11 +192,40 @@ async fn test_thousand_cycles_leave_no_resource_behind() {
 async fn test_bad_input_gets_typed_errors_and_leaves_nothing() {
     let env = env().await;
     let cases = [
-        (SandboxSpec::new("no-such-template".parse().unwrap()), ErrorKind::NotFound, "template no-such-template not found"),
-        (SandboxSpec { memory_mb: 0, ..base() }, ErrorKind::Invalid, "invalid sandbox spec"),
-        (SandboxSpec { memory_mb: u32::MAX, ..base() }, ErrorKind::Invalid, "invalid sandbox spec"),
-        (SandboxSpec { vcpus: 0, ..base() }, ErrorKind::Invalid, "invalid sandbox spec"),
-        (SandboxSpec { vcpus: 4096, ..base() }, ErrorKind::Invalid, "invalid sandbox spec"),
+        (
+            SandboxSpec::new("no-such-template".parse().unwrap()),
+            ErrorKind::NotFound,
+            "template no-such-template not found",
+        ),
+        (
+            SandboxSpec {
+                memory_mb: 0,
+                ..base()
+            },
+            ErrorKind::Invalid,
+            "invalid sandbox spec",
+        ),
+        (
+            SandboxSpec {
+                memory_mb: u32::MAX,
+                ..base()
+            },
+            ErrorKind::Invalid,
+            "invalid sandbox spec",
+        ),
+        (
+            SandboxSpec { vcpus: 0, ..base() },
+            ErrorKind::Invalid,
+            "invalid sandbox spec",
+        ),
+        (
+            SandboxSpec {
+                vcpus: 4096,
+                ..base()
+            },
+            ErrorKind::Invalid,
+            "invalid sandbox spec",
+        ),
     ];
     for (spec, kind, message) in cases {
         let err = env.manager.create(spec).await.unwrap_err();
@@ -131,10 +234,17 @@ async fn test_bad_input_gets_typed_errors_and_leaves_nothing() {
     }
     assert!("../etc".parse::<coppice_core::SandboxId>().is_err());
     let unknown: coppice_core::SandboxId = "doesnotexist".parse().unwrap();
-    assert_eq!(env.manager.kill(&unknown).await.unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        env.manager.kill(&unknown).await.unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
 
-    let storage = std::fs::read_dir(env.paths.data_dir.join("storage/sandboxes")).unwrap().count();
-    let run = std::fs::read_dir(env.paths.data_dir.join("run")).unwrap().count();
+    let storage = std::fs::read_dir(env.paths.data_dir.join("storage/sandboxes"))
+        .unwrap()
+        .count();
+    let run = std::fs::read_dir(env.paths.data_dir.join("run"))
+        .unwrap()
+        .count();
     assert_eq!((storage, run), (0, 0));
     assert_eq!(HostResources::count(&env.paths.cgroup_groups()).cgroups, 0);
 }
@@ -156,7 +266,11 @@ impl Daemon {
             .unwrap();
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self { child, stdin, stdout }
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     fn ask(&mut self, command: &str) -> serde_json::Value {
@@ -174,7 +288,12 @@ impl Drop for KillLeftovers {
     fn drop(&mut self) {
         let mut daemon = Daemon::start(&self.0);
         let listed = daemon.ask("list");
-        for id in listed["ids"].as_array().into_iter().flatten().filter_map(|v| v.as_str()) {
+        for id in listed["ids"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|v| v.as_str())
+        {
             daemon.ask(&format!("kill {id}"));
         }
         drop(daemon.stdin);
@@ -191,9 +310,13 @@ fn test_sigkill_of_daemon_loses_no_running_sandbox() {
     let paths = HarnessPaths::new(dir.path());
     let _cleanup = KillLeftovers(paths.clone());
     let mut daemon = Daemon::start(&paths);
-    let ids: Vec<String> = (0..3).map(|_| daemon.ask("create")["id"].as_str().unwrap().to_owned()).collect();
+    let ids: Vec<String> = (0..3)
+        .map(|_| daemon.ask("create")["id"].as_str().unwrap().to_owned())
+        .collect();
     for id in &ids {
-        let answer = daemon.ask(&format!("exec {id} echo data-{id} > /root/file; sleep 600 >/dev/null 2>&1 &"));
+        let answer = daemon.ask(&format!(
+            "exec {id} echo data-{id} > /root/file; sleep 600 >/dev/null 2>&1 &"
+        ));
         assert_eq!(answer["ok"], true, "{answer}");
     }
 
@@ -202,7 +325,12 @@ fn test_sigkill_of_daemon_loses_no_running_sandbox() {
     let mut restarted = Daemon::start(&paths);
 
     let listed = restarted.ask("list");
-    let mut listed: Vec<String> = listed["ids"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_owned()).collect();
+    let mut listed: Vec<String> = listed["ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_owned())
+        .collect();
     listed.sort();
     let mut expected = ids.clone();
     expected.sort();

@@ -30,25 +30,36 @@ pub struct ManualClock {
 impl ManualClock {
     /// A clock showing `start`.
     pub fn new(start: SystemTime) -> Self {
-        Self { now: Mutex::new(start) }
+        Self {
+            now: Mutex::new(start),
+        }
     }
 
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
-        let mut now = self.now.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut now = self
+            .now
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         *now += by;
     }
 }
 
 impl Clock for ManualClock {
     fn now(&self) -> SystemTime {
-        *self.now.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .now
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }
 
 /// Milliseconds since the Unix epoch, saturating; the persisted form of an instant.
 pub fn to_unix_millis(time: SystemTime) -> i64 {
-    let millis = time.duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_millis();
+    let millis = time
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis();
     i64::try_from(millis).unwrap_or(i64::MAX)
 }
 

@@ -76,7 +76,10 @@ impl FromStr for SandboxId {
     fn from_str(value: &str) -> Result<Self, Self::Err> {
         const KIND: &str = "sandbox";
         check_length(KIND, value, SANDBOX_ID_MAX_LEN)?;
-        if !value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit()) {
+        if !value
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        {
             return Err(ParseIdError::BadCharacter {
                 kind: KIND,
                 value: truncate_for_message(value),
@@ -119,7 +122,10 @@ impl FromStr for TemplateId {
         check_length(KIND, value, TEMPLATE_ID_MAX_LEN)?;
         let allowed_char =
             |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.');
-        let first_ok = value.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+        let first_ok = value
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
         if !first_ok || !value.bytes().all(allowed_char) {
             return Err(ParseIdError::BadCharacter {
                 kind: KIND,
@@ -148,7 +154,11 @@ fn check_length(kind: &'static str, value: &str, max: usize) -> Result<(), Parse
         return Err(ParseIdError::Empty { kind });
     }
     if value.len() > max {
-        return Err(ParseIdError::TooLong { kind, len: value.len(), max });
+        return Err(ParseIdError::TooLong {
+            kind,
+            len: value.len(),
+            max,
+        });
     }
     Ok(())
 }
@@ -171,7 +181,10 @@ mod tests {
 
     #[test]
     fn test_sandbox_id_generate_differs_each_time() {
-        assert_ne!(SandboxId::generate().unwrap(), SandboxId::generate().unwrap());
+        assert_ne!(
+            SandboxId::generate().unwrap(),
+            SandboxId::generate().unwrap()
+        );
     }
 
     #[test]

@@ -59,7 +59,10 @@ pub struct ManagerConfig {
 
 impl Default for ManagerConfig {
     fn default() -> Self {
-        Self { limits: Limits::default(), monitor_interval: Duration::from_secs(1) }
+        Self {
+            limits: Limits::default(),
+            monitor_interval: Duration::from_secs(1),
+        }
     }
 }
 
@@ -122,7 +125,10 @@ impl SandboxManager {
     }
 
     fn sandboxes(&self) -> MutexGuard<'_, HashMap<SandboxId, Sandbox>> {
-        self.inner.sandboxes.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .sandboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Creates and starts a sandbox.
@@ -155,12 +161,20 @@ impl SandboxManager {
         match self.provision(&sandbox).await {
             Ok(endpoints) => {
                 sandbox.state = sandbox.state.apply(Operation::Start).map_err(|source| {
-                    ManagerError::InvalidState { id: id.clone(), source }
+                    ManagerError::InvalidState {
+                        id: id.clone(),
+                        source,
+                    }
                 })?;
                 sandbox.endpoints = Some(endpoints);
-                self.persist(&sandbox).await?;
+                self.persist_with_event(
+                    &sandbox,
+                    EventKind::Created,
+                    Reason::Requested,
+                    String::new(),
+                )
+                .await?;
                 self.sandboxes().insert(id.clone(), sandbox.clone());
-                self.record(&id, EventKind::Created, Reason::Requested, String::new()).await;
                 self.inner.deadlines_changed.notify_one();
                 tracing::info!(sandbox_id = %id, "sandbox created");
                 Ok(sandbox)
@@ -173,7 +187,8 @@ impl SandboxManager {
                 if let Err(store_error) = self.persist(&sandbox).await {
                     tracing::warn!(sandbox_id = %id, error = %error_chain(&store_error), "cannot record failed create");
                 }
-                self.record(&id, EventKind::CreateFailed, Reason::Error, detail).await;
+                self.record(&id, EventKind::CreateFailed, Reason::Error, detail)
+                    .await;
                 Err(error)
             }
         }
@@ -214,13 +229,25 @@ impl SandboxManager {
             .values()
             .filter(|sandbox| sandbox.state.is_live())
             .filter(|sandbox| filter.states.is_empty() || filter.states.contains(&sandbox.state))
-            .filter(|sandbox| filter.template.as_ref().is_none_or(|t| *t == sandbox.spec.template))
             .filter(|sandbox| {
-                filter.metadata.iter().all(|(key, value)| sandbox.spec.metadata.get(key) == Some(value))
+                filter
+                    .template
+                    .as_ref()
+                    .is_none_or(|t| *t == sandbox.spec.template)
+            })
+            .filter(|sandbox| {
+                filter
+                    .metadata
+                    .iter()
+                    .all(|(key, value)| sandbox.spec.metadata.get(key) == Some(value))
             })
             .cloned()
             .collect();
-        sandboxes.sort_by(|a, b| a.created_at.cmp(&b.created_at).then_with(|| a.id.cmp(&b.id)));
+        sandboxes.sort_by(|a, b| {
+            a.created_at
+                .cmp(&b.created_at)
+                .then_with(|| a.id.cmp(&b.id))
+        });
         sandboxes
     }
 
@@ -237,7 +264,8 @@ impl SandboxManager {
     async fn kill_with_reason(&self, id: &SandboxId, reason: Reason) -> Result<(), ManagerError> {
         let sandbox = self.begin_stopping(id)?;
         self.persist(&sandbox).await?;
-        self.finish_stopping(sandbox, EventKind::Killed, reason, String::new()).await
+        self.finish_stopping(sandbox, EventKind::Killed, reason, String::new())
+            .await
     }
 
     /// Moves a live sandbox to `Stopping` in memory, refusing concurrent kills.
@@ -247,10 +275,14 @@ impl SandboxManager {
             .get_mut(id)
             .filter(|sandbox| sandbox.state != SandboxState::Stopped)
             .ok_or_else(|| ManagerError::SandboxNotFound { id: id.clone() })?;
-        sandbox.state = sandbox
-            .state
-            .apply(Operation::Kill)
-            .map_err(|source| ManagerError::InvalidState { id: id.clone(), source })?;
+        sandbox.state =
+            sandbox
+                .state
+                .apply(Operation::Kill)
+                .map_err(|source| ManagerError::InvalidState {
+                    id: id.clone(),
+                    source,
+                })?;
         Ok(sandbox.clone())
     }
 
@@ -265,14 +297,16 @@ impl SandboxManager {
         let backends = self.inner.backends.clone();
         let id = sandbox.id.clone();
         blocking("release", move || try_release_blocking(&backends, &id)).await??;
-        sandbox.state = sandbox
-            .state
-            .apply(Operation::Finish)
-            .map_err(|source| ManagerError::InvalidState { id: sandbox.id.clone(), source })?;
-        self.persist(&sandbox).await?;
+        sandbox.state = sandbox.state.apply(Operation::Finish).map_err(|source| {
+            ManagerError::InvalidState {
+                id: sandbox.id.clone(),
+                source,
+            }
+        })?;
+        self.persist_with_event(&sandbox, kind, reason, detail)
+            .await?;
         self.sandboxes().remove(&sandbox.id);
         self.oom_seen().remove(&sandbox.id);
-        self.record(&sandbox.id, kind, reason, detail).await;
         tracing::info!(sandbox_id = %sandbox.id, reason = reason.as_str(), "sandbox stopped");
         Ok(())
     }
@@ -281,7 +315,11 @@ impl SandboxManager {
     ///
     /// # Errors
     /// `SandboxNotFound`, `InvalidSpec` for a timeout out of range.
-    pub async fn set_timeout(&self, id: &SandboxId, timeout: Duration) -> Result<Sandbox, ManagerError> {
+    pub async fn set_timeout(
+        &self,
+        id: &SandboxId,
+        timeout: Duration,
+    ) -> Result<Sandbox, ManagerError> {
         let limits = &self.inner.config.limits;
         if timeout.is_zero() || timeout > limits.max_timeout {
             return Err(ManagerError::InvalidSpec(crate::spec::SpecError::Timeout {
@@ -302,7 +340,8 @@ impl SandboxManager {
         self.persist(&sandbox).await?;
         self.inner.deadlines_changed.notify_one();
         let detail = format!("{} s from now", timeout.as_secs());
-        self.record(id, EventKind::TimeoutChanged, Reason::Requested, detail).await;
+        self.record(id, EventKind::TimeoutChanged, Reason::Requested, detail)
+            .await;
         Ok(sandbox)
     }
 
@@ -313,9 +352,15 @@ impl SandboxManager {
     pub fn endpoints(&self, id: &SandboxId) -> Result<SandboxEndpoints, ManagerError> {
         let sandbox = self.get(id)?;
         if sandbox.state != SandboxState::Running {
-            return Err(ManagerError::NotRunning { id: id.clone(), state: sandbox.state });
+            return Err(ManagerError::NotRunning {
+                id: id.clone(),
+                state: sandbox.state,
+            });
         }
-        sandbox.endpoints.ok_or_else(|| ManagerError::NotRunning { id: id.clone(), state: sandbox.state })
+        sandbox.endpoints.ok_or_else(|| ManagerError::NotRunning {
+            id: id.clone(),
+            state: sandbox.state,
+        })
     }
 
     /// Runs a command to completion inside a running sandbox (control path, bounded output).
@@ -323,7 +368,11 @@ impl SandboxManager {
     /// # Errors
     /// `SandboxNotFound`, `NotRunning`, or a runtime failure.
     #[tracing::instrument(skip(self, request), fields(sandbox_id = %id))]
-    pub async fn exec(&self, id: &SandboxId, request: ExecRequest) -> Result<ExecOutcome, ManagerError> {
+    pub async fn exec(
+        &self,
+        id: &SandboxId,
+        request: ExecRequest,
+    ) -> Result<ExecOutcome, ManagerError> {
         self.endpoints(id)?;
         let runtime = Arc::clone(&self.inner.backends.runtime);
         let sandbox_id = id.clone();
@@ -332,7 +381,9 @@ impl SandboxManager {
             .map_err(|source| ManagerError::from_runtime("exec", source))?;
         // A command killed for memory shows up as SIGKILL; record the OOM now rather than at
         // the next monitor tick, so the event precedes the caller's next request.
-        self.check_oom(id).await;
+        if outcome.status == crate::exec::ExitStatus::Signal(9) {
+            self.check_oom(id).await;
+        }
         Ok(outcome)
     }
 
@@ -358,7 +409,10 @@ impl SandboxManager {
     }
 
     fn oom_seen(&self) -> MutexGuard<'_, HashMap<SandboxId, u64>> {
-        self.inner.oom_seen.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .oom_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Records one event per OOM kill not seen before.
@@ -377,13 +431,19 @@ impl SandboxManager {
             new_kills
         };
         for _ in 0..new_kills {
-            let detail = format!("memory limit {} MiB reached", self.memory_mb(id).unwrap_or(0));
-            self.record(id, EventKind::OomKill, Reason::Oom, detail).await;
+            let detail = format!(
+                "memory limit {} MiB reached",
+                self.memory_mb(id).unwrap_or(0)
+            );
+            self.record(id, EventKind::OomKill, Reason::Oom, detail)
+                .await;
         }
     }
 
     fn memory_mb(&self, id: &SandboxId) -> Option<u32> {
-        self.sandboxes().get(id).map(|sandbox| sandbox.spec.memory_mb)
+        self.sandboxes()
+            .get(id)
+            .map(|sandbox| sandbox.spec.memory_mb)
     }
 
     async fn persist(&self, sandbox: &Sandbox) -> Result<(), ManagerError> {
@@ -392,14 +452,46 @@ impl SandboxManager {
         Ok(blocking("persist", move || inner.store.put(&sandbox)).await??)
     }
 
+    async fn persist_with_event(
+        &self,
+        sandbox: &Sandbox,
+        kind: EventKind,
+        reason: Reason,
+        detail: String,
+    ) -> Result<(), ManagerError> {
+        let event = LifecycleEvent {
+            sandbox_id: sandbox.id.clone(),
+            at: self.inner.clock.now(),
+            kind,
+            reason,
+            detail,
+        };
+        let inner = Arc::clone(&self.inner);
+        let sandbox = sandbox.clone();
+        Ok(blocking("persist", move || {
+            inner.store.put_with_event(&sandbox, &event)
+        })
+        .await??)
+    }
+
     /// Appends an event; a failure to record is logged, never fatal to the operation.
     async fn record(&self, id: &SandboxId, kind: EventKind, reason: Reason, detail: String) {
-        let event = LifecycleEvent { sandbox_id: id.clone(), at: self.inner.clock.now(), kind, reason, detail };
+        let event = LifecycleEvent {
+            sandbox_id: id.clone(),
+            at: self.inner.clock.now(),
+            kind,
+            reason,
+            detail,
+        };
         let inner = Arc::clone(&self.inner);
         match blocking("record event", move || inner.store.record_event(&event)).await {
             Ok(Ok(())) => {}
-            Ok(Err(error)) => tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cannot record event"),
-            Err(error) => tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cannot record event"),
+            Ok(Err(error)) => {
+                tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cannot record event")
+            }
+            Err(error) => {
+                tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cannot record event")
+            }
         }
     }
 }
@@ -423,21 +515,34 @@ fn provision_blocking(
         vcpus: spec.vcpus,
         memory_mb: spec.memory_mb,
         max_pids,
-        env: spec.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+        env: spec
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
         network,
     };
     backends
         .runtime
         .create(id, &runtime_spec, &root)
         .map_err(|source| ManagerError::from_runtime("create", source))?;
-    backends.runtime.start(id).map_err(|source| ManagerError::from_runtime("start", source))
+    backends
+        .runtime
+        .start(id)
+        .map_err(|source| ManagerError::from_runtime("start", source))
 }
 
 /// Releases everything of a sandbox, in reverse order of creation, stopping at the first
 /// failure so that a retry starts where this one stopped.
 fn try_release_blocking(backends: &Backends, id: &SandboxId) -> Result<(), ManagerError> {
-    backends.runtime.destroy(id).map_err(|source| ManagerError::from_runtime("destroy", source))?;
-    backends.net.detach(id).map_err(|source| ManagerError::from_net("detach network", source))?;
+    backends
+        .runtime
+        .destroy(id)
+        .map_err(|source| ManagerError::from_runtime("destroy", source))?;
+    backends
+        .net
+        .detach(id)
+        .map_err(|source| ManagerError::from_net("detach network", source))?;
     backends
         .storage
         .destroy_rootfs(id)
@@ -463,7 +568,9 @@ where
     F: FnOnce() -> T + Send + 'static,
     T: Send + 'static,
 {
-    tokio::task::spawn_blocking(work).await.map_err(|source| ManagerError::Task { op, source })
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|source| ManagerError::Task { op, source })
 }
 
 /// An error and its sources on one line, for event details and logs.

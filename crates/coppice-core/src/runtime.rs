@@ -56,7 +56,8 @@ pub trait Runtime: Send + Sync + 'static {
     ///
     /// # Errors
     /// `AlreadyExists` if `id` is known, otherwise a backend failure; nothing stays behind.
-    fn create(&self, id: &SandboxId, spec: &RuntimeSpec, root: &RootFs) -> Result<(), RuntimeError>;
+    fn create(&self, id: &SandboxId, spec: &RuntimeSpec, root: &RootFs)
+    -> Result<(), RuntimeError>;
 
     /// Starts the sandbox's init and returns how to reach it once it is ready.
     ///

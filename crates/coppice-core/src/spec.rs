@@ -62,7 +62,11 @@ pub struct NetworkSpec {
 
 impl Default for NetworkSpec {
     fn default() -> Self {
-        Self { allow_internet: true, allow_out: Vec::new(), deny_out: Vec::new() }
+        Self {
+            allow_internet: true,
+            allow_out: Vec::new(),
+            deny_out: Vec::new(),
+        }
     }
 }
 
@@ -190,7 +194,10 @@ impl SandboxSpec {
     /// The first violated limit.
     pub fn validate(&self, limits: &Limits) -> Result<(), SpecError> {
         if self.vcpus == 0 || self.vcpus > limits.max_vcpus {
-            return Err(SpecError::Vcpus { got: self.vcpus, max: limits.max_vcpus });
+            return Err(SpecError::Vcpus {
+                got: self.vcpus,
+                max: limits.max_vcpus,
+            });
         }
         if self.memory_mb < limits.min_memory_mb || self.memory_mb > limits.max_memory_mb {
             return Err(SpecError::Memory {
@@ -212,9 +219,23 @@ impl SandboxSpec {
                 max_secs: limits.max_timeout.as_secs(),
             });
         }
-        validate_map("env vars", &self.env, limits.max_env_vars, limits.max_entry_bytes)?;
-        validate_map("metadata", &self.metadata, limits.max_metadata_entries, limits.max_entry_bytes)?;
-        if let Some(name) = self.env.keys().find(|name| name.is_empty() || name.contains('=')) {
+        validate_map(
+            "env vars",
+            &self.env,
+            limits.max_env_vars,
+            limits.max_entry_bytes,
+        )?;
+        validate_map(
+            "metadata",
+            &self.metadata,
+            limits.max_metadata_entries,
+            limits.max_entry_bytes,
+        )?;
+        if let Some(name) = self
+            .env
+            .keys()
+            .find(|name| name.is_empty() || name.contains('='))
+        {
             return Err(SpecError::EnvName { name: short(name) });
         }
         Ok(())
@@ -228,14 +249,25 @@ fn validate_map(
     max_bytes: usize,
 ) -> Result<(), SpecError> {
     if map.len() > max_entries {
-        return Err(SpecError::TooManyEntries { what, got: map.len(), max: max_entries });
+        return Err(SpecError::TooManyEntries {
+            what,
+            got: map.len(),
+            max: max_entries,
+        });
     }
     for (key, value) in map {
         if key.len() > max_bytes || value.len() > max_bytes {
-            return Err(SpecError::EntryTooLong { what, key: short(key), max: max_bytes });
+            return Err(SpecError::EntryTooLong {
+                what,
+                key: short(key),
+                max: max_bytes,
+            });
         }
         if key.contains('\0') || value.contains('\0') {
-            return Err(SpecError::NulByte { what, key: short(key) });
+            return Err(SpecError::NulByte {
+                what,
+                key: short(key),
+            });
         }
     }
     Ok(())
@@ -260,49 +292,85 @@ mod tests {
 
     #[test]
     fn test_validate_zero_memory_is_refused() {
-        let spec = SandboxSpec { memory_mb: 0, ..spec() };
-        assert!(matches!(spec.validate(&Limits::default()), Err(SpecError::Memory { got: 0, .. })));
+        let spec = SandboxSpec {
+            memory_mb: 0,
+            ..spec()
+        };
+        assert!(matches!(
+            spec.validate(&Limits::default()),
+            Err(SpecError::Memory { got: 0, .. })
+        ));
     }
 
     #[test]
     fn test_validate_absurd_memory_is_refused() {
-        let spec = SandboxSpec { memory_mb: u32::MAX, ..spec() };
-        assert!(matches!(spec.validate(&Limits::default()), Err(SpecError::Memory { .. })));
+        let spec = SandboxSpec {
+            memory_mb: u32::MAX,
+            ..spec()
+        };
+        assert!(matches!(
+            spec.validate(&Limits::default()),
+            Err(SpecError::Memory { .. })
+        ));
     }
 
     #[test]
     fn test_validate_zero_and_absurd_vcpus_are_refused() {
         let zero = SandboxSpec { vcpus: 0, ..spec() };
-        let absurd = SandboxSpec { vcpus: 10_000, ..spec() };
-        assert!(matches!(zero.validate(&Limits::default()), Err(SpecError::Vcpus { .. })));
-        assert!(matches!(absurd.validate(&Limits::default()), Err(SpecError::Vcpus { .. })));
+        let absurd = SandboxSpec {
+            vcpus: 10_000,
+            ..spec()
+        };
+        assert!(matches!(
+            zero.validate(&Limits::default()),
+            Err(SpecError::Vcpus { .. })
+        ));
+        assert!(matches!(
+            absurd.validate(&Limits::default()),
+            Err(SpecError::Vcpus { .. })
+        ));
     }
 
     #[test]
     fn test_validate_zero_timeout_is_refused() {
-        let spec = SandboxSpec { timeout: Duration::ZERO, ..spec() };
-        assert!(matches!(spec.validate(&Limits::default()), Err(SpecError::Timeout { .. })));
+        let spec = SandboxSpec {
+            timeout: Duration::ZERO,
+            ..spec()
+        };
+        assert!(matches!(
+            spec.validate(&Limits::default()),
+            Err(SpecError::Timeout { .. })
+        ));
     }
 
     #[test]
     fn test_validate_env_name_with_equals_is_refused() {
         let mut spec = spec();
         spec.env.insert("A=B".into(), "1".into());
-        assert!(matches!(spec.validate(&Limits::default()), Err(SpecError::EnvName { .. })));
+        assert!(matches!(
+            spec.validate(&Limits::default()),
+            Err(SpecError::EnvName { .. })
+        ));
     }
 
     #[test]
     fn test_validate_nul_in_metadata_is_refused() {
         let mut spec = spec();
         spec.metadata.insert("k".into(), "a\0b".into());
-        assert!(matches!(spec.validate(&Limits::default()), Err(SpecError::NulByte { .. })));
+        assert!(matches!(
+            spec.validate(&Limits::default()),
+            Err(SpecError::NulByte { .. })
+        ));
     }
 
     #[test]
     fn test_validate_huge_metadata_is_refused() {
         let mut spec = spec();
         spec.metadata.insert("k".into(), "v".repeat(100_000));
-        assert!(matches!(spec.validate(&Limits::default()), Err(SpecError::EntryTooLong { .. })));
+        assert!(matches!(
+            spec.validate(&Limits::default()),
+            Err(SpecError::EntryTooLong { .. })
+        ));
     }
 
     #[test]
@@ -311,6 +379,9 @@ mod tests {
         for n in 0..100 {
             spec.metadata.insert(format!("k{n}"), "v".into());
         }
-        assert!(matches!(spec.validate(&Limits::default()), Err(SpecError::TooManyEntries { .. })));
+        assert!(matches!(
+            spec.validate(&Limits::default()),
+            Err(SpecError::TooManyEntries { .. })
+        ));
     }
 }

@@ -83,7 +83,10 @@ impl SandboxState {
 
     /// Whether the sandbox still holds host resources (processes, mounts, cgroups).
     pub fn holds_resources(self) -> bool {
-        matches!(self, Self::Creating | Self::Running | Self::Paused | Self::Stopping)
+        matches!(
+            self,
+            Self::Creating | Self::Running | Self::Paused | Self::Stopping
+        )
     }
 
     /// Whether the sandbox is visible to `get` and `list`.
@@ -165,7 +168,14 @@ mod tests {
 
     #[test]
     fn test_persisted_names_round_trip() {
-        for state in [S::Creating, S::Running, S::Paused, S::Stopping, S::Stopped, S::Failed] {
+        for state in [
+            S::Creating,
+            S::Running,
+            S::Paused,
+            S::Stopping,
+            S::Stopped,
+            S::Failed,
+        ] {
             assert_eq!(SandboxState::from_persisted(state.as_str()), Some(state));
         }
     }

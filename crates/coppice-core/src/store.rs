@@ -123,15 +123,21 @@ impl SandboxRecord {
         if self.version != RECORD_VERSION {
             return Err(RecordError::Version(self.version));
         }
-        let id = self.id.parse::<SandboxId>().map_err(|_| RecordError::Field { field: "id" })?;
-        let template =
-            self.template.parse::<TemplateId>().map_err(|_| RecordError::Field { field: "template" })?;
+        let id = self
+            .id
+            .parse::<SandboxId>()
+            .map_err(|_| RecordError::Field { field: "id" })?;
+        let template = self
+            .template
+            .parse::<TemplateId>()
+            .map_err(|_| RecordError::Field { field: "template" })?;
         let state = SandboxState::from_persisted(&self.state)
             .ok_or(RecordError::Field { field: "state" })?;
         let endpoints = match (self.control_socket, self.envd_socket) {
-            (Some(control_socket), Some(envd_socket)) => {
-                Some(SandboxEndpoints { control_socket, envd_socket })
-            }
+            (Some(control_socket), Some(envd_socket)) => Some(SandboxEndpoints {
+                control_socket,
+                envd_socket,
+            }),
             _ => None,
         };
         Ok(Sandbox {
@@ -189,15 +195,26 @@ impl Store {
     /// # Errors
     /// [`StoreError::Open`].
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let open_error = |source| StoreError::Open { path: path.to_owned(), source };
+        let open_error = |source| StoreError::Open {
+            path: path.to_owned(),
+            source,
+        };
         let connection = Connection::open(path).map_err(open_error)?;
-        connection.pragma_update(None, "journal_mode", "WAL").map_err(open_error)?;
+        connection
+            .pragma_update(None, "journal_mode", "WAL")
+            .map_err(open_error)?;
         // With WAL, NORMAL survives a crash of the daemon (not of the host) without an fsync
         // per transaction; a host crash kills the sandboxes anyway.
-        connection.pragma_update(None, "synchronous", "NORMAL").map_err(open_error)?;
-        connection.busy_timeout(Duration::from_secs(5)).map_err(open_error)?;
+        connection
+            .pragma_update(None, "synchronous", "NORMAL")
+            .map_err(open_error)?;
+        connection
+            .busy_timeout(Duration::from_secs(5))
+            .map_err(open_error)?;
         connection.execute_batch(SCHEMA).map_err(open_error)?;
-        Ok(Self { connection: Mutex::new(connection) })
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
     }
 
     /// An in-memory database, for tests.
@@ -205,14 +222,21 @@ impl Store {
     /// # Errors
     /// [`StoreError::Open`].
     pub fn in_memory() -> Result<Self, StoreError> {
-        let open_error = |source| StoreError::Open { path: PathBuf::from(":memory:"), source };
+        let open_error = |source| StoreError::Open {
+            path: PathBuf::from(":memory:"),
+            source,
+        };
         let connection = Connection::open_in_memory().map_err(open_error)?;
         connection.execute_batch(SCHEMA).map_err(open_error)?;
-        Ok(Self { connection: Mutex::new(connection) })
+        Ok(Self {
+            connection: Mutex::new(connection),
+        })
     }
 
     fn connection(&self) -> std::sync::MutexGuard<'_, Connection> {
-        self.connection.lock().unwrap_or_else(PoisonError::into_inner)
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Inserts or replaces a sandbox's record.
@@ -231,8 +255,60 @@ impl Store {
                  ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record",
                 params![record.id, record.state, record.created_at_ms, json],
             )
-            .map_err(|source| StoreError::Query { op: "put sandbox", source })?;
+            .map_err(|source| StoreError::Query {
+                op: "put sandbox",
+                source,
+            })?;
         Ok(())
+    }
+
+    /// Inserts or replaces a sandbox's record and appends an event, in one transaction.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn put_with_event(
+        &self,
+        sandbox: &Sandbox,
+        event: &LifecycleEvent,
+    ) -> Result<(), StoreError> {
+        let record = SandboxRecord::from_domain(sandbox);
+        let json = serde_json::to_string(&record).map_err(|source| StoreError::Record {
+            id: sandbox.id.to_string(),
+            source: source.into(),
+        })?;
+        let mut connection = self.connection();
+        let transaction = connection
+            .transaction()
+            .map_err(|source| StoreError::Query {
+                op: "begin",
+                source,
+            })?;
+        transaction
+            .execute(
+                "INSERT INTO sandboxes (id, state, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record",
+                params![record.id, record.state, record.created_at_ms, json],
+            )
+            .map_err(|source| StoreError::Query {
+                op: "put sandbox",
+                source,
+            })?;
+        transaction
+            .execute(
+                "INSERT INTO events (sandbox_id, at_ms, kind, reason, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![
+                    event.sandbox_id.as_str(),
+                    to_unix_millis(event.at),
+                    event.kind.as_str(),
+                    event.reason.as_str(),
+                    event.detail
+                ],
+            )
+            .map_err(|source| StoreError::Query { op: "record event", source })?;
+        transaction.commit().map_err(|source| StoreError::Query {
+            op: "commit",
+            source,
+        })
     }
 
     /// One sandbox's record.
@@ -242,9 +318,16 @@ impl Store {
     pub fn get(&self, id: &SandboxId) -> Result<Option<Sandbox>, StoreError> {
         let json: Option<String> = self
             .connection()
-            .query_row("SELECT record FROM sandboxes WHERE id = ?1", [id.as_str()], |row| row.get(0))
+            .query_row(
+                "SELECT record FROM sandboxes WHERE id = ?1",
+                [id.as_str()],
+                |row| row.get(0),
+            )
             .optional()
-            .map_err(|source| StoreError::Query { op: "get sandbox", source })?;
+            .map_err(|source| StoreError::Query {
+                op: "get sandbox",
+                source,
+            })?;
         json.map(|json| decode(id.as_str(), &json)).transpose()
     }
 
@@ -259,13 +342,24 @@ impl Store {
                 "SELECT id, record FROM sandboxes WHERE state NOT IN ('stopped', 'failed')
                  ORDER BY created_at_ms",
             )
-            .map_err(|source| StoreError::Query { op: "list active", source })?;
+            .map_err(|source| StoreError::Query {
+                op: "list active",
+                source,
+            })?;
         let rows = statement
-            .query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))
-            .map_err(|source| StoreError::Query { op: "list active", source })?;
+            .query_map([], |row| {
+                Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+            })
+            .map_err(|source| StoreError::Query {
+                op: "list active",
+                source,
+            })?;
         let mut sandboxes = Vec::new();
         for row in rows {
-            let (id, json) = row.map_err(|source| StoreError::Query { op: "list active", source })?;
+            let (id, json) = row.map_err(|source| StoreError::Query {
+                op: "list active",
+                source,
+            })?;
             sandboxes.push(decode(&id, &json)?);
         }
         Ok(sandboxes)
@@ -298,8 +392,13 @@ impl Store {
     pub fn events(&self, id: &SandboxId) -> Result<Vec<LifecycleEvent>, StoreError> {
         let connection = self.connection();
         let mut statement = connection
-            .prepare("SELECT at_ms, kind, reason, detail FROM events WHERE sandbox_id = ?1 ORDER BY seq")
-            .map_err(|source| StoreError::Query { op: "list events", source })?;
+            .prepare(
+                "SELECT at_ms, kind, reason, detail FROM events WHERE sandbox_id = ?1 ORDER BY seq",
+            )
+            .map_err(|source| StoreError::Query {
+                op: "list events",
+                source,
+            })?;
         let rows = statement
             .query_map([id.as_str()], |row| {
                 Ok((
@@ -309,11 +408,16 @@ impl Store {
                     row.get::<_, String>(3)?,
                 ))
             })
-            .map_err(|source| StoreError::Query { op: "list events", source })?;
+            .map_err(|source| StoreError::Query {
+                op: "list events",
+                source,
+            })?;
         let mut events = Vec::new();
         for row in rows {
-            let (at_ms, kind, reason, detail) =
-                row.map_err(|source| StoreError::Query { op: "list events", source })?;
+            let (at_ms, kind, reason, detail) = row.map_err(|source| StoreError::Query {
+                op: "list events",
+                source,
+            })?;
             let record_error = |field| StoreError::Record {
                 id: id.to_string(),
                 source: RecordError::Field { field },
@@ -334,7 +438,10 @@ fn decode(id: &str, json: &str) -> Result<Sandbox, StoreError> {
     serde_json::from_str::<SandboxRecord>(json)
         .map_err(RecordError::from)
         .and_then(SandboxRecord::into_domain)
-        .map_err(|source| StoreError::Record { id: id.to_owned(), source })
+        .map_err(|source| StoreError::Record {
+            id: id.to_owned(),
+            source,
+        })
 }
 
 #[cfg(test)]
@@ -374,7 +481,12 @@ mod tests {
         store.put(&sandbox("b", SandboxState::Stopped)).unwrap();
         store.put(&sandbox("c", SandboxState::Failed)).unwrap();
         store.put(&sandbox("d", SandboxState::Creating)).unwrap();
-        let ids: Vec<String> = store.active().unwrap().into_iter().map(|s| s.id.to_string()).collect();
+        let ids: Vec<String> = store
+            .active()
+            .unwrap()
+            .into_iter()
+            .map(|s| s.id.to_string())
+            .collect();
         assert_eq!(ids, ["a", "d"]);
     }
 
@@ -393,7 +505,12 @@ mod tests {
                 })
                 .unwrap();
         }
-        let kinds: Vec<EventKind> = store.events(&id).unwrap().into_iter().map(|e| e.kind).collect();
+        let kinds: Vec<EventKind> = store
+            .events(&id)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.kind)
+            .collect();
         assert_eq!(kinds, [EventKind::Created, EventKind::OomKill]);
     }
 

@@ -112,14 +112,23 @@ impl FakeRuntime {
 
     fn injected(&self, op: &'static str, id: &SandboxId) -> Result<(), RuntimeError> {
         if lock(&self.fail_next).remove(op) {
-            return Err(RuntimeError::Backend { op, id: id.clone(), source: Box::new(Injected) });
+            return Err(RuntimeError::Backend {
+                op,
+                id: id.clone(),
+                source: Box::new(Injected),
+            });
         }
         Ok(())
     }
 }
 
 impl Runtime for FakeRuntime {
-    fn create(&self, id: &SandboxId, _spec: &RuntimeSpec, _root: &RootFs) -> Result<(), RuntimeError> {
+    fn create(
+        &self,
+        id: &SandboxId,
+        _spec: &RuntimeSpec,
+        _root: &RootFs,
+    ) -> Result<(), RuntimeError> {
         lock(&self.calls).push(FakeCall::Create(id.clone()));
         self.injected("create", id)?;
         let mut created = lock(&self.created);
@@ -134,7 +143,9 @@ impl Runtime for FakeRuntime {
         lock(&self.calls).push(FakeCall::Start(id.clone()));
         self.injected("start", id)?;
         let mut created = lock(&self.created);
-        let alive = created.get_mut(id).ok_or_else(|| RuntimeError::NotFound { id: id.clone() })?;
+        let alive = created
+            .get_mut(id)
+            .ok_or_else(|| RuntimeError::NotFound { id: id.clone() })?;
         *alive = true;
         Ok(SandboxEndpoints {
             control_socket: PathBuf::from(format!("/fake/{id}/control.sock")),
@@ -158,9 +169,16 @@ impl Runtime for FakeRuntime {
     }
 
     fn probe(&self, id: &SandboxId) -> Result<Probe, RuntimeError> {
-        let alive = *lock(&self.created).get(id).ok_or_else(|| RuntimeError::NotFound { id: id.clone() })?;
+        let alive = *lock(&self.created)
+            .get(id)
+            .ok_or_else(|| RuntimeError::NotFound { id: id.clone() })?;
         let oom_kills = lock(&self.oom_kills).get(id).copied().unwrap_or(0);
-        Ok(Probe { alive, oom_kills, memory_bytes: 0, pids: u64::from(alive) })
+        Ok(Probe {
+            alive,
+            oom_kills,
+            memory_bytes: 0,
+            pids: u64::from(alive),
+        })
     }
 
     fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
@@ -173,7 +191,11 @@ impl Runtime for FakeRuntime {
     fn list(&self) -> Result<Vec<RuntimeSandbox>, RuntimeError> {
         Ok(lock(&self.created)
             .iter()
-            .map(|(id, alive)| RuntimeSandbox { id: id.clone(), alive: *alive, started_at: None })
+            .map(|(id, alive)| RuntimeSandbox {
+                id: id.clone(),
+                alive: *alive,
+                started_at: None,
+            })
             .collect())
     }
 }
@@ -220,7 +242,10 @@ impl FakeStorage {
 
     fn injected(&self, op: &'static str) -> Result<(), StorageError> {
         if lock(&self.fail_next).remove(op) {
-            return Err(StorageError::Backend { op, source: Box::new(Injected) });
+            return Err(StorageError::Backend {
+                op,
+                source: Box::new(Injected),
+            });
         }
         Ok(())
     }
@@ -236,7 +261,10 @@ impl FakeStorage {
     }
 
     fn root(id: &SandboxId) -> RootFs {
-        RootFs::Directory { path: PathBuf::from(format!("/fake/{id}/root")), binds: Vec::new() }
+        RootFs::Directory {
+            path: PathBuf::from(format!("/fake/{id}/root")),
+            binds: Vec::new(),
+        }
     }
 }
 
@@ -253,7 +281,12 @@ impl Storage for FakeStorage {
             .ok_or_else(|| StorageError::TemplateNotFound { id: id.clone() })
     }
 
-    fn create_rootfs(&self, id: &SandboxId, template: &TemplateId, _disk_mb: u32) -> Result<RootFs, StorageError> {
+    fn create_rootfs(
+        &self,
+        id: &SandboxId,
+        template: &TemplateId,
+        _disk_mb: u32,
+    ) -> Result<RootFs, StorageError> {
         lock(&self.calls).push(FakeCall::CreateRootfs(id.clone(), template.clone()));
         self.injected("create_rootfs")?;
         self.template(template)?;
@@ -309,7 +342,10 @@ impl FakeNetPolicy {
 
     fn injected(&self, op: &'static str) -> Result<(), NetError> {
         if lock(&self.fail_next).remove(op) {
-            return Err(NetError::Backend { op, source: Box::new(Injected) });
+            return Err(NetError::Backend {
+                op,
+                source: Box::new(Injected),
+            });
         }
         Ok(())
     }
@@ -326,7 +362,9 @@ impl NetPolicy for FakeNetPolicy {
     fn update(&self, id: &SandboxId, spec: &NetworkSpec) -> Result<(), NetError> {
         self.injected("update")?;
         let mut attached = lock(&self.attached);
-        let current = attached.get_mut(id).ok_or_else(|| NetError::NotFound { id: id.clone() })?;
+        let current = attached
+            .get_mut(id)
+            .ok_or_else(|| NetError::NotFound { id: id.clone() })?;
         *current = spec.clone();
         Ok(())
     }

@@ -11,7 +11,11 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/coppice";
 
 /// `coppiced` command line. Every flag also reads a `COPPICE_*` variable.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "coppiced", version, about = "coppice gateway daemon: runs sandboxes behind an E2B-compatible API")]
+#[command(
+    name = "coppiced",
+    version,
+    about = "coppice gateway daemon: runs sandboxes behind an E2B-compatible API"
+)]
 pub struct Cli {
     /// Address to listen on.
     #[arg(long, env = "COPPICE_LISTEN", default_value = "127.0.0.1:3000")]
@@ -60,10 +64,16 @@ impl GatewayConfig {
             cli.data_dir.clone()
         } else {
             std::env::current_dir()
-                .map_err(|source| ConfigError::DataDir { path: cli.data_dir.clone(), source })?
+                .map_err(|source| ConfigError::DataDir {
+                    path: cli.data_dir.clone(),
+                    source,
+                })?
                 .join(&cli.data_dir)
         };
-        Ok(Self { listen: cli.listen, data_dir })
+        Ok(Self {
+            listen: cli.listen,
+            data_dir,
+        })
     }
 
     /// The SQLite database.
@@ -97,7 +107,12 @@ mod tests {
     #[test]
     fn test_relative_data_dir_becomes_absolute() {
         let cli = Cli::try_parse_from(["coppiced", "--data-dir", "rel"]).unwrap();
-        assert!(GatewayConfig::from_cli(&cli).unwrap().data_dir.is_absolute());
+        assert!(
+            GatewayConfig::from_cli(&cli)
+                .unwrap()
+                .data_dir
+                .is_absolute()
+        );
     }
 
     #[test]

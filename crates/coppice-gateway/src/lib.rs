@@ -29,13 +29,21 @@ pub struct AppState {
 
 /// The whole HTTP application.
 pub fn router(state: AppState) -> Router {
-    Router::new().merge(routes::health::routes()).with_state(state)
+    Router::new()
+        .merge(routes::health::routes())
+        .with_state(state)
 }
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains open connections.
 ///
 /// # Errors
 /// The server's I/O failure.
-pub async fn serve(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
-    axum::serve(listener, app).with_graceful_shutdown(shutdown).await
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
 }

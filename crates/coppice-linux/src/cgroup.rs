@@ -96,13 +96,24 @@ type Result<T> = std::result::Result<T, CgroupError>;
 /// [`CgroupError::Parse`] for a line that is not `id:controllers:path`.
 pub fn parse_proc_cgroup(text: &str) -> Result<BTreeMap<String, String>> {
     let mut paths = BTreeMap::new();
-    for (index, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+    for (index, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
         let mut parts = line.splitn(3, ':');
-        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
-            return Err(CgroupError::Parse { line: index + 1, text: line.to_owned() });
+        let (Some(_id), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(CgroupError::Parse {
+                line: index + 1,
+                text: line.to_owned(),
+            });
         };
         if !path.starts_with('/') {
-            return Err(CgroupError::Parse { line: index + 1, text: line.to_owned() });
+            return Err(CgroupError::Parse {
+                line: index + 1,
+                text: line.to_owned(),
+            });
         }
         if controllers.is_empty() {
             paths.insert(String::new(), path.to_owned());
@@ -145,10 +156,26 @@ pub fn limit_writes(memory_mb: u32, max_pids: u32, vcpus: u32) -> Vec<LimitWrite
     let memory_bytes = u64::from(memory_mb) << 20;
     let quota = CPU_PERIOD_US * u64::from(vcpus);
     vec![
-        LimitWrite { controller: "memory", file: "memory.limit_in_bytes", value: memory_bytes.to_string() },
-        LimitWrite { controller: "pids", file: "pids.max", value: max_pids.to_string() },
-        LimitWrite { controller: "cpu", file: "cpu.cfs_period_us", value: CPU_PERIOD_US.to_string() },
-        LimitWrite { controller: "cpu", file: "cpu.cfs_quota_us", value: quota.to_string() },
+        LimitWrite {
+            controller: "memory",
+            file: "memory.limit_in_bytes",
+            value: memory_bytes.to_string(),
+        },
+        LimitWrite {
+            controller: "pids",
+            file: "pids.max",
+            value: max_pids.to_string(),
+        },
+        LimitWrite {
+            controller: "cpu",
+            file: "cpu.cfs_period_us",
+            value: CPU_PERIOD_US.to_string(),
+        },
+        LimitWrite {
+            controller: "cpu",
+            file: "cpu.cfs_quota_us",
+            value: quota.to_string(),
+        },
     ]
 }
 
@@ -179,11 +206,21 @@ impl SandboxCgroups {
                 return Err(CgroupError::MissingController { controller, root });
             }
             let own_path = own.get(controller).map_or("/", String::as_str);
-            dirs.push(CgroupDir { controller: Some(controller), path: below(&root, own_path).join(&config.group) });
+            dirs.push(CgroupDir {
+                controller: Some(controller),
+                path: below(&root, own_path).join(&config.group),
+            });
         }
-        if let Some(unified) = config.unified_root.as_ref().filter(|root| root.join("cgroup.procs").is_file()) {
+        if let Some(unified) = config
+            .unified_root
+            .as_ref()
+            .filter(|root| root.join("cgroup.procs").is_file())
+        {
             let own_path = own.get("").map_or("/", String::as_str);
-            dirs.push(CgroupDir { controller: None, path: below(unified, own_path).join(&config.group) });
+            dirs.push(CgroupDir {
+                controller: None,
+                path: below(unified, own_path).join(&config.group),
+            });
         }
         Ok(Self { dirs })
     }
@@ -192,7 +229,10 @@ impl SandboxCgroups {
         let dirs = self
             .dirs
             .iter()
-            .map(|dir| CgroupDir { controller: dir.controller, path: dir.path.join(id.as_str()) })
+            .map(|dir| CgroupDir {
+                controller: dir.controller,
+                path: dir.path.join(id.as_str()),
+            })
             .collect();
         Self { dirs }
     }
@@ -204,17 +244,26 @@ impl SandboxCgroups {
 
     /// The directory of a v1 controller.
     pub fn controller_dir(&self, controller: &str) -> Option<&Path> {
-        self.dirs.iter().find(|d| d.controller == Some(controller)).map(|d| d.path.as_path())
+        self.dirs
+            .iter()
+            .find(|d| d.controller == Some(controller))
+            .map(|d| d.path.as_path())
     }
 
     /// The cgroup2 directory, if the host has one.
     pub fn unified_dir(&self) -> Option<&Path> {
-        self.dirs.iter().find(|d| d.controller.is_none()).map(|d| d.path.as_path())
+        self.dirs
+            .iter()
+            .find(|d| d.controller.is_none())
+            .map(|d| d.path.as_path())
     }
 
     /// The `cgroup.procs` files a process writes its pid into to join the sandbox.
     pub fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.path.join("cgroup.procs")).collect()
+        self.dirs
+            .iter()
+            .map(|d| d.path.join("cgroup.procs"))
+            .collect()
     }
 
     /// Sandbox ids that have a directory in the memory hierarchy under this group.
@@ -222,16 +271,27 @@ impl SandboxCgroups {
     /// # Errors
     /// A read failure other than the group not existing yet.
     pub fn list_sandboxes(&self) -> Result<Vec<SandboxId>> {
-        let Some(group) = self.controller_dir("memory") else { return Ok(Vec::new()) };
+        let Some(group) = self.controller_dir("memory") else {
+            return Ok(Vec::new());
+        };
         let entries = match fs::read_dir(group) {
             Ok(entries) => entries,
             Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => return Err(CgroupError::Io { op: "list", path: group.to_owned(), source }),
+            Err(source) => {
+                return Err(CgroupError::Io {
+                    op: "list",
+                    path: group.to_owned(),
+                    source,
+                });
+            }
         };
         let mut ids = Vec::new();
         for entry in entries.flatten() {
             if entry.file_type().is_ok_and(|t| t.is_dir())
-                && let Some(id) = entry.file_name().to_str().and_then(|name| name.parse().ok())
+                && let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|name| name.parse().ok())
             {
                 ids.push(id);
             }
@@ -245,11 +305,16 @@ impl SandboxCgroups {
     /// The first failing directory or file; the caller removes what was made.
     pub fn create(&self, limits: &[LimitWrite]) -> Result<()> {
         for dir in &self.dirs {
-            fs::create_dir_all(&dir.path)
-                .map_err(|source| CgroupError::Io { op: "create", path: dir.path.clone(), source })?;
+            fs::create_dir_all(&dir.path).map_err(|source| CgroupError::Io {
+                op: "create",
+                path: dir.path.clone(),
+                source,
+            })?;
         }
         for limit in limits {
-            let Some(dir) = self.controller_dir(limit.controller) else { continue };
+            let Some(dir) = self.controller_dir(limit.controller) else {
+                continue;
+            };
             write_file(&dir.join(limit.file), &limit.value, "write limit")?;
         }
         Ok(())
@@ -260,12 +325,18 @@ impl SandboxCgroups {
     /// # Errors
     /// A read failure; a missing directory counts as empty.
     pub fn pids(&self) -> Result<Vec<i32>> {
-        let Some(dir) = self.controller_dir("pids") else { return Ok(Vec::new()) };
+        let Some(dir) = self.controller_dir("pids") else {
+            return Ok(Vec::new());
+        };
         let path = dir.join("cgroup.procs");
         match fs::read_to_string(&path) {
             Ok(text) => Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect()),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(source) => Err(CgroupError::Io { op: "read procs", path, source }),
+            Err(source) => Err(CgroupError::Io {
+                op: "read procs",
+                path,
+                source,
+            }),
         }
     }
 
@@ -275,7 +346,9 @@ impl SandboxCgroups {
     /// # Errors
     /// A write failure other than the directory being gone.
     pub fn kill_all(&self) -> Result<bool> {
-        let Some(dir) = self.unified_dir() else { return Ok(false) };
+        let Some(dir) = self.unified_dir() else {
+            return Ok(false);
+        };
         let file = dir.join("cgroup.kill");
         if !file.exists() {
             return Ok(false);
@@ -283,7 +356,11 @@ impl SandboxCgroups {
         match fs::write(&file, "1") {
             Ok(()) => Ok(true),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(true),
-            Err(source) => Err(CgroupError::Io { op: "kill", path: file, source }),
+            Err(source) => Err(CgroupError::Io {
+                op: "kill",
+                path: file,
+                source,
+            }),
         }
     }
 
@@ -292,11 +369,17 @@ impl SandboxCgroups {
     /// # Errors
     /// A write failure.
     pub fn set_frozen(&self, frozen: bool) -> Result<()> {
-        let Some(dir) = self.controller_dir("freezer") else { return Ok(()) };
+        let Some(dir) = self.controller_dir("freezer") else {
+            return Ok(());
+        };
         if !dir.is_dir() {
             return Ok(());
         }
-        write_file(&dir.join("freezer.state"), if frozen { "FROZEN" } else { "THAWED" }, "freeze")
+        write_file(
+            &dir.join("freezer.state"),
+            if frozen { "FROZEN" } else { "THAWED" },
+            "freeze",
+        )
     }
 
     /// How many OOM kills the memory cgroup has seen.
@@ -304,9 +387,15 @@ impl SandboxCgroups {
     /// # Errors
     /// A read failure.
     pub fn oom_kills(&self) -> Result<u64> {
-        let Some(dir) = self.controller_dir("memory") else { return Ok(0) };
+        let Some(dir) = self.controller_dir("memory") else {
+            return Ok(0);
+        };
         let path = dir.join("memory.oom_control");
-        let text = fs::read_to_string(&path).map_err(|source| CgroupError::Io { op: "read oom", path, source })?;
+        let text = fs::read_to_string(&path).map_err(|source| CgroupError::Io {
+            op: "read oom",
+            path,
+            source,
+        })?;
         Ok(parse_oom_kills(&text))
     }
 
@@ -315,7 +404,9 @@ impl SandboxCgroups {
     /// # Errors
     /// A read failure.
     pub fn memory_bytes(&self) -> Result<u64> {
-        let Some(dir) = self.controller_dir("memory") else { return Ok(0) };
+        let Some(dir) = self.controller_dir("memory") else {
+            return Ok(0);
+        };
         read_number(&dir.join("memory.usage_in_bytes"))
     }
 
@@ -324,7 +415,9 @@ impl SandboxCgroups {
     /// # Errors
     /// A read failure.
     pub fn pids_current(&self) -> Result<u64> {
-        let Some(dir) = self.controller_dir("pids") else { return Ok(0) };
+        let Some(dir) = self.controller_dir("pids") else {
+            return Ok(0);
+        };
         read_number(&dir.join("pids.current"))
     }
 
@@ -342,10 +435,19 @@ impl SandboxCgroups {
                 // tasks remain); a plain directory tree standing in for it in tests does.
                 Err(error) if error.kind() == io::ErrorKind::DirectoryNotEmpty => {
                     remove_plain_files(&dir.path)?;
-                    fs::remove_dir(&dir.path)
-                        .map_err(|source| CgroupError::Io { op: "remove", path: dir.path.clone(), source })?;
+                    fs::remove_dir(&dir.path).map_err(|source| CgroupError::Io {
+                        op: "remove",
+                        path: dir.path.clone(),
+                        source,
+                    })?;
                 }
-                Err(source) => return Err(CgroupError::Io { op: "remove", path: dir.path.clone(), source }),
+                Err(source) => {
+                    return Err(CgroupError::Io {
+                        op: "remove",
+                        path: dir.path.clone(),
+                        source,
+                    });
+                }
             }
         }
         Ok(())
@@ -355,29 +457,46 @@ impl SandboxCgroups {
 /// The `oom_kill` counter of a v1 `memory.oom_control` file (0 when absent).
 pub fn parse_oom_kills(text: &str) -> u64 {
     text.lines()
-        .find_map(|line| line.strip_prefix("oom_kill ").and_then(|v| v.trim().parse().ok()))
+        .find_map(|line| {
+            line.strip_prefix("oom_kill ")
+                .and_then(|v| v.trim().parse().ok())
+        })
         .unwrap_or(0)
 }
 
 fn remove_plain_files(dir: &Path) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(|source| CgroupError::Io { op: "remove", path: dir.to_owned(), source })?;
+    let entries = fs::read_dir(dir).map_err(|source| CgroupError::Io {
+        op: "remove",
+        path: dir.to_owned(),
+        source,
+    })?;
     for entry in entries.flatten() {
         if entry.file_type().is_ok_and(|t| t.is_file()) {
-            fs::remove_file(entry.path())
-                .map_err(|source| CgroupError::Io { op: "remove", path: entry.path(), source })?;
+            fs::remove_file(entry.path()).map_err(|source| CgroupError::Io {
+                op: "remove",
+                path: entry.path(),
+                source,
+            })?;
         }
     }
     Ok(())
 }
 
 fn read_number(path: &Path) -> Result<u64> {
-    let text = fs::read_to_string(path)
-        .map_err(|source| CgroupError::Io { op: "read", path: path.to_owned(), source })?;
+    let text = fs::read_to_string(path).map_err(|source| CgroupError::Io {
+        op: "read",
+        path: path.to_owned(),
+        source,
+    })?;
     Ok(text.trim().parse().unwrap_or(0))
 }
 
 fn write_file(path: &Path, value: &str, op: &'static str) -> Result<()> {
-    fs::write(path, value).map_err(|source| CgroupError::Io { op, path: path.to_owned(), source })
+    fs::write(path, value).map_err(|source| CgroupError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -414,7 +533,10 @@ mod tests {
 
     #[test]
     fn test_parse_proc_cgroup_rejects_garbage() {
-        assert!(matches!(parse_proc_cgroup("nonsense\n"), Err(CgroupError::Parse { line: 1, .. })));
+        assert!(matches!(
+            parse_proc_cgroup("nonsense\n"),
+            Err(CgroupError::Parse { line: 1, .. })
+        ));
     }
 
     #[test]
@@ -425,8 +547,14 @@ mod tests {
             cgroups.controller_dir("memory").unwrap(),
             dir.path().join("v1/memory/process_api/abc/coppice/sbx1")
         );
-        assert_eq!(cgroups.controller_dir("pids").unwrap(), dir.path().join("v1/pids/coppice/sbx1"));
-        assert_eq!(cgroups.unified_dir().unwrap(), dir.path().join("unified/coppice/sbx1"));
+        assert_eq!(
+            cgroups.controller_dir("pids").unwrap(),
+            dir.path().join("v1/pids/coppice/sbx1")
+        );
+        assert_eq!(
+            cgroups.unified_dir().unwrap(),
+            dir.path().join("unified/coppice/sbx1")
+        );
     }
 
     #[test]
@@ -434,7 +562,13 @@ mod tests {
         let (dir, config) = fake_tree();
         fs::remove_dir(dir.path().join("v1/freezer")).unwrap();
         let err = SandboxCgroups::plan(&config, HYBRID, &"s".parse().unwrap()).unwrap_err();
-        assert!(matches!(err, CgroupError::MissingController { controller: "freezer", .. }));
+        assert!(matches!(
+            err,
+            CgroupError::MissingController {
+                controller: "freezer",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -443,9 +577,15 @@ mod tests {
         let cgroups = SandboxCgroups::plan(&config, HYBRID, &"s".parse().unwrap()).unwrap();
         cgroups.create(&limit_writes(100, 50, 2)).unwrap();
         let memory = cgroups.controller_dir("memory").unwrap();
-        assert_eq!(fs::read_to_string(memory.join("memory.limit_in_bytes")).unwrap(), "104857600");
+        assert_eq!(
+            fs::read_to_string(memory.join("memory.limit_in_bytes")).unwrap(),
+            "104857600"
+        );
         let cpu = cgroups.controller_dir("cpu").unwrap();
-        assert_eq!(fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(), "200000");
+        assert_eq!(
+            fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(),
+            "200000"
+        );
         cgroups.remove().unwrap();
         assert!(cgroups.dirs().iter().all(|d| !d.path.exists()));
     }
@@ -456,12 +596,18 @@ mod tests {
         let cgroups = SandboxCgroups::plan(&config, HYBRID, &"abc".parse().unwrap()).unwrap();
         cgroups.create(&[]).unwrap();
         let group = SandboxCgroups::group_dirs(&config, HYBRID).unwrap();
-        assert_eq!(group.list_sandboxes().unwrap(), ["abc".parse::<SandboxId>().unwrap()]);
+        assert_eq!(
+            group.list_sandboxes().unwrap(),
+            ["abc".parse::<SandboxId>().unwrap()]
+        );
     }
 
     #[test]
     fn test_parse_oom_kills_table() {
-        assert_eq!(parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"), 3);
+        assert_eq!(
+            parse_oom_kills("oom_kill_disable 0\nunder_oom 0\noom_kill 3\n"),
+            3
+        );
         assert_eq!(parse_oom_kills("oom_kill_disable 0\n"), 0);
     }
 }

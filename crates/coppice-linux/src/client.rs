@@ -8,7 +8,9 @@ use std::time::Duration;
 use coppice_core::exec::{ExecOutcome, ExecRequest, ExecUser, ExitStatus};
 
 use crate::error::LinuxError;
-use crate::protocol::{ControlRequest, ControlResponse, ExecIdentity, WireExit, read_header, read_payload, write_frame};
+use crate::protocol::{
+    ControlRequest, ControlResponse, ExecIdentity, WireExit, read_header, read_payload, write_frame,
+};
 
 /// Extra time granted over a command's own timeout before the channel gives up.
 const CHANNEL_MARGIN: Duration = Duration::from_secs(5);
@@ -17,22 +19,38 @@ const UNBOUNDED_EXEC_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 
 fn identity(user: ExecUser) -> ExecIdentity {
     match user {
-        ExecUser::Root => ExecIdentity { uid: 0, gid: 0, home: "/root".into(), name: "root".into() },
-        ExecUser::User => ExecIdentity { uid: 1000, gid: 1000, home: "/home/user".into(), name: "user".into() },
+        ExecUser::Root => ExecIdentity {
+            uid: 0,
+            gid: 0,
+            home: "/root".into(),
+            name: "root".into(),
+        },
+        ExecUser::User => ExecIdentity {
+            uid: 1000,
+            gid: 1000,
+            home: "/home/user".into(),
+            name: "user".into(),
+        },
     }
 }
 
 /// Runs `request` through the init listening on `socket`.
 pub(crate) fn exec(socket: &Path, request: &ExecRequest) -> Result<ExecOutcome, LinuxError> {
     let stream = UnixStream::connect(socket).map_err(LinuxError::Control)?;
-    let wait = request.timeout.map_or(UNBOUNDED_EXEC_WAIT, |t| t + CHANNEL_MARGIN);
-    stream.set_read_timeout(Some(wait)).map_err(LinuxError::Control)?;
+    let wait = request
+        .timeout
+        .map_or(UNBOUNDED_EXEC_WAIT, |t| t + CHANNEL_MARGIN);
+    stream
+        .set_read_timeout(Some(wait))
+        .map_err(LinuxError::Control)?;
     let header = ControlRequest::Exec {
         argv: request.argv.clone(),
         env: request.env.clone(),
         cwd: request.cwd.clone(),
         identity: identity(request.user),
-        timeout_ms: request.timeout.map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        timeout_ms: request
+            .timeout
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         stdin_len: request.stdin.len(),
     };
     let mut writer = &stream;
@@ -40,14 +58,26 @@ pub(crate) fn exec(socket: &Path, request: &ExecRequest) -> Result<ExecOutcome, 
     writer.flush().map_err(LinuxError::Control)?;
     let mut reader = BufReader::new(&stream);
     match read_header(&mut reader).map_err(LinuxError::Control)? {
-        ControlResponse::Exited { status, stdout_len, stderr_len, truncated, timed_out } => {
+        ControlResponse::Exited {
+            status,
+            stdout_len,
+            stderr_len,
+            truncated,
+            timed_out,
+        } => {
             let stdout = read_payload(&mut reader, stdout_len).map_err(LinuxError::Control)?;
             let stderr = read_payload(&mut reader, stderr_len).map_err(LinuxError::Control)?;
             let status = match status {
                 WireExit::Code(code) => ExitStatus::Code(code),
                 WireExit::Signal(signal) => ExitStatus::Signal(signal),
             };
-            Ok(ExecOutcome { status, stdout, stderr, truncated, timed_out })
+            Ok(ExecOutcome {
+                status,
+                stdout,
+                stderr,
+                truncated,
+                timed_out,
+            })
         }
         ControlResponse::Refused { message } => Err(LinuxError::Refused { message }),
         ControlResponse::Pong => Err(LinuxError::Control(std::io::Error::new(

@@ -19,7 +19,11 @@ pub struct IdMap {
 
 impl Default for IdMap {
     fn default() -> Self {
-        Self { host_uid_base: 200_000, host_gid_base: 200_000, count: 65_536 }
+        Self {
+            host_uid_base: 200_000,
+            host_gid_base: 200_000,
+            count: 65_536,
+        }
     }
 }
 
@@ -35,7 +39,10 @@ pub struct InitCommand {
 impl InitCommand {
     /// The dedicated `coppice-init` binary at `program`.
     pub fn binary(program: PathBuf) -> Self {
-        Self { program, leading_args: Vec::new() }
+        Self {
+            program,
+            leading_args: Vec::new(),
+        }
     }
 }
 

@@ -42,33 +42,70 @@ const MOUNT_DATA_MAX: usize = 4095;
 pub fn plan(root: &RootFs, host_dev: &Path, tmp_size_mb: u32) -> Result<Vec<MountStep>, PlanError> {
     let mut steps = Vec::new();
     let binds = match root {
-        RootFs::Overlay { lower, upper, work, binds } => {
+        RootFs::Overlay {
+            lower,
+            upper,
+            work,
+            binds,
+        } => {
             if lower.is_empty() {
                 return Err(PlanError::NoLowerLayer);
             }
             let len = overlay_data_len(lower, upper, work);
             if len > MOUNT_DATA_MAX {
-                return Err(PlanError::OptionsTooLong { len, max: MOUNT_DATA_MAX });
+                return Err(PlanError::OptionsTooLong {
+                    len,
+                    max: MOUNT_DATA_MAX,
+                });
             }
-            steps.push(MountStep::Overlay { lower: lower.clone(), upper: upper.clone(), work: work.clone() });
+            steps.push(MountStep::Overlay {
+                lower: lower.clone(),
+                upper: upper.clone(),
+                work: work.clone(),
+            });
             binds
         }
         RootFs::Directory { path, binds } => {
-            steps.push(MountStep::Bind { source: path.clone(), target: PathBuf::new(), read_only: false });
+            steps.push(MountStep::Bind {
+                source: path.clone(),
+                target: PathBuf::new(),
+                read_only: false,
+            });
             binds
         }
     };
     for bind in binds {
         let target = relative_target(&bind.target)?;
-        steps.push(MountStep::Bind { source: bind.source.clone(), target, read_only: bind.read_only });
+        steps.push(MountStep::Bind {
+            source: bind.source.clone(),
+            target,
+            read_only: bind.read_only,
+        });
     }
-    steps.push(MountStep::Proc { target: "proc".into() });
-    steps.push(MountStep::Tmpfs { target: "dev".into(), data: "mode=755,size=64k".into(), noexec: true, nodev: false });
+    steps.push(MountStep::Proc {
+        target: "proc".into(),
+    });
+    steps.push(MountStep::Tmpfs {
+        target: "dev".into(),
+        data: "mode=755,size=64k".into(),
+        noexec: true,
+        nodev: false,
+    });
     for node in DEV_NODES {
-        steps.push(MountStep::DevNode { source: host_dev.join(node), target: Path::new("dev").join(node) });
+        steps.push(MountStep::DevNode {
+            source: host_dev.join(node),
+            target: Path::new("dev").join(node),
+        });
     }
-    steps.push(MountStep::Devpts { target: "dev/pts".into() });
-    steps.push(MountStep::Tmpfs { target: "dev/shm".into(), data: "mode=1777,size=64m".into(), noexec: false, nodev: true });
+    steps.push(MountStep::Devpts {
+        target: "dev/pts".into(),
+    });
+    steps.push(MountStep::Tmpfs {
+        target: "dev/shm".into(),
+        data: "mode=1777,size=64m".into(),
+        noexec: false,
+        nodev: true,
+    });
     for (link, points_to) in [
         ("dev/ptmx", "pts/ptmx"),
         ("dev/fd", "/proc/self/fd"),
@@ -76,7 +113,10 @@ pub fn plan(root: &RootFs, host_dev: &Path, tmp_size_mb: u32) -> Result<Vec<Moun
         ("dev/stdout", "/proc/self/fd/1"),
         ("dev/stderr", "/proc/self/fd/2"),
     ] {
-        steps.push(MountStep::Symlink { link: link.into(), points_to: points_to.into() });
+        steps.push(MountStep::Symlink {
+            link: link.into(),
+            points_to: points_to.into(),
+        });
     }
     steps.push(MountStep::Tmpfs {
         target: "tmp".into(),
@@ -84,14 +124,24 @@ pub fn plan(root: &RootFs, host_dev: &Path, tmp_size_mb: u32) -> Result<Vec<Moun
         noexec: false,
         nodev: true,
     });
-    steps.push(MountStep::Tmpfs { target: "run".into(), data: "mode=755,size=16m".into(), noexec: false, nodev: true });
+    steps.push(MountStep::Tmpfs {
+        target: "run".into(),
+        data: "mode=755,size=16m".into(),
+        noexec: false,
+        nodev: true,
+    });
     Ok(steps)
 }
 
 /// The overlay mount data: `lowerdir=a:b,upperdir=u,workdir=w`.
 pub fn overlay_data(lower: &[PathBuf], upper: &Path, work: &Path) -> String {
     let lowers: Vec<String> = lower.iter().map(|p| p.display().to_string()).collect();
-    format!("lowerdir={},upperdir={},workdir={}", lowers.join(":"), upper.display(), work.display())
+    format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowers.join(":"),
+        upper.display(),
+        work.display()
+    )
 }
 
 fn overlay_data_len(lower: &[PathBuf], upper: &Path, work: &Path) -> usize {
@@ -99,7 +149,9 @@ fn overlay_data_len(lower: &[PathBuf], upper: &Path, work: &Path) -> usize {
 }
 
 fn relative_target(target: &Path) -> Result<PathBuf, PlanError> {
-    let bad = || PlanError::BadTarget { target: target.to_owned() };
+    let bad = || PlanError::BadTarget {
+        target: target.to_owned(),
+    };
     if !target.is_absolute() {
         return Err(bad());
     }
@@ -121,54 +173,118 @@ mod tests {
     use super::*;
 
     fn overlay(binds: Vec<BindMount>) -> RootFs {
-        RootFs::Overlay { lower: vec!["/l".into()], upper: "/u".into(), work: "/w".into(), binds }
+        RootFs::Overlay {
+            lower: vec!["/l".into()],
+            upper: "/u".into(),
+            work: "/w".into(),
+            binds,
+        }
     }
 
     #[test]
     fn test_plan_overlay_then_binds_then_pseudo_filesystems() {
-        let usr = BindMount { source: "/usr".into(), target: "/usr".into(), read_only: true };
+        let usr = BindMount {
+            source: "/usr".into(),
+            target: "/usr".into(),
+            read_only: true,
+        };
         let steps = plan(&overlay(vec![usr]), Path::new("/dev"), 64).unwrap();
         assert!(matches!(&steps[0], MountStep::Overlay { .. }));
-        assert_eq!(steps[1], MountStep::Bind { source: "/usr".into(), target: "usr".into(), read_only: true });
-        assert_eq!(steps[2], MountStep::Proc { target: "proc".into() });
-        let dev_nodes = steps.iter().filter(|s| matches!(s, MountStep::DevNode { .. })).count();
+        assert_eq!(
+            steps[1],
+            MountStep::Bind {
+                source: "/usr".into(),
+                target: "usr".into(),
+                read_only: true
+            }
+        );
+        assert_eq!(
+            steps[2],
+            MountStep::Proc {
+                target: "proc".into()
+            }
+        );
+        let dev_nodes = steps
+            .iter()
+            .filter(|s| matches!(s, MountStep::DevNode { .. }))
+            .count();
         assert_eq!(dev_nodes, DEV_NODES.len());
-        assert!(steps.contains(&MountStep::Symlink { link: "dev/ptmx".into(), points_to: "pts/ptmx".into() }));
+        assert!(steps.contains(&MountStep::Symlink {
+            link: "dev/ptmx".into(),
+            points_to: "pts/ptmx".into()
+        }));
         assert!(steps.iter().any(|s| matches!(s, MountStep::Tmpfs { target, data, .. } if target == Path::new("tmp") && data.contains("size=64m"))));
     }
 
     #[test]
     fn test_plan_devpts_comes_before_ptmx_link() {
         let steps = plan(&overlay(Vec::new()), Path::new("/dev"), 64).unwrap();
-        let devpts = steps.iter().position(|s| matches!(s, MountStep::Devpts { .. })).unwrap();
-        let ptmx = steps.iter().position(|s| matches!(s, MountStep::Symlink { link, .. } if link == Path::new("dev/ptmx"))).unwrap();
+        let devpts = steps
+            .iter()
+            .position(|s| matches!(s, MountStep::Devpts { .. }))
+            .unwrap();
+        let ptmx = steps
+            .iter()
+            .position(
+                |s| matches!(s, MountStep::Symlink { link, .. } if link == Path::new("dev/ptmx")),
+            )
+            .unwrap();
         assert!(devpts < ptmx);
     }
 
     #[test]
     fn test_plan_rejects_relative_and_dotdot_bind_targets() {
         for target in ["usr", "/usr/../etc"] {
-            let bind = BindMount { source: "/x".into(), target: target.into(), read_only: true };
-            assert!(matches!(plan(&overlay(vec![bind]), Path::new("/dev"), 64), Err(PlanError::BadTarget { .. })));
+            let bind = BindMount {
+                source: "/x".into(),
+                target: target.into(),
+                read_only: true,
+            };
+            assert!(matches!(
+                plan(&overlay(vec![bind]), Path::new("/dev"), 64),
+                Err(PlanError::BadTarget { .. })
+            ));
         }
     }
 
     #[test]
     fn test_plan_rejects_empty_lower() {
-        let root = RootFs::Overlay { lower: Vec::new(), upper: "/u".into(), work: "/w".into(), binds: Vec::new() };
-        assert_eq!(plan(&root, Path::new("/dev"), 64), Err(PlanError::NoLowerLayer));
+        let root = RootFs::Overlay {
+            lower: Vec::new(),
+            upper: "/u".into(),
+            work: "/w".into(),
+            binds: Vec::new(),
+        };
+        assert_eq!(
+            plan(&root, Path::new("/dev"), 64),
+            Err(PlanError::NoLowerLayer)
+        );
     }
 
     #[test]
     fn test_plan_rejects_overlong_overlay_options() {
-        let lower = (0..400).map(|n| PathBuf::from(format!("/very/long/layer/path/{n}"))).collect();
-        let root = RootFs::Overlay { lower, upper: "/u".into(), work: "/w".into(), binds: Vec::new() };
-        assert!(matches!(plan(&root, Path::new("/dev"), 64), Err(PlanError::OptionsTooLong { .. })));
+        let lower = (0..400)
+            .map(|n| PathBuf::from(format!("/very/long/layer/path/{n}")))
+            .collect();
+        let root = RootFs::Overlay {
+            lower,
+            upper: "/u".into(),
+            work: "/w".into(),
+            binds: Vec::new(),
+        };
+        assert!(matches!(
+            plan(&root, Path::new("/dev"), 64),
+            Err(PlanError::OptionsTooLong { .. })
+        ));
     }
 
     #[test]
     fn test_overlay_data_joins_lowers_topmost_first() {
-        let data = overlay_data(&["/a".into(), "/b".into()], Path::new("/u"), Path::new("/w"));
+        let data = overlay_data(
+            &["/a".into(), "/b".into()],
+            Path::new("/u"),
+            Path::new("/w"),
+        );
         assert_eq!(data, "lowerdir=/a:/b,upperdir=/u,workdir=/w");
     }
 }

@@ -214,7 +214,11 @@ pub enum ControlResponse {
 ///
 /// # Errors
 /// I/O or serialisation failure.
-pub fn write_frame<W: Write, T: Serialize>(writer: &mut W, header: &T, payloads: &[&[u8]]) -> io::Result<()> {
+pub fn write_frame<W: Write, T: Serialize>(
+    writer: &mut W,
+    header: &T,
+    payloads: &[&[u8]],
+) -> io::Result<()> {
     let mut line = serde_json::to_vec(header).map_err(io::Error::other)?;
     line.push(b'\n');
     writer.write_all(&line)?;
@@ -230,12 +234,20 @@ pub fn write_frame<W: Write, T: Serialize>(writer: &mut W, header: &T, payloads:
 /// I/O failure, an over-long line, or JSON that does not match `T`.
 pub fn read_header<R: BufRead, T: for<'de> Deserialize<'de>>(reader: &mut R) -> io::Result<T> {
     let mut line = Vec::new();
-    let read = reader.take(MAX_HEADER_BYTES as u64 + 1).read_until(b'\n', &mut line)?;
+    let read = reader
+        .take(MAX_HEADER_BYTES as u64 + 1)
+        .read_until(b'\n', &mut line)?;
     if read == 0 {
-        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "connection closed before a header"));
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "connection closed before a header",
+        ));
     }
     if line.last() != Some(&b'\n') {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "header line too long or unterminated"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "header line too long or unterminated",
+        ));
     }
     serde_json::from_slice(&line).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
 }

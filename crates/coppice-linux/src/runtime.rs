@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 use coppice_core::SandboxId;
 use coppice_core::exec::{ExecOutcome, ExecRequest};
 use coppice_core::net::NetAttachment;
-use coppice_core::runtime::{Probe, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints};
+use coppice_core::runtime::{
+    Probe, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints,
+};
 use coppice_core::storage::RootFs;
 use serde::{Deserialize, Serialize};
 
@@ -73,15 +75,31 @@ impl<S: NsSys> NamespaceRuntime<S> {
     /// # Errors
     /// As [`NamespaceRuntime::new`].
     pub fn with_sys(sys: Arc<S>, config: NamespaceRuntimeConfig) -> Result<Self, LinuxError> {
-        fs::create_dir_all(&config.run_dir)
-            .map_err(|source| LinuxError::RunDir { op: "create", path: config.run_dir.clone(), source })?;
-        let proc_self_cgroup = fs::read_to_string(&config.cgroup.proc_self_cgroup).map_err(|source| {
-            LinuxError::RunDir { op: "read", path: config.cgroup.proc_self_cgroup.clone(), source }
+        fs::create_dir_all(&config.run_dir).map_err(|source| LinuxError::RunDir {
+            op: "create",
+            path: config.run_dir.clone(),
+            source,
         })?;
+        let proc_self_cgroup =
+            fs::read_to_string(&config.cgroup.proc_self_cgroup).map_err(|source| {
+                LinuxError::RunDir {
+                    op: "read",
+                    path: config.cgroup.proc_self_cgroup.clone(),
+                    source,
+                }
+            })?;
         SandboxCgroups::group_dirs(&config.cgroup, &proc_self_cgroup)?;
         sys.become_subreaper()
-            .map_err(|source| LinuxError::Process { op: "become subreaper of", pid: 0, source })?;
-        Ok(Self { sys, config, proc_self_cgroup })
+            .map_err(|source| LinuxError::Process {
+                op: "become subreaper of",
+                pid: 0,
+                source,
+            })?;
+        Ok(Self {
+            sys,
+            config,
+            proc_self_cgroup,
+        })
     }
 
     fn sandbox_dir(&self, id: &SandboxId) -> PathBuf {
@@ -89,40 +107,65 @@ impl<S: NsSys> NamespaceRuntime<S> {
     }
 
     fn cgroups(&self, id: &SandboxId) -> Result<SandboxCgroups, LinuxError> {
-        Ok(SandboxCgroups::plan(&self.config.cgroup, &self.proc_self_cgroup, id)?)
+        Ok(SandboxCgroups::plan(
+            &self.config.cgroup,
+            &self.proc_self_cgroup,
+            id,
+        )?)
     }
 
     fn endpoints(&self, id: &SandboxId) -> SandboxEndpoints {
         let dir = self.sandbox_dir(id);
-        SandboxEndpoints { control_socket: dir.join(CONTROL_SOCKET), envd_socket: dir.join(ENVD_SOCKET) }
+        SandboxEndpoints {
+            control_socket: dir.join(CONTROL_SOCKET),
+            envd_socket: dir.join(ENVD_SOCKET),
+        }
     }
 
     fn read_state(&self, id: &SandboxId) -> Result<Option<RunState>, LinuxError> {
         let path = self.sandbox_dir(id).join(STATE);
         match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|source| LinuxError::Corrupt { path, source }),
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|source| LinuxError::Corrupt { path, source }),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LinuxError::RunDir { op: "read", path, source }),
+            Err(source) => Err(LinuxError::RunDir {
+                op: "read",
+                path,
+                source,
+            }),
         }
     }
 
     /// Whether the recorded PID 1 still runs (same pid and start time, not a zombie).
     fn init_alive(&self, state: &RunState) -> Result<bool, LinuxError> {
-        let start_time = self
-            .sys
-            .process_start_time(state.pid)
-            .map_err(|source| LinuxError::Process { op: "inspect", pid: state.pid, source })?;
+        let start_time =
+            self.sys
+                .process_start_time(state.pid)
+                .map_err(|source| LinuxError::Process {
+                    op: "inspect",
+                    pid: state.pid,
+                    source,
+                })?;
         Ok(start_time == Some(state.start_time))
     }
 
-    fn create_impl(&self, id: &SandboxId, spec: &RuntimeSpec, root: &RootFs) -> Result<(), LinuxError> {
+    fn create_impl(
+        &self,
+        id: &SandboxId,
+        spec: &RuntimeSpec,
+        root: &RootFs,
+    ) -> Result<(), LinuxError> {
         let dir = self.sandbox_dir(id);
         let mount_point = dir.join(ROOT_MOUNT_POINT);
         let tmp_mb = spec.memory_mb.min(MAX_TMP_MB);
         let mounts = mount_plan::plan(root, &self.config.host_dev, tmp_mb)?;
         let cgroups = self.cgroups(id)?;
-        fs::create_dir_all(&mount_point)
-            .map_err(|source| LinuxError::RunDir { op: "create", path: mount_point.clone(), source })?;
+        fs::create_dir_all(&mount_point).map_err(|source| LinuxError::RunDir {
+            op: "create",
+            path: mount_point.clone(),
+            source,
+        })?;
         cgroups.create(&limit_writes(spec.memory_mb, spec.max_pids, spec.vcpus))?;
         let network = match &spec.network {
             NetAttachment::LoopbackOnly => NetworkSetup::Loopback,
@@ -151,18 +194,34 @@ impl<S: NsSys> NamespaceRuntime<S> {
         let config_path = dir.join(INIT_CONFIG);
         let ready = self
             .sys
-            .spawn_init(&self.config.init, &config_path, &dir.join(INIT_LOG), self.config.start_timeout)
-            .map_err(|source| LinuxError::SpawnInit { binary: self.config.init.program.clone(), source })?;
+            .spawn_init(
+                &self.config.init,
+                &config_path,
+                &dir.join(INIT_LOG),
+                self.config.start_timeout,
+            )
+            .map_err(|source| LinuxError::SpawnInit {
+                binary: self.config.init.program.clone(),
+                source,
+            })?;
         let pid = match ready {
             Some(ReadyMessage::Ready { pid }) => pid,
-            Some(ReadyMessage::Failed { error }) => return Err(LinuxError::InitFailed { message: error }),
+            Some(ReadyMessage::Failed { error }) => {
+                return Err(LinuxError::InitFailed { message: error });
+            }
             None => return Err(LinuxError::InitTimeout),
         };
         let start_time = self
             .sys
             .process_start_time(pid)
-            .map_err(|source| LinuxError::Process { op: "inspect", pid, source })?
-            .ok_or(LinuxError::InitFailed { message: format!("init {pid} exited right after start") })?;
+            .map_err(|source| LinuxError::Process {
+                op: "inspect",
+                pid,
+                source,
+            })?
+            .ok_or(LinuxError::InitFailed {
+                message: format!("init {pid} exited right after start"),
+            })?;
         write_json(&dir.join(STATE), &RunState { pid, start_time })?;
         Ok(self.endpoints(id))
     }
@@ -175,19 +234,35 @@ impl<S: NsSys> NamespaceRuntime<S> {
             // so the signals are delivered.
             cgroups.set_frozen(true)?;
             for pid in cgroups.pids()? {
-                self.sys.kill(pid).map_err(|source| LinuxError::Process { op: "kill", pid, source })?;
+                self.sys.kill(pid).map_err(|source| LinuxError::Process {
+                    op: "kill",
+                    pid,
+                    source,
+                })?;
             }
             cgroups.set_frozen(false)?;
         }
         if let Some(state) = &state {
-            self.sys.kill(state.pid).map_err(|source| LinuxError::Process { op: "kill", pid: state.pid, source })?;
+            self.sys
+                .kill(state.pid)
+                .map_err(|source| LinuxError::Process {
+                    op: "kill",
+                    pid: state.pid,
+                    source,
+                })?;
+            self.sys
+                .wait_exit(state.pid, self.config.stop_timeout)
+                .map_err(|source| LinuxError::Process {
+                    op: "wait for",
+                    pid: state.pid,
+                    source,
+                })?;
+            // The init is a zombie now; collect it (it is our child when this process started it).
+            self.sys.reap(state.pid);
         }
         let deadline = Instant::now() + self.config.stop_timeout;
-        let mut pause = Duration::from_micros(200);
+        let mut pause = Duration::from_micros(50);
         loop {
-            if let Some(state) = &state {
-                self.sys.reap(state.pid);
-            }
             let init_gone = match &state {
                 Some(state) => !self.init_alive(state)?,
                 None => true,
@@ -204,23 +279,31 @@ impl<S: NsSys> NamespaceRuntime<S> {
             thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
         }
-        // The init is a zombie now; collect it (it is our child when this process started it).
-        if let Some(state) = &state {
-            self.sys.reap(state.pid);
-        }
         let dir = self.sandbox_dir(id);
         match fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LinuxError::RunDir { op: "remove", path: dir, source }),
+            Err(source) => Err(LinuxError::RunDir {
+                op: "remove",
+                path: dir,
+                source,
+            }),
         }
     }
 
     fn list_impl(&self) -> Result<Vec<RuntimeSandbox>, LinuxError> {
-        let mut ids = SandboxCgroups::group_dirs(&self.config.cgroup, &self.proc_self_cgroup)?.list_sandboxes()?;
-        let entries = fs::read_dir(&self.config.run_dir)
-            .map_err(|source| LinuxError::RunDir { op: "list", path: self.config.run_dir.clone(), source })?;
-        ids.extend(entries.flatten().filter_map(|entry| entry.file_name().to_str()?.parse::<SandboxId>().ok()));
+        let mut ids = SandboxCgroups::group_dirs(&self.config.cgroup, &self.proc_self_cgroup)?
+            .list_sandboxes()?;
+        let entries = fs::read_dir(&self.config.run_dir).map_err(|source| LinuxError::RunDir {
+            op: "list",
+            path: self.config.run_dir.clone(),
+            source,
+        })?;
+        ids.extend(
+            entries
+                .flatten()
+                .filter_map(|entry| entry.file_name().to_str()?.parse::<SandboxId>().ok()),
+        );
         ids.sort();
         ids.dedup();
         let mut found = Vec::with_capacity(ids.len());
@@ -230,38 +313,73 @@ impl<S: NsSys> NamespaceRuntime<S> {
                 Ok(None) | Err(LinuxError::Corrupt { .. }) => false,
                 Err(error) => return Err(error),
             };
-            found.push(RuntimeSandbox { id, alive, started_at: None });
+            found.push(RuntimeSandbox {
+                id,
+                alive,
+                started_at: None,
+            });
         }
         Ok(found)
     }
 }
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), LinuxError> {
-    let bytes = serde_json::to_vec(value)
-        .map_err(|source| LinuxError::Corrupt { path: path.to_owned(), source })?;
+    let bytes = serde_json::to_vec(value).map_err(|source| LinuxError::Corrupt {
+        path: path.to_owned(),
+        source,
+    })?;
     let temporary = path.with_extension("tmp");
     fs::write(&temporary, bytes)
         .and_then(|()| fs::rename(&temporary, path))
-        .map_err(|source| LinuxError::RunDir { op: "write", path: path.to_owned(), source })
+        .map_err(|source| LinuxError::RunDir {
+            op: "write",
+            path: path.to_owned(),
+            source,
+        })
 }
 
 fn backend(op: &'static str, id: &SandboxId, error: LinuxError) -> RuntimeError {
     match error {
-        LinuxError::Refused { message } => RuntimeError::Invalid { what: "command", reason: message },
-        LinuxError::Plan(source) => RuntimeError::Invalid { what: "root filesystem", reason: source.to_string() },
-        error => RuntimeError::Backend { op, id: id.clone(), source: Box::new(error) },
+        LinuxError::Refused { message } => RuntimeError::Invalid {
+            what: "command",
+            reason: message,
+        },
+        LinuxError::Plan(source) => RuntimeError::Invalid {
+            what: "root filesystem",
+            reason: source.to_string(),
+        },
+        error => RuntimeError::Backend {
+            op,
+            id: id.clone(),
+            source: Box::new(error),
+        },
     }
 }
 
 impl<S: NsSys> Runtime for NamespaceRuntime<S> {
-    fn create(&self, id: &SandboxId, spec: &RuntimeSpec, root: &RootFs) -> Result<(), RuntimeError> {
+    fn create(
+        &self,
+        id: &SandboxId,
+        spec: &RuntimeSpec,
+        root: &RootFs,
+    ) -> Result<(), RuntimeError> {
         let dir = self.sandbox_dir(id);
         match fs::create_dir(&dir) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(RuntimeError::AlreadyExists { id: id.clone() });
             }
-            Err(source) => return Err(backend("create", id, LinuxError::RunDir { op: "create", path: dir, source })),
+            Err(source) => {
+                return Err(backend(
+                    "create",
+                    id,
+                    LinuxError::RunDir {
+                        op: "create",
+                        path: dir,
+                        source,
+                    },
+                ));
+            }
         }
         self.create_impl(id, spec, root).map_err(|error| {
             if let Err(cleanup) = self.destroy_impl(id) {
@@ -276,41 +394,69 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
             return Err(RuntimeError::NotFound { id: id.clone() });
         }
         let started = Instant::now();
-        let endpoints = self.start_impl(id).map_err(|error| backend("start", id, error))?;
+        let endpoints = self
+            .start_impl(id)
+            .map_err(|error| backend("start", id, error))?;
         tracing::debug!(sandbox_id = %id, elapsed_us = started.elapsed().as_micros(), "sandbox init ready");
         Ok(endpoints)
     }
 
     fn exec(&self, id: &SandboxId, request: &ExecRequest) -> Result<ExecOutcome, RuntimeError> {
         if request.argv.is_empty() {
-            return Err(RuntimeError::Invalid { what: "command", reason: "argv is empty".into() });
+            return Err(RuntimeError::Invalid {
+                what: "command",
+                reason: "argv is empty".into(),
+            });
         }
         match self.read_state(id) {
             Ok(Some(state)) if self.init_alive(&state).unwrap_or(false) => {}
             Ok(_) => return Err(RuntimeError::NotFound { id: id.clone() }),
             Err(error) => return Err(backend("exec", id, error)),
         }
-        client::exec(&self.endpoints(id).control_socket, request).map_err(|error| backend("exec", id, error))
+        client::exec(&self.endpoints(id).control_socket, request)
+            .map_err(|error| backend("exec", id, error))
     }
 
     fn probe(&self, id: &SandboxId) -> Result<Probe, RuntimeError> {
-        let state = self.read_state(id).map_err(|error| backend("probe", id, error))?;
-        let Some(state) = state else { return Err(RuntimeError::NotFound { id: id.clone() }) };
-        let alive = self.init_alive(&state).map_err(|error| backend("probe", id, error))?;
-        let cgroups = self.cgroups(id).map_err(|error| backend("probe", id, error))?;
-        let counters = || -> Result<(u64, u64, u64), LinuxError> {
-            Ok((cgroups.oom_kills()?, cgroups.memory_bytes()?, cgroups.pids_current()?))
+        let state = self
+            .read_state(id)
+            .map_err(|error| backend("probe", id, error))?;
+        let Some(state) = state else {
+            return Err(RuntimeError::NotFound { id: id.clone() });
         };
-        let (oom_kills, memory_bytes, pids) = counters().map_err(|error| backend("probe", id, error))?;
-        Ok(Probe { alive, oom_kills, memory_bytes, pids })
+        let alive = self
+            .init_alive(&state)
+            .map_err(|error| backend("probe", id, error))?;
+        let cgroups = self
+            .cgroups(id)
+            .map_err(|error| backend("probe", id, error))?;
+        let counters = || -> Result<(u64, u64, u64), LinuxError> {
+            Ok((
+                cgroups.oom_kills()?,
+                cgroups.memory_bytes()?,
+                cgroups.pids_current()?,
+            ))
+        };
+        let (oom_kills, memory_bytes, pids) =
+            counters().map_err(|error| backend("probe", id, error))?;
+        Ok(Probe {
+            alive,
+            oom_kills,
+            memory_bytes,
+            pids,
+        })
     }
 
     fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
-        self.destroy_impl(id).map_err(|error| backend("destroy", id, error))
+        self.destroy_impl(id)
+            .map_err(|error| backend("destroy", id, error))
     }
 
     fn list(&self) -> Result<Vec<RuntimeSandbox>, RuntimeError> {
-        self.list_impl().map_err(|error| RuntimeError::Host { op: "list", source: Box::new(error) })
+        self.list_impl().map_err(|error| RuntimeError::Host {
+            op: "list",
+            source: Box::new(error),
+        })
     }
 }
 

@@ -24,7 +24,13 @@ pub trait NsSys: Send + Sync + fmt::Debug + 'static {
     ///
     /// # Errors
     /// Spawn failure.
-    fn spawn_init(&self, command: &InitCommand, config: &Path, log: &Path, timeout: Duration) -> io::Result<Option<ReadyMessage>>;
+    fn spawn_init(
+        &self,
+        command: &InitCommand,
+        config: &Path,
+        log: &Path,
+        timeout: Duration,
+    ) -> io::Result<Option<ReadyMessage>>;
 
     /// The start time (clock ticks since boot) of a live, non-zombie process; `None` when gone.
     ///
@@ -37,6 +43,12 @@ pub trait NsSys: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// A failure other than `ESRCH`.
     fn kill(&self, pid: i32) -> io::Result<()>;
+
+    /// Waits until `pid` has exited (or `timeout` passes); a process already gone returns at once.
+    ///
+    /// # Errors
+    /// A failure to watch the process.
+    fn wait_exit(&self, pid: i32, timeout: Duration) -> io::Result<()>;
 
     /// Collects the exit status of `pid` if it is a child of this process and has exited.
     fn reap(&self, pid: i32);

@@ -1,6 +1,8 @@
 //! Tests that create real namespaces, mounts and cgroups. Linux only, root only; run with
 //! `COPPICE_PRIVILEGED_TESTS=1 cargo test -p coppice-linux --test privileged -- --ignored`.
 #![cfg(target_os = "linux")]
+// Test helpers outside `#[test]` functions unwrap too: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, chown, symlink};
@@ -33,16 +35,37 @@ impl Host {
         let dir = tempfile::tempdir().unwrap();
         let lower = dir.path().join("lower");
         build_template(&lower);
-        let group = format!("coppice-test-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
-        let mut config = NamespaceRuntimeConfig::new(dir.path().join("run"), InitCommand::binary(env!("CARGO_BIN_EXE_coppice-init").into()));
-        config.cgroup = CgroupConfig { group: group.clone(), ..CgroupConfig::default() };
-        config.id_map = IdMap { host_uid_base: ROOT_UID, host_gid_base: ROOT_UID, count: 65_536 };
+        let group = format!(
+            "coppice-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let mut config = NamespaceRuntimeConfig::new(
+            dir.path().join("run"),
+            InitCommand::binary(env!("CARGO_BIN_EXE_coppice-init").into()),
+        );
+        config.cgroup = CgroupConfig {
+            group: group.clone(),
+            ..CgroupConfig::default()
+        };
+        config.id_map = IdMap {
+            host_uid_base: ROOT_UID,
+            host_gid_base: ROOT_UID,
+            count: 65_536,
+        };
         let runtime = NamespaceRuntime::new(config).unwrap();
-        Self { dir, runtime, lower, group }
+        Self {
+            dir,
+            runtime,
+            lower,
+            group,
+        }
     }
 
     fn sandbox(&self, memory_mb: u32, max_pids: u32) -> SandboxId {
-        let id: SandboxId = format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed)).parse().unwrap();
+        let id: SandboxId = format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed))
+            .parse()
+            .unwrap();
         let base = self.dir.path().join("sandboxes").join(id.as_str());
         let (upper, work) = (base.join("upper"), base.join("work"));
         fs::create_dir_all(&upper).unwrap();
@@ -52,7 +75,11 @@ impl Host {
             lower: vec![self.lower.clone()],
             upper,
             work,
-            binds: vec![BindMount { source: "/usr".into(), target: "/usr".into(), read_only: true }],
+            binds: vec![BindMount {
+                source: "/usr".into(),
+                target: "/usr".into(),
+                read_only: true,
+            }],
         };
         let spec = RuntimeSpec {
             hostname: id.to_string(),
@@ -68,13 +95,22 @@ impl Host {
     }
 
     fn sh(&self, id: &SandboxId, script: &str) -> ExecOutcome {
-        let request = ExecRequest { timeout: Some(Duration::from_secs(20)), ..ExecRequest::new(["/bin/sh", "-c", script]) };
+        let request = ExecRequest {
+            timeout: Some(Duration::from_secs(20)),
+            ..ExecRequest::new(["/bin/sh", "-c", script])
+        };
         self.runtime.exec(id, &request).unwrap()
     }
 
     fn group_dirs_exist(&self) -> bool {
-        fs::read_dir("/sys/fs/cgroup/pids").unwrap().flatten().any(|e| e.file_name().to_string_lossy() == self.group)
-            && fs::read_dir(format!("/sys/fs/cgroup/pids/{}", self.group)).unwrap().flatten().any(|e| e.path().is_dir())
+        fs::read_dir("/sys/fs/cgroup/pids")
+            .unwrap()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy() == self.group)
+            && fs::read_dir(format!("/sys/fs/cgroup/pids/{}", self.group))
+                .unwrap()
+                .flatten()
+                .any(|e| e.path().is_dir())
     }
 }
 
@@ -87,7 +123,12 @@ impl Drop for Host {
         }
         for controller in ["memory", "pids", "cpu", "freezer"] {
             let own = own_cgroup(controller);
-            let _ = fs::remove_dir(Path::new("/sys/fs/cgroup").join(controller).join(own.trim_start_matches('/')).join(&self.group));
+            let _ = fs::remove_dir(
+                Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(own.trim_start_matches('/'))
+                    .join(&self.group),
+            );
         }
         let _ = fs::remove_dir(Path::new("/sys/fs/cgroup/unified").join(&self.group));
     }
@@ -100,26 +141,49 @@ fn own_cgroup(controller: &str) -> String {
         .find_map(|line| {
             let mut parts = line.splitn(3, ':');
             let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-            controllers.split(',').any(|c| c == controller).then(|| path.to_owned())
+            controllers
+                .split(',')
+                .any(|c| c == controller)
+                .then(|| path.to_owned())
         })
         .unwrap_or_else(|| "/".into())
 }
 
 /// A minimal template: usr-merge links, mount points and an /etc, owned by sandbox root.
 fn build_template(lower: &Path) {
-    for dir in ["usr", "proc", "dev", "tmp", "run", "root", "home/user", "etc", ".oldroot", "mnt"] {
+    for dir in [
+        "usr",
+        "proc",
+        "dev",
+        "tmp",
+        "run",
+        "root",
+        "home/user",
+        "etc",
+        ".oldroot",
+        "mnt",
+    ] {
         fs::create_dir_all(lower.join(dir)).unwrap();
         chown(lower.join(dir), Some(ROOT_UID), Some(ROOT_UID)).unwrap();
     }
     chown(lower, Some(ROOT_UID), Some(ROOT_UID)).unwrap();
-    chown(lower.join("home/user"), Some(ROOT_UID + 1000), Some(ROOT_UID + 1000)).unwrap();
+    chown(
+        lower.join("home/user"),
+        Some(ROOT_UID + 1000),
+        Some(ROOT_UID + 1000),
+    )
+    .unwrap();
     fs::set_permissions(lower.join("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
     for link in ["bin", "lib", "lib64", "sbin"] {
         if Path::new("/usr").join(link).exists() {
             symlink(format!("usr/{link}"), lower.join(link)).unwrap();
         }
     }
-    fs::write(lower.join("etc/passwd"), "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\n").unwrap();
+    fs::write(
+        lower.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/bash\nuser:x:1000:1000::/home/user:/bin/bash\n",
+    )
+    .unwrap();
     fs::write(lower.join("etc/group"), "root:x:0:\nuser:x:1000:\n").unwrap();
     for file in ["etc/passwd", "etc/group"] {
         chown(lower.join(file), Some(ROOT_UID), Some(ROOT_UID)).unwrap();
@@ -147,7 +211,8 @@ fn test_exec_runs_command_as_sandbox_root_with_env() {
 fn test_exec_as_user_runs_as_uid_1000_in_home() {
     let host = Host::new();
     let id = host.sandbox(128, 128);
-    let request = ExecRequest::new(["/bin/sh", "-c", "id -u; pwd; touch ~/f && echo ok"]).as_user(ExecUser::User);
+    let request = ExecRequest::new(["/bin/sh", "-c", "id -u; pwd; touch ~/f && echo ok"])
+        .as_user(ExecUser::User);
 
     let outcome = host.runtime.exec(&id, &request).unwrap();
 
@@ -182,7 +247,10 @@ fn test_isolation_host_marker_file_is_unreadable() {
     );
     let outcome = host.sh(&id, &script);
 
-    assert!(!stdout(&outcome).contains("host-secret-7731"), "{outcome:?}");
+    assert!(
+        !stdout(&outcome).contains("host-secret-7731"),
+        "{outcome:?}"
+    );
 }
 
 #[test]
@@ -194,7 +262,10 @@ fn test_isolation_usr_is_read_only() {
     let outcome = host.sh(&id, "touch /usr/coppice-probe 2>&1");
 
     assert_ne!(outcome.status, ExitStatus::Code(0));
-    assert!(stdout(&outcome).contains("Read-only file system"), "{outcome:?}");
+    assert!(
+        stdout(&outcome).contains("Read-only file system"),
+        "{outcome:?}"
+    );
 }
 
 #[test]
@@ -206,19 +277,29 @@ fn test_isolation_mount_unshare_rawsocket_module_cgroup_fail() {
         ("mount", "mkdir -p /tmp/m && mount -t tmpfs none /tmp/m"),
         ("unshare", "unshare -U -r true"),
         ("unshare-mount", "unshare -m true"),
-        ("raw socket", "/usr/bin/python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)'"),
+        (
+            "raw socket",
+            "/usr/bin/python3 -c 'import socket; socket.socket(socket.AF_INET, socket.SOCK_RAW, 1)'",
+        ),
         (
             "module load",
             "/usr/bin/python3 -c 'import ctypes,sys; l=ctypes.CDLL(None, use_errno=True); sys.exit(0 if l.syscall(175, None, 0, b\"\") == 0 else 1)'",
         ),
         ("host cgroups", "ls /sys/fs/cgroup/memory"),
-        ("cgroup mount", "mkdir -p /tmp/cg && mount -t cgroup -o memory none /tmp/cg"),
+        (
+            "cgroup mount",
+            "mkdir -p /tmp/cg && mount -t cgroup -o memory none /tmp/cg",
+        ),
         ("sysctl", "echo 1 > /proc/sys/net/ipv4/ip_forward"),
         ("hostname", "hostname evil"),
     ];
     for (name, script) in checks {
         let outcome = host.sh(&id, script);
-        assert_ne!(outcome.status, ExitStatus::Code(0), "{name} succeeded inside the sandbox: {outcome:?}");
+        assert_ne!(
+            outcome.status,
+            ExitStatus::Code(0),
+            "{name} succeeded inside the sandbox: {outcome:?}"
+        );
     }
 }
 
@@ -229,7 +310,11 @@ fn test_isolation_sandbox_root_is_unprivileged_on_host() {
     let id = host.sandbox(128, 128);
     host.sh(&id, "sleep 30 >/dev/null 2>&1 &");
 
-    let pids = fs::read_to_string(format!("/sys/fs/cgroup/pids/{}/{id}/cgroup.procs", host.group)).unwrap();
+    let pids = fs::read_to_string(format!(
+        "/sys/fs/cgroup/pids/{}/{id}/cgroup.procs",
+        host.group
+    ))
+    .unwrap();
     let uids: Vec<u32> = pids
         .lines()
         .map(|pid| {
@@ -251,9 +336,15 @@ fn test_isolation_two_sandboxes_cannot_see_each_others_files() {
     let b = host.sandbox(128, 128);
     host.sh(&a, "echo a-secret > /root/secret; echo a-tmp > /tmp/secret");
 
-    let outcome = host.sh(&b, "cat /root/secret /tmp/secret 2>&1; find / -xdev -name secret 2>/dev/null");
+    let outcome = host.sh(
+        &b,
+        "cat /root/secret /tmp/secret 2>&1; find / -xdev -name secret 2>/dev/null",
+    );
 
-    assert!(!stdout(&outcome).contains("a-secret") && !stdout(&outcome).contains("a-tmp"), "{outcome:?}");
+    assert!(
+        !stdout(&outcome).contains("a-secret") && !stdout(&outcome).contains("a-tmp"),
+        "{outcome:?}"
+    );
     assert_eq!(stdout(&host.sh(&a, "cat /root/secret")), "a-secret\n");
 }
 
@@ -263,7 +354,11 @@ fn test_limits_memory_hog_is_oom_killed() {
     let host = Host::new();
     let id = host.sandbox(64, 128);
 
-    let hog = ExecRequest::new(["/usr/bin/python3", "-c", "b = bytearray(256 << 20); print(len(b))"]);
+    let hog = ExecRequest::new([
+        "/usr/bin/python3",
+        "-c",
+        "b = bytearray(256 << 20); print(len(b))",
+    ]);
     let outcome = host.runtime.exec(&id, &hog).unwrap();
 
     assert_eq!(outcome.status, ExitStatus::Signal(9), "{outcome:?}");
@@ -277,13 +372,19 @@ fn test_limits_fork_bomb_is_contained_by_pids_limit() {
     let host = Host::new();
     let id = host.sandbox(256, 64);
     let other = host.sandbox(128, 64);
-    let bomb = ExecRequest { timeout: Some(Duration::from_secs(3)), ..ExecRequest::new(["/bin/bash", "-c", "f(){ f | f & }; f; sleep 10"]) };
+    let bomb = ExecRequest {
+        timeout: Some(Duration::from_secs(3)),
+        ..ExecRequest::new(["/bin/bash", "-c", "f(){ f | f & }; f; sleep 10"])
+    };
 
     let outcome = host.runtime.exec(&id, &bomb).unwrap();
     let probe = host.runtime.probe(&id).unwrap();
     let healthy = host.sh(&other, "echo responsive");
 
-    assert!(outcome.timed_out || outcome.status != ExitStatus::Code(0), "{outcome:?}");
+    assert!(
+        outcome.timed_out || outcome.status != ExitStatus::Code(0),
+        "{outcome:?}"
+    );
     assert!(probe.pids <= 64, "{probe:?}");
     assert_eq!(stdout(&healthy), "responsive\n");
     host.runtime.destroy(&id).unwrap();
@@ -310,7 +411,10 @@ fn test_exec_missing_program_is_refused_and_sandbox_keeps_serving() {
     let host = Host::new();
     let id = host.sandbox(128, 128);
 
-    let err = host.runtime.exec(&id, &ExecRequest::new(["/nonexistent"])).unwrap_err();
+    let err = host
+        .runtime
+        .exec(&id, &ExecRequest::new(["/nonexistent"]))
+        .unwrap_err();
 
     assert!(err.to_string().contains("invalid command"), "{err}");
     assert_eq!(stdout(&host.sh(&id, "echo still")), "still\n");

@@ -31,7 +31,9 @@ impl NetPolicy for LoopbackOnly {
 
     fn update(&self, id: &SandboxId, spec: &NetworkSpec) -> Result<(), NetError> {
         let mut specs = self.specs();
-        let current = specs.get_mut(id).ok_or_else(|| NetError::NotFound { id: id.clone() })?;
+        let current = specs
+            .get_mut(id)
+            .ok_or_else(|| NetError::NotFound { id: id.clone() })?;
         *current = spec.clone();
         Ok(())
     }
@@ -58,13 +60,19 @@ mod tests {
     #[test]
     fn test_attach_gives_loopback_only() {
         let policy = LoopbackOnly::default();
-        assert_eq!(policy.attach(&id(), &NetworkSpec::default()).unwrap(), NetAttachment::LoopbackOnly);
+        assert_eq!(
+            policy.attach(&id(), &NetworkSpec::default()).unwrap(),
+            NetAttachment::LoopbackOnly
+        );
     }
 
     #[test]
     fn test_update_unknown_sandbox_is_not_found() {
         let policy = LoopbackOnly::default();
-        assert!(matches!(policy.update(&id(), &NetworkSpec::default()), Err(NetError::NotFound { .. })));
+        assert!(matches!(
+            policy.update(&id(), &NetworkSpec::default()),
+            Err(NetError::NotFound { .. })
+        ));
     }
 
     #[test]
@@ -72,6 +80,9 @@ mod tests {
         let policy = LoopbackOnly::default();
         policy.attach(&id(), &NetworkSpec::default()).unwrap();
         policy.detach(&id()).unwrap();
-        assert!(matches!(policy.update(&id(), &NetworkSpec::default()), Err(NetError::NotFound { .. })));
+        assert!(matches!(
+            policy.update(&id(), &NetworkSpec::default()),
+            Err(NetError::NotFound { .. })
+        ));
     }
 }

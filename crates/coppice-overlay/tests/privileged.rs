@@ -1,6 +1,8 @@
 //! Privileged tests of overlay storage: the base template and a sandbox root filesystem made
 //! for real, as root, from the host's `/etc` and `/usr`. Linux only, root only.
 #![cfg(target_os = "linux")]
+// Test helpers outside `#[test]` functions unwrap too: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};

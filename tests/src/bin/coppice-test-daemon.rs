@@ -20,9 +20,16 @@ fn main() -> ExitCode {
     let (Some(data_dir), Some(group)) = (first, args.next()) else {
         return ExitCode::FAILURE;
     };
-    let Ok(exe) = std::env::current_exe() else { return ExitCode::FAILURE };
-    let paths = HarnessPaths::with_group(std::path::Path::new(&data_dir), group.to_string_lossy().into_owned());
-    let Ok(runtime) = tokio::runtime::Runtime::new() else { return ExitCode::FAILURE };
+    let Ok(exe) = std::env::current_exe() else {
+        return ExitCode::FAILURE;
+    };
+    let paths = HarnessPaths::with_group(
+        std::path::Path::new(&data_dir),
+        group.to_string_lossy().into_owned(),
+    );
+    let Ok(runtime) = tokio::runtime::Runtime::new() else {
+        return ExitCode::FAILURE;
+    };
     match runtime.block_on(serve(paths, test_daemon_init(&exe))) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -36,7 +43,10 @@ fn main() -> ExitCode {
 }
 
 #[cfg(target_os = "linux")]
-async fn serve(paths: coppice_tests::harness::HarnessPaths, init: coppice_linux::InitCommand) -> anyhow::Result<()> {
+async fn serve(
+    paths: coppice_tests::harness::HarnessPaths,
+    init: coppice_linux::InitCommand,
+) -> anyhow::Result<()> {
     use coppice_core::SandboxSpec;
     use coppice_core::exec::ExecRequest;
     use coppice_core::manager::ListFilter;
@@ -53,7 +63,9 @@ async fn serve(paths: coppice_tests::harness::HarnessPaths, init: coppice_linux:
                 serde_json::json!({ "id": sandbox.id.to_string() })
             }
             (Some("exec"), Some(id), Some(script)) => {
-                let outcome = manager.exec(&id.parse()?, ExecRequest::new(["/bin/sh", "-c", script])).await?;
+                let outcome = manager
+                    .exec(&id.parse()?, ExecRequest::new(["/bin/sh", "-c", script]))
+                    .await?;
                 serde_json::json!({ "ok": outcome.status.success(), "stdout": String::from_utf8_lossy(&outcome.stdout) })
             }
             (Some("kill"), Some(id), None) => {
@@ -61,7 +73,11 @@ async fn serve(paths: coppice_tests::harness::HarnessPaths, init: coppice_linux:
                 serde_json::json!({ "killed": id })
             }
             (Some("list"), None, None) => {
-                let ids: Vec<String> = manager.list(&ListFilter::default()).into_iter().map(|s| s.id.to_string()).collect();
+                let ids: Vec<String> = manager
+                    .list(&ListFilter::default())
+                    .into_iter()
+                    .map(|s| s.id.to_string())
+                    .collect();
                 serde_json::json!({ "ids": ids })
             }
             _ => serde_json::json!({ "error": format!("unknown command {line:?}") }),
@@ -74,6 +90,9 @@ async fn serve(paths: coppice_tests::harness::HarnessPaths, init: coppice_linux:
 
 #[cfg(not(target_os = "linux"))]
 fn main() -> ExitCode {
-    let _ = (std::io::stdin().lock().lines().next(), std::io::stdout().flush());
+    let _ = (
+        std::io::stdin().lock().lines().next(),
+        std::io::stdout().flush(),
+    );
     ExitCode::FAILURE
 }

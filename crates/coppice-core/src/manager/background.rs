@@ -25,15 +25,23 @@ fn upgrade(weak: &Weak<Inner>) -> Option<SandboxManager> {
 
 async fn reaper(weak: Weak<Inner>) {
     loop {
-        let Some(manager) = upgrade(&weak) else { return };
+        let Some(manager) = upgrade(&weak) else {
+            return;
+        };
         let now = manager.inner.clock.now();
         let (expired, next_deadline) = manager.deadlines(now);
         for id in expired {
             // Pausing on timeout arrives with the lifecycle work; until then auto-pause
             // sandboxes are killed like the others, and the event says so.
             match manager.kill_with_reason(&id, Reason::Timeout).await {
-                Ok(()) | Err(super::ManagerError::SandboxNotFound { .. } | super::ManagerError::InvalidState { .. }) => {}
-                Err(error) => tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "TTL kill failed"),
+                Ok(())
+                | Err(
+                    super::ManagerError::SandboxNotFound { .. }
+                    | super::ManagerError::InvalidState { .. },
+                ) => {}
+                Err(error) => {
+                    tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "TTL kill failed")
+                }
             }
         }
         let sleep_for = next_deadline
@@ -53,7 +61,9 @@ async fn monitor(weak: Weak<Inner>, interval: Duration) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        let Some(manager) = upgrade(&weak) else { return };
+        let Some(manager) = upgrade(&weak) else {
+            return;
+        };
         manager.monitor_once().await;
     }
 }
@@ -76,16 +86,22 @@ impl SandboxManager {
 
     /// One monitor pass: OOM kills, dead inits, and retries of unfinished cleanups.
     pub(super) async fn monitor_once(&self) {
-        let snapshot: Vec<(SandboxId, SandboxState)> =
-            self.sandboxes().values().map(|s| (s.id.clone(), s.state)).collect();
+        let snapshot: Vec<(SandboxId, SandboxState)> = self
+            .sandboxes()
+            .values()
+            .map(|s| (s.id.clone(), s.state))
+            .collect();
         for (id, state) in snapshot {
             match state {
                 SandboxState::Running => self.check_running(&id).await,
                 SandboxState::Stopping => {
-                    let Some(sandbox) = self.sandboxes().get(&id).cloned() else { continue };
+                    let Some(sandbox) = self.sandboxes().get(&id).cloned() else {
+                        continue;
+                    };
                     let detail = "cleanup retried".to_owned();
-                    if let Err(error) =
-                        self.finish_stopping(sandbox, EventKind::Killed, Reason::Requested, detail).await
+                    if let Err(error) = self
+                        .finish_stopping(sandbox, EventKind::Killed, Reason::Requested, detail)
+                        .await
                     {
                         tracing::debug!(sandbox_id = %id, error = %error_chain(&error), "cleanup retry failed");
                     }
@@ -99,17 +115,24 @@ impl SandboxManager {
         self.check_oom(id).await;
         let runtime = Arc::clone(&self.inner.backends.runtime);
         let sandbox_id = id.clone();
-        let Ok(Ok(probe)) = blocking("probe", move || runtime.probe(&sandbox_id)).await else { return };
+        let Ok(Ok(probe)) = blocking("probe", move || runtime.probe(&sandbox_id)).await else {
+            return;
+        };
         if probe.alive {
             return;
         }
-        let Ok(sandbox) = self.begin_stopping(id) else { return };
+        let Ok(sandbox) = self.begin_stopping(id) else {
+            return;
+        };
         let detail = "sandbox init exited".to_owned();
         if let Err(error) = self.persist(&sandbox).await {
             tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cannot record exit");
             return;
         }
-        if let Err(error) = self.finish_stopping(sandbox, EventKind::Exited, Reason::Error, detail).await {
+        if let Err(error) = self
+            .finish_stopping(sandbox, EventKind::Exited, Reason::Error, detail)
+            .await
+        {
             tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cleanup of exited sandbox failed");
         }
     }

@@ -31,34 +31,51 @@ impl SandboxManager {
         let mut known = BTreeSet::new();
         for mut sandbox in records {
             known.insert(sandbox.id.clone());
-            let alive = inventory.runtime.iter().any(|found| found.id == sandbox.id && found.alive);
+            let alive = inventory
+                .runtime
+                .iter()
+                .any(|found| found.id == sandbox.id && found.alive);
             match sandbox.state {
                 SandboxState::Running | SandboxState::Paused if alive => {
                     tracing::info!(sandbox_id = %sandbox.id, "re-adopted sandbox after restart");
                     self.sandboxes().insert(sandbox.id.clone(), sandbox.clone());
-                    self.record(&sandbox.id, EventKind::Readopted, Reason::Restart, String::new()).await;
+                    self.record(
+                        &sandbox.id,
+                        EventKind::Readopted,
+                        Reason::Restart,
+                        String::new(),
+                    )
+                    .await;
                 }
                 SandboxState::Stopping => {
                     self.sandboxes().insert(sandbox.id.clone(), sandbox.clone());
                     let detail = "kill completed after restart".to_owned();
-                    if let Err(error) =
-                        self.finish_stopping(sandbox, EventKind::Killed, Reason::Restart, detail).await
+                    if let Err(error) = self
+                        .finish_stopping(sandbox, EventKind::Killed, Reason::Restart, detail)
+                        .await
                     {
                         tracing::warn!(error = %error_chain(&error), "cleanup after restart failed; will retry");
                     }
                 }
                 state => {
                     let (kind, detail) = if state == SandboxState::Creating {
-                        (EventKind::CreateFailed, "daemon restarted during create".to_owned())
+                        (
+                            EventKind::CreateFailed,
+                            "daemon restarted during create".to_owned(),
+                        )
                     } else {
-                        (EventKind::Exited, "sandbox init not running after restart".to_owned())
+                        (
+                            EventKind::Exited,
+                            "sandbox init not running after restart".to_owned(),
+                        )
                     };
                     let backends = self.inner.backends.clone();
                     let id = sandbox.id.clone();
                     blocking("release", move || try_release_blocking(&backends, &id)).await??;
                     sandbox.state = SandboxState::Failed;
                     self.persist(&sandbox).await?;
-                    self.record(&sandbox.id, kind, Reason::Restart, detail).await;
+                    self.record(&sandbox.id, kind, Reason::Restart, detail)
+                        .await;
                 }
             }
         }
@@ -75,8 +92,12 @@ impl SandboxManager {
             tracing::info!(sandbox_id = %id, "removing leftovers of an unknown sandbox");
             let backends = self.inner.backends.clone();
             let sandbox_id = id.clone();
-            blocking("release", move || try_release_blocking(&backends, &sandbox_id)).await??;
-            self.record(&id, EventKind::CleanedUp, Reason::Restart, String::new()).await;
+            blocking("release", move || {
+                try_release_blocking(&backends, &sandbox_id)
+            })
+            .await??;
+            self.record(&id, EventKind::CleanedUp, Reason::Restart, String::new())
+                .await;
         }
         Ok(())
     }
@@ -84,11 +105,17 @@ impl SandboxManager {
 
 fn take_inventory(backends: &Backends) -> Result<Inventory, ManagerError> {
     Ok(Inventory {
-        runtime: backends.runtime.list().map_err(|source| ManagerError::from_runtime("list", source))?,
+        runtime: backends
+            .runtime
+            .list()
+            .map_err(|source| ManagerError::from_runtime("list", source))?,
         storage: backends
             .storage
             .list_rootfs()
             .map_err(|source| ManagerError::from_storage("list rootfs", source))?,
-        net: backends.net.list().map_err(|source| ManagerError::from_net("list", source))?,
+        net: backends
+            .net
+            .list()
+            .map_err(|source| ManagerError::from_net("list", source))?,
     })
 }

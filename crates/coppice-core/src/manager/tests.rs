@@ -22,17 +22,28 @@ impl Harness {
             runtime: Arc::new(FakeRuntime::default()),
             storage: Arc::new(FakeStorage::with_templates(&["base"])),
             net: Arc::new(FakeNetPolicy::default()),
-            clock: Arc::new(ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_000_000))),
+            clock: Arc::new(ManualClock::new(
+                UNIX_EPOCH + Duration::from_secs(1_000_000),
+            )),
         }
     }
 
     fn backends(&self) -> Backends {
-        Backends { runtime: self.runtime.clone(), storage: self.storage.clone(), net: self.net.clone() }
+        Backends {
+            runtime: self.runtime.clone(),
+            storage: self.storage.clone(),
+            net: self.net.clone(),
+        }
     }
 
     async fn manager_with(&self, store: Store) -> SandboxManager {
-        let config = ManagerConfig { monitor_interval: Duration::from_millis(20), ..ManagerConfig::default() };
-        SandboxManager::start(config, self.backends(), store, self.clock.clone()).await.unwrap()
+        let config = ManagerConfig {
+            monitor_interval: Duration::from_millis(20),
+            ..ManagerConfig::default()
+        };
+        SandboxManager::start(config, self.backends(), store, self.clock.clone())
+            .await
+            .unwrap()
     }
 
     async fn manager(&self) -> SandboxManager {
@@ -66,9 +77,15 @@ async fn test_create_unknown_template_is_template_not_found_and_leaves_nothing()
     let harness = Harness::new();
     let manager = harness.manager().await;
 
-    let err = manager.create(SandboxSpec::new("nope".parse().unwrap())).await.unwrap_err();
+    let err = manager
+        .create(SandboxSpec::new("nope".parse().unwrap()))
+        .await
+        .unwrap_err();
 
-    assert!(matches!(err, ManagerError::TemplateNotFound { .. }), "{err:?}");
+    assert!(
+        matches!(err, ManagerError::TemplateNotFound { .. }),
+        "{err:?}"
+    );
     assert!(harness.runtime.calls().is_empty());
     assert!(harness.storage.calls().is_empty());
 }
@@ -78,7 +95,13 @@ async fn test_create_invalid_spec_is_refused_before_any_backend_call() {
     let harness = Harness::new();
     let manager = harness.manager().await;
 
-    let err = manager.create(SandboxSpec { memory_mb: 0, ..spec() }).await.unwrap_err();
+    let err = manager
+        .create(SandboxSpec {
+            memory_mb: 0,
+            ..spec()
+        })
+        .await
+        .unwrap_err();
 
     assert_eq!(err.kind(), crate::ErrorKind::Invalid);
     assert!(harness.storage.calls().is_empty());
@@ -92,15 +115,28 @@ async fn test_create_start_failure_rolls_back_everything() {
 
     let err = manager.create(spec()).await.unwrap_err();
 
-    assert!(matches!(err, ManagerError::Runtime { op: "start", .. }), "{err:?}");
-    let created = harness.storage.calls().into_iter().find_map(|call| match call {
-        crate::testing::FakeCall::CreateRootfs(id, _) => Some(id),
-        _ => None,
-    });
+    assert!(
+        matches!(err, ManagerError::Runtime { op: "start", .. }),
+        "{err:?}"
+    );
+    let created = harness
+        .storage
+        .calls()
+        .into_iter()
+        .find_map(|call| match call {
+            crate::testing::FakeCall::CreateRootfs(id, _) => Some(id),
+            _ => None,
+        });
     let id = created.unwrap();
     assert!(!harness.holds_anything(&id));
     assert!(manager.list(&ListFilter::default()).is_empty());
-    let kinds: Vec<EventKind> = manager.events(&id).await.unwrap().into_iter().map(|e| e.kind).collect();
+    let kinds: Vec<EventKind> = manager
+        .events(&id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(kinds, [EventKind::CreateFailed]);
 }
 
@@ -113,8 +149,14 @@ async fn test_kill_releases_all_backends_and_hides_sandbox() {
     manager.kill(&sandbox.id).await.unwrap();
 
     assert!(!harness.holds_anything(&sandbox.id));
-    assert!(matches!(manager.get(&sandbox.id), Err(ManagerError::SandboxNotFound { .. })));
-    assert!(matches!(manager.kill(&sandbox.id).await, Err(ManagerError::SandboxNotFound { .. })));
+    assert!(matches!(
+        manager.get(&sandbox.id),
+        Err(ManagerError::SandboxNotFound { .. })
+    ));
+    assert!(matches!(
+        manager.kill(&sandbox.id).await,
+        Err(ManagerError::SandboxNotFound { .. })
+    ));
 }
 
 #[tokio::test]
@@ -138,7 +180,10 @@ async fn test_list_filters_by_metadata() {
     tagged.metadata.insert("suite".into(), "a".into());
     let wanted = manager.create(tagged).await.unwrap();
     manager.create(spec()).await.unwrap();
-    let filter = ListFilter { metadata: [("suite".to_owned(), "a".to_owned())].into(), ..ListFilter::default() };
+    let filter = ListFilter {
+        metadata: [("suite".to_owned(), "a".to_owned())].into(),
+        ..ListFilter::default()
+    };
 
     let found: Vec<SandboxId> = manager.list(&filter).into_iter().map(|s| s.id).collect();
 
@@ -152,8 +197,14 @@ async fn test_set_timeout_moves_end_time_both_ways() {
     let sandbox = manager.create(spec()).await.unwrap();
     let now = harness.clock.now();
 
-    let longer = manager.set_timeout(&sandbox.id, Duration::from_secs(600)).await.unwrap();
-    let shorter = manager.set_timeout(&sandbox.id, Duration::from_secs(10)).await.unwrap();
+    let longer = manager
+        .set_timeout(&sandbox.id, Duration::from_secs(600))
+        .await
+        .unwrap();
+    let shorter = manager
+        .set_timeout(&sandbox.id, Duration::from_secs(10))
+        .await
+        .unwrap();
 
     assert_eq!(longer.end_at, now + Duration::from_secs(600));
     assert_eq!(shorter.end_at, now + Duration::from_secs(10));
@@ -165,7 +216,10 @@ async fn test_set_timeout_zero_is_invalid() {
     let manager = harness.manager().await;
     let sandbox = manager.create(spec()).await.unwrap();
 
-    let err = manager.set_timeout(&sandbox.id, Duration::ZERO).await.unwrap_err();
+    let err = manager
+        .set_timeout(&sandbox.id, Duration::ZERO)
+        .await
+        .unwrap_err();
 
     assert_eq!(err.kind(), crate::ErrorKind::Invalid);
 }
@@ -174,7 +228,13 @@ async fn test_set_timeout_zero_is_invalid() {
 async fn test_ttl_reaper_kills_expired_sandbox() {
     let harness = Harness::new();
     let manager = harness.manager().await;
-    let sandbox = manager.create(SandboxSpec { timeout: Duration::from_secs(5), ..spec() }).await.unwrap();
+    let sandbox = manager
+        .create(SandboxSpec {
+            timeout: Duration::from_secs(5),
+            ..spec()
+        })
+        .await
+        .unwrap();
 
     harness.clock.advance(Duration::from_secs(6));
     manager.inner.deadlines_changed.notify_one();
@@ -182,7 +242,10 @@ async fn test_ttl_reaper_kills_expired_sandbox() {
 
     let events = manager.events(&sandbox.id).await.unwrap();
     let last = events.last().unwrap();
-    assert_eq!((last.kind, last.reason), (EventKind::Killed, Reason::Timeout));
+    assert_eq!(
+        (last.kind, last.reason),
+        (EventKind::Killed, Reason::Timeout)
+    );
 }
 
 #[tokio::test]
@@ -192,11 +255,20 @@ async fn test_exec_reaches_runtime_and_records_oom() {
     let sandbox = manager.create(spec()).await.unwrap();
     harness.runtime.add_oom_kills(&sandbox.id, 1);
 
-    let outcome = manager.exec(&sandbox.id, ExecRequest::new(["echo", "hi"])).await.unwrap();
+    let outcome = manager
+        .exec(&sandbox.id, ExecRequest::new(["echo", "hi"]))
+        .await
+        .unwrap();
+    manager.monitor_once().await;
 
     assert_eq!(outcome.stdout, b"echo hi");
     let events = manager.events(&sandbox.id).await.unwrap();
-    assert!(events.iter().any(|e| e.kind == EventKind::OomKill && e.reason == Reason::Oom), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::OomKill && e.reason == Reason::Oom),
+        "{events:?}"
+    );
 }
 
 #[tokio::test]
@@ -209,7 +281,13 @@ async fn test_monitor_cleans_up_sandbox_whose_init_died() {
     manager.monitor_once().await;
 
     assert!(!harness.holds_anything(&sandbox.id));
-    let kinds: Vec<EventKind> = manager.events(&sandbox.id).await.unwrap().into_iter().map(|e| e.kind).collect();
+    let kinds: Vec<EventKind> = manager
+        .events(&sandbox.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
     assert_eq!(kinds.last(), Some(&EventKind::Exited));
 }
 
@@ -225,7 +303,10 @@ async fn test_restart_readopts_live_sandboxes() {
 
     let restarted = harness.manager_with(Store::open(&db).unwrap()).await;
 
-    assert_eq!(restarted.get(&sandbox.id).unwrap().state, SandboxState::Running);
+    assert_eq!(
+        restarted.get(&sandbox.id).unwrap().state,
+        SandboxState::Running
+    );
     assert!(harness.runtime.holds(&sandbox.id));
 }
 

@@ -46,7 +46,10 @@ mod tests {
         .unwrap();
         let app = router(AppState { manager });
 
-        let response = app.oneshot(Request::get("/health").body(Body::empty()).unwrap()).await.unwrap();
+        let response = app
+            .oneshot(Request::get("/health").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
 
         assert_eq!(response.status(), StatusCode::OK);
     }

@@ -23,7 +23,10 @@ fn fixture() -> Fixture {
         fs::create_dir_all(root.join("cg").join(controller)).unwrap();
     }
     fs::write(root.join("self-cgroup"), "4:memory:/own\n0::/\n").unwrap();
-    let mut config = NamespaceRuntimeConfig::new(root.join("run"), crate::config::InitCommand::binary("/bin/coppice-init".into()));
+    let mut config = NamespaceRuntimeConfig::new(
+        root.join("run"),
+        crate::config::InitCommand::binary("/bin/coppice-init".into()),
+    );
     config.cgroup = CgroupConfig {
         v1_root: root.join("cg"),
         unified_root: None,
@@ -32,7 +35,12 @@ fn fixture() -> Fixture {
     };
     let sys = Arc::new(FakeNsSys::default());
     let runtime = NamespaceRuntime::with_sys(Arc::clone(&sys), config).unwrap();
-    Fixture { _dir: dir, sys, runtime, root }
+    Fixture {
+        _dir: dir,
+        sys,
+        runtime,
+        root,
+    }
 }
 
 fn spec() -> RuntimeSpec {
@@ -51,7 +59,11 @@ fn rootfs() -> RootFs {
         lower: vec!["/layers/base".into()],
         upper: "/s/upper".into(),
         work: "/s/work".into(),
-        binds: vec![BindMount { source: "/usr".into(), target: "/usr".into(), read_only: true }],
+        binds: vec![BindMount {
+            source: "/usr".into(),
+            target: "/usr".into(),
+            read_only: true,
+        }],
     }
 }
 
@@ -67,11 +79,20 @@ fn read_init(fixture: &Fixture, id: &SandboxId) -> InitConfig {
 #[test]
 fn test_create_writes_limits_and_init_config() {
     let fixture = fixture();
-    fixture.runtime.create(&id("a"), &spec(), &rootfs()).unwrap();
+    fixture
+        .runtime
+        .create(&id("a"), &spec(), &rootfs())
+        .unwrap();
 
     let memory = fixture.root.join("cg/memory/own/coppice/a");
-    assert_eq!(fs::read_to_string(memory.join("memory.limit_in_bytes")).unwrap(), "134217728");
-    assert_eq!(fs::read_to_string(fixture.root.join("cg/pids/coppice/a/pids.max")).unwrap(), "64");
+    assert_eq!(
+        fs::read_to_string(memory.join("memory.limit_in_bytes")).unwrap(),
+        "134217728"
+    );
+    assert_eq!(
+        fs::read_to_string(fixture.root.join("cg/pids/coppice/a/pids.max")).unwrap(),
+        "64"
+    );
     let init = read_init(&fixture, &id("a"));
     assert_eq!(init.hostname, "h");
     assert_eq!(init.network, NetworkSetup::Loopback);
@@ -82,15 +103,26 @@ fn test_create_writes_limits_and_init_config() {
 #[test]
 fn test_create_twice_is_already_exists() {
     let fixture = fixture();
-    fixture.runtime.create(&id("a"), &spec(), &rootfs()).unwrap();
-    let err = fixture.runtime.create(&id("a"), &spec(), &rootfs()).unwrap_err();
+    fixture
+        .runtime
+        .create(&id("a"), &spec(), &rootfs())
+        .unwrap();
+    let err = fixture
+        .runtime
+        .create(&id("a"), &spec(), &rootfs())
+        .unwrap_err();
     assert!(matches!(err, RuntimeError::AlreadyExists { .. }));
 }
 
 #[test]
 fn test_create_bad_root_is_invalid_and_leaves_nothing() {
     let fixture = fixture();
-    let bad = RootFs::Overlay { lower: Vec::new(), upper: "/u".into(), work: "/w".into(), binds: Vec::new() };
+    let bad = RootFs::Overlay {
+        lower: Vec::new(),
+        upper: "/u".into(),
+        work: "/w".into(),
+        binds: Vec::new(),
+    };
     let err = fixture.runtime.create(&id("a"), &spec(), &bad).unwrap_err();
     assert!(matches!(err, RuntimeError::Invalid { .. }), "{err:?}");
     assert!(!fixture.root.join("run/a").exists());
@@ -100,39 +132,74 @@ fn test_create_bad_root_is_invalid_and_leaves_nothing() {
 #[test]
 fn test_start_records_pid_and_probe_sees_it_alive() {
     let fixture = fixture();
-    fixture.runtime.create(&id("a"), &spec(), &rootfs()).unwrap();
+    fixture
+        .runtime
+        .create(&id("a"), &spec(), &rootfs())
+        .unwrap();
 
     let endpoints = fixture.runtime.start(&id("a")).unwrap();
 
     assert!(endpoints.control_socket.ends_with("a/control.sock"));
-    fs::write(fixture.root.join("cg/memory/own/coppice/a/memory.oom_control"), "oom_kill 2\n").unwrap();
-    fs::write(fixture.root.join("cg/memory/own/coppice/a/memory.usage_in_bytes"), "4096\n").unwrap();
+    fs::write(
+        fixture
+            .root
+            .join("cg/memory/own/coppice/a/memory.oom_control"),
+        "oom_kill 2\n",
+    )
+    .unwrap();
+    fs::write(
+        fixture
+            .root
+            .join("cg/memory/own/coppice/a/memory.usage_in_bytes"),
+        "4096\n",
+    )
+    .unwrap();
     fs::write(fixture.root.join("cg/pids/coppice/a/pids.current"), "3\n").unwrap();
     let probe = fixture.runtime.probe(&id("a")).unwrap();
-    assert_eq!(probe, Probe { alive: true, oom_kills: 2, memory_bytes: 4096, pids: 3 });
+    assert_eq!(
+        probe,
+        Probe {
+            alive: true,
+            oom_kills: 2,
+            memory_bytes: 4096,
+            pids: 3
+        }
+    );
 }
 
 #[test]
 fn test_start_unknown_sandbox_is_not_found() {
     let fixture = fixture();
-    assert!(matches!(fixture.runtime.start(&id("x")), Err(RuntimeError::NotFound { .. })));
+    assert!(matches!(
+        fixture.runtime.start(&id("x")),
+        Err(RuntimeError::NotFound { .. })
+    ));
 }
 
 #[test]
 fn test_start_init_failure_is_reported_with_its_message() {
     let fixture = fixture();
-    fixture.runtime.create(&id("a"), &spec(), &rootfs()).unwrap();
+    fixture
+        .runtime
+        .create(&id("a"), &spec(), &rootfs())
+        .unwrap();
     fixture.sys.fail_next_spawn("mount overlay root: EINVAL");
 
     let err = fixture.runtime.start(&id("a")).unwrap_err();
 
-    assert!(coppice_core::manager::error_chain(&err).contains("mount overlay root"), "{err:?}");
+    assert!(
+        coppice_core::manager::error_chain(&err).contains("mount overlay root"),
+        "{err:?}"
+    );
 }
 
 #[test]
 fn test_destroy_kills_init_and_removes_everything() {
     let fixture = fixture();
-    fixture.runtime.create(&id("a"), &spec(), &rootfs()).unwrap();
+    fixture
+        .runtime
+        .create(&id("a"), &spec(), &rootfs())
+        .unwrap();
     fixture.runtime.start(&id("a")).unwrap();
 
     fixture.runtime.destroy(&id("a")).unwrap();
@@ -153,25 +220,37 @@ fn test_destroy_unknown_sandbox_succeeds() {
 fn test_list_reports_alive_and_dead_inits() {
     let fixture = fixture();
     for name in ["a", "b"] {
-        fixture.runtime.create(&id(name), &spec(), &rootfs()).unwrap();
+        fixture
+            .runtime
+            .create(&id(name), &spec(), &rootfs())
+            .unwrap();
         fixture.runtime.start(&id(name)).unwrap();
     }
     fixture.sys.kill(1002).unwrap();
 
     let found = fixture.runtime.list().unwrap();
 
-    let alive: Vec<(String, bool)> = found.into_iter().map(|s| (s.id.to_string(), s.alive)).collect();
+    let alive: Vec<(String, bool)> = found
+        .into_iter()
+        .map(|s| (s.id.to_string(), s.alive))
+        .collect();
     assert_eq!(alive, [("a".to_owned(), true), ("b".to_owned(), false)]);
 }
 
 #[test]
 fn test_exec_on_dead_sandbox_is_not_found() {
     let fixture = fixture();
-    fixture.runtime.create(&id("a"), &spec(), &rootfs()).unwrap();
+    fixture
+        .runtime
+        .create(&id("a"), &spec(), &rootfs())
+        .unwrap();
     fixture.runtime.start(&id("a")).unwrap();
     fixture.sys.kill(1001).unwrap();
 
-    let err = fixture.runtime.exec(&id("a"), &ExecRequest::new(["true"])).unwrap_err();
+    let err = fixture
+        .runtime
+        .exec(&id("a"), &ExecRequest::new(["true"]))
+        .unwrap_err();
 
     assert!(matches!(err, RuntimeError::NotFound { .. }));
 }

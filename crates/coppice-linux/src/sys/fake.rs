@@ -57,7 +57,13 @@ impl FakeNsSys {
 }
 
 impl NsSys for FakeNsSys {
-    fn spawn_init(&self, _command: &InitCommand, config: &Path, _log: &Path, _timeout: Duration) -> io::Result<Option<ReadyMessage>> {
+    fn spawn_init(
+        &self,
+        _command: &InitCommand,
+        config: &Path,
+        _log: &Path,
+        _timeout: Duration,
+    ) -> io::Result<Option<ReadyMessage>> {
         let mut state = self.state();
         state.calls.push(FakeNsCall::SpawnInit(config.to_owned()));
         if let Some(error) = state.fail_spawn.take() {
@@ -77,6 +83,10 @@ impl NsSys for FakeNsSys {
         let mut state = self.state();
         state.calls.push(FakeNsCall::Kill(pid));
         state.alive.remove(&pid);
+        Ok(())
+    }
+
+    fn wait_exit(&self, _pid: i32, _timeout: Duration) -> io::Result<()> {
         Ok(())
     }
 

@@ -13,7 +13,9 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
-use rustix::process::{Pid, Signal, WaitOptions, kill_process, set_child_subreaper, waitpid};
+use rustix::process::{
+    Pid, PidfdFlags, Signal, WaitOptions, kill_process, pidfd_open, set_child_subreaper, waitpid,
+};
 
 use super::NsSys;
 use crate::config::InitCommand;
@@ -24,7 +26,13 @@ use crate::protocol::{InitConfig, ReadyMessage};
 pub struct RealNsSys;
 
 impl NsSys for RealNsSys {
-    fn spawn_init(&self, command: &InitCommand, config: &Path, log: &Path, timeout: Duration) -> io::Result<Option<ReadyMessage>> {
+    fn spawn_init(
+        &self,
+        command: &InitCommand,
+        config: &Path,
+        log: &Path,
+        timeout: Duration,
+    ) -> io::Result<Option<ReadyMessage>> {
         let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
         let mut child = Command::new(&command.program)
             .args(&command.leading_args)
@@ -34,7 +42,10 @@ impl NsSys for RealNsSys {
             .stdout(Stdio::piped())
             .stderr(log_file)
             .spawn()?;
-        let stdout = child.stdout.take().ok_or_else(|| io::Error::other("init stdout not captured"))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("init stdout not captured"))?;
         let ready = read_ready_line(stdout, timeout);
         if !matches!(ready, Ok(Some(_))) {
             // No answer in time: the init may be stuck half-way; the caller's destroy removes
@@ -55,10 +66,37 @@ impl NsSys for RealNsSys {
     }
 
     fn kill(&self, pid: i32) -> io::Result<()> {
-        let Some(pid) = Pid::from_raw(pid) else { return Ok(()) };
+        let Some(pid) = Pid::from_raw(pid) else {
+            return Ok(());
+        };
         match kill_process(pid, Signal::KILL) {
             Ok(()) | Err(rustix::io::Errno::SRCH) => Ok(()),
             Err(error) => Err(error.into()),
+        }
+    }
+
+    fn wait_exit(&self, pid: i32, timeout: Duration) -> io::Result<()> {
+        let Some(pid) = Pid::from_raw(pid) else {
+            return Ok(());
+        };
+        let pidfd = match pidfd_open(pid, PidfdFlags::empty()) {
+            Ok(pidfd) => pidfd,
+            Err(rustix::io::Errno::SRCH) => return Ok(()),
+            Err(error) => return Err(error.into()),
+        };
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(());
+            }
+            // A pidfd turns readable when the process exits, whoever its parent is.
+            let mut fds = [PollFd::new(&pidfd, PollFlags::IN)];
+            match poll(&mut fds, Some(&timespec(left))) {
+                Ok(_) => return Ok(()),
+                Err(rustix::io::Errno::INTR) => {}
+                Err(error) => return Err(error.into()),
+            }
         }
     }
 
@@ -75,7 +113,10 @@ impl NsSys for RealNsSys {
 }
 
 /// Reads the init's one ready line, waiting at most `timeout`.
-fn read_ready_line(stdout: std::process::ChildStdout, timeout: Duration) -> io::Result<Option<ReadyMessage>> {
+fn read_ready_line(
+    stdout: std::process::ChildStdout,
+    timeout: Duration,
+) -> io::Result<Option<ReadyMessage>> {
     let deadline = Instant::now() + timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -83,8 +124,7 @@ fn read_ready_line(stdout: std::process::ChildStdout, timeout: Duration) -> io::
             return Ok(None);
         }
         let mut fds = [PollFd::new(&stdout, PollFlags::IN)];
-        let wait = Timespec { tv_sec: i64::try_from(left.as_secs()).unwrap_or(i64::MAX), tv_nsec: i64::from(left.subsec_nanos()) };
-        match poll(&mut fds, Some(&wait)) {
+        match poll(&mut fds, Some(&timespec(left))) {
             Ok(0) => return Ok(None),
             Ok(_) => break,
             Err(rustix::io::Errno::INTR) => {}
@@ -96,9 +136,20 @@ fn read_ready_line(stdout: std::process::ChildStdout, timeout: Duration) -> io::
     let mut reader = BufReader::new(stdout);
     let mut line = String::new();
     if reader.read_line(&mut line)? == 0 {
-        return Ok(Some(ReadyMessage::Failed { error: "init exited without a report; see init.log".into() }));
+        return Ok(Some(ReadyMessage::Failed {
+            error: "init exited without a report; see init.log".into(),
+        }));
     }
-    serde_json::from_str(&line).map(Some).map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
+    serde_json::from_str(&line)
+        .map(Some)
+        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
+}
+
+fn timespec(duration: Duration) -> Timespec {
+    Timespec {
+        tv_sec: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        tv_nsec: i64::from(duration.subsec_nanos()),
+    }
 }
 
 /// Field 22 (starttime) of `/proc/<pid>/stat`, unless the process is a zombie.
@@ -119,23 +170,34 @@ fn parse_stat_start_time(stat: &str) -> Option<u64> {
 pub fn init_main(mut args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     let config_path = match (args.next(), args.next()) {
         (Some(flag), Some(path)) if flag == "--config" => path,
-        _ => return report(&ReadyMessage::Failed { error: "usage: coppice-init --config <init.json>".into() }),
+        _ => {
+            return report(&ReadyMessage::Failed {
+                error: "usage: coppice-init --config <init.json>".into(),
+            });
+        }
     };
     let config: InitConfig = match fs::read(&config_path)
         .map_err(|error| error.to_string())
         .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|error| error.to_string()))
     {
         Ok(config) => config,
-        Err(error) => return report(&ReadyMessage::Failed { error: format!("cannot read init config: {error}") }),
+        Err(error) => {
+            return report(&ReadyMessage::Failed {
+                error: format!("cannot read init config: {error}"),
+            });
+        }
     };
     if config.version != crate::protocol::INIT_CONFIG_VERSION {
-        return report(&ReadyMessage::Failed { error: format!("unsupported init config version {}", config.version) });
+        return report(&ReadyMessage::Failed {
+            error: format!("unsupported init config version {}", config.version),
+        });
     }
     report(&outer::run(&config))
 }
 
 fn report(message: &ReadyMessage) -> ExitCode {
-    let mut line = serde_json::to_string(message).unwrap_or_else(|_| "{\"failed\":{\"error\":\"encoding\"}}".into());
+    let mut line = serde_json::to_string(message)
+        .unwrap_or_else(|_| "{\"failed\":{\"error\":\"encoding\"}}".into());
     line.push('\n');
     let written = io::Write::write_all(&mut io::stdout().lock(), line.as_bytes());
     match (message, written) {

@@ -11,10 +11,10 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use coppice_core::SandboxManager;
 use coppice_core::clock::SystemClock;
 use coppice_core::manager::ManagerConfig;
 use coppice_core::store::Store;
-use coppice_core::SandboxManager;
 use coppice_gateway::config::{Cli, GatewayConfig};
 use coppice_gateway::{AppState, router, serve};
 use tracing_subscriber::EnvFilter;
@@ -42,7 +42,10 @@ fn init_tracing(flag: Option<&str>) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(flag.unwrap_or("info,tower_http=warn")))
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn try_main(cli: &Cli) -> anyhow::Result<()> {
@@ -54,21 +57,31 @@ fn try_main(cli: &Cli) -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting tokio")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting tokio")?;
     runtime.block_on(run(config))
 }
 
 async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     let backends = sys::backends(&config).context("initialising isolation backends")?;
     let store = Store::open(&config.state_db()).context("opening the state database")?;
-    let manager = SandboxManager::start(ManagerConfig::default(), backends, store, Arc::new(SystemClock))
-        .await
-        .context("starting the sandbox manager")?;
+    let manager = SandboxManager::start(
+        ManagerConfig::default(),
+        backends,
+        store,
+        Arc::new(SystemClock),
+    )
+    .await
+    .context("starting the sandbox manager")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "coppiced listening");
-    serve(listener, router(AppState { manager }), shutdown_signal()).await.context("serving HTTP")?;
+    serve(listener, router(AppState { manager }), shutdown_signal())
+        .await
+        .context("serving HTTP")?;
     tracing::info!("coppiced stopped; sandboxes keep running and are re-adopted at the next start");
     Ok(())
 }
@@ -77,13 +90,14 @@ async fn shutdown_signal() {
     let interrupt = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(signal) => signal,
-            Err(_) => {
-                let _ = interrupt.await;
-                return;
-            }
-        };
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = interrupt => {}
             _ = terminate.recv() => {}

@@ -1,5 +1,6 @@
-//! The outer half of `coppice-init`: runs on the host, joins the cgroups, creates the
-//! namespaces, forks the sandbox's PID 1, writes its user-namespace id map, reports, exits.
+//! The outer half of `coppice-init`: runs on the host, creates the namespaces, forks the
+//! sandbox's PID 1, moves it into its cgroups, writes its user-namespace id map, reports,
+//! exits.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -31,27 +32,31 @@ pub(super) fn run(config: &InitConfig) -> ReadyMessage {
 }
 
 fn build(config: &InitConfig) -> Result<i32, String> {
-    let own_pid = std::process::id().to_string();
-    for procs in &config.cgroup_procs {
-        fs::write(procs, &own_pid).map_err(|e| format!("cannot join cgroup {}: {e}", procs.display()))?;
-    }
     // Detach from the daemon's session so its terminal signals never reach the sandbox.
     rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
 
     let _ = fs::remove_file(&config.control_socket);
-    let listener = UnixListener::bind(&config.control_socket)
-        .map_err(|e| format!("cannot bind control socket {}: {e}", config.control_socket.display()))?;
+    let listener = UnixListener::bind(&config.control_socket).map_err(|e| {
+        format!(
+            "cannot bind control socket {}: {e}",
+            config.control_socket.display()
+        )
+    })?;
     fs::set_permissions(&config.control_socket, fs::Permissions::from_mode(0o600))
         .map_err(|e| format!("cannot restrict control socket: {e}"))?;
 
     // The mount namespace is unshared by PID 1 itself: its `pivot_root` moves the root of
     // every process in its mount namespace, and this process must keep the host's `/proc` to
     // write PID 1's id map.
-    let mut flags = UnshareFlags::NEWPID | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC | UnshareFlags::NEWCGROUP;
+    let mut flags = UnshareFlags::NEWPID
+        | UnshareFlags::NEWUTS
+        | UnshareFlags::NEWIPC
+        | UnshareFlags::NEWCGROUP;
     match &config.network {
         NetworkSetup::Loopback => flags |= UnshareFlags::NEWNET,
         NetworkSetup::Join { path } => {
-            let namespace = fs::File::open(path).map_err(|e| format!("cannot open netns {}: {e}", path.display()))?;
+            let namespace = fs::File::open(path)
+                .map_err(|e| format!("cannot open netns {}: {e}", path.display()))?;
             move_into_link_name_space(namespace.as_fd(), Some(LinkNameSpaceType::Network))
                 .map_err(|e| format!("cannot join netns {}: {e}", path.display()))?;
         }
@@ -74,7 +79,9 @@ fn build(config: &InitConfig) -> Result<i32, String> {
 
 /// Follows PID 1 through its set-up: writes its id map when asked, waits for "ready".
 fn supervise_setup(config: &InitConfig, child: i32, channel: UnixStream) -> Result<i32, String> {
-    let mut writer = channel.try_clone().map_err(|e| format!("socketpair: {e}"))?;
+    let mut writer = channel
+        .try_clone()
+        .map_err(|e| format!("socketpair: {e}"))?;
     let mut lines = BufReader::new(channel).lines();
     loop {
         let line = match lines.next() {
@@ -83,8 +90,14 @@ fn supervise_setup(config: &InitConfig, child: i32, channel: UnixStream) -> Resu
             None => return Err("sandbox init exited during set-up".into()),
         };
         if line == MSG_NEED_ID_MAP {
+            // Moving a task between cgroups waits for an RCU grace period on this kernel; doing
+            // it here overlaps that wait with PID 1's mounts. PID 1 runs no sandbox code until
+            // this answer, so nothing escapes the limits.
+            join_cgroups(config, child)?;
             write_id_maps(config, child)?;
-            writer.write_all(format!("{MSG_ID_MAP_DONE}\n").as_bytes()).map_err(|e| format!("socketpair: {e}"))?;
+            writer
+                .write_all(format!("{MSG_ID_MAP_DONE}\n").as_bytes())
+                .map_err(|e| format!("socketpair: {e}"))?;
         } else if line == MSG_READY {
             return Ok(child);
         } else if let Some(error) = line.strip_prefix(MSG_ERROR) {
@@ -95,11 +108,23 @@ fn supervise_setup(config: &InitConfig, child: i32, channel: UnixStream) -> Resu
     }
 }
 
+/// Moves PID 1 into the sandbox's cgroups; everything it starts later inherits them.
+fn join_cgroups(config: &InitConfig, child: i32) -> Result<(), String> {
+    let pid = child.to_string();
+    for procs in &config.cgroup_procs {
+        fs::write(procs, &pid)
+            .map_err(|e| format!("cannot join cgroup {}: {e}", procs.display()))?;
+    }
+    Ok(())
+}
+
 /// Maps sandbox ids `0..count` to host `base..base+count`. Written by this privileged process,
 /// so no `setgroups` restriction is needed.
 fn write_id_maps(config: &InitConfig, child: i32) -> Result<(), String> {
     let uid_map = format!("0 {} {}\n", config.host_uid_base, config.id_count);
     let gid_map = format!("0 {} {}\n", config.host_gid_base, config.id_count);
-    fs::write(format!("/proc/{child}/uid_map"), uid_map).map_err(|e| format!("cannot write uid_map: {e}"))?;
-    fs::write(format!("/proc/{child}/gid_map"), gid_map).map_err(|e| format!("cannot write gid_map: {e}"))
+    fs::write(format!("/proc/{child}/uid_map"), uid_map)
+        .map_err(|e| format!("cannot write uid_map: {e}"))?;
+    fs::write(format!("/proc/{child}/gid_map"), gid_map)
+        .map_err(|e| format!("cannot write gid_map: {e}"))
 }

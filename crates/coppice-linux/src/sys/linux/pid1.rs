@@ -9,9 +9,14 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Component, Path, PathBuf};
 
-use rustix::mount::{MountFlags, MountPropagationFlags, UnmountFlags, mount, mount_bind, mount_change, mount_remount, unmount};
+use rustix::mount::{
+    MountFlags, MountPropagationFlags, UnmountFlags, mount, mount_bind, mount_change,
+    mount_remount, unmount,
+};
 use rustix::process::{DumpableBehavior, chdir, pivot_root, set_dumpable_behavior};
-use rustix::thread::{Gid, Uid, UnshareFlags, set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+use rustix::thread::{
+    Gid, Uid, UnshareFlags, set_thread_groups, set_thread_res_gid, set_thread_res_uid,
+};
 
 use super::outer::{MSG_ERROR, MSG_ID_MAP_DONE, MSG_NEED_ID_MAP, MSG_READY};
 use super::syscalls::{close_range, dup_onto, loopback_up, unshare};
@@ -27,7 +32,10 @@ pub(super) fn run(config: &InitConfig, listener: UnixListener, channel: UnixStre
     match set_up(config, &listener, &channel) {
         Ok(()) => {
             let mut writer = &channel;
-            if writer.write_all(format!("{MSG_READY}\n").as_bytes()).is_err() {
+            if writer
+                .write_all(format!("{MSG_READY}\n").as_bytes())
+                .is_err()
+            {
                 std::process::exit(1);
             }
             drop(channel);
@@ -41,14 +49,22 @@ pub(super) fn run(config: &InitConfig, listener: UnixListener, channel: UnixStre
     }
 }
 
-fn set_up(config: &InitConfig, listener: &UnixListener, channel: &UnixStream) -> Result<(), String> {
+fn set_up(
+    config: &InitConfig,
+    listener: &UnixListener,
+    channel: &UnixStream,
+) -> Result<(), String> {
     unshare(UnshareFlags::NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
-    mount_change("/", MountPropagationFlags::PRIVATE | MountPropagationFlags::REC)
-        .map_err(|e| format!("make / private: {e}"))?;
+    mount_change(
+        "/",
+        MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
+    )
+    .map_err(|e| format!("make / private: {e}"))?;
     for step in &config.mounts {
         apply(config, step)?;
     }
-    rustix::system::sethostname(config.hostname.as_bytes()).map_err(|e| format!("sethostname: {e}"))?;
+    rustix::system::sethostname(config.hostname.as_bytes())
+        .map_err(|e| format!("sethostname: {e}"))?;
     if config.network == NetworkSetup::Loopback {
         loopback_up().map_err(|e| format!("loopback up: {e}"))?;
     }
@@ -58,7 +74,8 @@ fn set_up(config: &InitConfig, listener: &UnixListener, channel: &UnixStream) ->
     let keep = [listener.as_raw_fd(), channel.as_raw_fd()];
     close_all_but(&keep)?;
     rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
-    set_dumpable_behavior(DumpableBehavior::NotDumpable).map_err(|e| format!("set not dumpable: {e}"))?;
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)
+        .map_err(|e| format!("set not dumpable: {e}"))?;
     security::lock_down()
 }
 
@@ -70,12 +87,19 @@ fn apply(config: &InitConfig, step: &MountStep) -> Result<(), String> {
             mount_data("overlay", root, "overlay", MountFlags::empty(), &data)
                 .map_err(|e| format!("mount overlay root ({data}): {e}"))
         }
-        MountStep::Bind { source, target, read_only } => {
+        MountStep::Bind {
+            source,
+            target,
+            read_only,
+        } => {
             let target = safe_target(root, target)?;
-            mount_bind(source, &target).map_err(|e| format!("bind {} on {}: {e}", source.display(), target.display()))?;
+            mount_bind(source, &target)
+                .map_err(|e| format!("bind {} on {}: {e}", source.display(), target.display()))?;
             if *read_only {
-                let flags = MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV;
-                mount_remount(&target, flags, "").map_err(|e| format!("read-only {}: {e}", target.display()))?;
+                let flags =
+                    MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV;
+                mount_remount(&target, flags, "")
+                    .map_err(|e| format!("read-only {}: {e}", target.display()))?;
             }
             Ok(())
         }
@@ -87,7 +111,8 @@ fn apply(config: &InitConfig, step: &MountStep) -> Result<(), String> {
                 .mode(0o666)
                 .open(&target)
                 .map_err(|e| format!("create {}: {e}", target.display()))?;
-            mount_bind(source, &target).map_err(|e| format!("bind {} on {}: {e}", source.display(), target.display()))
+            mount_bind(source, &target)
+                .map_err(|e| format!("bind {} on {}: {e}", source.display(), target.display()))
         }
         MountStep::Proc { target } => {
             let target = safe_target(root, target)?;
@@ -97,10 +122,19 @@ fn apply(config: &InitConfig, step: &MountStep) -> Result<(), String> {
         MountStep::Devpts { target } => {
             let target = make_dir(root, target)?;
             let flags = MountFlags::NOSUID | MountFlags::NOEXEC;
-            let data = format!("newinstance,ptmxmode=0666,mode=0620,uid={},gid={}", config.host_uid_base, config.host_gid_base);
-            mount_data("devpts", &target, "devpts", flags, &data).map_err(|e| format!("mount devpts: {e}"))
+            let data = format!(
+                "newinstance,ptmxmode=0666,mode=0620,uid={},gid={}",
+                config.host_uid_base, config.host_gid_base
+            );
+            mount_data("devpts", &target, "devpts", flags, &data)
+                .map_err(|e| format!("mount devpts: {e}"))
         }
-        MountStep::Tmpfs { target, data, noexec, nodev } => {
+        MountStep::Tmpfs {
+            target,
+            data,
+            noexec,
+            nodev,
+        } => {
             let target = make_dir(root, target)?;
             let mut flags = MountFlags::NOSUID;
             if *noexec {
@@ -110,12 +144,17 @@ fn apply(config: &InitConfig, step: &MountStep) -> Result<(), String> {
                 flags |= MountFlags::NODEV;
             }
             // Owned by sandbox root, not by the unmapped host root that mounts it.
-            let data = format!("{data},uid={},gid={}", config.host_uid_base, config.host_gid_base);
-            mount_data("tmpfs", &target, "tmpfs", flags, &data).map_err(|e| format!("mount tmpfs on {}: {e}", target.display()))
+            let data = format!(
+                "{data},uid={},gid={}",
+                config.host_uid_base, config.host_gid_base
+            );
+            mount_data("tmpfs", &target, "tmpfs", flags, &data)
+                .map_err(|e| format!("mount tmpfs on {}: {e}", target.display()))
         }
         MountStep::Symlink { link, points_to } => {
             let link = safe_target(root, link)?;
-            std::os::unix::fs::symlink(points_to, &link).map_err(|e| format!("symlink {}: {e}", link.display()))
+            std::os::unix::fs::symlink(points_to, &link)
+                .map_err(|e| format!("symlink {}: {e}", link.display()))
         }
     }
 }
@@ -129,7 +168,12 @@ fn safe_target(root: &Path, relative: &Path) -> Result<PathBuf, String> {
         match component {
             Component::Normal(part) => path.push(part),
             Component::CurDir => {}
-            _ => return Err(format!("mount target {} leaves the root", relative.display())),
+            _ => {
+                return Err(format!(
+                    "mount target {} leaves the root",
+                    relative.display()
+                ));
+            }
         }
         if let Ok(metadata) = fs::symlink_metadata(&path)
             && metadata.file_type().is_symlink()
@@ -144,15 +188,28 @@ fn make_dir(root: &Path, relative: &Path) -> Result<PathBuf, String> {
     let target = safe_target(root, relative)?;
     match fs::DirBuilder::new().mode(0o755).create(&target) {
         Ok(()) => Ok(target),
-        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && target.is_dir() => Ok(target),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists && target.is_dir() => {
+            Ok(target)
+        }
         Err(error) => Err(format!("create {}: {error}", target.display())),
     }
 }
 
 /// mount(2) with string data; empty data passes NULL.
-fn mount_data(source: &str, target: &Path, fstype: &str, flags: MountFlags, data: &str) -> std::io::Result<()> {
-    let data = CString::new(data).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    let data = if data.is_empty() { None } else { Some(data.as_c_str()) };
+fn mount_data(
+    source: &str,
+    target: &Path,
+    fstype: &str,
+    flags: MountFlags,
+    data: &str,
+) -> std::io::Result<()> {
+    let data =
+        CString::new(data).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    let data = if data.is_empty() {
+        None
+    } else {
+        Some(data.as_c_str())
+    };
     Ok(mount(source, target, fstype, flags, data)?)
 }
 
@@ -160,7 +217,8 @@ fn enter_root(rootfs: &Path) -> Result<(), String> {
     chdir(rootfs).map_err(|e| format!("chdir root: {e}"))?;
     make_dir(rootfs, Path::new(OLD_ROOT))?;
     pivot_root(".", OLD_ROOT).map_err(|e| format!("pivot_root: {e}"))?;
-    unmount(format!("/{OLD_ROOT}").as_str(), UnmountFlags::DETACH).map_err(|e| format!("detach old root: {e}"))?;
+    unmount(format!("/{OLD_ROOT}").as_str(), UnmountFlags::DETACH)
+        .map_err(|e| format!("detach old root: {e}"))?;
     chdir("/").map_err(|e| format!("chdir /: {e}"))
 }
 
@@ -170,9 +228,13 @@ fn enter_root(rootfs: &Path) -> Result<(), String> {
 fn enter_user_namespace(channel: &UnixStream) -> Result<(), String> {
     unshare(UnshareFlags::NEWUSER).map_err(|e| format!("unshare user namespace: {e}"))?;
     let mut writer = channel;
-    writer.write_all(format!("{MSG_NEED_ID_MAP}\n").as_bytes()).map_err(|e| format!("socketpair: {e}"))?;
+    writer
+        .write_all(format!("{MSG_NEED_ID_MAP}\n").as_bytes())
+        .map_err(|e| format!("socketpair: {e}"))?;
     let mut answer = String::new();
-    BufReader::new(channel).read_line(&mut answer).map_err(|e| format!("socketpair: {e}"))?;
+    BufReader::new(channel)
+        .read_line(&mut answer)
+        .map_err(|e| format!("socketpair: {e}"))?;
     if answer.trim_end() != MSG_ID_MAP_DONE {
         return Err(format!("id map not written: {answer:?}"));
     }
@@ -184,7 +246,11 @@ fn enter_user_namespace(channel: &UnixStream) -> Result<(), String> {
 /// Points stdin, stdout and stderr at the sandbox's own `/dev/null`, so PID 1 holds no
 /// descriptor of a host file.
 fn redirect_stdio() -> Result<(), String> {
-    let null = fs::OpenOptions::new().read(true).write(true).open("/dev/null").map_err(|e| format!("open /dev/null: {e}"))?;
+    let null = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(|e| format!("open /dev/null: {e}"))?;
     for target in 0..=2 {
         dup_onto(&null, target).map_err(|e| format!("dup2 onto {target}: {e}"))?;
     }

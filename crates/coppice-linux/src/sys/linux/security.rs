@@ -10,11 +10,12 @@
 use std::collections::BTreeMap;
 
 use rustix::thread::{
-    CapabilitySet, CapabilitySets, remove_capability_from_bounding_set, set_capabilities, set_no_new_privs,
+    CapabilitySet, CapabilitySets, remove_capability_from_bounding_set, set_capabilities,
+    set_no_new_privs,
 };
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule, TargetArch,
-    apply_filter,
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch, apply_filter,
 };
 
 /// Capabilities sandbox root keeps (the usual container default, without `MKNOD` and
@@ -94,11 +95,22 @@ pub(super) fn lock_down() -> Result<(), String> {
         match remove_capability_from_bounding_set(capability) {
             // Capabilities newer than the running kernel do not exist to be dropped.
             Ok(()) | Err(rustix::io::Errno::INVAL) => {}
-            Err(error) => return Err(format!("drop capability {capability:?} from the bounding set: {error}")),
+            Err(error) => {
+                return Err(format!(
+                    "drop capability {capability:?} from the bounding set: {error}"
+                ));
+            }
         }
     }
-    set_capabilities(None, CapabilitySets { effective: kept, permitted: kept, inheritable: CapabilitySet::empty() })
-        .map_err(|e| format!("set capabilities: {e}"))?;
+    set_capabilities(
+        None,
+        CapabilitySets {
+            effective: kept,
+            permitted: kept,
+            inheritable: CapabilitySet::empty(),
+        },
+    )
+    .map_err(|e| format!("set capabilities: {e}"))?;
     set_no_new_privs(true).map_err(|e| format!("no_new_privs: {e}"))?;
     let (clone3, denylist) = filters()?;
     // clone3 cannot be filtered by flags (they sit behind a pointer): answer ENOSYS so libc
@@ -108,29 +120,48 @@ pub(super) fn lock_down() -> Result<(), String> {
 }
 
 fn arch() -> Result<TargetArch, String> {
-    std::env::consts::ARCH.try_into().map_err(|e| format!("seccomp does not support this architecture: {e:?}"))
+    std::env::consts::ARCH
+        .try_into()
+        .map_err(|e| format!("seccomp does not support this architecture: {e:?}"))
 }
 
 fn filters() -> Result<(BpfProgram, BpfProgram), String> {
     let arch = arch()?;
     let mut clone3_rules = BTreeMap::new();
     clone3_rules.insert(libc::SYS_clone3, Vec::new());
-    let clone3 = SeccompFilter::new(clone3_rules, SeccompAction::Allow, SeccompAction::Errno(libc::ENOSYS as u32), arch)
-        .and_then(BpfProgram::try_from)
-        .map_err(|e| format!("build clone3 filter: {e}"))?;
+    let clone3 = SeccompFilter::new(
+        clone3_rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .and_then(BpfProgram::try_from)
+    .map_err(|e| format!("build clone3 filter: {e}"))?;
 
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = DENIED_SYSCALLS.iter().map(|nr| (*nr, Vec::new())).collect();
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED_SYSCALLS.iter().map(|nr| (*nr, Vec::new())).collect();
     let mut clone_rules = Vec::new();
     for flag in NAMESPACE_FLAGS {
         let flag = u64::from(flag.unsigned_abs());
-        let condition = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::MaskedEq(flag), flag)
-            .map_err(|e| format!("build clone rule: {e}"))?;
-        clone_rules.push(SeccompRule::new(vec![condition]).map_err(|e| format!("build clone rule: {e}"))?);
+        let condition = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Qword,
+            SeccompCmpOp::MaskedEq(flag),
+            flag,
+        )
+        .map_err(|e| format!("build clone rule: {e}"))?;
+        clone_rules
+            .push(SeccompRule::new(vec![condition]).map_err(|e| format!("build clone rule: {e}"))?);
     }
     rules.insert(libc::SYS_clone, clone_rules);
-    let denylist = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
-        .and_then(BpfProgram::try_from)
-        .map_err(|e| format!("build seccomp filter: {e}"))?;
+    let denylist = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .and_then(BpfProgram::try_from)
+    .map_err(|e| format!("build seccomp filter: {e}"))?;
     Ok((clone3, denylist))
 }
 
@@ -148,7 +179,13 @@ mod tests {
     #[test]
     fn test_kept_capabilities_exclude_admin_raw_and_module() {
         let kept = kept_capabilities();
-        for dangerous in [CapabilitySet::SYS_ADMIN, CapabilitySet::NET_RAW, CapabilitySet::SYS_MODULE, CapabilitySet::NET_ADMIN, CapabilitySet::SYS_PTRACE] {
+        for dangerous in [
+            CapabilitySet::SYS_ADMIN,
+            CapabilitySet::NET_RAW,
+            CapabilitySet::SYS_MODULE,
+            CapabilitySet::NET_ADMIN,
+            CapabilitySet::SYS_PTRACE,
+        ] {
             assert!(!kept.contains(dangerous), "{dangerous:?}");
         }
     }

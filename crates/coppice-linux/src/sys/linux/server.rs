@@ -7,7 +7,7 @@
 //! end up reaped by PID 1 leave nothing behind.
 
 use std::collections::HashMap;
-use std::io::{BufReader, Read, Write};
+use std::io::{BufReader, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -15,10 +15,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use std::os::fd::OwnedFd;
+
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 use rustix::process::{Pid, Signal, WaitOptions, WaitStatus, kill_process_group, wait};
 
 use crate::protocol::{
-    ControlRequest, ControlResponse, ExecIdentity, InitConfig, WireExit, read_header, read_payload, write_frame,
+    ControlRequest, ControlResponse, ExecIdentity, InitConfig, WireExit, read_header, read_payload,
+    write_frame,
 };
 
 /// Default `PATH` of commands.
@@ -55,7 +59,9 @@ pub(super) fn serve(config: &InitConfig, listener: UnixListener) -> ! {
     });
     let acceptor = Arc::clone(&shared);
     // If the acceptor thread cannot start, PID 1 still reaps; the daemon sees a dead channel.
-    let _ = thread::Builder::new().name("control".into()).spawn(move || accept_loop(&acceptor, &listener));
+    let _ = thread::Builder::new()
+        .name("control".into())
+        .spawn(move || accept_loop(&acceptor, &listener));
     reap_forever(&shared)
 }
 
@@ -73,7 +79,9 @@ fn reap_forever(shared: &Shared) -> ! {
             Err(_) => {
                 // No children right now: sleep until a command is started.
                 let registry = shared.registry();
-                let _ = shared.changed.wait_timeout(registry, Duration::from_secs(1));
+                let _ = shared
+                    .changed
+                    .wait_timeout(registry, Duration::from_secs(1));
             }
         }
     }
@@ -95,15 +103,31 @@ fn handle(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
     let request: ControlRequest = match read_header(&mut reader) {
         Ok(request) => request,
         Err(error) => {
-            let refusal = ControlResponse::Refused { message: format!("bad request: {error}") };
+            let refusal = ControlResponse::Refused {
+                message: format!("bad request: {error}"),
+            };
             return write_frame(&mut &*stream, &refusal, &[]);
         }
     };
     match request {
         ControlRequest::Ping => write_frame(&mut &*stream, &ControlResponse::Pong, &[]),
-        ControlRequest::Exec { argv, env, cwd, identity, timeout_ms, stdin_len } => {
+        ControlRequest::Exec {
+            argv,
+            env,
+            cwd,
+            identity,
+            timeout_ms,
+            stdin_len,
+        } => {
             let stdin = read_payload(&mut reader, stdin_len)?;
-            let command = ExecCommand { argv, env, cwd, identity, timeout: timeout_ms.map(Duration::from_millis), stdin };
+            let command = ExecCommand {
+                argv,
+                env,
+                cwd,
+                identity,
+                timeout: timeout_ms.map(Duration::from_millis),
+                stdin,
+            };
             match run(shared, command) {
                 Ok(finished) => {
                     let header = ControlResponse::Exited {
@@ -113,9 +137,15 @@ fn handle(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
                         truncated: finished.truncated,
                         timed_out: finished.timed_out,
                     };
-                    write_frame(&mut &*stream, &header, &[&finished.stdout, &finished.stderr])
+                    write_frame(
+                        &mut &*stream,
+                        &header,
+                        &[&finished.stdout, &finished.stderr],
+                    )
                 }
-                Err(message) => write_frame(&mut &*stream, &ControlResponse::Refused { message }, &[]),
+                Err(message) => {
+                    write_frame(&mut &*stream, &ControlResponse::Refused { message }, &[])
+                }
             }
         }
     }
@@ -139,7 +169,9 @@ struct Finished {
 }
 
 fn run(shared: &Shared, request: ExecCommand) -> Result<Finished, String> {
-    let Some((program, args)) = request.argv.split_first() else { return Err("argv is empty".into()) };
+    let Some((program, args)) = request.argv.split_first() else {
+        return Err("argv is empty".into());
+    };
     let mut command = Command::new(program);
     command
         .args(args)
@@ -154,13 +186,19 @@ fn run(shared: &Shared, request: ExecCommand) -> Result<Finished, String> {
         .uid(request.identity.uid)
         .gid(request.identity.gid)
         .process_group(0)
-        .stdin(if request.stdin.is_empty() { Stdio::null() } else { Stdio::piped() })
+        .stdin(if request.stdin.is_empty() {
+            Stdio::null()
+        } else {
+            Stdio::piped()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
 
     let mut child = {
         let mut registry = shared.registry();
-        let child = command.spawn().map_err(|e| format!("cannot run {program:?}: {e}"))?;
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot run {program:?}: {e}"))?;
         let pid = i32::try_from(child.id()).map_err(|_| "pid out of range".to_owned())?;
         registry.waiting.insert(pid, None);
         shared.changed.notify_all();
@@ -174,20 +212,141 @@ fn run(shared: &Shared, request: ExecCommand) -> Result<Finished, String> {
             let _ = stdin.write_all(&bytes);
         });
     }
-    let limit = shared.output_limit;
-    let stdout = child.stdout.take().map(|pipe| spawn_reader(pipe, limit));
-    let stderr = child.stderr.take().map(|pipe| spawn_reader(pipe, limit));
+    let mut output = Output::new(shared.output_limit);
+    let pipes = [
+        child.stdout.take().map(OwnedFd::from),
+        child.stderr.take().map(OwnedFd::from),
+    ];
     // The reaper collects the status; dropping `child` neither waits nor kills.
     drop(child);
 
-    let (status, timed_out) = wait_for(shared, pid, request.timeout);
-    let deadline = Instant::now() + OUTPUT_GRACE;
-    let (stdout, stdout_cut) = collect(stdout, deadline);
-    let (stderr, stderr_cut) = collect(stderr, deadline);
-    Ok(Finished { status: wire_exit(status), stdout, stderr, truncated: stdout_cut || stderr_cut, timed_out })
+    let deadline = request.timeout.map(|t| Instant::now() + t);
+    let (status, timed_out) = match output.pump(shared, pid, pipes, deadline) {
+        (Some(status), killed) => (status, killed),
+        (None, killed) => {
+            let (status, late_kill) = wait_for(
+                shared,
+                pid,
+                deadline.map(|d| d.saturating_duration_since(Instant::now())),
+            );
+            (status, killed || late_kill)
+        }
+    };
+    Ok(Finished {
+        status: wire_exit(status),
+        stdout: output.streams[0].clone(),
+        stderr: output.streams[1].clone(),
+        truncated: output.truncated,
+        timed_out,
+    })
+}
+
+/// Captured stdout and stderr of one command.
+struct Output {
+    streams: [Vec<u8>; 2],
+    limit: usize,
+    truncated: bool,
+}
+
+impl Output {
+    fn new(limit: usize) -> Self {
+        Self {
+            streams: [Vec::new(), Vec::new()],
+            limit,
+            truncated: false,
+        }
+    }
+
+    /// Reads both pipes on this thread until they close, killing the command's process group
+    /// at `deadline`. Returns the exit status if the command exited while a descendant still
+    /// held a pipe open (reading then stops after [`OUTPUT_GRACE`]), `None` when both pipes
+    /// closed first; and whether the deadline struck.
+    fn pump(
+        &mut self,
+        shared: &Shared,
+        pid: i32,
+        mut pipes: [Option<OwnedFd>; 2],
+        deadline: Option<Instant>,
+    ) -> (Option<WaitStatus>, bool) {
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut exited: Option<(WaitStatus, Instant)> = None;
+        let mut killed = false;
+        while pipes.iter().any(Option::is_some) {
+            let now = Instant::now();
+            if let Some((status, at)) = exited {
+                if now >= at + OUTPUT_GRACE {
+                    self.truncated = true;
+                    return (Some(status), killed);
+                }
+            } else if let Some(status) = take_status(shared, pid) {
+                exited = Some((status, now));
+            }
+            if !killed && deadline.is_some_and(|d| now >= d) {
+                killed = true;
+                if let Some(group) = Pid::from_raw(pid) {
+                    let _ = kill_process_group(group, Signal::KILL);
+                }
+            }
+            let mut fds: Vec<PollFd<'_>> = pipes
+                .iter()
+                .flatten()
+                .map(|fd| PollFd::new(fd, PollFlags::IN))
+                .collect();
+            let tick = Timespec {
+                tv_sec: 0,
+                tv_nsec: 20_000_000,
+            };
+            match poll(&mut fds, Some(&tick)) {
+                Ok(0) | Err(_) => continue,
+                Ok(_) => {}
+            }
+            let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+            drop(fds);
+            let mut ready = ready.into_iter();
+            for (index, slot) in pipes.iter_mut().enumerate() {
+                let Some(fd) = slot else { continue };
+                if !ready.next().unwrap_or(false) {
+                    continue;
+                }
+                match rustix::io::read(&*fd, &mut buffer) {
+                    Ok(0) => *slot = None,
+                    Ok(n) => self.keep(index, &buffer[..n]),
+                    Err(rustix::io::Errno::INTR | rustix::io::Errno::AGAIN) => {}
+                    Err(_) => *slot = None,
+                }
+            }
+        }
+        (
+            exited
+                .map(|(status, _)| status)
+                .or_else(|| take_status(shared, pid)),
+            killed,
+        )
+    }
+
+    fn keep(&mut self, index: usize, bytes: &[u8]) {
+        let stream = &mut self.streams[index];
+        let room = self.limit.saturating_sub(stream.len());
+        stream.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.truncated |= bytes.len() > room;
+    }
+}
+
+/// The status of `pid` if the reaper has recorded it (and forgets the registration).
+fn take_status(shared: &Shared, pid: i32) -> Option<WaitStatus> {
+    let mut registry = shared.registry();
+    match registry.waiting.get(&pid) {
+        Some(Some(status)) => {
+            let status = *status;
+            registry.waiting.remove(&pid);
+            Some(status)
+        }
+        _ => None,
+    }
 }
 
 /// Waits for the reaper to record `pid`'s status; kills its process group at the timeout.
+/// Returns the status and whether the timeout struck.
 fn wait_for(shared: &Shared, pid: i32, timeout: Option<Duration>) -> (WaitStatus, bool) {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut timed_out = false;
@@ -209,7 +368,11 @@ fn wait_for(shared: &Shared, pid: i32, timeout: Option<Duration>) -> (WaitStatus
             }
             continue;
         }
-        registry = shared.changed.wait_timeout(registry, wait).map(|(guard, _)| guard).unwrap_or_else(|e| e.into_inner().0);
+        registry = shared
+            .changed
+            .wait_timeout(registry, wait)
+            .map(|(guard, _)| guard)
+            .unwrap_or_else(|e| e.into_inner().0);
     }
 }
 
@@ -221,33 +384,4 @@ fn wire_exit(status: WaitStatus) -> WireExit {
     } else {
         WireExit::Code(-1)
     }
-}
-
-type Reader = std::sync::mpsc::Receiver<(Vec<u8>, bool)>;
-
-/// Reads a pipe to its end, keeping at most `limit` bytes and draining the rest.
-fn spawn_reader<R: Read + Send + 'static>(mut pipe: R, limit: usize) -> Reader {
-    let (sender, receiver) = std::sync::mpsc::channel();
-    thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut truncated = false;
-        let mut buffer = [0u8; 16 * 1024];
-        loop {
-            match pipe.read(&mut buffer) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    let room = limit.saturating_sub(kept.len());
-                    kept.extend_from_slice(&buffer[..n.min(room)]);
-                    truncated |= n > room;
-                }
-            }
-        }
-        let _ = sender.send((kept, truncated));
-    });
-    receiver
-}
-
-fn collect(reader: Option<Reader>, deadline: Instant) -> (Vec<u8>, bool) {
-    let Some(reader) = reader else { return (Vec::new(), false) };
-    reader.recv_timeout(deadline.saturating_duration_since(Instant::now())).unwrap_or((Vec::new(), true))
 }

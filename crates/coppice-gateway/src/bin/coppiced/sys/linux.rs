@@ -34,23 +34,46 @@ fn init_command() -> anyhow::Result<InitCommand> {
     if sibling.is_file() {
         return Ok(InitCommand::binary(sibling));
     }
-    Ok(InitCommand { program: exe, leading_args: vec![INIT_SUBCOMMAND.to_owned()] })
+    Ok(InitCommand {
+        program: exe,
+        leading_args: vec![INIT_SUBCOMMAND.to_owned()],
+    })
 }
 
 fn private_dir(path: &PathBuf) -> anyhow::Result<()> {
-    fs::DirBuilder::new().recursive(true).mode(0o700).create(path).with_context(|| format!("creating {}", path.display()))
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .with_context(|| format!("creating {}", path.display()))
 }
 
 pub(crate) fn backends(config: &GatewayConfig) -> anyhow::Result<Backends> {
     private_dir(&config.data_dir)?;
     let id_map = IdMap::default();
-    let storage = OverlayStorage::new(OverlayConfig::new(config.storage_dir(), id_map.host_uid_base, id_map.host_gid_base))
-        .context("opening overlay storage")?;
-    let base = storage.ensure_base_template().context("building the base template")?;
+    let storage = OverlayStorage::new(OverlayConfig::new(
+        config.storage_dir(),
+        id_map.host_uid_base,
+        id_map.host_gid_base,
+    ))
+    .context("opening overlay storage")?;
+    let base = storage
+        .ensure_base_template()
+        .context("building the base template")?;
     tracing::info!(template = %base.id, "base template ready");
     let mut runtime_config = NamespaceRuntimeConfig::new(config.run_dir(), init_command()?);
     runtime_config.id_map = id_map;
-    let runtime = NamespaceRuntime::new(runtime_config).context("starting the namespace runtime")?;
-    tracing::info!(runtime = "linux-namespaces", storage = "overlayfs", network = "loopback-only", "backends chosen");
-    Ok(Backends { runtime: Arc::new(runtime), storage: Arc::new(storage), net: Arc::new(LoopbackOnly::default()) })
+    let runtime =
+        NamespaceRuntime::new(runtime_config).context("starting the namespace runtime")?;
+    tracing::info!(
+        runtime = "linux-namespaces",
+        storage = "overlayfs",
+        network = "loopback-only",
+        "backends chosen"
+    );
+    Ok(Backends {
+        runtime: Arc::new(runtime),
+        storage: Arc::new(storage),
+        net: Arc::new(LoopbackOnly::default()),
+    })
 }

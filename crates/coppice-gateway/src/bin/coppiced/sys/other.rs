@@ -10,5 +10,8 @@ pub(crate) fn run_as_sandbox_init() -> Option<ExitCode> {
 }
 
 pub(crate) fn backends(_config: &GatewayConfig) -> anyhow::Result<Backends> {
-    anyhow::bail!("no isolation backend for {} yet; coppiced runs on Linux", std::env::consts::OS)
+    anyhow::bail!(
+        "no isolation backend for {} yet; coppiced runs on Linux",
+        std::env::consts::OS
+    )
 }
