@@ -8,6 +8,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread;
@@ -75,11 +76,15 @@ impl<S: NsSys> NamespaceRuntime<S> {
     /// # Errors
     /// As [`NamespaceRuntime::new`].
     pub fn with_sys(sys: Arc<S>, config: NamespaceRuntimeConfig) -> Result<Self, LinuxError> {
-        fs::create_dir_all(&config.run_dir).map_err(|source| LinuxError::RunDir {
-            op: "create",
-            path: config.run_dir.clone(),
-            source,
-        })?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&config.run_dir)
+            .map_err(|source| LinuxError::RunDir {
+                op: "create",
+                path: config.run_dir.clone(),
+                source,
+            })?;
         let proc_self_cgroup =
             fs::read_to_string(&config.cgroup.proc_self_cgroup).map_err(|source| {
                 LinuxError::RunDir {
@@ -364,7 +369,8 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
         root: &RootFs,
     ) -> Result<(), RuntimeError> {
         let dir = self.sandbox_dir(id);
-        match fs::create_dir(&dir) {
+        // Root-only: the run dir holds the control socket and the init's config.
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
             Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(RuntimeError::AlreadyExists { id: id.clone() });
