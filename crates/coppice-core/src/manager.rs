@@ -12,7 +12,7 @@ mod background;
 mod error;
 mod reconcile;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -92,6 +92,9 @@ struct Inner {
     sandboxes: Mutex<HashMap<SandboxId, Sandbox>>,
     /// OOM kill counters last seen per sandbox, so each kill is recorded once.
     oom_seen: Mutex<HashMap<SandboxId, u64>>,
+    /// Sandboxes whose release is running right now; a second release (the monitor's retry,
+    /// a concurrent kill) must not run beside it.
+    releasing: Mutex<HashSet<SandboxId>>,
     /// Woken whenever an end time changes, so the reaper recomputes its deadline.
     deadlines_changed: Notify,
 }
@@ -116,6 +119,7 @@ impl SandboxManager {
                 config,
                 sandboxes: Mutex::new(HashMap::new()),
                 oom_seen: Mutex::new(HashMap::new()),
+                releasing: Mutex::new(HashSet::new()),
                 deadlines_changed: Notify::new(),
             }),
         };
@@ -263,12 +267,16 @@ impl SandboxManager {
 
     async fn kill_with_reason(&self, id: &SandboxId, reason: Reason) -> Result<(), ManagerError> {
         let sandbox = self.begin_stopping(id)?;
-        self.persist(&sandbox).await?;
+        if let Err(error) = self.persist(&sandbox).await {
+            self.end_release(id);
+            return Err(error);
+        }
         self.finish_stopping(sandbox, EventKind::Killed, reason, String::new())
             .await
     }
 
-    /// Moves a live sandbox to `Stopping` in memory, refusing concurrent kills.
+    /// Moves a live sandbox to `Stopping` in memory, refusing concurrent kills, and claims its
+    /// release for the caller (see [`SandboxManager::finish_stopping`]).
     fn begin_stopping(&self, id: &SandboxId) -> Result<Sandbox, ManagerError> {
         let mut sandboxes = self.sandboxes();
         let sandbox = sandboxes
@@ -283,11 +291,45 @@ impl SandboxManager {
                     id: id.clone(),
                     source,
                 })?;
-        Ok(sandbox.clone())
+        let sandbox = sandbox.clone();
+        drop(sandboxes);
+        self.claim_release(id);
+        Ok(sandbox)
     }
 
-    /// Releases a `Stopping` sandbox's resources and records it as stopped.
+    /// Claims the release of a sandbox; false when another task is releasing it already.
+    fn claim_release(&self, id: &SandboxId) -> bool {
+        self.inner
+            .releasing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone())
+    }
+
+    fn end_release(&self, id: &SandboxId) {
+        self.inner
+            .releasing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+
+    /// Releases a `Stopping` sandbox's resources and records it as stopped. The caller holds
+    /// the sandbox's release claim; this gives it back, whatever the outcome.
     async fn finish_stopping(
+        &self,
+        sandbox: Sandbox,
+        kind: EventKind,
+        reason: Reason,
+        detail: String,
+    ) -> Result<(), ManagerError> {
+        let id = sandbox.id.clone();
+        let result = self.release_and_record(sandbox, kind, reason, detail).await;
+        self.end_release(&id);
+        result
+    }
+
+    async fn release_and_record(
         &self,
         mut sandbox: Sandbox,
         kind: EventKind,

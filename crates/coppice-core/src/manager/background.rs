@@ -95,7 +95,11 @@ impl SandboxManager {
             match state {
                 SandboxState::Running => self.check_running(&id).await,
                 SandboxState::Stopping => {
+                    if !self.claim_release(&id) {
+                        continue;
+                    }
                     let Some(sandbox) = self.sandboxes().get(&id).cloned() else {
+                        self.end_release(&id);
                         continue;
                     };
                     let detail = "cleanup retried".to_owned();
@@ -127,6 +131,7 @@ impl SandboxManager {
         let detail = "sandbox init exited".to_owned();
         if let Err(error) = self.persist(&sandbox).await {
             tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cannot record exit");
+            self.end_release(id);
             return;
         }
         if let Err(error) = self

@@ -49,6 +49,7 @@ impl SandboxManager {
                 }
                 SandboxState::Stopping => {
                     self.sandboxes().insert(sandbox.id.clone(), sandbox.clone());
+                    self.claim_release(&sandbox.id);
                     let detail = "kill completed after restart".to_owned();
                     if let Err(error) = self
                         .finish_stopping(sandbox, EventKind::Killed, Reason::Restart, detail)

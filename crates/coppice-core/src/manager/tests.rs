@@ -38,7 +38,7 @@ impl Harness {
 
     async fn manager_with(&self, store: Store) -> SandboxManager {
         let config = ManagerConfig {
-            monitor_interval: Duration::from_millis(20),
+            monitor_interval: Duration::from_secs(3600),
             ..ManagerConfig::default()
         };
         SandboxManager::start(config, self.backends(), store, self.clock.clone())
