@@ -142,6 +142,18 @@ impl SandboxManager {
     /// sandbox remains on the host).
     #[tracing::instrument(skip(self, spec), fields(template = %spec.template))]
     pub async fn create(&self, spec: SandboxSpec) -> Result<Sandbox, ManagerError> {
+        // Detached, so that a caller who goes away (an HTTP client disconnecting) cannot stop
+        // a create half-way and leave a running sandbox recorded as `Creating`.
+        let manager = self.clone();
+        tokio::spawn(async move { manager.create_detached(spec).await })
+            .await
+            .map_err(|source| ManagerError::Task {
+                op: "create",
+                source,
+            })?
+    }
+
+    async fn create_detached(&self, spec: SandboxSpec) -> Result<Sandbox, ManagerError> {
         spec.validate(&self.inner.config.limits)?;
         let storage = Arc::clone(&self.inner.backends.storage);
         let template = spec.template.clone();
@@ -171,13 +183,23 @@ impl SandboxManager {
                     }
                 })?;
                 sandbox.endpoints = Some(endpoints);
-                self.persist_with_event(
-                    &sandbox,
-                    EventKind::Created,
-                    Reason::Requested,
-                    String::new(),
-                )
-                .await?;
+                if let Err(error) = self
+                    .persist_with_event(
+                        &sandbox,
+                        EventKind::Created,
+                        Reason::Requested,
+                        String::new(),
+                    )
+                    .await
+                {
+                    // Not recorded as running means not running: give everything back.
+                    let backends = self.inner.backends.clone();
+                    let sandbox_id = id.clone();
+                    let _ = blocking("rollback", move || release_blocking(&backends, &sandbox_id))
+                        .await;
+                    self.sandboxes().remove(&id);
+                    return Err(error);
+                }
                 self.sandboxes().insert(id.clone(), sandbox.clone());
                 self.inner.deadlines_changed.notify_one();
                 tracing::info!(sandbox_id = %id, "sandbox created");

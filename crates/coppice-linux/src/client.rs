@@ -34,12 +34,17 @@ fn identity(user: ExecUser) -> ExecIdentity {
     }
 }
 
-/// Runs `request` through the init listening on `socket`.
-pub(crate) fn exec(socket: &Path, request: &ExecRequest) -> Result<ExecOutcome, LinuxError> {
+/// Runs `request` through the init listening on `socket`. Output longer than `output_limit`
+/// per stream is a protocol violation (the init cuts at that limit), never an allocation.
+pub(crate) fn exec(
+    socket: &Path,
+    request: &ExecRequest,
+    output_limit: usize,
+) -> Result<ExecOutcome, LinuxError> {
     let stream = UnixStream::connect(socket).map_err(LinuxError::Control)?;
     let wait = request
         .timeout
-        .map_or(UNBOUNDED_EXEC_WAIT, |t| t + CHANNEL_MARGIN);
+        .map_or(UNBOUNDED_EXEC_WAIT, |t| t.saturating_add(CHANNEL_MARGIN));
     stream
         .set_read_timeout(Some(wait))
         .map_err(LinuxError::Control)?;
@@ -65,6 +70,14 @@ pub(crate) fn exec(socket: &Path, request: &ExecRequest) -> Result<ExecOutcome, 
             truncated,
             timed_out,
         } => {
+            if stdout_len > output_limit || stderr_len > output_limit {
+                return Err(LinuxError::Control(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!(
+                        "sandbox init announced {stdout_len} + {stderr_len} bytes, over the {output_limit}-byte limit"
+                    ),
+                )));
+            }
             let stdout = read_payload(&mut reader, stdout_len).map_err(LinuxError::Control)?;
             let stderr = read_payload(&mut reader, stderr_len).map_err(LinuxError::Control)?;
             let status = match status {

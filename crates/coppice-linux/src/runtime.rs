@@ -248,20 +248,24 @@ impl<S: NsSys> NamespaceRuntime<S> {
             cgroups.set_frozen(false)?;
         }
         if let Some(state) = &state {
-            self.sys
-                .kill(state.pid)
-                .map_err(|source| LinuxError::Process {
-                    op: "kill",
-                    pid: state.pid,
-                    source,
-                })?;
-            self.sys
-                .wait_exit(state.pid, self.config.stop_timeout)
-                .map_err(|source| LinuxError::Process {
-                    op: "wait for",
-                    pid: state.pid,
-                    source,
-                })?;
+            // Only a process with the recorded start time is the init: after a restart its pid
+            // may belong to someone else by now.
+            if self.init_alive(state)? {
+                self.sys
+                    .kill(state.pid)
+                    .map_err(|source| LinuxError::Process {
+                        op: "kill",
+                        pid: state.pid,
+                        source,
+                    })?;
+                self.sys
+                    .wait_exit(state.pid, self.config.stop_timeout)
+                    .map_err(|source| LinuxError::Process {
+                        op: "wait for",
+                        pid: state.pid,
+                        source,
+                    })?;
+            }
             // The init is a zombie now; collect it (it is our child when this process started it).
             self.sys.reap(state.pid);
         }
@@ -283,6 +287,11 @@ impl<S: NsSys> NamespaceRuntime<S> {
             }
             thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        // Collect the init once its whole thread group is gone: a zombie leader whose threads
+        // are still exiting cannot be reaped yet, so the reap above may have come too early.
+        if let Some(state) = &state {
+            self.sys.reap(state.pid);
         }
         let dir = self.sandbox_dir(id);
         match fs::remove_dir_all(&dir) {
@@ -419,8 +428,12 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
             Ok(_) => return Err(RuntimeError::NotFound { id: id.clone() }),
             Err(error) => return Err(backend("exec", id, error)),
         }
-        client::exec(&self.endpoints(id).control_socket, request)
-            .map_err(|error| backend("exec", id, error))
+        client::exec(
+            &self.endpoints(id).control_socket,
+            request,
+            self.config.exec_output_limit,
+        )
+        .map_err(|error| backend("exec", id, error))
     }
 
     fn probe(&self, id: &SandboxId) -> Result<Probe, RuntimeError> {

@@ -42,8 +42,9 @@ const WORK_DIR: &str = "work";
 const ROOTFS_FILE: &str = "rootfs.json";
 const TEMPLATE_SUFFIX: &str = ".json";
 
-/// Mode of `sandboxes/<id>/`: other host users may pass through but not list it.
-const SANDBOX_DIR_MODE: u32 = 0o711;
+/// Mode of `sandboxes/<id>/`: host root only, so no host user can reach into an upper layer
+/// (files there belong to sandbox ids, shared by every sandbox).
+const SANDBOX_DIR_MODE: u32 = 0o700;
 /// Mode of the upper directory, which is the sandbox's `/`.
 const UPPER_MODE: u32 = 0o755;
 /// Mode of overlayfs's work directory, used only by the host's root.

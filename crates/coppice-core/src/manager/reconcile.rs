@@ -72,7 +72,16 @@ impl SandboxManager {
                     };
                     let backends = self.inner.backends.clone();
                     let id = sandbox.id.clone();
-                    blocking("release", move || try_release_blocking(&backends, &id)).await??;
+                    let released =
+                        blocking("release", move || try_release_blocking(&backends, &id)).await;
+                    if let Some(error) = released_error(released) {
+                        // Leave it to the monitor: `Stopping` sandboxes are retried until released.
+                        tracing::warn!(sandbox_id = %sandbox.id, error = %error_chain(&error), "cleanup after restart failed; will retry");
+                        sandbox.state = SandboxState::Stopping;
+                        self.persist(&sandbox).await?;
+                        self.sandboxes().insert(sandbox.id.clone(), sandbox);
+                        continue;
+                    }
                     sandbox.state = SandboxState::Failed;
                     self.persist(&sandbox).await?;
                     self.record(&sandbox.id, kind, Reason::Restart, detail)
@@ -93,14 +102,28 @@ impl SandboxManager {
             tracing::info!(sandbox_id = %id, "removing leftovers of an unknown sandbox");
             let backends = self.inner.backends.clone();
             let sandbox_id = id.clone();
-            blocking("release", move || {
+            let released = blocking("release", move || {
                 try_release_blocking(&backends, &sandbox_id)
             })
-            .await??;
+            .await;
+            if let Some(error) = released_error(released) {
+                tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cannot remove leftovers; next start retries");
+                continue;
+            }
             self.record(&id, EventKind::CleanedUp, Reason::Restart, String::new())
                 .await;
         }
         Ok(())
+    }
+}
+
+/// The error of a blocking release, if any (task failure included).
+fn released_error(
+    released: Result<Result<(), ManagerError>, ManagerError>,
+) -> Option<ManagerError> {
+    match released {
+        Ok(Ok(())) => None,
+        Ok(Err(error)) | Err(error) => Some(error),
     }
 }
 

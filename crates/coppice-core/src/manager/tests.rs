@@ -347,3 +347,29 @@ async fn wait_until(condition: impl Fn() -> bool) {
     }
     panic!("condition not reached in 5 s");
 }
+
+#[tokio::test]
+async fn test_restart_with_failing_cleanup_still_starts_and_monitor_retries() {
+    let harness = Harness::new();
+    let store = Store::in_memory().unwrap();
+    let half: SandboxId = "half".parse().unwrap();
+    let now = harness.clock.now();
+    store
+        .put(&Sandbox {
+            id: half.clone(),
+            spec: spec(),
+            state: SandboxState::Creating,
+            created_at: now,
+            end_at: now,
+            endpoints: None,
+        })
+        .unwrap();
+    harness.runtime.insert_alive(&half);
+    harness.runtime.fail_next("destroy");
+
+    let manager = harness.manager_with(store).await;
+    assert!(harness.runtime.holds(&half));
+    manager.monitor_once().await;
+
+    assert!(!harness.holds_anything(&half));
+}

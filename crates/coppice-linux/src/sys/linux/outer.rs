@@ -16,6 +16,8 @@ use crate::protocol::{InitConfig, NetworkSetup, ReadyMessage};
 
 /// Messages PID 1 sends to the outer process over their socket pair, one per line.
 pub(super) const MSG_NEED_ID_MAP: &str = "need-id-map";
+/// Sent to PID 1 unprompted once it sits in the sandbox's cgroups.
+pub(super) const MSG_CGROUPS_JOINED: &str = "cgroups-joined";
 /// The outer process's answer once the maps are written.
 pub(super) const MSG_ID_MAP_DONE: &str = "id-map-done";
 /// PID 1 is serving.
@@ -48,10 +50,9 @@ fn build(config: &InitConfig) -> Result<i32, String> {
     // The mount namespace is unshared by PID 1 itself: its `pivot_root` moves the root of
     // every process in its mount namespace, and this process must keep the host's `/proc` to
     // write PID 1's id map.
-    let mut flags = UnshareFlags::NEWPID
-        | UnshareFlags::NEWUTS
-        | UnshareFlags::NEWIPC
-        | UnshareFlags::NEWCGROUP;
+    // The cgroup namespace is unshared by PID 1 too, once it sits in its own cgroups, so that
+    // its view of cgroups starts at the sandbox's directory.
+    let mut flags = UnshareFlags::NEWPID | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
     match &config.network {
         NetworkSetup::Loopback => flags |= UnshareFlags::NEWNET,
         NetworkSetup::Join { path } => {
@@ -82,6 +83,12 @@ fn supervise_setup(config: &InitConfig, child: i32, channel: UnixStream) -> Resu
     let mut writer = channel
         .try_clone()
         .map_err(|e| format!("socketpair: {e}"))?;
+    // Moving a task between cgroups waits for an RCU grace period on this kernel; doing it
+    // while PID 1 mounts overlaps the two. PID 1 runs no sandbox code before it reads this.
+    join_cgroups(config, child)?;
+    writer
+        .write_all(format!("{MSG_CGROUPS_JOINED}\n").as_bytes())
+        .map_err(|e| format!("socketpair: {e}"))?;
     let mut lines = BufReader::new(channel).lines();
     loop {
         let line = match lines.next() {
@@ -90,10 +97,6 @@ fn supervise_setup(config: &InitConfig, child: i32, channel: UnixStream) -> Resu
             None => return Err("sandbox init exited during set-up".into()),
         };
         if line == MSG_NEED_ID_MAP {
-            // Moving a task between cgroups waits for an RCU grace period on this kernel; doing
-            // it here overlaps that wait with PID 1's mounts. PID 1 runs no sandbox code until
-            // this answer, so nothing escapes the limits.
-            join_cgroups(config, child)?;
             write_id_maps(config, child)?;
             writer
                 .write_all(format!("{MSG_ID_MAP_DONE}\n").as_bytes())

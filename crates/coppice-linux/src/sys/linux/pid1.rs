@@ -3,7 +3,7 @@
 
 use std::ffi::CString;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -18,7 +18,7 @@ use rustix::thread::{
     Gid, Uid, UnshareFlags, set_thread_groups, set_thread_res_gid, set_thread_res_uid,
 };
 
-use super::outer::{MSG_ERROR, MSG_ID_MAP_DONE, MSG_NEED_ID_MAP, MSG_READY};
+use super::outer::{MSG_CGROUPS_JOINED, MSG_ERROR, MSG_ID_MAP_DONE, MSG_NEED_ID_MAP, MSG_READY};
 use super::syscalls::{close_range, dup_onto, loopback_up, unshare};
 use super::{security, server};
 use crate::mount_plan::overlay_data;
@@ -226,21 +226,39 @@ fn enter_root(rootfs: &Path) -> Result<(), String> {
 /// Every other namespace stays owned by the host's user namespace, so sandbox root holds
 /// no capability over the mounts, network, hostname or cgroups.
 fn enter_user_namespace(channel: &UnixStream) -> Result<(), String> {
+    expect_line(channel, MSG_CGROUPS_JOINED)?;
+    unshare(UnshareFlags::NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     unshare(UnshareFlags::NEWUSER).map_err(|e| format!("unshare user namespace: {e}"))?;
     let mut writer = channel;
     writer
         .write_all(format!("{MSG_NEED_ID_MAP}\n").as_bytes())
         .map_err(|e| format!("socketpair: {e}"))?;
-    let mut answer = String::new();
-    BufReader::new(channel)
-        .read_line(&mut answer)
-        .map_err(|e| format!("socketpair: {e}"))?;
-    if answer.trim_end() != MSG_ID_MAP_DONE {
-        return Err(format!("id map not written: {answer:?}"));
-    }
+    expect_line(channel, MSG_ID_MAP_DONE)?;
     set_thread_groups(&[]).map_err(|e| format!("setgroups: {e}"))?;
     set_thread_res_gid(Gid::ROOT, Gid::ROOT, Gid::ROOT).map_err(|e| format!("setresgid: {e}"))?;
     set_thread_res_uid(Uid::ROOT, Uid::ROOT, Uid::ROOT).map_err(|e| format!("setresuid: {e}"))
+}
+
+/// Reads one line from the outer process and checks it is `expected`. Reads byte by byte so
+/// that nothing after the line is consumed.
+fn expect_line(channel: &UnixStream, expected: &str) -> Result<(), String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut reader = channel;
+    while byte[0] != b'\n' {
+        match std::io::Read::read(&mut reader, &mut byte) {
+            Ok(0) => return Err(format!("outer init went away while waiting for {expected}")),
+            Ok(_) => line.push(byte[0]),
+            Err(e) => return Err(format!("socketpair: {e}")),
+        }
+    }
+    if line.strip_suffix(b"\n") != Some(expected.as_bytes()) {
+        return Err(format!(
+            "expected {expected}, got {:?}",
+            String::from_utf8_lossy(&line)
+        ));
+    }
+    Ok(())
 }
 
 /// Points stdin, stdout and stderr at the sandbox's own `/dev/null`, so PID 1 holds no

@@ -18,8 +18,11 @@ use std::time::{Duration, Instant};
 use std::os::fd::OwnedFd;
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
-use rustix::process::{Pid, Signal, WaitOptions, WaitStatus, kill_process_group, wait};
+use rustix::process::{
+    Pid, Signal, WaitOptions, WaitStatus, kill_process, kill_process_group, waitpid,
+};
 
+use super::syscalls::wait_exited_child;
 use crate::protocol::{
     ControlRequest, ControlResponse, ExecIdentity, InitConfig, WireExit, read_header, read_payload,
     write_frame,
@@ -67,15 +70,22 @@ pub(super) fn serve(config: &InitConfig, listener: UnixListener) -> ! {
 
 fn reap_forever(shared: &Shared) -> ! {
     loop {
-        match wait(WaitOptions::empty()) {
-            Ok(Some((pid, status))) => {
+        match wait_exited_child() {
+            Ok(raw) => {
+                // Taking the lock waits out any spawn in progress: a command that failed to
+                // exec is collected by its spawner, one that started is registered by now.
                 let mut registry = shared.registry();
-                if let Some(slot) = registry.waiting.get_mut(&pid.as_raw_nonzero().get()) {
+                let Some(pid) = Pid::from_raw(raw) else {
+                    continue;
+                };
+                if let Ok(Some((_, status))) = waitpid(Some(pid), WaitOptions::NOHANG)
+                    && let Some(slot) = registry.waiting.get_mut(&raw)
+                {
                     *slot = Some(status);
                     shared.changed.notify_all();
                 }
             }
-            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => {
                 // No children right now: sleep until a command is started.
                 let registry = shared.registry();
@@ -283,9 +293,7 @@ impl Output {
             }
             if !killed && deadline.is_some_and(|d| now >= d) {
                 killed = true;
-                if let Some(group) = Pid::from_raw(pid) {
-                    let _ = kill_process_group(group, Signal::KILL);
-                }
+                kill_command(pid);
             }
             let mut fds: Vec<PollFd<'_>> = pipes
                 .iter()
@@ -363,9 +371,7 @@ fn wait_for(shared: &Shared, pid: i32, timeout: Option<Duration>) -> (WaitStatus
         };
         if wait.is_zero() && !timed_out {
             timed_out = true;
-            if let Some(group) = Pid::from_raw(pid) {
-                let _ = kill_process_group(group, Signal::KILL);
-            }
+            kill_command(pid);
             continue;
         }
         registry = shared
@@ -373,6 +379,14 @@ fn wait_for(shared: &Shared, pid: i32, timeout: Option<Duration>) -> (WaitStatus
             .wait_timeout(registry, wait)
             .map(|(guard, _)| guard)
             .unwrap_or_else(|e| e.into_inner().0);
+    }
+}
+
+/// SIGKILLs a command and its process group (a command that left its group still dies).
+fn kill_command(pid: i32) {
+    if let Some(pid) = Pid::from_raw(pid) {
+        let _ = kill_process_group(pid, Signal::KILL);
+        let _ = kill_process(pid, Signal::KILL);
     }
 }
 
