@@ -155,85 +155,13 @@ impl SandboxManager {
 
     async fn create_detached(&self, spec: SandboxSpec) -> Result<Sandbox, ManagerError> {
         spec.validate(&self.inner.config.limits)?;
-        let storage = Arc::clone(&self.inner.backends.storage);
-        let template = spec.template.clone();
-        blocking("look up template", move || storage.template(&template))
-            .await?
-            .map_err(|source| ManagerError::from_storage("look up template", source))?;
-
-        let id = SandboxId::generate().map_err(|source| ManagerError::Entropy { source })?;
-        let now = self.inner.clock.now();
-        let mut sandbox = Sandbox {
-            id: id.clone(),
-            end_at: now + spec.timeout,
-            spec,
-            state: SandboxState::Creating,
-            created_at: now,
-            endpoints: None,
-        };
-        self.persist(&sandbox).await?;
-        self.sandboxes().insert(id.clone(), sandbox.clone());
-
-        match self.provision(&sandbox).await {
-            Ok(endpoints) => {
-                sandbox.state = sandbox.state.apply(Operation::Start).map_err(|source| {
-                    ManagerError::InvalidState {
-                        id: id.clone(),
-                        source,
-                    }
-                })?;
-                sandbox.endpoints = Some(endpoints);
-                if let Err(error) = self
-                    .persist_with_event(
-                        &sandbox,
-                        EventKind::Created,
-                        Reason::Requested,
-                        String::new(),
-                    )
-                    .await
-                {
-                    // Not recorded as running means not running: give everything back.
-                    let backends = self.inner.backends.clone();
-                    let sandbox_id = id.clone();
-                    let _ = blocking("rollback", move || release_blocking(&backends, &sandbox_id))
-                        .await;
-                    self.sandboxes().remove(&id);
-                    return Err(error);
-                }
-                self.sandboxes().insert(id.clone(), sandbox.clone());
-                self.inner.deadlines_changed.notify_one();
-                tracing::info!(sandbox_id = %id, "sandbox created");
-                Ok(sandbox)
-            }
-            Err(error) => {
-                let detail = error_chain(&error);
-                // Provisioning already released what it made; record why it failed.
-                sandbox.state = SandboxState::Failed;
-                self.sandboxes().remove(&id);
-                if let Err(store_error) = self.persist(&sandbox).await {
-                    tracing::warn!(sandbox_id = %id, error = %error_chain(&store_error), "cannot record failed create");
-                }
-                self.record(&id, EventKind::CreateFailed, Reason::Error, detail)
-                    .await;
-                Err(error)
-            }
-        }
-    }
-
-    /// Runs storage, network and runtime set-up; on failure undoes what was done.
-    async fn provision(&self, sandbox: &Sandbox) -> Result<SandboxEndpoints, ManagerError> {
-        let backends = self.inner.backends.clone();
-        let id = sandbox.id.clone();
-        let spec = sandbox.spec.clone();
-        let max_pids = self.inner.config.limits.max_pids;
-        blocking("provision", move || {
-            let result = provision_blocking(&backends, &id, &spec, max_pids);
-            if result.is_err() {
-                release_blocking(&backends, &id);
-            }
-            result
-        })
-        .await?
+        // One trip to the blocking pool for the whole create: each hop costs a thread
+        // hand-off, and the store and backends all block anyway.
+        let inner = Arc::clone(&self.inner);
+        let sandbox = blocking("create", move || inner.create_blocking(spec)).await??;
+        self.inner.deadlines_changed.notify_one();
+        tracing::info!(sandbox_id = %sandbox.id, "sandbox created");
+        Ok(sandbox)
     }
 
     /// A live (running or paused) sandbox.
@@ -289,12 +217,18 @@ impl SandboxManager {
 
     async fn kill_with_reason(&self, id: &SandboxId, reason: Reason) -> Result<(), ManagerError> {
         let sandbox = self.begin_stopping(id)?;
-        if let Err(error) = self.persist(&sandbox).await {
-            self.end_release(id);
-            return Err(error);
+        let inner = Arc::clone(&self.inner);
+        let result = blocking("kill", move || {
+            inner.store.put(&sandbox)?;
+            inner.release_and_record(sandbox, EventKind::Killed, reason, String::new())
+        })
+        .await
+        .and_then(|result| result);
+        self.end_release(id);
+        if result.is_ok() {
+            tracing::info!(sandbox_id = %id, reason = reason.as_str(), "sandbox stopped");
         }
-        self.finish_stopping(sandbox, EventKind::Killed, reason, String::new())
-            .await
+        result
     }
 
     /// Moves a live sandbox to `Stopping` in memory, refusing concurrent kills, and claims its
@@ -353,26 +287,16 @@ impl SandboxManager {
 
     async fn release_and_record(
         &self,
-        mut sandbox: Sandbox,
+        sandbox: Sandbox,
         kind: EventKind,
         reason: Reason,
         detail: String,
     ) -> Result<(), ManagerError> {
-        let backends = self.inner.backends.clone();
-        let id = sandbox.id.clone();
-        blocking("release", move || try_release_blocking(&backends, &id)).await??;
-        sandbox.state = sandbox.state.apply(Operation::Finish).map_err(|source| {
-            ManagerError::InvalidState {
-                id: sandbox.id.clone(),
-                source,
-            }
-        })?;
-        self.persist_with_event(&sandbox, kind, reason, detail)
-            .await?;
-        self.sandboxes().remove(&sandbox.id);
-        self.oom_seen().remove(&sandbox.id);
-        tracing::info!(sandbox_id = %sandbox.id, reason = reason.as_str(), "sandbox stopped");
-        Ok(())
+        let inner = Arc::clone(&self.inner);
+        blocking("release", move || {
+            inner.release_and_record(sandbox, kind, reason, detail)
+        })
+        .await?
     }
 
     /// Sets the end time to now + `timeout` (shorter or longer than before).
@@ -516,28 +440,6 @@ impl SandboxManager {
         Ok(blocking("persist", move || inner.store.put(&sandbox)).await??)
     }
 
-    async fn persist_with_event(
-        &self,
-        sandbox: &Sandbox,
-        kind: EventKind,
-        reason: Reason,
-        detail: String,
-    ) -> Result<(), ManagerError> {
-        let event = LifecycleEvent {
-            sandbox_id: sandbox.id.clone(),
-            at: self.inner.clock.now(),
-            kind,
-            reason,
-            detail,
-        };
-        let inner = Arc::clone(&self.inner);
-        let sandbox = sandbox.clone();
-        Ok(blocking("persist", move || {
-            inner.store.put_with_event(&sandbox, &event)
-        })
-        .await??)
-    }
-
     /// Appends an event; a failure to record is logged, never fatal to the operation.
     async fn record(&self, id: &SandboxId, kind: EventKind, reason: Reason, detail: String) {
         let event = LifecycleEvent {
@@ -557,6 +459,116 @@ impl SandboxManager {
                 tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "cannot record event")
             }
         }
+    }
+}
+
+impl Inner {
+    fn sandboxes(&self) -> MutexGuard<'_, HashMap<SandboxId, Sandbox>> {
+        self.sandboxes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn event(
+        &self,
+        id: &SandboxId,
+        kind: EventKind,
+        reason: Reason,
+        detail: String,
+    ) -> LifecycleEvent {
+        LifecycleEvent {
+            sandbox_id: id.clone(),
+            at: self.clock.now(),
+            kind,
+            reason,
+            detail,
+        }
+    }
+
+    /// Every step of a create. Blocks.
+    fn create_blocking(&self, spec: SandboxSpec) -> Result<Sandbox, ManagerError> {
+        self.backends
+            .storage
+            .template(&spec.template)
+            .map_err(|source| ManagerError::from_storage("look up template", source))?;
+        let id = SandboxId::generate().map_err(|source| ManagerError::Entropy { source })?;
+        let now = self.clock.now();
+        let mut sandbox = Sandbox {
+            id: id.clone(),
+            end_at: now + spec.timeout,
+            spec,
+            state: SandboxState::Creating,
+            created_at: now,
+            endpoints: None,
+        };
+        self.store.put(&sandbox)?;
+        self.sandboxes().insert(id.clone(), sandbox.clone());
+
+        let provisioned = provision_blocking(
+            &self.backends,
+            &id,
+            &sandbox.spec,
+            self.config.limits.max_pids,
+        )
+        .and_then(|endpoints| {
+            sandbox.state = sandbox.state.apply(Operation::Start).map_err(|source| {
+                ManagerError::InvalidState {
+                    id: id.clone(),
+                    source,
+                }
+            })?;
+            sandbox.endpoints = Some(endpoints);
+            // Not recorded as running means not running: a failure here rolls back too.
+            let event = self.event(&id, EventKind::Created, Reason::Requested, String::new());
+            Ok(self.store.put_with_event(&sandbox, &event)?)
+        });
+        match provisioned {
+            Ok(()) => {
+                self.sandboxes().insert(id, sandbox.clone());
+                Ok(sandbox)
+            }
+            Err(error) => {
+                release_blocking(&self.backends, &id);
+                self.sandboxes().remove(&id);
+                sandbox.state = SandboxState::Failed;
+                sandbox.endpoints = None;
+                let event = self.event(
+                    &id,
+                    EventKind::CreateFailed,
+                    Reason::Error,
+                    error_chain(&error),
+                );
+                if let Err(store_error) = self.store.put_with_event(&sandbox, &event) {
+                    tracing::warn!(sandbox_id = %id, error = %error_chain(&store_error), "cannot record failed create");
+                }
+                Err(error)
+            }
+        }
+    }
+
+    /// Releases a `Stopping` sandbox's resources and records it as stopped. Blocks.
+    fn release_and_record(
+        &self,
+        mut sandbox: Sandbox,
+        kind: EventKind,
+        reason: Reason,
+        detail: String,
+    ) -> Result<(), ManagerError> {
+        try_release_blocking(&self.backends, &sandbox.id)?;
+        sandbox.state = sandbox.state.apply(Operation::Finish).map_err(|source| {
+            ManagerError::InvalidState {
+                id: sandbox.id.clone(),
+                source,
+            }
+        })?;
+        let event = self.event(&sandbox.id, kind, reason, detail);
+        self.store.put_with_event(&sandbox, &event)?;
+        self.sandboxes().remove(&sandbox.id);
+        self.oom_seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&sandbox.id);
+        Ok(())
     }
 }
 
