@@ -24,7 +24,7 @@ cargo test --workspace --locked
 
 echo "== privileged tests, for real"
 export COPPICE_PRIVILEGED_TESTS=1
-for package in coppice-linux coppice-overlay coppice-tests; do
+for package in coppice-linux coppice-overlay coppice-gateway coppice-tests; do
     log=$(mktemp)
     cargo test --locked -p "$package" --test privileged -- --ignored --test-threads=1 2>&1 | tee "$log"
     passed=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$log" | tail -1)

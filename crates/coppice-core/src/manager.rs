@@ -280,23 +280,14 @@ impl SandboxManager {
         detail: String,
     ) -> Result<(), ManagerError> {
         let id = sandbox.id.clone();
-        let result = self.release_and_record(sandbox, kind, reason, detail).await;
-        self.end_release(&id);
-        result
-    }
-
-    async fn release_and_record(
-        &self,
-        sandbox: Sandbox,
-        kind: EventKind,
-        reason: Reason,
-        detail: String,
-    ) -> Result<(), ManagerError> {
         let inner = Arc::clone(&self.inner);
-        blocking("release", move || {
+        let result = blocking("release", move || {
             inner.release_and_record(sandbox, kind, reason, detail)
         })
-        .await?
+        .await
+        .and_then(|result| result);
+        self.end_release(&id);
+        result
     }
 
     /// Sets the end time to now + `timeout` (shorter or longer than before).

@@ -244,22 +244,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`].
     pub fn put(&self, sandbox: &Sandbox) -> Result<(), StoreError> {
-        let record = SandboxRecord::from_domain(sandbox);
-        let json = serde_json::to_string(&record).map_err(|source| StoreError::Record {
-            id: sandbox.id.to_string(),
-            source: source.into(),
-        })?;
-        self.connection()
-            .execute(
-                "INSERT INTO sandboxes (id, state, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record",
-                params![record.id, record.state, record.created_at_ms, json],
-            )
-            .map_err(|source| StoreError::Query {
-                op: "put sandbox",
-                source,
-            })?;
-        Ok(())
+        upsert(&self.connection(), sandbox)
     }
 
     /// Inserts or replaces a sandbox's record and appends an event, in one transaction.
@@ -271,11 +256,6 @@ impl Store {
         sandbox: &Sandbox,
         event: &LifecycleEvent,
     ) -> Result<(), StoreError> {
-        let record = SandboxRecord::from_domain(sandbox);
-        let json = serde_json::to_string(&record).map_err(|source| StoreError::Record {
-            id: sandbox.id.to_string(),
-            source: source.into(),
-        })?;
         let mut connection = self.connection();
         let transaction = connection
             .transaction()
@@ -283,28 +263,8 @@ impl Store {
                 op: "begin",
                 source,
             })?;
-        transaction
-            .execute(
-                "INSERT INTO sandboxes (id, state, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)
-                 ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record",
-                params![record.id, record.state, record.created_at_ms, json],
-            )
-            .map_err(|source| StoreError::Query {
-                op: "put sandbox",
-                source,
-            })?;
-        transaction
-            .execute(
-                "INSERT INTO events (sandbox_id, at_ms, kind, reason, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    event.sandbox_id.as_str(),
-                    to_unix_millis(event.at),
-                    event.kind.as_str(),
-                    event.reason.as_str(),
-                    event.detail
-                ],
-            )
-            .map_err(|source| StoreError::Query { op: "record event", source })?;
+        upsert(&transaction, sandbox)?;
+        insert_event(&transaction, event)?;
         transaction.commit().map_err(|source| StoreError::Query {
             op: "commit",
             source,
@@ -370,19 +330,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`].
     pub fn record_event(&self, event: &LifecycleEvent) -> Result<(), StoreError> {
-        self.connection()
-            .execute(
-                "INSERT INTO events (sandbox_id, at_ms, kind, reason, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
-                params![
-                    event.sandbox_id.as_str(),
-                    to_unix_millis(event.at),
-                    event.kind.as_str(),
-                    event.reason.as_str(),
-                    event.detail
-                ],
-            )
-            .map_err(|source| StoreError::Query { op: "record event", source })?;
-        Ok(())
+        insert_event(&self.connection(), event)
     }
 
     /// A sandbox's events, oldest first.
@@ -432,6 +380,41 @@ impl Store {
         }
         Ok(events)
     }
+}
+
+fn upsert(connection: &Connection, sandbox: &Sandbox) -> Result<(), StoreError> {
+    let record = SandboxRecord::from_domain(sandbox);
+    let json = serde_json::to_string(&record).map_err(|source| StoreError::Record {
+        id: sandbox.id.to_string(),
+        source: source.into(),
+    })?;
+    connection
+        .execute(
+            "INSERT INTO sandboxes (id, state, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(id) DO UPDATE SET state = excluded.state, record = excluded.record",
+            params![record.id, record.state, record.created_at_ms, json],
+        )
+        .map_err(|source| StoreError::Query {
+            op: "put sandbox",
+            source,
+        })?;
+    Ok(())
+}
+
+fn insert_event(connection: &Connection, event: &LifecycleEvent) -> Result<(), StoreError> {
+    connection
+        .execute(
+            "INSERT INTO events (sandbox_id, at_ms, kind, reason, detail) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![
+                event.sandbox_id.as_str(),
+                to_unix_millis(event.at),
+                event.kind.as_str(),
+                event.reason.as_str(),
+                event.detail
+            ],
+        )
+        .map_err(|source| StoreError::Query { op: "record event", source })?;
+    Ok(())
 }
 
 fn decode(id: &str, json: &str) -> Result<Sandbox, StoreError> {

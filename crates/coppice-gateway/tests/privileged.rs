@@ -1,0 +1,101 @@
+//! `coppiced` started for real: embedded defaults plus a private data dir, `/health` answers,
+//! the base template is built on first start and reused on the second. Root only; run with
+//! `COPPICE_PRIVILEGED_TESTS=1 cargo test -p coppice-gateway --test privileged -- --ignored`.
+#![cfg(target_os = "linux")]
+// Test helpers outside `#[test]` functions unwrap too: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn start(data_dir: &Path, port: u16) -> Daemon {
+    let child = Command::new(env!("CARGO_BIN_EXE_coppiced"))
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    Daemon(child)
+}
+
+fn health(port: u16) -> Option<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    Some(response)
+}
+
+fn wait_healthy(port: u16) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(response) = health(port) {
+            return response;
+        }
+        assert!(Instant::now() < deadline, "coppiced did not answer /health");
+        sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[ignore = "privileged: starts coppiced, which builds a template and checks cgroups"]
+fn test_coppiced_starts_with_defaults_and_answers_health() {
+    coppice_core::require_privileged!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let daemon = start(dir.path(), port);
+
+    let response = wait_healthy(port);
+
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+    assert!(response.ends_with("Health check successful"), "{response}");
+    assert!(dir.path().join("storage/templates/base.json").is_file());
+    assert!(dir.path().join("state.db").is_file());
+    drop(daemon);
+}
+
+#[test]
+#[ignore = "privileged: starts coppiced, which builds a template and checks cgroups"]
+fn test_coppiced_restart_reuses_the_base_template() {
+    coppice_core::require_privileged!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let first = start(dir.path(), port);
+    wait_healthy(port);
+    drop(first);
+    let template = std::fs::read(dir.path().join("storage/templates/base.json")).unwrap();
+
+    let port = free_port();
+    let _second = start(dir.path(), port);
+    wait_healthy(port);
+
+    assert_eq!(
+        std::fs::read(dir.path().join("storage/templates/base.json")).unwrap(),
+        template
+    );
+}
