@@ -113,14 +113,19 @@ mod linux {
         let mut bwrap = Vec::with_capacity(options.iterations);
         let mut phases = Vec::with_capacity(options.iterations);
         for iteration in 0..options.iterations {
-            // Interleaved, so both see the same machine load.
+            // Interleaved, so all three see the same machine load; each starts after the
+            // kernel finished the previous one's asynchronous teardown (network namespaces are
+            // destroyed by a kernel worker), which otherwise lands on whoever runs next.
+            settle().await;
             coppice_manager.push(manager_cycle(&manager, &spec).await?);
+            settle().await;
             coppice_runtime.push(runtime_cycle(
                 &*runtime,
                 &*backends.storage,
                 iteration,
                 &mut phases,
             )?);
+            settle().await;
             let started = Instant::now();
             let status = bwrap_true()
                 .status()
@@ -174,6 +179,11 @@ mod linux {
         });
         println!("RESULT {result}");
         Ok(())
+    }
+
+    /// Time for the kernel's asynchronous clean-up of the previous measurement.
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
 
     async fn manager_cycle(

@@ -65,6 +65,8 @@ pub struct NamespaceRuntimeConfig {
     pub start_timeout: Duration,
     /// Longest wait for a killed sandbox's processes to be gone.
     pub stop_timeout: Duration,
+    /// Set `favordynmods` on the host's cgroup2 mount at start (see `NsSys`).
+    pub favor_dynamic_cgroups: bool,
 }
 
 impl NamespaceRuntimeConfig {
@@ -79,6 +81,7 @@ impl NamespaceRuntimeConfig {
             exec_output_limit: 4 << 20,
             start_timeout: Duration::from_secs(10),
             stop_timeout: Duration::from_secs(10),
+            favor_dynamic_cgroups: true,
         }
     }
 }

@@ -94,6 +94,23 @@ impl<S: NsSys> NamespaceRuntime<S> {
                 }
             })?;
         SandboxCgroups::group_dirs(&config.cgroup, &proc_self_cgroup)?;
+        if config.favor_dynamic_cgroups
+            && let Some(unified) = config
+                .cgroup
+                .unified_root
+                .as_deref()
+                .filter(|root| root.is_dir())
+        {
+            match sys.favor_dynamic_cgroups(unified) {
+                Ok(true) => {
+                    tracing::info!(mount = %unified.display(), "cgroup2 set to favordynmods")
+                }
+                Ok(false) => {
+                    tracing::info!("kernel lacks favordynmods; sandbox starts pay RCU waits")
+                }
+                Err(error) => tracing::warn!(error = %error, "cannot set favordynmods"),
+            }
+        }
         sys.become_subreaper()
             .map_err(|source| LinuxError::Process {
                 op: "become subreaper of",

@@ -53,6 +53,14 @@ pub trait NsSys: Send + Sync + fmt::Debug + 'static {
     /// Collects the exit status of `pid` if it is a child of this process and has exited.
     fn reap(&self, pid: i32);
 
+    /// Sets `favordynmods` on the cgroup2 mount at `unified`: task migrations stop waiting for
+    /// an RCU grace period (milliseconds per sandbox start after an idle spell), at a small
+    /// cost to every fork and exit on the host. Returns false where the kernel lacks it.
+    ///
+    /// # Errors
+    /// A failure other than the option being unknown.
+    fn favor_dynamic_cgroups(&self, unified: &Path) -> io::Result<bool>;
+
     /// Makes this process adopt orphaned descendants, so exited sandbox inits can be reaped.
     ///
     /// # Errors

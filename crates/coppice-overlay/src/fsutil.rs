@@ -63,9 +63,20 @@ pub(crate) fn set_mode(path: &Path, mode: u32) -> Result<()> {
     })
 }
 
+/// How much of a crash a metadata file must survive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Durability {
+    /// Synced to disk (templates, layers: expensive to rebuild, outlive a host crash).
+    HostCrash,
+    /// Only atomic: survives a crash of the daemon, not of the host. For per-sandbox records,
+    /// whose sandboxes do not survive a host crash either; an fsync here would sit on every
+    /// create.
+    DaemonCrash,
+}
+
 /// Writes `contents` to `path` through a temporary file in the same directory and a rename,
 /// so that readers see either the old or the new file, never a torn one.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, contents: &[u8], durability: Durability) -> Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path
         .file_name()
@@ -73,7 +84,7 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let counter = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     let temp = dir.join(format!(".{name}.tmp-{}-{counter}", std::process::id()));
-    let written = write_synced(&temp, contents)
+    let written = write_new(&temp, contents, durability)
         .map_err(|source| OverlayError::WriteFile {
             path: temp.clone(),
             source,
@@ -92,27 +103,36 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     }
     // Persist the rename itself. Not every filesystem can sync a directory, and the data is
     // already safe in the renamed file, so a failure here is not an error.
-    if let Ok(dir) = File::open(dir) {
+    if durability == Durability::HostCrash
+        && let Ok(dir) = File::open(dir)
+    {
         let _ = dir.sync_all();
     }
     Ok(())
 }
 
-fn write_synced(path: &Path, contents: &[u8]) -> io::Result<()> {
+fn write_new(path: &Path, contents: &[u8], durability: Durability) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
     file.write_all(contents)?;
-    file.sync_all()
+    match durability {
+        Durability::HostCrash => file.sync_all(),
+        Durability::DaemonCrash => Ok(()),
+    }
 }
 
 /// Serialises `record` as pretty JSON and writes it atomically to `path`.
-pub(crate) fn write_json<T: Serialize>(path: &Path, record: &T) -> Result<()> {
+pub(crate) fn write_json<T: Serialize>(
+    path: &Path,
+    record: &T,
+    durability: Durability,
+) -> Result<()> {
     let mut bytes =
         serde_json::to_vec_pretty(record).map_err(|source| OverlayError::EncodeMetadata {
             path: path.to_owned(),
             source,
         })?;
     bytes.push(b'\n');
-    write_atomic(path, &bytes)
+    write_atomic(path, &bytes, durability)
 }
 
 /// Reads and parses the JSON file at `path`; `None` if it does not exist.
@@ -252,9 +272,9 @@ mod tests {
     fn test_write_atomic_replaces_and_leaves_no_temp_file() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meta.json");
-        write_atomic(&path, b"old").unwrap();
+        write_atomic(&path, b"old", Durability::HostCrash).unwrap();
 
-        write_atomic(&path, b"new").unwrap();
+        write_atomic(&path, b"new", Durability::DaemonCrash).unwrap();
 
         assert_eq!(fs::read(&path).unwrap(), b"new");
         assert_eq!(read_dir_sorted(dir.path()).unwrap(), vec![path]);

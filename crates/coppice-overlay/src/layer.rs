@@ -317,7 +317,11 @@ impl LayerRegistry {
             description: description.to_owned(),
         };
         let manifest_path = pending.staging.join(MANIFEST_FILE);
-        fsutil::write_json(&manifest_path, &ManifestRecord::from_manifest(&manifest))?;
+        fsutil::write_json(
+            &manifest_path,
+            &ManifestRecord::from_manifest(&manifest),
+            fsutil::Durability::HostCrash,
+        )?;
         let target = self.layer_dir(&pending.id);
         // rename(2) would silently replace an empty directory, so check first.
         if target.exists() {

@@ -80,7 +80,7 @@ impl TemplateRecord {
             created_unix_ms: fsutil::unix_ms(self.created_at),
             binds: self.binds.iter().map(BindRecord::from_bind).collect(),
         };
-        fsutil::write_json(path, &file)
+        fsutil::write_json(path, &file, fsutil::Durability::HostCrash)
     }
 
     /// Reads the record of template `expected` from `path`; `None` if the file is missing.
@@ -149,7 +149,7 @@ impl RootfsRecord {
             disk_mb: self.disk_mb,
             created_unix_ms: fsutil::unix_ms(self.created_at),
         };
-        fsutil::write_json(path, &file)
+        fsutil::write_json(path, &file, fsutil::Durability::DaemonCrash)
     }
 
     /// Reads the record of sandbox `expected` from `path`; `None` if the file is missing.

@@ -94,6 +94,10 @@ impl NsSys for FakeNsSys {
         self.state().calls.push(FakeNsCall::Reap(pid));
     }
 
+    fn favor_dynamic_cgroups(&self, _unified: &Path) -> io::Result<bool> {
+        Ok(false)
+    }
+
     fn become_subreaper(&self) -> io::Result<()> {
         Ok(())
     }

@@ -13,6 +13,8 @@ use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
+use rustix::fs::CWD;
+use rustix::mount::{FsPickFlags, fsconfig_reconfigure, fsconfig_set_flag, fspick};
 use rustix::process::{
     Pid, PidfdFlags, Signal, WaitOptions, kill_process, pidfd_open, set_child_subreaper, waitpid,
 };
@@ -105,6 +107,18 @@ impl NsSys for RealNsSys {
             // ECHILD (not our child, e.g. started by an earlier daemon) is expected.
             let _ = waitpid(Some(pid), WaitOptions::NOHANG);
         }
+    }
+
+    fn favor_dynamic_cgroups(&self, unified: &Path) -> io::Result<bool> {
+        // Reconfigure the superblock only: the mount's own flags stay as they are.
+        let context = fspick(CWD, unified, FsPickFlags::FSPICK_CLOEXEC)?;
+        match fsconfig_set_flag(&context, "favordynmods") {
+            Ok(()) => {}
+            Err(rustix::io::Errno::INVAL) => return Ok(false),
+            Err(error) => return Err(error.into()),
+        }
+        fsconfig_reconfigure(&context)?;
+        Ok(true)
     }
 
     fn become_subreaper(&self) -> io::Result<()> {

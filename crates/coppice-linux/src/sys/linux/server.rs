@@ -193,8 +193,6 @@ fn run(shared: &Shared, request: ExecCommand) -> Result<Finished, String> {
         .envs(shared.env.iter().map(|(k, v)| (k, v)))
         .envs(request.env.iter().map(|(k, v)| (k, v)))
         .current_dir(request.cwd.as_deref().unwrap_or(&request.identity.home))
-        .uid(request.identity.uid)
-        .gid(request.identity.gid)
         .process_group(0)
         .stdin(if request.stdin.is_empty() {
             Stdio::null()
@@ -203,6 +201,11 @@ fn run(shared: &Shared, request: ExecCommand) -> Result<Finished, String> {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    // PID 1 already is uid 0 / gid 0 with no supplementary groups; naming them anyway would
+    // push std off its vfork-based posix_spawn path onto a full fork.
+    if request.identity.uid != 0 || request.identity.gid != 0 {
+        command.uid(request.identity.uid).gid(request.identity.gid);
+    }
 
     let mut child = {
         let mut registry = shared.registry();
