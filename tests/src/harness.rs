@@ -13,6 +13,9 @@ use coppice_linux::{IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig
 use coppice_net::LoopbackOnly;
 use coppice_overlay::{OverlayConfig, OverlayStorage};
 
+/// Network namespaces kept ready, so that creating one stays off the create path.
+const NETNS_POOL_SIZE: usize = 8;
+
 static NEXT_GROUP: AtomicUsize = AtomicUsize::new(0);
 
 /// Where a harness keeps its state.
@@ -81,7 +84,7 @@ impl HarnessPaths {
         let backends = Backends {
             runtime: Arc::clone(&runtime) as Arc<dyn coppice_core::runtime::Runtime>,
             storage: Arc::new(storage),
-            net: Arc::new(LoopbackOnly::default()),
+            net: Arc::new(LoopbackOnly::pooled(NETNS_POOL_SIZE)),
         };
         Ok((backends, runtime))
     }

@@ -1,45 +1,94 @@
-//! [`LoopbackOnly`]: sandboxes get a fresh network namespace with only loopback.
+//! [`LoopbackOnly`]: sandboxes get a private network namespace with only loopback.
 
 use std::collections::BTreeMap;
-use std::sync::{Mutex, PoisonError};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use coppice_core::SandboxId;
 use coppice_core::net::{NetAttachment, NetError, NetPolicy};
 use coppice_core::spec::NetworkSpec;
 
+use crate::pool::NetnsPool;
+use crate::sys::NetnsSys;
+
 /// A policy that isolates every sandbox completely: its network namespace has loopback only.
 ///
-/// It holds no host resources (the runtime creates the namespace and the kernel frees it with
-/// the sandbox), so it remembers specs only for [`NetPolicy::update`]; after a daemon restart
-/// `list` is empty and nothing needs cleaning.
+/// With a pool, namespaces are made ahead of time and the runtime joins one; without (or
+/// when the pool is momentarily empty) the runtime creates the namespace itself. Either way
+/// nothing outlives the sandbox: the policy holds a namespace only from `attach` to `detach`,
+/// so after a daemon restart `list` is empty and nothing needs cleaning.
 #[derive(Debug, Default)]
 pub struct LoopbackOnly {
-    specs: Mutex<BTreeMap<SandboxId, NetworkSpec>>,
+    pool: Option<(NetnsPool, Arc<dyn NetnsSys>)>,
+    attached: Mutex<BTreeMap<SandboxId, Attached>>,
+}
+
+#[derive(Debug)]
+struct Attached {
+    spec: NetworkSpec,
+    /// The pooled namespace the sandbox joined: held (never read) until detach, so the
+    /// runtime can open it by path while it starts the sandbox.
+    _namespace: Option<OwnedFd>,
 }
 
 impl LoopbackOnly {
-    fn specs(&self) -> std::sync::MutexGuard<'_, BTreeMap<SandboxId, NetworkSpec>> {
-        self.specs.lock().unwrap_or_else(PoisonError::into_inner)
+    /// Keeps `size` namespaces ready, made through `sys`.
+    pub fn with_pool(sys: Arc<dyn NetnsSys>, size: usize) -> Self {
+        Self {
+            pool: Some((NetnsPool::start(Arc::clone(&sys), size), sys)),
+            attached: Mutex::default(),
+        }
+    }
+
+    /// Keeps `size` namespaces ready, made by the kernel.
+    #[cfg(target_os = "linux")]
+    pub fn pooled(size: usize) -> Self {
+        Self::with_pool(Arc::new(crate::sys::RealNetnsSys), size)
+    }
+
+    fn attached(&self) -> MutexGuard<'_, BTreeMap<SandboxId, Attached>> {
+        self.attached.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
 impl NetPolicy for LoopbackOnly {
     fn attach(&self, id: &SandboxId, spec: &NetworkSpec) -> Result<NetAttachment, NetError> {
-        self.specs().insert(id.clone(), spec.clone());
-        Ok(NetAttachment::LoopbackOnly)
+        let pooled = self
+            .pool
+            .as_ref()
+            .and_then(|(pool, sys)| pool.take().map(|fd| (sys.path_of(&fd), fd)));
+        let (attachment, namespace) = match pooled {
+            Some((path, fd)) => (
+                NetAttachment::Namespace {
+                    path,
+                    addresses: Vec::new(),
+                    dns: Vec::new(),
+                },
+                Some(fd),
+            ),
+            None => (NetAttachment::LoopbackOnly, None),
+        };
+        self.attached().insert(
+            id.clone(),
+            Attached {
+                spec: spec.clone(),
+                _namespace: namespace,
+            },
+        );
+        Ok(attachment)
     }
 
     fn update(&self, id: &SandboxId, spec: &NetworkSpec) -> Result<(), NetError> {
-        let mut specs = self.specs();
-        let current = specs
+        let mut attached = self.attached();
+        let current = attached
             .get_mut(id)
             .ok_or_else(|| NetError::NotFound { id: id.clone() })?;
-        *current = spec.clone();
+        current.spec = spec.clone();
         Ok(())
     }
 
     fn detach(&self, id: &SandboxId) -> Result<(), NetError> {
-        self.specs().remove(id);
+        self.attached().remove(id);
         Ok(())
     }
 
@@ -51,18 +100,38 @@ impl NetPolicy for LoopbackOnly {
 
 #[cfg(test)]
 mod tests {
+    use std::time::{Duration, Instant};
+
     use super::*;
+    use crate::sys::FakeNetnsSys;
 
     fn id() -> SandboxId {
         "abc".parse().unwrap()
     }
 
     #[test]
-    fn test_attach_gives_loopback_only() {
+    fn test_attach_without_pool_gives_fresh_loopback_namespace() {
         let policy = LoopbackOnly::default();
         assert_eq!(
             policy.attach(&id(), &NetworkSpec::default()).unwrap(),
             NetAttachment::LoopbackOnly
+        );
+    }
+
+    #[test]
+    fn test_attach_with_filled_pool_joins_a_pooled_namespace() {
+        let policy = LoopbackOnly::with_pool(Arc::new(FakeNetnsSys::default()), 2);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let attachment = loop {
+            let attachment = policy.attach(&id(), &NetworkSpec::default()).unwrap();
+            if attachment != NetAttachment::LoopbackOnly || Instant::now() > deadline {
+                break attachment;
+            }
+            policy.detach(&id()).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        assert!(
+            matches!(attachment, NetAttachment::Namespace { ref path, .. } if path.starts_with("/fake/fd"))
         );
     }
 

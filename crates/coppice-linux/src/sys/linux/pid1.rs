@@ -22,7 +22,7 @@ use super::outer::{MSG_CGROUPS_JOINED, MSG_ERROR, MSG_ID_MAP_DONE, MSG_NEED_ID_M
 use super::syscalls::{close_range, dup_onto, loopback_up, unshare};
 use super::{security, server};
 use crate::mount_plan::overlay_data;
-use crate::protocol::{InitConfig, MountStep, NetworkSetup};
+use crate::protocol::{InitConfig, MountStep};
 
 /// Where the old root is parked during `pivot_root`, relative to the new root.
 const OLD_ROOT: &str = ".oldroot";
@@ -65,9 +65,9 @@ fn set_up(
     }
     rustix::system::sethostname(config.hostname.as_bytes())
         .map_err(|e| format!("sethostname: {e}"))?;
-    if config.network == NetworkSetup::Loopback {
-        loopback_up().map_err(|e| format!("loopback up: {e}"))?;
-    }
+    // Joined namespaces come from a pool that only creates them; loopback is brought up here
+    // in both cases (PID 1 is still host root, owner of the namespace).
+    loopback_up().map_err(|e| format!("loopback up: {e}"))?;
     enter_root(&config.rootfs)?;
     enter_user_namespace(channel)?;
     redirect_stdio()?;

@@ -13,6 +13,9 @@ use coppice_linux::{IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig
 use coppice_net::LoopbackOnly;
 use coppice_overlay::{OverlayConfig, OverlayStorage};
 
+/// Network namespaces kept ready, so that creating one stays off the create path.
+const NETNS_POOL_SIZE: usize = 8;
+
 /// The sub-command under which `coppiced` acts as a sandbox init, used when no separate
 /// `coppice-init` binary sits next to it.
 const INIT_SUBCOMMAND: &str = "__sandbox-init";
@@ -74,6 +77,6 @@ pub(crate) fn backends(config: &GatewayConfig) -> anyhow::Result<Backends> {
     Ok(Backends {
         runtime: Arc::new(runtime),
         storage: Arc::new(storage),
-        net: Arc::new(LoopbackOnly::default()),
+        net: Arc::new(LoopbackOnly::pooled(NETNS_POOL_SIZE)),
     })
 }
