@@ -255,14 +255,18 @@ impl<S: NsSys> NamespaceRuntime<S> {
             // No cgroup2 kill on this host: freeze so nothing forks while we signal, then thaw
             // so the signals are delivered.
             cgroups.set_frozen(true)?;
-            for pid in cgroups.pids()? {
-                self.sys.kill(pid).map_err(|source| LinuxError::Process {
-                    op: "kill",
-                    pid,
-                    source,
-                })?;
-            }
+            let signalled = cgroups.pids().map_err(LinuxError::from).and_then(|pids| {
+                pids.into_iter().try_for_each(|pid| {
+                    self.sys.kill(pid).map_err(|source| LinuxError::Process {
+                        op: "kill",
+                        pid,
+                        source,
+                    })
+                })
+            });
+            // Thaw whatever happened: a frozen sandbox left behind could never be killed.
             cgroups.set_frozen(false)?;
+            signalled?;
         }
         if let Some(state) = &state {
             // Only a process with the recorded start time is the init: after a restart its pid

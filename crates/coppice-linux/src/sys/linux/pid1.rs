@@ -30,17 +30,24 @@ const OLD_ROOT: &str = ".oldroot";
 /// Runs as PID 1 of the new PID namespace; never returns.
 pub(super) fn run(config: &InitConfig, listener: UnixListener, channel: UnixStream) -> ! {
     match set_up(config, &listener, &channel) {
-        Ok(()) => {
-            let mut writer = &channel;
-            if writer
-                .write_all(format!("{MSG_READY}\n").as_bytes())
-                .is_err()
-            {
-                std::process::exit(1);
+        Ok(()) => match server::start(config, listener) {
+            Ok(shared) => {
+                let mut writer = &channel;
+                if writer
+                    .write_all(format!("{MSG_READY}\n").as_bytes())
+                    .is_err()
+                {
+                    std::process::exit(1);
+                }
+                drop(channel);
+                server::reap_forever(&shared)
             }
-            drop(channel);
-            server::serve(config, listener)
-        }
+            Err(error) => {
+                let mut writer = &channel;
+                let _ = writer.write_all(format!("{MSG_ERROR}{error}\n").as_bytes());
+                std::process::exit(1)
+            }
+        },
         Err(error) => {
             let mut writer = &channel;
             let _ = writer.write_all(format!("{MSG_ERROR}{error}\n").as_bytes());

@@ -39,7 +39,7 @@ struct Registry {
     waiting: HashMap<i32, Option<WaitStatus>>,
 }
 
-struct Shared {
+pub(super) struct Shared {
     registry: Mutex<Registry>,
     changed: Condvar,
     env: Vec<(String, String)>,
@@ -53,7 +53,12 @@ impl Shared {
 }
 
 /// Serves the control socket; never returns.
-pub(super) fn serve(config: &InitConfig, listener: UnixListener) -> ! {
+/// Starts serving the control socket on its own thread; the caller then reports ready and
+/// calls [`reap_forever`].
+///
+/// # Errors
+/// The thread cannot be started (PID 1 must then not report ready).
+pub(super) fn start(config: &InitConfig, listener: UnixListener) -> Result<Arc<Shared>, String> {
     let shared = Arc::new(Shared {
         registry: Mutex::new(Registry::default()),
         changed: Condvar::new(),
@@ -61,14 +66,15 @@ pub(super) fn serve(config: &InitConfig, listener: UnixListener) -> ! {
         output_limit: config.exec_output_limit,
     });
     let acceptor = Arc::clone(&shared);
-    // If the acceptor thread cannot start, PID 1 still reaps; the daemon sees a dead channel.
-    let _ = thread::Builder::new()
+    thread::Builder::new()
         .name("control".into())
-        .spawn(move || accept_loop(&acceptor, &listener));
-    reap_forever(&shared)
+        .spawn(move || accept_loop(&acceptor, &listener))
+        .map_err(|e| format!("cannot start the control thread: {e}"))?;
+    Ok(shared)
 }
 
-fn reap_forever(shared: &Shared) -> ! {
+/// PID 1's main loop: collects every child, hands registered statuses to their starters.
+pub(super) fn reap_forever(shared: &Shared) -> ! {
     loop {
         match wait_exited_child() {
             Ok(raw) => {
@@ -138,7 +144,7 @@ fn handle(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
                 timeout: timeout_ms.map(Duration::from_millis),
                 stdin,
             };
-            match run(shared, command) {
+            match run(shared, command, stream) {
                 Ok(finished) => {
                     let header = ControlResponse::Exited {
                         status: finished.status,
@@ -178,7 +184,7 @@ struct Finished {
     timed_out: bool,
 }
 
-fn run(shared: &Shared, request: ExecCommand) -> Result<Finished, String> {
+fn run(shared: &Shared, request: ExecCommand, client: &UnixStream) -> Result<Finished, String> {
     let Some((program, args)) = request.argv.split_first() else {
         return Err("argv is empty".into());
     };
@@ -234,7 +240,7 @@ fn run(shared: &Shared, request: ExecCommand) -> Result<Finished, String> {
     drop(child);
 
     let deadline = request.timeout.map(|t| Instant::now() + t);
-    let (status, timed_out) = match output.pump(shared, pid, pipes, deadline) {
+    let (status, timed_out) = match output.pump(shared, pid, pipes, deadline, client) {
         (Some(status), killed) => (status, killed),
         (None, killed) => {
             let (status, late_kill) = wait_for(
@@ -280,6 +286,7 @@ impl Output {
         pid: i32,
         mut pipes: [Option<OwnedFd>; 2],
         deadline: Option<Instant>,
+        client: &UnixStream,
     ) -> (Option<WaitStatus>, bool) {
         let mut buffer = vec![0u8; 64 * 1024];
         let mut exited: Option<(WaitStatus, Instant)> = None;
@@ -303,6 +310,12 @@ impl Output {
                 .flatten()
                 .map(|fd| PollFd::new(fd, PollFlags::IN))
                 .collect();
+            // The caller hanging up means nobody wants the result: the command is killed
+            // rather than left running with no one to report to.
+            let watch_client = !killed;
+            if watch_client {
+                fds.push(PollFd::new(client, PollFlags::RDHUP));
+            }
             let tick = Timespec {
                 tv_sec: 0,
                 tv_nsec: 20_000_000,
@@ -311,8 +324,12 @@ impl Output {
                 Ok(0) | Err(_) => continue,
                 Ok(_) => {}
             }
-            let ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
+            let mut ready: Vec<bool> = fds.iter().map(|fd| !fd.revents().is_empty()).collect();
             drop(fds);
+            if watch_client && ready.pop() == Some(true) {
+                killed = true;
+                kill_command(pid);
+            }
             let mut ready = ready.into_iter();
             for (index, slot) in pipes.iter_mut().enumerate() {
                 let Some(fd) = slot else { continue };
