@@ -419,3 +419,74 @@ fn test_exec_missing_program_is_refused_and_sandbox_keeps_serving() {
     assert!(err.to_string().contains("invalid command"), "{err}");
     assert_eq!(stdout(&host.sh(&id, "echo still")), "still\n");
 }
+
+#[test]
+#[ignore = "privileged: creates namespaces, an overlay root and cgroups"]
+fn test_exec_timeout_kills_command_and_reports_it() {
+    let host = Host::new();
+    let id = host.sandbox(128, 128);
+    let request = ExecRequest {
+        timeout: Some(Duration::from_millis(300)),
+        ..ExecRequest::new(["/bin/sleep", "30"])
+    };
+
+    let outcome = host.runtime.exec(&id, &request).unwrap();
+
+    assert!(outcome.timed_out, "{outcome:?}");
+    assert_eq!(outcome.status, ExitStatus::Signal(9));
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, an overlay root and cgroups"]
+fn test_exec_caller_hanging_up_kills_the_command() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+
+    use coppice_linux::protocol::{ControlRequest, ExecIdentity, write_frame};
+
+    let host = Host::new();
+    let id = host.sandbox(128, 128);
+    let socket = host
+        .dir
+        .path()
+        .join("run")
+        .join(id.as_str())
+        .join("control.sock");
+    let mut stream = UnixStream::connect(&socket).unwrap();
+    let request = ControlRequest::Exec {
+        argv: vec!["/bin/sleep".into(), "300".into()],
+        env: Vec::new(),
+        cwd: None,
+        identity: ExecIdentity {
+            uid: 0,
+            gid: 0,
+            home: "/root".into(),
+            name: "root".into(),
+        },
+        timeout_ms: None,
+        stdin_len: 0,
+    };
+    write_frame(&mut stream, &request, &[]).unwrap();
+    stream.flush().unwrap();
+    assert!(eventually(
+        || stdout(&host.sh(&id, "pgrep -c -x sleep")) == "1\n"
+    ));
+
+    drop(stream);
+
+    assert!(eventually(
+        || stdout(&host.sh(&id, "pgrep -c -x sleep")) == "0\n"
+    ));
+}
+
+/// Polls `condition` for up to five seconds.
+fn eventually(condition: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
