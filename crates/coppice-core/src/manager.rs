@@ -212,19 +212,37 @@ impl SandboxManager {
     /// sandbox then stays `Stopping` and the monitor retries the cleanup).
     #[tracing::instrument(skip(self), fields(sandbox_id = %id))]
     pub async fn kill(&self, id: &SandboxId) -> Result<(), ManagerError> {
-        self.kill_with_reason(id, Reason::Requested).await
+        // Detached like `create`: a caller that goes away must not strand a half-done kill.
+        let manager = self.clone();
+        let id = id.clone();
+        tokio::spawn(async move { manager.kill_with_reason(&id, Reason::Requested).await })
+            .await
+            .map_err(|source| ManagerError::Task { op: "kill", source })?
     }
 
     async fn kill_with_reason(&self, id: &SandboxId, reason: Reason) -> Result<(), ManagerError> {
-        let sandbox = self.begin_stopping(id)?;
+        // A TTL kill re-checks the deadline under the lock: the timeout may have been extended
+        // since the reaper looked.
+        let expired_by = (reason == Reason::Timeout).then(|| self.inner.clock.now());
+        let Some(sandbox) = self.begin_stopping(id, expired_by)? else {
+            return Ok(());
+        };
         let inner = Arc::clone(&self.inner);
         let result = blocking("kill", move || {
-            inner.store.put(&sandbox)?;
-            inner.release_and_record(sandbox, EventKind::Killed, reason, String::new())
+            let sandbox_id = sandbox.id.clone();
+            let result = inner
+                .store
+                .put(&sandbox)
+                .map_err(ManagerError::from)
+                .and_then(|()| {
+                    inner.release_and_record(sandbox, EventKind::Killed, reason, String::new())
+                });
+            // Given back on the blocking thread, so even an abandoned kill releases its claim.
+            inner.end_release(&sandbox_id);
+            result
         })
         .await
         .and_then(|result| result);
-        self.end_release(id);
         if result.is_ok() {
             tracing::info!(sandbox_id = %id, reason = reason.as_str(), "sandbox stopped");
         }
@@ -232,13 +250,23 @@ impl SandboxManager {
     }
 
     /// Moves a live sandbox to `Stopping` in memory, refusing concurrent kills, and claims its
-    /// release for the caller (see [`SandboxManager::finish_stopping`]).
-    fn begin_stopping(&self, id: &SandboxId) -> Result<Sandbox, ManagerError> {
+    /// release for the caller (see [`SandboxManager::finish_stopping`]), atomically with the
+    /// state change so that the monitor's retry can never slip in between. With
+    /// `expired_by`, only a sandbox whose end time has passed by then is stopped (`None`
+    /// otherwise).
+    fn begin_stopping(
+        &self,
+        id: &SandboxId,
+        expired_by: Option<std::time::SystemTime>,
+    ) -> Result<Option<Sandbox>, ManagerError> {
         let mut sandboxes = self.sandboxes();
         let sandbox = sandboxes
             .get_mut(id)
             .filter(|sandbox| sandbox.state != SandboxState::Stopped)
             .ok_or_else(|| ManagerError::SandboxNotFound { id: id.clone() })?;
+        if expired_by.is_some_and(|now| sandbox.end_at > now) {
+            return Ok(None);
+        }
         sandbox.state =
             sandbox
                 .state
@@ -248,9 +276,12 @@ impl SandboxManager {
                     source,
                 })?;
         let sandbox = sandbox.clone();
-        drop(sandboxes);
-        self.claim_release(id);
-        Ok(sandbox)
+        self.inner
+            .releasing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone());
+        Ok(Some(sandbox))
     }
 
     /// Claims the release of a sandbox; false when another task is releasing it already.
@@ -307,20 +338,33 @@ impl SandboxManager {
             }));
         }
         let end_at = self.inner.clock.now() + timeout;
-        let sandbox = {
-            let mut sandboxes = self.sandboxes();
-            let sandbox = sandboxes
-                .get_mut(id)
-                .filter(|sandbox| sandbox.state.is_live())
-                .ok_or_else(|| ManagerError::SandboxNotFound { id: id.clone() })?;
-            sandbox.end_at = end_at;
-            sandbox.clone()
-        };
-        self.persist(&sandbox).await?;
-        self.inner.deadlines_changed.notify_one();
         let detail = format!("{} s from now", timeout.as_secs());
-        self.record(id, EventKind::TimeoutChanged, Reason::Requested, detail)
-            .await;
+        let inner = Arc::clone(&self.inner);
+        let sandbox_id = id.clone();
+        // Updated and persisted under the map lock: a kill finishing meanwhile has already
+        // made the sandbox not live, so its final record is never overwritten.
+        let sandbox = blocking("set timeout", move || {
+            let mut sandboxes = inner.sandboxes();
+            let sandbox = sandboxes
+                .get_mut(&sandbox_id)
+                .filter(|sandbox| sandbox.state.is_live())
+                .ok_or_else(|| ManagerError::SandboxNotFound {
+                    id: sandbox_id.clone(),
+                })?;
+            let mut updated = sandbox.clone();
+            updated.end_at = end_at;
+            let event = inner.event(
+                &sandbox_id,
+                EventKind::TimeoutChanged,
+                Reason::Requested,
+                detail,
+            );
+            inner.store.put_with_event(&updated, &event)?;
+            *sandbox = updated.clone();
+            Ok::<_, ManagerError>(updated)
+        })
+        .await??;
+        self.inner.deadlines_changed.notify_one();
         Ok(sandbox)
     }
 
@@ -394,6 +438,16 @@ impl SandboxManager {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// Takes the OOM kill counter as it stands as already recorded (a re-adopted sandbox's
+    /// earlier kills were recorded by the previous daemon).
+    async fn remember_oom_kills(&self, id: &SandboxId) {
+        let runtime = Arc::clone(&self.inner.backends.runtime);
+        let sandbox_id = id.clone();
+        if let Ok(Ok(probe)) = blocking("probe", move || runtime.probe(&sandbox_id)).await {
+            self.oom_seen().insert(id.clone(), probe.oom_kills);
+        }
+    }
+
     /// Records one event per OOM kill not seen before.
     async fn check_oom(&self, id: &SandboxId) {
         let runtime = Arc::clone(&self.inner.backends.runtime);
@@ -454,6 +508,13 @@ impl SandboxManager {
 }
 
 impl Inner {
+    fn end_release(&self, id: &SandboxId) {
+        self.releasing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(id);
+    }
+
     fn sandboxes(&self) -> MutexGuard<'_, HashMap<SandboxId, Sandbox>> {
         self.sandboxes
             .lock()

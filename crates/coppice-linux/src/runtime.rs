@@ -33,7 +33,6 @@ use crate::sys::NsSys;
 
 const INIT_CONFIG: &str = "init.json";
 const STATE: &str = "state.json";
-const INIT_LOG: &str = "init.log";
 const CONTROL_SOCKET: &str = "control.sock";
 const ENVD_SOCKET: &str = "envd.sock";
 const ROOT_MOUNT_POINT: &str = "root";
@@ -66,7 +65,7 @@ impl NamespaceRuntime<crate::sys::RealNsSys> {
     /// The run dir cannot be created, `/proc/self/cgroup` cannot be read, or a required
     /// cgroup controller is missing.
     pub fn new(config: NamespaceRuntimeConfig) -> Result<Self, LinuxError> {
-        Self::with_sys(Arc::new(crate::sys::RealNsSys), config)
+        Self::with_sys(Arc::new(crate::sys::RealNsSys::default()), config)
     }
 }
 
@@ -216,12 +215,7 @@ impl<S: NsSys> NamespaceRuntime<S> {
         let config_path = dir.join(INIT_CONFIG);
         let ready = self
             .sys
-            .spawn_init(
-                &self.config.init,
-                &config_path,
-                &dir.join(INIT_LOG),
-                self.config.start_timeout,
-            )
+            .spawn_init(&self.config.init, &config_path, self.config.start_timeout)
             .map_err(|source| LinuxError::SpawnInit {
                 binary: self.config.init.program.clone(),
                 source,

@@ -19,16 +19,15 @@ pub use linux::{RealNsSys, init_main};
 
 /// The host-side process operations the runtime needs.
 pub trait NsSys: Send + Sync + fmt::Debug + 'static {
-    /// Starts `command` followed by `--config <config>`, stderr appended to `log`, and waits
-    /// up to `timeout` for its ready line (`None` when none came; the init is then killed).
+    /// Has the sandbox described by `config` built by an init started with `command`, and
+    /// waits up to `timeout` for its report (`None` when none came).
     ///
     /// # Errors
-    /// Spawn failure.
+    /// The init could not be started or asked.
     fn spawn_init(
         &self,
         command: &InitCommand,
         config: &Path,
-        log: &Path,
         timeout: Duration,
     ) -> io::Result<Option<ReadyMessage>>;
 

@@ -59,6 +59,8 @@ async fn reaper(weak: Weak<Inner>) {
 async fn monitor(weak: Weak<Inner>, interval: Duration) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick fires at once; start-up reconciliation has just looked at everything.
+    ticker.tick().await;
     loop {
         ticker.tick().await;
         let Some(manager) = upgrade(&weak) else {
@@ -125,7 +127,7 @@ impl SandboxManager {
         if probe.alive {
             return;
         }
-        let Ok(sandbox) = self.begin_stopping(id) else {
+        let Ok(Some(sandbox)) = self.begin_stopping(id, None) else {
             return;
         };
         let detail = "sandbox init exited".to_owned();

@@ -38,6 +38,7 @@ impl SandboxManager {
             match sandbox.state {
                 SandboxState::Running | SandboxState::Paused if alive => {
                     tracing::info!(sandbox_id = %sandbox.id, "re-adopted sandbox after restart");
+                    self.remember_oom_kills(&sandbox.id).await;
                     self.sandboxes().insert(sandbox.id.clone(), sandbox.clone());
                     self.record(
                         &sandbox.id,

@@ -373,3 +373,57 @@ async fn test_restart_with_failing_cleanup_still_starts_and_monitor_retries() {
 
     assert!(!harness.holds_anything(&half));
 }
+
+#[tokio::test]
+async fn test_restart_does_not_record_earlier_oom_kills_again() {
+    let harness = Harness::new();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let sandbox = {
+        let manager = harness.manager_with(Store::open(&db).unwrap()).await;
+        let sandbox = manager.create(spec()).await.unwrap();
+        harness.runtime.add_oom_kills(&sandbox.id, 2);
+        manager.monitor_once().await;
+        sandbox
+    };
+
+    let restarted = harness.manager_with(Store::open(&db).unwrap()).await;
+    restarted.monitor_once().await;
+
+    let ooms = restarted
+        .events(&sandbox.id)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::OomKill)
+        .count();
+    assert_eq!(ooms, 2);
+}
+
+#[tokio::test]
+async fn test_ttl_kill_spares_a_sandbox_whose_timeout_was_extended() {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+    let sandbox = manager
+        .create(SandboxSpec {
+            timeout: Duration::from_secs(5),
+            ..spec()
+        })
+        .await
+        .unwrap();
+    manager
+        .set_timeout(&sandbox.id, Duration::from_secs(600))
+        .await
+        .unwrap();
+    harness.clock.advance(Duration::from_secs(6));
+
+    manager
+        .kill_with_reason(&sandbox.id, Reason::Timeout)
+        .await
+        .unwrap();
+
+    assert_eq!(
+        manager.get(&sandbox.id).unwrap().state,
+        SandboxState::Running
+    );
+}

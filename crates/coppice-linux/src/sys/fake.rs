@@ -61,7 +61,6 @@ impl NsSys for FakeNsSys {
         &self,
         _command: &InitCommand,
         config: &Path,
-        _log: &Path,
         _timeout: Duration,
     ) -> io::Result<Option<ReadyMessage>> {
         let mut state = self.state();

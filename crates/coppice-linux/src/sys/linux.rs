@@ -5,11 +5,12 @@ mod pid1;
 mod security;
 mod server;
 mod syscalls;
+mod zygote;
 
 use std::fs;
-use std::io::{self, BufRead, BufReader};
+use std::io;
 use std::path::Path;
-use std::process::{Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use rustix::event::{PollFd, PollFlags, Timespec, poll};
@@ -24,38 +25,35 @@ use crate::config::InitCommand;
 use crate::protocol::{InitConfig, ReadyMessage};
 
 /// The daemon-side process operations, on the real kernel.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct RealNsSys;
+#[derive(Debug, Default)]
+pub struct RealNsSys {
+    /// Started on the first sandbox start; replaced if it dies.
+    zygote: std::sync::Mutex<Option<std::sync::Arc<zygote::Zygote>>>,
+}
+
+impl RealNsSys {
+    fn zygote(&self, command: &InitCommand) -> io::Result<std::sync::Arc<zygote::Zygote>> {
+        let mut slot = self
+            .zygote
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(zygote) = slot.as_ref().filter(|zygote| zygote.is_alive()) {
+            return Ok(std::sync::Arc::clone(zygote));
+        }
+        let zygote = std::sync::Arc::new(zygote::Zygote::start(command)?);
+        *slot = Some(std::sync::Arc::clone(&zygote));
+        Ok(zygote)
+    }
+}
 
 impl NsSys for RealNsSys {
     fn spawn_init(
         &self,
         command: &InitCommand,
         config: &Path,
-        log: &Path,
         timeout: Duration,
     ) -> io::Result<Option<ReadyMessage>> {
-        let log_file = fs::OpenOptions::new().create(true).append(true).open(log)?;
-        let mut child = Command::new(&command.program)
-            .args(&command.leading_args)
-            .arg("--config")
-            .arg(config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_file)
-            .spawn()?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| io::Error::other("init stdout not captured"))?;
-        let ready = read_ready_line(stdout, timeout);
-        if !matches!(ready, Ok(Some(_))) {
-            // No answer in time: the init may be stuck half-way; the caller's destroy removes
-            // whatever it made.
-            let _ = child.kill();
-        }
-        child.wait()?;
-        ready
+        self.zygote(command)?.request(config, timeout)
     }
 
     fn process_start_time(&self, pid: i32) -> io::Result<Option<u64>> {
@@ -126,39 +124,6 @@ impl NsSys for RealNsSys {
     }
 }
 
-/// Reads the init's one ready line, waiting at most `timeout`.
-fn read_ready_line(
-    stdout: std::process::ChildStdout,
-    timeout: Duration,
-) -> io::Result<Option<ReadyMessage>> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Ok(None);
-        }
-        let mut fds = [PollFd::new(&stdout, PollFlags::IN)];
-        match poll(&mut fds, Some(&timespec(left))) {
-            Ok(0) => return Ok(None),
-            Ok(_) => break,
-            Err(rustix::io::Errno::INTR) => {}
-            Err(error) => return Err(error.into()),
-        }
-    }
-    // The init writes its one line in a single write and exits, so after readiness the rest
-    // of the line arrives without blocking for long.
-    let mut reader = BufReader::new(stdout);
-    let mut line = String::new();
-    if reader.read_line(&mut line)? == 0 {
-        return Ok(Some(ReadyMessage::Failed {
-            error: "init exited without a report; see init.log".into(),
-        }));
-    }
-    serde_json::from_str(&line)
-        .map(Some)
-        .map_err(|error| io::Error::new(io::ErrorKind::InvalidData, error))
-}
-
 fn timespec(duration: Duration) -> Timespec {
     Timespec {
         tv_sec: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
@@ -179,34 +144,36 @@ fn parse_stat_start_time(stat: &str) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
-/// Entry point of the sandbox init, given its arguments after the program name
-/// (`--config <init.json>`). Used by the `coppice-init` binary and by `coppiced`'s init mode.
+/// Entry point of the sandbox init, given its arguments after the program name: either
+/// `--zygote` (the daemon's long-lived forker, see `zygote`) or `--config <init.json>` (build
+/// one sandbox and report on stdout). Used by the `coppice-init` binary and by binaries with
+/// an init mode.
 pub fn init_main(mut args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
-    let config_path = match (args.next(), args.next()) {
-        (Some(flag), Some(path)) if flag == "--config" => path,
-        _ => {
-            return report(&ReadyMessage::Failed {
-                error: "usage: coppice-init --config <init.json>".into(),
-            });
-        }
-    };
-    let config: InitConfig = match fs::read(&config_path)
+    match (args.next(), args.next()) {
+        (Some(flag), None) if flag == zygote::ZYGOTE_FLAG => zygote::zygote_main(),
+        (Some(flag), Some(path)) if flag == "--config" => match load_config(Path::new(&path)) {
+            Ok(config) => report(&outer::run(&config)),
+            Err(error) => report(&ReadyMessage::Failed { error }),
+        },
+        _ => report(&ReadyMessage::Failed {
+            error: "usage: coppice-init --zygote | --config <init.json>".into(),
+        }),
+    }
+}
+
+/// Reads and checks an init config.
+fn load_config(path: &Path) -> Result<InitConfig, String> {
+    let config: InitConfig = fs::read(path)
         .map_err(|error| error.to_string())
         .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|error| error.to_string()))
-    {
-        Ok(config) => config,
-        Err(error) => {
-            return report(&ReadyMessage::Failed {
-                error: format!("cannot read init config: {error}"),
-            });
-        }
-    };
+        .map_err(|error| format!("cannot read init config {}: {error}", path.display()))?;
     if config.version != crate::protocol::INIT_CONFIG_VERSION {
-        return report(&ReadyMessage::Failed {
-            error: format!("unsupported init config version {}", config.version),
-        });
+        return Err(format!(
+            "unsupported init config version {}",
+            config.version
+        ));
     }
-    report(&outer::run(&config))
+    Ok(config)
 }
 
 fn report(message: &ReadyMessage) -> ExitCode {

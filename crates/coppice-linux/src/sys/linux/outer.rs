@@ -73,8 +73,22 @@ fn build(config: &InitConfig) -> Result<i32, String> {
         Forked::Parent(child) => {
             drop(pid1_end);
             drop(listener);
-            supervise_setup(config, child, outer_end)
+            let supervised = supervise_setup(config, child, outer_end);
+            if supervised.is_err() {
+                // A half-built PID 1 must not outlive its report: once this process exits it
+                // would be adopted, as a zombie, by the daemon, which never learns its pid.
+                discard(child);
+            }
+            supervised
         }
+    }
+}
+
+/// Kills and reaps a PID 1 whose set-up failed.
+fn discard(child: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(child) {
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
     }
 }
 

@@ -93,11 +93,14 @@ pub(super) fn reap_forever(shared: &Shared) -> ! {
             }
             Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
             Err(_) => {
-                // No children right now: sleep until a command is started.
+                // No children right now: sleep until a command is started, unless one was
+                // registered after `waitid` looked (its wake-up came before this wait).
                 let registry = shared.registry();
-                let _ = shared
-                    .changed
-                    .wait_timeout(registry, Duration::from_secs(1));
+                if registry.waiting.values().all(Option::is_some) {
+                    let _ = shared
+                        .changed
+                        .wait_timeout(registry, Duration::from_secs(1));
+                }
             }
         }
     }

@@ -105,3 +105,19 @@ pub(super) fn wait_exited_child() -> io::Result<i32> {
     // SAFETY: waitid succeeded with WEXITED, so the kernel filled the child fields of `info`.
     Ok(unsafe { info.si_pid() })
 }
+
+/// Sets `SIGCHLD` to `SIG_IGN` (children are reaped by the kernel) or back to `SIG_DFL`.
+pub(super) fn set_sigchld_ignored(ignored: bool) -> io::Result<()> {
+    let disposition = if ignored {
+        libc::SIG_IGN
+    } else {
+        libc::SIG_DFL
+    };
+    // SAFETY: installs one of the two predefined dispositions, not a handler function, so no
+    // code runs in signal context; the caller is single-threaded.
+    let previous = unsafe { libc::signal(libc::SIGCHLD, disposition) };
+    if previous == libc::SIG_ERR {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
