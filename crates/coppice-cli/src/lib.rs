@@ -80,8 +80,15 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         std::thread::spawn(move || {
             let (mut stream, _) = listener.accept().unwrap();
+            // Read the whole request first: closing with unread bytes would reset the
+            // connection under the client.
+            let mut request = Vec::new();
             let mut buffer = [0u8; 1024];
-            let _ = stream.read(&mut buffer);
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buffer).unwrap();
+                assert!(n > 0, "client closed early");
+                request.extend_from_slice(&buffer[..n]);
+            }
             stream.write_all(answer.as_bytes()).unwrap();
         });
         addr

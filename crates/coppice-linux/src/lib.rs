@@ -15,12 +15,13 @@
 //!
 //! # How a sandbox starts
 //! 1. `create` makes the run dir and the cgroups and writes the init's config.
-//! 2. `start` spawns `coppice-init`, which joins the cgroups, binds the control socket,
-//!    unshares the namespaces and forks the sandbox's PID 1.
+//! 2. `start` asks the init zygote (one `coppice-init --zygote` per daemon) to fork an outer
+//!    init, which binds the control socket, unshares the namespaces and forks the sandbox's
+//!    PID 1, then moves PID 1 into the cgroups while PID 1 mounts.
 //! 3. PID 1 mounts the root (overlay, `/usr`, `/proc`, `/dev`, `/tmp`), sets the hostname,
-//!    brings up loopback, `pivot_root`s, enters a new user namespace whose id map the outer
-//!    process writes, drops capabilities, sets `no_new_privs` and a seccomp filter, then
-//!    serves the control socket and reaps zombies.
+//!    brings up loopback, `pivot_root`s, enters new cgroup and user namespaces (the outer
+//!    process writes the id map), drops capabilities, sets `no_new_privs` and a seccomp
+//!    filter, then serves the control socket and reaps zombies.
 //! 4. The outer process reports PID 1's host pid and exits; PID 1 lives on without any
 //!    process of the daemon, so the daemon can crash and re-adopt the sandbox.
 #![deny(unsafe_code)]

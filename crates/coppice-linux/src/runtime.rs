@@ -2,9 +2,9 @@
 //! `coppice-init` process.
 //!
 //! Per sandbox, `<run_dir>/<id>/` holds `init.json` (what the init builds), `state.json`
-//! (PID 1's host pid and start time, for re-adoption after a daemon restart), `init.log`
-//! (the init's stderr), `control.sock`, and `root/`, the mount point the root is assembled on
-//! (mounted only inside the sandbox's own mount namespace).
+//! (PID 1's host pid and start time, for re-adoption after a daemon restart), `control.sock`,
+//! and `root/`, the mount point the root is assembled on (mounted only inside the sandbox's
+//! own mount namespace).
 
 use std::fs;
 use std::io;
