@@ -490,3 +490,52 @@ fn eventually(condition: impl Fn() -> bool) -> bool {
     }
     false
 }
+
+/// Pids of this process's children that are init zygotes.
+fn zygotes() -> Vec<i32> {
+    let own = std::process::id().to_string();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let parent = stat
+                .rsplit(')')
+                .next()
+                .and_then(|rest| rest.split_whitespace().nth(1));
+            let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            // Sandbox inits are forks of the zygote too, adopted by this process; they run as
+            // the sandbox's root, the zygote as host root.
+            let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let host_root = status
+                .lines()
+                .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+            parent == Some(own.as_str())
+                && host_root
+                && cmdline.split(|b| *b == 0).any(|arg| arg == b"--zygote")
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "privileged: creates namespaces, an overlay root and cgroups"]
+fn test_start_after_the_init_zygote_died_makes_a_new_one() {
+    let host = Host::new();
+    let first = host.sandbox(128, 128);
+    let before = zygotes();
+    assert_eq!(before.len(), 1, "{before:?}");
+    std::process::Command::new("kill")
+        .args(["-9", &before[0].to_string()])
+        .status()
+        .unwrap();
+    assert!(eventually(|| !zygotes().contains(&before[0])
+        || fs::read_to_string(format!("/proc/{}/stat", before[0]))
+            .unwrap_or_default()
+            .contains(") Z")));
+
+    let second = host.sandbox(128, 128);
+
+    assert_eq!(stdout(&host.sh(&second, "echo new")), "new\n");
+    assert_eq!(stdout(&host.sh(&first, "echo old")), "old\n");
+}
