@@ -1,7 +1,7 @@
 //! The `Runtime` trait: creates, starts and destroys isolated execution environments.
 
 use std::path::PathBuf;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use crate::error::ErrorKind;
 use crate::exec::{ExecOutcome, ExecRequest};
@@ -98,8 +98,6 @@ pub struct RuntimeSandbox {
     pub id: SandboxId,
     /// Whether its init is alive (it can be re-adopted) or only leftovers remain.
     pub alive: bool,
-    /// When its init started, if it did.
-    pub started_at: Option<SystemTime>,
 }
 
 /// A runtime failure, classified by kind; the backend's detail travels as the source.

@@ -194,7 +194,6 @@ impl Runtime for FakeRuntime {
             .map(|(id, alive)| RuntimeSandbox {
                 id: id.clone(),
                 alive: *alive,
-                started_at: None,
             })
             .collect())
     }

@@ -342,11 +342,7 @@ impl<S: NsSys> NamespaceRuntime<S> {
                 Ok(None) | Err(LinuxError::Corrupt { .. }) => false,
                 Err(error) => return Err(error),
             };
-            found.push(RuntimeSandbox {
-                id,
-                alive,
-                started_at: None,
-            });
+            found.push(RuntimeSandbox { id, alive });
         }
         Ok(found)
     }
