@@ -7,7 +7,9 @@
 //! - zygote (its forked outer init, in one atomic `write`) → daemon:
 //!   `<init.json path>\t<ReadyMessage JSON>`.
 //!
-//! The zygote dies with the daemon (parent-death signal). It ignores `SIGCHLD`, so the outer
+//! The zygote ends when its stdin does, that is when the daemon is gone (a parent-death signal
+//! would fire when the daemon *thread* that spawned it ends, and pool threads come and go).
+//! It ignores `SIGCHLD`, so the outer
 //! inits it forks are reaped by the kernel; each outer restores the default before building a
 //! sandbox, because PID 1 reaps its own children. PID 1s outlive their outer init and are
 //! adopted by the daemon, a child subreaper.
@@ -20,8 +22,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Sender, channel};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
-
-use rustix::process::Signal;
 
 use super::syscalls::{Forked, fork, set_sigchld_ignored};
 use super::{load_config, outer};
@@ -36,9 +36,6 @@ const MAX_REPORT: usize = 4000;
 
 /// Main loop of the zygote process.
 pub(super) fn zygote_main() -> ExitCode {
-    if rustix::process::set_parent_process_death_signal(Some(Signal::KILL)).is_err() {
-        return ExitCode::FAILURE;
-    }
     if set_sigchld_ignored(true).is_err() {
         return ExitCode::FAILURE;
     }
