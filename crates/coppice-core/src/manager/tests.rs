@@ -313,20 +313,9 @@ async fn test_restart_readopts_live_sandboxes() {
 #[tokio::test]
 async fn test_restart_cleans_up_half_created_and_orphans() {
     let harness = Harness::new();
-    let store = Store::in_memory().unwrap();
     let half: SandboxId = "half".parse().unwrap();
     let orphan: SandboxId = "orphan".parse().unwrap();
-    let now = harness.clock.now();
-    store
-        .put(&Sandbox {
-            id: half.clone(),
-            spec: spec(),
-            state: SandboxState::Creating,
-            created_at: now,
-            end_at: now,
-            endpoints: None,
-        })
-        .unwrap();
+    let store = store_with_half_created(&harness, &half);
     harness.storage.insert_rootfs(&half);
     harness.runtime.insert_alive(&orphan);
     harness.storage.insert_rootfs(&orphan);
@@ -336,6 +325,22 @@ async fn test_restart_cleans_up_half_created_and_orphans() {
     assert!(!harness.holds_anything(&half));
     assert!(!harness.holds_anything(&orphan));
     assert!(manager.get(&half).is_err());
+}
+
+/// A store recording `id` as `Creating`, as a daemon that crashed mid-create leaves it.
+fn store_with_half_created(harness: &Harness, id: &SandboxId) -> Store {
+    let store = Store::in_memory().unwrap();
+    let now = harness.clock.now();
+    let sandbox = Sandbox {
+        id: id.clone(),
+        spec: spec(),
+        state: SandboxState::Creating,
+        created_at: now,
+        end_at: now,
+        endpoints: None,
+    };
+    store.put(&sandbox).unwrap();
+    store
 }
 
 async fn wait_until(condition: impl Fn() -> bool) {
@@ -351,19 +356,8 @@ async fn wait_until(condition: impl Fn() -> bool) {
 #[tokio::test]
 async fn test_restart_with_failing_cleanup_still_starts_and_monitor_retries() {
     let harness = Harness::new();
-    let store = Store::in_memory().unwrap();
     let half: SandboxId = "half".parse().unwrap();
-    let now = harness.clock.now();
-    store
-        .put(&Sandbox {
-            id: half.clone(),
-            spec: spec(),
-            state: SandboxState::Creating,
-            created_at: now,
-            end_at: now,
-            endpoints: None,
-        })
-        .unwrap();
+    let store = store_with_half_created(&harness, &half);
     harness.runtime.insert_alive(&half);
     harness.runtime.fail_next("destroy");
 

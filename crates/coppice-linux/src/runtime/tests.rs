@@ -71,6 +71,15 @@ fn id(name: &str) -> SandboxId {
     name.parse().unwrap()
 }
 
+/// Creates and starts sandbox `name`.
+fn started(fixture: &Fixture, name: &str) {
+    fixture
+        .runtime
+        .create(&id(name), &spec(), &rootfs())
+        .unwrap();
+    fixture.runtime.start(&id(name)).unwrap();
+}
+
 fn read_init(fixture: &Fixture, id: &SandboxId) -> InitConfig {
     let bytes = fs::read(fixture.root.join("run").join(id.as_str()).join(INIT_CONFIG)).unwrap();
     serde_json::from_slice(&bytes).unwrap()
@@ -196,11 +205,7 @@ fn test_start_init_failure_is_reported_with_its_message() {
 #[test]
 fn test_destroy_kills_init_and_removes_everything() {
     let fixture = fixture();
-    fixture
-        .runtime
-        .create(&id("a"), &spec(), &rootfs())
-        .unwrap();
-    fixture.runtime.start(&id("a")).unwrap();
+    started(&fixture, "a");
 
     fixture.runtime.destroy(&id("a")).unwrap();
 
@@ -220,11 +225,7 @@ fn test_destroy_unknown_sandbox_succeeds() {
 fn test_list_reports_alive_and_dead_inits() {
     let fixture = fixture();
     for name in ["a", "b"] {
-        fixture
-            .runtime
-            .create(&id(name), &spec(), &rootfs())
-            .unwrap();
-        fixture.runtime.start(&id(name)).unwrap();
+        started(&fixture, name);
     }
     fixture.sys.kill(1002).unwrap();
 
@@ -240,11 +241,7 @@ fn test_list_reports_alive_and_dead_inits() {
 #[test]
 fn test_exec_on_dead_sandbox_is_not_found() {
     let fixture = fixture();
-    fixture
-        .runtime
-        .create(&id("a"), &spec(), &rootfs())
-        .unwrap();
-    fixture.runtime.start(&id("a")).unwrap();
+    started(&fixture, "a");
     fixture.sys.kill(1001).unwrap();
 
     let err = fixture
