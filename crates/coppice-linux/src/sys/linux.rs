@@ -53,7 +53,14 @@ impl NsSys for RealNsSys {
         config: &Path,
         timeout: Duration,
     ) -> io::Result<Option<ReadyMessage>> {
-        self.zygote(command)?.request(config, timeout)
+        match self.zygote(command)?.request(config, timeout) {
+            // The zygote died and its handle had not noticed yet; the failed write marked it
+            // dead, so this asks a fresh one. Nothing was started: retrying is safe.
+            Err(error) if error.kind() == io::ErrorKind::BrokenPipe => {
+                self.zygote(command)?.request(config, timeout)
+            }
+            result => result,
+        }
     }
 
     fn process_start_time(&self, pid: i32) -> io::Result<Option<u64>> {
