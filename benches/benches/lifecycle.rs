@@ -5,8 +5,8 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
+use coppice_benches::create_exec_true_kill;
 use coppice_core::clock::SystemClock;
-use coppice_core::exec::ExecRequest;
 use coppice_core::manager::{Backends, ManagerConfig};
 use coppice_core::store::Store;
 use coppice_core::testing::{FakeNetPolicy, FakeRuntime, FakeStorage};
@@ -65,14 +65,9 @@ fn manager_overhead(c: &mut Criterion) {
     let spec = SandboxSpec::new("base".parse().expect("template"));
     c.bench_function("manager/create_exec_kill_fakes", |b| {
         b.iter(|| {
-            tokio.block_on(async {
-                let sandbox = manager.create(spec.clone()).await.expect("create");
-                manager
-                    .exec(&sandbox.id, ExecRequest::new(["/bin/true"]))
-                    .await
-                    .expect("exec");
-                manager.kill(&sandbox.id).await.expect("kill");
-            });
+            tokio
+                .block_on(create_exec_true_kill(&manager, &spec))
+                .expect("cycle")
         });
     });
 }
@@ -97,14 +92,9 @@ fn real_lifecycle(c: &mut Criterion) {
     let mut group = c.benchmark_group("lifecycle");
     group.bench_function("coppice_create_exec_true_destroy", |b| {
         b.iter(|| {
-            tokio.block_on(async {
-                let sandbox = manager.create(spec.clone()).await.expect("create");
-                manager
-                    .exec(&sandbox.id, ExecRequest::new(["/bin/true"]))
-                    .await
-                    .expect("exec");
-                manager.kill(&sandbox.id).await.expect("kill");
-            });
+            tokio
+                .block_on(create_exec_true_kill(&manager, &spec))
+                .expect("cycle")
         });
     });
     group.bench_function("bwrap_true", |b| {

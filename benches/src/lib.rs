@@ -4,6 +4,26 @@
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+/// One measured cycle: create a sandbox, run `/bin/true` in it, kill it.
+///
+/// # Errors
+/// Any step failing, or `/bin/true` not succeeding.
+pub async fn create_exec_true_kill(
+    manager: &coppice_core::SandboxManager,
+    spec: &coppice_core::SandboxSpec,
+) -> anyhow::Result<()> {
+    let sandbox = manager.create(spec.clone()).await?;
+    let outcome = manager
+        .exec(
+            &sandbox.id,
+            coppice_core::exec::ExecRequest::new(["/bin/true"]),
+        )
+        .await?;
+    manager.kill(&sandbox.id).await?;
+    anyhow::ensure!(outcome.status.success(), "/bin/true failed: {outcome:?}");
+    Ok(())
+}
+
 /// p50 and p95 (nearest rank) of `samples`, which it sorts.
 pub fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
     samples.sort_unstable();

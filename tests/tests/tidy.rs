@@ -4,8 +4,9 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-/// Non-test lines a source file may have before it must be split by responsibility.
-const MAX_NON_TEST_LINES: usize = 800;
+/// Lines a source file may have before it must be split by responsibility (tests included:
+/// they move to a `<module>/tests.rs` of their own).
+const MAX_LINES: usize = 800;
 
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -95,18 +96,20 @@ fn test_tidy_ignored_tests_carry_a_reason() {
             .enumerate()
         {
             let trimmed = line.trim_start();
-            let bare_ignore = trimmed.starts_with("#[ignore]");
-            let bad_reason = trimmed.starts_with("#[ignore =")
-                && !trimmed.starts_with("#[ignore = \"privileged:")
-                && !trimmed.starts_with("#[ignore = \"network:");
-            if bare_ignore || bad_reason || trimmed.starts_with("#[should_panic") {
+            // The attribute is spelled in pieces so that this file does not match itself.
+            let ignore = concat!("#[", "ignore");
+            let bare_ignore = trimmed.starts_with(&format!("{ignore}]"));
+            let bad_reason = trimmed.starts_with(&format!("{ignore} ="))
+                && !trimmed.starts_with(&format!("{ignore} = \"privileged:"))
+                && !trimmed.starts_with(&format!("{ignore} = \"network:"));
+            if bare_ignore || bad_reason || trimmed.starts_with(concat!("#[", "should_panic")) {
                 offenders.push(format!("{}:{}", relative(&path), number + 1));
             }
         }
     }
     assert!(
         offenders.is_empty(),
-        "`#[ignore]` without a privileged:/network: reason, or should_panic: {offenders:?}"
+        "ignored tests without a privileged:/network: reason, or should_panic: {offenders:?}"
     );
 }
 
@@ -116,12 +119,8 @@ fn test_tidy_files_stay_below_the_split_threshold() {
         .into_iter()
         .filter_map(|path| {
             let text = fs::read_to_string(&path).unwrap_or_default();
-            let non_test = text
-                .lines()
-                .take_while(|line| line.trim() != "#[cfg(test)]")
-                .count();
-            (non_test > MAX_NON_TEST_LINES)
-                .then(|| format!("{} ({non_test} lines)", relative(&path)))
+            let lines = text.lines().count();
+            (lines > MAX_LINES).then(|| format!("{} ({lines} lines)", relative(&path)))
         })
         .collect();
     assert!(

@@ -35,7 +35,7 @@ mod linux {
     use std::time::{Duration, Instant};
 
     use anyhow::Context;
-    use coppice_benches::{bwrap_true, millis, percentiles};
+    use coppice_benches::{bwrap_true, create_exec_true_kill, millis, percentiles};
     use coppice_core::SandboxSpec;
     use coppice_core::exec::ExecRequest;
     use coppice_core::runtime::{Runtime, RuntimeSpec};
@@ -191,23 +191,8 @@ mod linux {
         spec: &SandboxSpec,
     ) -> anyhow::Result<Duration> {
         let started = Instant::now();
-        let sandbox = manager.create(spec.clone()).await?;
-        let created = started.elapsed();
-        let outcome = manager
-            .exec(&sandbox.id, ExecRequest::new(["/bin/true"]))
-            .await?;
-        let executed = started.elapsed();
-        manager.kill(&sandbox.id).await?;
-        if std::env::var_os("COPPICE_LATENCY_DEBUG").is_some() {
-            eprintln!(
-                "manager: create {created:?} exec {:?} kill {:?}",
-                executed - created,
-                started.elapsed() - executed
-            );
-        }
-        let elapsed = started.elapsed();
-        anyhow::ensure!(outcome.status.success(), "/bin/true failed: {outcome:?}");
-        Ok(elapsed)
+        create_exec_true_kill(manager, spec).await?;
+        Ok(started.elapsed())
     }
 
     fn runtime_cycle(

@@ -129,10 +129,7 @@ impl SandboxManager {
     }
 
     fn sandboxes(&self) -> MutexGuard<'_, HashMap<SandboxId, Sandbox>> {
-        self.inner
-            .sandboxes
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.inner.sandboxes()
     }
 
     /// Creates and starts a sandbox.
@@ -286,19 +283,11 @@ impl SandboxManager {
 
     /// Claims the release of a sandbox; false when another task is releasing it already.
     fn claim_release(&self, id: &SandboxId) -> bool {
-        self.inner
-            .releasing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(id.clone())
+        self.inner.claim_release(id)
     }
 
     fn end_release(&self, id: &SandboxId) {
-        self.inner
-            .releasing
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(id);
+        self.inner.end_release(id);
     }
 
     /// Releases a `Stopping` sandbox's resources and records it as stopped. The caller holds
@@ -508,6 +497,14 @@ impl SandboxManager {
 }
 
 impl Inner {
+    /// Claims the release of a sandbox; false when another task is releasing it already.
+    fn claim_release(&self, id: &SandboxId) -> bool {
+        self.releasing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id.clone())
+    }
+
     fn end_release(&self, id: &SandboxId) {
         self.releasing
             .lock()

@@ -421,26 +421,17 @@ impl SandboxCgroups {
         read_number(&dir.join("pids.current"))
     }
 
-    /// Removes every directory. Missing ones are fine. `EBUSY` (tasks not yet gone) is
+    /// Removes every directory with `remove_dir` (`rmdir` on cgroupfs, which ignores the
+    /// control files). Missing ones are fine. `EBUSY` (tasks not yet gone) is
     /// reported so the caller can retry.
     ///
     /// # Errors
     /// The first failing `rmdir`.
-    pub fn remove(&self) -> Result<()> {
+    pub fn remove(&self, remove_dir: &dyn Fn(&Path) -> io::Result<()>) -> Result<()> {
         for dir in &self.dirs {
-            match fs::remove_dir(&dir.path) {
+            match remove_dir(&dir.path) {
                 Ok(()) => {}
                 Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                // cgroupfs never answers ENOTEMPTY for its control files (it says EBUSY while
-                // tasks remain); a plain directory tree standing in for it in tests does.
-                Err(error) if error.kind() == io::ErrorKind::DirectoryNotEmpty => {
-                    remove_plain_files(&dir.path)?;
-                    fs::remove_dir(&dir.path).map_err(|source| CgroupError::Io {
-                        op: "remove",
-                        path: dir.path.clone(),
-                        source,
-                    })?;
-                }
                 Err(source) => {
                     return Err(CgroupError::Io {
                         op: "remove",
@@ -462,24 +453,6 @@ pub fn parse_oom_kills(text: &str) -> u64 {
                 .and_then(|v| v.trim().parse().ok())
         })
         .unwrap_or(0)
-}
-
-fn remove_plain_files(dir: &Path) -> Result<()> {
-    let entries = fs::read_dir(dir).map_err(|source| CgroupError::Io {
-        op: "remove",
-        path: dir.to_owned(),
-        source,
-    })?;
-    for entry in entries.flatten() {
-        if entry.file_type().is_ok_and(|t| t.is_file()) {
-            fs::remove_file(entry.path()).map_err(|source| CgroupError::Io {
-                op: "remove",
-                path: entry.path(),
-                source,
-            })?;
-        }
-    }
-    Ok(())
 }
 
 fn read_number(path: &Path) -> Result<u64> {
@@ -586,7 +559,7 @@ mod tests {
             fs::read_to_string(cpu.join("cpu.cfs_quota_us")).unwrap(),
             "200000"
         );
-        cgroups.remove().unwrap();
+        cgroups.remove(&|dir| fs::remove_dir_all(dir)).unwrap();
         assert!(cgroups.dirs().iter().all(|d| !d.path.exists()));
     }
 

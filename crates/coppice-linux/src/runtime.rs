@@ -292,7 +292,7 @@ impl<S: NsSys> NamespaceRuntime<S> {
                 None => true,
             };
             if init_gone && cgroups.pids()?.is_empty() {
-                match cgroups.remove() {
+                match cgroups.remove(&|dir| self.sys.remove_cgroup(dir)) {
                     Ok(()) => break,
                     Err(error) if Instant::now() >= deadline => return Err(error.into()),
                     Err(_) => {}

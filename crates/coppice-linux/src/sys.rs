@@ -60,6 +60,12 @@ pub trait NsSys: Send + Sync + fmt::Debug + 'static {
     /// A failure other than the option being unknown.
     fn favor_dynamic_cgroups(&self, unified: &Path) -> io::Result<bool>;
 
+    /// Removes one empty cgroup directory.
+    ///
+    /// # Errors
+    /// `EBUSY` while tasks remain; any other removal failure.
+    fn remove_cgroup(&self, dir: &Path) -> io::Result<()>;
+
     /// Makes this process adopt orphaned descendants, so exited sandbox inits can be reaped.
     ///
     /// # Errors

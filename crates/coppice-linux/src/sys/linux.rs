@@ -126,6 +126,11 @@ impl NsSys for RealNsSys {
         Ok(true)
     }
 
+    fn remove_cgroup(&self, dir: &Path) -> io::Result<()> {
+        // cgroupfs lets rmdir remove a directory still listing its control files.
+        fs::remove_dir(dir)
+    }
+
     fn become_subreaper(&self) -> io::Result<()> {
         Ok(set_child_subreaper(Some(rustix::process::getpid()))?)
     }

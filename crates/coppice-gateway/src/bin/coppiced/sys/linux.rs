@@ -2,7 +2,7 @@
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -43,7 +43,7 @@ fn init_command() -> anyhow::Result<InitCommand> {
     })
 }
 
-fn private_dir(path: &PathBuf) -> anyhow::Result<()> {
+fn private_dir(path: &Path) -> anyhow::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
