@@ -10,27 +10,43 @@ if [[ $(id -u) -ne 0 ]]; then
     exit 1
 fi
 
-# System packages: bubblewrap is the peer the latency harness measures against.
+# System packages: bubblewrap is the peer the latency harness measures against; Python with
+# venv runs the unmodified E2B SDK against envd.
 missing=()
 command -v bwrap >/dev/null || missing+=(bubblewrap)
+command -v python3 >/dev/null || missing+=(python3)
+python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 if ((${#missing[@]})); then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 rustup target add x86_64-unknown-freebsd >/dev/null
 
+# The E2B Python SDK, pinned, in a venv of its own (the envd tests drive envd through it).
+E2B_SDK_VERSION=2.63.0
+venv=target/e2b-venv
+if ! "$venv/bin/python" -c "import e2b, importlib.metadata as m; assert m.version('e2b') == '$E2B_SDK_VERSION'" 2>/dev/null; then
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check "e2b==$E2B_SDK_VERSION"
+fi
+export COPPICE_E2B_PYTHON="$PWD/$venv/bin/python"
+
 echo "== unit and component tests (privileged tests are listed as ignored here)"
 cargo test --workspace --locked
 
 echo "== privileged tests, for real"
 export COPPICE_PRIVILEGED_TESTS=1
-for package in coppice-linux coppice-overlay coppice-gateway coppice-tests; do
+for target in coppice-linux:privileged coppice-overlay:privileged coppice-gateway:privileged \
+    coppice-tests:privileged coppice-tests:envd; do
+    package=${target%%:*}
+    test=${target##*:}
     log=$(mktemp)
-    cargo test --locked -p "$package" --test privileged -- --ignored --test-threads=1 2>&1 | tee "$log"
+    cargo test --locked -p "$package" --test "$test" -- --ignored --test-threads=1 2>&1 | tee "$log"
     passed=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$log" | tail -1)
     rm -f "$log"
     if [[ -z "$passed" || "$passed" -eq 0 ]]; then
-        echo "privileged tests of $package did not run" >&2
+        echo "privileged tests $test of $package did not run" >&2
         exit 1
     fi
 done

@@ -9,7 +9,9 @@ use coppice_core::clock::SystemClock;
 use coppice_core::manager::{Backends, ManagerConfig};
 use coppice_core::store::Store;
 use coppice_linux::cgroup::{CgroupConfig, SandboxCgroups};
-use coppice_linux::{IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig, RealNsSys};
+use coppice_linux::{
+    EnvdSettings, IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig, RealNsSys,
+};
 use coppice_net::LoopbackOnly;
 use coppice_overlay::{OverlayConfig, OverlayStorage};
 
@@ -25,6 +27,8 @@ pub struct HarnessPaths {
     pub data_dir: PathBuf,
     /// The cgroup group name, unique to this harness.
     pub group: String,
+    /// envd for every sandbox, when set.
+    pub envd: Option<EnvdSettings>,
 }
 
 impl HarnessPaths {
@@ -43,7 +47,15 @@ impl HarnessPaths {
         Self {
             data_dir: data_dir.to_owned(),
             group,
+            envd: None,
         }
+    }
+
+    /// These paths with envd started in every sandbox.
+    #[must_use]
+    pub fn with_envd(mut self, envd: EnvdSettings) -> Self {
+        self.envd = Some(envd);
+        self
     }
 
     /// The cgroup group directories (parents of every sandbox's cgroups).
@@ -80,6 +92,7 @@ impl HarnessPaths {
         let mut config = NamespaceRuntimeConfig::new(self.data_dir.join("run"), init.clone());
         config.cgroup = self.cgroup_config();
         config.id_map = id_map;
+        config.envd.clone_from(&self.envd);
         let runtime = Arc::new(NamespaceRuntime::new(config)?);
         let backends = Backends {
             runtime: Arc::clone(&runtime) as Arc<dyn coppice_core::runtime::Runtime>,
@@ -113,8 +126,56 @@ impl HarnessPaths {
     }
 }
 
+/// A manager over the real backends in a fresh temp dir; its cgroup groups go when it does.
+#[derive(Debug)]
+pub struct ManagerEnv {
+    /// Keeps the data dir alive.
+    pub dir: tempfile::TempDir,
+    /// Where the backends keep their state.
+    pub paths: HarnessPaths,
+    /// The manager.
+    pub manager: SandboxManager,
+}
+
+impl ManagerEnv {
+    /// Starts a manager whose sandbox init (and envd, when `with_envd`) is
+    /// `coppice-test-daemon` at `daemon`.
+    ///
+    /// # Errors
+    /// Temp dir, backend or store start-up failures.
+    pub async fn start(daemon: &Path, with_envd: bool) -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let mut paths = HarnessPaths::new(dir.path());
+        if with_envd {
+            paths = paths.with_envd(test_daemon_envd(daemon));
+        }
+        let manager = paths.manager(&test_daemon_init(daemon)).await?;
+        Ok(Self {
+            dir,
+            paths,
+            manager,
+        })
+    }
+}
+
+impl Drop for ManagerEnv {
+    fn drop(&mut self) {
+        self.paths.remove_groups();
+    }
+}
+
 /// The sub-command under which `coppice-test-daemon` acts as a sandbox init.
 pub const INIT_SUBCOMMAND: &str = "__sandbox-init";
+
+/// The sub-command under which `coppice-test-daemon` acts as envd.
+pub const ENVD_SUBCOMMAND: &str = "__envd";
+
+/// `coppice-test-daemon` at `program`, in envd mode, defaulting to the `user` account.
+pub fn test_daemon_envd(program: &Path) -> EnvdSettings {
+    let mut settings = EnvdSettings::new(program.to_owned());
+    settings.leading_args = vec![ENVD_SUBCOMMAND.to_owned()];
+    settings
+}
 
 /// `coppice-test-daemon` at `program`, in init mode.
 pub fn test_daemon_init(program: &Path) -> InitCommand {

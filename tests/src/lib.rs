@@ -6,5 +6,7 @@
 #![forbid(unsafe_code)]
 
 #[cfg(target_os = "linux")]
+pub mod e2b_stub;
+#[cfg(target_os = "linux")]
 pub mod harness;
 pub mod host;

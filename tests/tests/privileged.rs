@@ -13,36 +13,14 @@ use coppice_core::event::{EventKind, Reason};
 use coppice_core::exec::{ExecRequest, ExecUser, ExitStatus};
 use coppice_core::manager::ListFilter;
 use coppice_core::{ErrorKind, SandboxManager, SandboxSpec};
-use coppice_tests::harness::{HarnessPaths, test_daemon_init};
+use coppice_tests::harness::{HarnessPaths, ManagerEnv};
 use coppice_tests::host::HostResources;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_coppice-test-daemon");
 
-struct Env {
-    _dir: tempfile::TempDir,
-    paths: HarnessPaths,
-    manager: SandboxManager,
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        self.paths.remove_groups();
-    }
-}
-
-async fn env() -> Env {
+async fn env() -> ManagerEnv {
     coppice_core::require_privileged!();
-    let dir = tempfile::tempdir().unwrap();
-    let paths = HarnessPaths::new(dir.path());
-    let manager = paths
-        .manager(&test_daemon_init(Path::new(DAEMON)))
-        .await
-        .unwrap();
-    Env {
-        _dir: dir,
-        paths,
-        manager,
-    }
+    ManagerEnv::start(Path::new(DAEMON), false).await.unwrap()
 }
 
 fn base() -> SandboxSpec {

@@ -1,11 +1,31 @@
 //! coppice-envd: the in-sandbox daemon that speaks E2B's envd protocol.
 //!
-//! Charter: the daemon and its wire protocol; depends on no other coppice crate. Today it
-//! holds [`proto`]: the `process` and `filesystem` message types and service traits,
-//! generated at build time from `proto/*.proto` (written from the SDKs' field tables: same
-//! packages, services, names and numbers). The daemon that serves them comes next; until
-//! then the sandbox init runs commands over its control socket.
+//! Charter: the daemon and its wire protocol; depends on no other coppice crate. [`proto`]
+//! holds the `process` and `filesystem` message types and service traits, generated at build
+//! time from `proto/*.proto` (written from the SDKs' field tables: same packages, services,
+//! names and numbers). [`server::router`] serves them over Connect (JSON and binary), with
+//! the plain routes `/health`, `/init`, `/envs`, `/metrics` and `/files`; the binary
+//! `coppice-envd` runs it inside a sandbox, on the Unix socket the host holds and on TCP
+//! port 49983 of the sandbox's network.
 #![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod filesystem;
+pub mod http;
+pub mod paths;
+pub mod process;
+pub mod server;
+pub mod state;
+pub mod sys;
+pub mod users;
+
+pub use config::{ENVD_VERSION, EnvdConfig};
+pub use error::EnvdError;
+pub use server::{Exposure, router};
+pub use state::Envd;
 
 /// Generated Connect-RPC types and service traits (`proto::process`, `proto::filesystem`).
 #[allow(

@@ -37,7 +37,7 @@ pub mod runtime;
 #[allow(unsafe_code)]
 mod sys;
 
-pub use config::{IdMap, InitCommand, NamespaceRuntimeConfig};
+pub use config::{EnvdSettings, IdMap, InitCommand, NamespaceRuntimeConfig};
 pub use error::LinuxError;
 pub use runtime::NamespaceRuntime;
 pub use sys::{FakeNsSys, NsSys};

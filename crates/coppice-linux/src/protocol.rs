@@ -48,6 +48,22 @@ pub struct InitConfig {
     pub env: Vec<(String, String)>,
     /// Most bytes of stdout and of stderr kept per exec.
     pub exec_output_limit: usize,
+    /// The in-sandbox daemon PID 1 starts and keeps running, if any.
+    #[serde(default)]
+    pub envd: Option<EnvdLaunch>,
+}
+
+/// How PID 1 runs envd: the host binary is opened before `pivot_root` and executed from that
+/// descriptor, so nothing of it needs to exist inside the sandbox's root; its listening Unix
+/// socket (bound on the host side) is its standard input.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnvdLaunch {
+    /// The envd executable on the host.
+    pub binary: PathBuf,
+    /// Where its host-side Unix socket is bound.
+    pub socket: PathBuf,
+    /// Its arguments (after the program name).
+    pub args: Vec<String>,
 }
 
 /// Where the sandbox's network namespace comes from.

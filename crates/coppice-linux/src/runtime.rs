@@ -28,7 +28,7 @@ use crate::client;
 use crate::config::NamespaceRuntimeConfig;
 use crate::error::LinuxError;
 use crate::mount_plan;
-use crate::protocol::{INIT_CONFIG_VERSION, InitConfig, NetworkSetup, ReadyMessage};
+use crate::protocol::{EnvdLaunch, INIT_CONFIG_VERSION, InitConfig, NetworkSetup, ReadyMessage};
 use crate::sys::NsSys;
 
 const INIT_CONFIG: &str = "init.json";
@@ -206,6 +206,23 @@ impl<S: NsSys> NamespaceRuntime<S> {
             id_count: self.config.id_map.count,
             env: spec.env.clone(),
             exec_output_limit: self.config.exec_output_limit,
+            envd: self.config.envd.as_ref().map(|envd| EnvdLaunch {
+                binary: envd.binary.clone(),
+                socket: dir.join(ENVD_SOCKET),
+                args: [
+                    envd.leading_args.clone(),
+                    vec![
+                        "--listen-stdin".into(),
+                        "--port".into(),
+                        envd.port.to_string(),
+                        "--default-user".into(),
+                        envd.default_user.clone(),
+                        "--sandbox-id".into(),
+                        id.to_string(),
+                    ],
+                ]
+                .concat(),
+            }),
         };
         write_json(&dir.join(INIT_CONFIG), &init)
     }

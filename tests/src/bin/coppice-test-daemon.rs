@@ -1,6 +1,7 @@
 //! `coppice-test-daemon`: a sandbox manager over the real backends, driven line by line on
 //! stdin, so tests can SIGKILL a "daemon" mid-flight and check what a restart recovers.
-//! Also acts as the sandbox init (`__sandbox-init --config …`), so tests need no other binary.
+//! Also acts as the sandbox init (`__sandbox-init --config …`) and as envd (`__envd …`), so
+//! tests need no other binary.
 //!
 //! Commands: `create`, `exec <id> <shell script>`, `kill <id>`, `list`; one JSON line answers each.
 #![forbid(unsafe_code)]
@@ -10,12 +11,17 @@ use std::process::ExitCode;
 
 #[cfg(target_os = "linux")]
 fn main() -> ExitCode {
-    use coppice_tests::harness::{HarnessPaths, INIT_SUBCOMMAND, test_daemon_init};
+    use coppice_tests::harness::{
+        ENVD_SUBCOMMAND, HarnessPaths, INIT_SUBCOMMAND, test_daemon_init,
+    };
 
     let mut args = std::env::args_os().skip(1);
     let first = args.next();
     if first.as_deref() == Some(std::ffi::OsStr::new(INIT_SUBCOMMAND)) {
         return coppice_linux::init_main(args);
+    }
+    if first.as_deref() == Some(std::ffi::OsStr::new(ENVD_SUBCOMMAND)) {
+        return coppice_envd::cli::main(std::iter::once("coppice-envd".into()).chain(args));
     }
     let (Some(data_dir), Some(group)) = (first, args.next()) else {
         return ExitCode::FAILURE;

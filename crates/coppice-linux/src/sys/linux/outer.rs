@@ -10,8 +10,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 
 use rustix::thread::{LinkNameSpaceType, UnshareFlags, move_into_link_name_space};
 
-use super::pid1;
 use super::syscalls::{Forked, fork, unshare};
+use super::{envd, pid1};
 use crate::protocol::{InitConfig, NetworkSetup, ReadyMessage};
 
 /// Messages PID 1 sends to the outer process over their socket pair, one per line.
@@ -64,15 +64,21 @@ fn build(config: &InitConfig) -> Result<i32, String> {
     }
     unshare(flags).map_err(|e| format!("unshare: {e}"))?;
 
+    let envd = match &config.envd {
+        Some(launch) => Some(envd::prepare(launch)?),
+        None => None,
+    };
+
     let (outer_end, pid1_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     match fork().map_err(|e| format!("fork: {e}"))? {
         Forked::Child => {
             drop(outer_end);
-            pid1::run(config, listener, pid1_end)
+            pid1::run(config, listener, envd, pid1_end)
         }
         Forked::Parent(child) => {
             drop(pid1_end);
             drop(listener);
+            drop(envd);
             let supervised = supervise_setup(config, child, outer_end);
             if supervised.is_err() {
                 // A half-built PID 1 must not outlive its report: once this process exits it

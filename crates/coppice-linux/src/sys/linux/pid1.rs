@@ -18,6 +18,7 @@ use rustix::thread::{
     Gid, Uid, UnshareFlags, set_thread_groups, set_thread_res_gid, set_thread_res_uid,
 };
 
+use super::envd::{self, PreparedEnvd};
 use super::outer::{MSG_CGROUPS_JOINED, MSG_ERROR, MSG_ID_MAP_DONE, MSG_NEED_ID_MAP, MSG_READY};
 use super::syscalls::{close_range, dup_onto, loopback_up, unshare};
 use super::{security, server};
@@ -28,9 +29,20 @@ use crate::protocol::{InitConfig, MountStep};
 const OLD_ROOT: &str = ".oldroot";
 
 /// Runs as PID 1 of the new PID namespace; never returns.
-pub(super) fn run(config: &InitConfig, listener: UnixListener, channel: UnixStream) -> ! {
-    match set_up(config, &listener, &channel) {
-        Ok(()) => match server::start(config, listener) {
+pub(super) fn run(
+    config: &InitConfig,
+    listener: UnixListener,
+    envd: Option<PreparedEnvd>,
+    channel: UnixStream,
+) -> ! {
+    let envd_fds = envd.as_ref().map(PreparedEnvd::fds);
+    match set_up(config, &listener, envd_fds, &channel) {
+        Ok(()) => match server::start(config, listener).and_then(|shared| {
+            if let Some(envd) = envd {
+                envd::start(&shared, envd, config.env.clone())?;
+            }
+            Ok(shared)
+        }) {
             Ok(shared) => {
                 let mut writer = &channel;
                 if writer
@@ -59,6 +71,7 @@ pub(super) fn run(config: &InitConfig, listener: UnixListener, channel: UnixStre
 fn set_up(
     config: &InitConfig,
     listener: &UnixListener,
+    envd_fds: Option<[i32; 2]>,
     channel: &UnixStream,
 ) -> Result<(), String> {
     unshare(UnshareFlags::NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;
@@ -78,7 +91,8 @@ fn set_up(
     enter_root(&config.rootfs)?;
     enter_user_namespace(channel)?;
     redirect_stdio()?;
-    let keep = [listener.as_raw_fd(), channel.as_raw_fd()];
+    let mut keep = vec![listener.as_raw_fd(), channel.as_raw_fd()];
+    keep.extend(envd_fds.into_iter().flatten());
     close_all_but(&keep)?;
     rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
     set_dumpable_behavior(DumpableBehavior::NotDumpable)

@@ -170,6 +170,23 @@ fn handle(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
     }
 }
 
+/// Spawns `command` with its pid registered for the reaper while the lock is held, so its
+/// status is kept for [`wait_for`].
+fn spawn_child(shared: &Shared, command: &mut Command) -> std::io::Result<std::process::Child> {
+    let mut registry = shared.registry();
+    let child = command.spawn()?;
+    let pid = i32::try_from(child.id()).map_err(|_| std::io::Error::other("pid out of range"))?;
+    registry.waiting.insert(pid, None);
+    shared.changed.notify_all();
+    Ok(child)
+}
+
+/// Spawns a long-lived child of PID 1 and returns its pid; collect it with [`wait_for`].
+pub(super) fn spawn_registered(shared: &Shared, command: &mut Command) -> std::io::Result<i32> {
+    let child = spawn_child(shared, command)?;
+    i32::try_from(child.id()).map_err(|_| std::io::Error::other("pid out of range"))
+}
+
 struct ExecCommand {
     argv: Vec<String>,
     env: Vec<(String, String)>,
@@ -216,16 +233,8 @@ fn run(shared: &Shared, request: ExecCommand, client: &UnixStream) -> Result<Fin
         command.uid(request.identity.uid).gid(request.identity.gid);
     }
 
-    let mut child = {
-        let mut registry = shared.registry();
-        let child = command
-            .spawn()
-            .map_err(|e| format!("cannot run {program:?}: {e}"))?;
-        let pid = i32::try_from(child.id()).map_err(|_| "pid out of range".to_owned())?;
-        registry.waiting.insert(pid, None);
-        shared.changed.notify_all();
-        child
-    };
+    let mut child =
+        spawn_child(shared, &mut command).map_err(|e| format!("cannot run {program:?}: {e}"))?;
     let pid = i32::try_from(child.id()).map_err(|_| "pid out of range".to_owned())?;
     if let Some(mut stdin) = child.stdin.take() {
         let bytes = request.stdin;
@@ -378,7 +387,7 @@ fn take_status(shared: &Shared, pid: i32) -> Option<WaitStatus> {
 
 /// Waits for the reaper to record `pid`'s status; kills its process group at the timeout.
 /// Returns the status and whether the timeout struck.
-fn wait_for(shared: &Shared, pid: i32, timeout: Option<Duration>) -> (WaitStatus, bool) {
+pub(super) fn wait_for(shared: &Shared, pid: i32, timeout: Option<Duration>) -> (WaitStatus, bool) {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut timed_out = false;
     let mut registry = shared.registry();

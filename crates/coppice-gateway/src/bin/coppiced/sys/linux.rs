@@ -9,7 +9,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use coppice_core::manager::Backends;
 use coppice_gateway::config::GatewayConfig;
-use coppice_linux::{IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig};
+use coppice_linux::{EnvdSettings, IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig};
 use coppice_net::LoopbackOnly;
 use coppice_overlay::{OverlayConfig, OverlayStorage};
 
@@ -19,14 +19,33 @@ const NETNS_POOL_SIZE: usize = 8;
 /// The sub-command under which `coppiced` acts as a sandbox init, used when no separate
 /// `coppice-init` binary sits next to it.
 const INIT_SUBCOMMAND: &str = "__sandbox-init";
+/// The sub-command under which `coppiced` acts as envd, used when no separate
+/// `coppice-envd` binary sits next to it.
+const ENVD_SUBCOMMAND: &str = "__envd";
 
-/// Runs the sandbox init instead of the daemon when asked to.
+/// Runs the sandbox init or envd instead of the daemon when asked to.
 pub(crate) fn run_as_sandbox_init() -> Option<ExitCode> {
     let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|first| first == INIT_SUBCOMMAND) {
-        return Some(coppice_linux::init_main(args));
+    match args.next() {
+        Some(first) if first == INIT_SUBCOMMAND => Some(coppice_linux::init_main(args)),
+        Some(first) if first == ENVD_SUBCOMMAND => Some(coppice_envd::cli::main(
+            std::iter::once(std::ffi::OsString::from("coppice-envd")).chain(args),
+        )),
+        _ => None,
     }
-    None
+}
+
+/// The dedicated envd binary next to this executable if present, otherwise this executable
+/// in envd mode.
+fn envd_settings() -> anyhow::Result<EnvdSettings> {
+    let exe = std::env::current_exe().context("locating the coppiced executable")?;
+    let sibling = exe.with_file_name("coppice-envd");
+    if sibling.is_file() {
+        return Ok(EnvdSettings::new(sibling));
+    }
+    let mut settings = EnvdSettings::new(exe);
+    settings.leading_args = vec![ENVD_SUBCOMMAND.to_owned()];
+    Ok(settings)
 }
 
 /// The dedicated init binary next to this executable if present (smaller per sandbox),
@@ -66,6 +85,7 @@ pub(crate) fn backends(config: &GatewayConfig) -> anyhow::Result<Backends> {
     tracing::info!(template = %base.id, "base template ready");
     let mut runtime_config = NamespaceRuntimeConfig::new(config.run_dir(), init_command()?);
     runtime_config.id_map = id_map;
+    runtime_config.envd = Some(envd_settings()?);
     let runtime =
         NamespaceRuntime::new(runtime_config).context("starting the namespace runtime")?;
     tracing::info!(

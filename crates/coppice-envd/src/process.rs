@@ -1,0 +1,6 @@
+//! `process.Process`: starting, streaming, feeding, signalling and listing processes.
+
+pub mod service;
+pub mod spawn;
+pub mod stream;
+pub mod table;

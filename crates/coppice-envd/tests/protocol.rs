@@ -1,0 +1,384 @@
+//! envd over its Unix socket, in-process: Connect framing, errors for bad input, access
+//! tokens, process lifetimes and keepalives, `/files`. (The same envd inside a real sandbox,
+//! driven by the E2B SDK, is in `coppice-tests`.)
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{envelope, send, stream, unary};
+use serde_json::json;
+
+fn start_request(script: &str) -> serde_json::Value {
+    json!({"process": {"cmd": "/bin/sh", "args": ["-c", script]}, "stdin": false})
+}
+
+async fn assert_still_serving(envd: &common::TestEnvd) {
+    let health = send(&envd.socket, "GET", "/health", &[], "").await;
+    assert_eq!(health.status, 204);
+}
+
+#[tokio::test]
+async fn test_start_streams_start_output_end_and_an_end_stream_envelope() {
+    let envd = common::start().await;
+    let answer = stream(
+        &envd.socket,
+        "process.Process/Start",
+        &start_request("printf out; printf err >&2; exit 3"),
+        &[],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type(), "application/connect+json");
+    let envelopes = answer.envelopes();
+    assert!(envelopes[0].1["event"]["start"]["pid"].as_u64().unwrap() > 0);
+    let text = serde_json::to_string(&envelopes).unwrap();
+    assert!(text.contains(r#"{"stdout":"b3V0"}"#), "{text}");
+    assert!(text.contains(r#"{"stderr":"ZXJy"}"#), "{text}");
+    let (flags, end_stream) = envelopes.last().unwrap();
+    assert_eq!((*flags, end_stream), (2, &json!({})));
+    let end = &envelopes[envelopes.len() - 2].1["event"]["end"];
+    assert_eq!(
+        end,
+        &json!({"exitCode": 3, "exited": true, "status": "exit status 3", "error": "exit status 3"})
+    );
+}
+
+#[tokio::test]
+async fn test_malformed_json_is_invalid_argument_and_envd_keeps_serving() {
+    let envd = common::start().await;
+    let answer = unary(&envd.socket, "filesystem.Filesystem/Stat", "{\"path\": ").await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["code"], "invalid_argument");
+    assert_still_serving(&envd).await;
+}
+
+#[tokio::test]
+async fn test_unknown_rpc_is_unimplemented_with_a_string_code() {
+    let envd = common::start().await;
+    let answer = unary(&envd.socket, "process.Process/Teleport", "{}").await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.json()["code"], "unimplemented");
+    assert_still_serving(&envd).await;
+}
+
+#[tokio::test]
+async fn test_oversized_message_is_refused_as_resource_exhausted() {
+    let envd = common::start().await;
+    let body = json!({ "path": "a".repeat(5 << 20) }).to_string();
+    let mut request = format!(
+        "POST /filesystem.Filesystem/Stat HTTP/1.1\r\nhost: envd\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(body.as_bytes());
+    let answer = common::send_raw(&envd.socket, request).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 429"),
+        "{}",
+        &answer[..answer.len().min(300)]
+    );
+    assert!(
+        answer.contains(r#""code":"resource_exhausted""#),
+        "{answer}"
+    );
+    assert_still_serving(&envd).await;
+}
+
+#[tokio::test]
+async fn test_invalid_utf8_paths_are_invalid_argument_in_json_and_binary() {
+    let envd = common::start().await;
+    let mut body = b"{\"path\": \"/tmp/".to_vec();
+    body.extend_from_slice(&[0xff, 0xfe]);
+    body.extend_from_slice(b"\"}");
+    let answer = send(
+        &envd.socket,
+        "POST",
+        "/filesystem.Filesystem/Stat",
+        &[("content-type", "application/json")],
+        body,
+    )
+    .await;
+    assert_eq!(answer.status, 400);
+    assert_eq!(answer.json()["code"], "invalid_argument");
+    // Protobuf binary: field 1 (path), length 2, invalid UTF-8.
+    let answer = send(
+        &envd.socket,
+        "POST",
+        "/filesystem.Filesystem/Stat",
+        &[("content-type", "application/proto")],
+        vec![0x0a, 0x02, 0xff, 0xfe],
+    )
+    .await;
+    assert_eq!(answer.status, 400, "{answer:?}");
+    assert_still_serving(&envd).await;
+}
+
+#[tokio::test]
+async fn test_binary_protobuf_clients_are_served_too() {
+    let envd = common::start().await;
+    // StatRequest{path: "/"}
+    let answer = send(
+        &envd.socket,
+        "POST",
+        "/filesystem.Filesystem/Stat",
+        &[("content-type", "application/proto")],
+        vec![0x0a, 0x01, b'/'],
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type(), "application/proto");
+    assert!(!answer.body.is_empty());
+}
+
+#[tokio::test]
+async fn test_watchers_on_missing_dirs_are_not_found_unary_and_streamed() {
+    let envd = common::start().await;
+    let answer = unary(
+        &envd.socket,
+        "filesystem.Filesystem/CreateWatcher",
+        r#"{"path": "/nonexistent/dir", "recursive": true}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.json()["code"], "not_found");
+    let answer = stream(
+        &envd.socket,
+        "filesystem.Filesystem/WatchDir",
+        &json!({"path": "/nonexistent/dir"}),
+        &[],
+    )
+    .await;
+    assert_eq!(
+        answer.status, 200,
+        "streams report errors in the end-stream message"
+    );
+    let envelopes = answer.envelopes();
+    let (flags, end) = envelopes.last().unwrap();
+    assert_eq!(*flags, 2);
+    assert_eq!(end["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn test_signal_to_a_dead_or_unknown_pid_is_not_found() {
+    let envd = common::start().await;
+    let answer = unary(
+        &envd.socket,
+        "process.Process/SendSignal",
+        r#"{"process": {"pid": 999999}, "signal": "SIGNAL_SIGKILL"}"#,
+    )
+    .await;
+    assert_eq!(answer.status, 404);
+    assert_eq!(answer.json()["code"], "not_found");
+    let started = stream(
+        &envd.socket,
+        "process.Process/Start",
+        &start_request("true"),
+        &[],
+    )
+    .await;
+    let pid = started.envelopes()[0].1["event"]["start"]["pid"]
+        .as_u64()
+        .unwrap();
+    let answer = unary(
+        &envd.socket,
+        "process.Process/SendSignal",
+        &json!({"process": {"pid": pid}, "signal": "SIGNAL_SIGKILL"}).to_string(),
+    )
+    .await;
+    assert_eq!(answer.json()["code"], "not_found");
+    assert_still_serving(&envd).await;
+}
+
+#[tokio::test]
+async fn test_missing_cwd_ends_the_stream_with_invalid_argument() {
+    let envd = common::start().await;
+    let request = json!({"process": {"cmd": "/bin/true", "cwd": "/nope/here"}, "stdin": false});
+    let answer = stream(&envd.socket, "process.Process/Start", &request, &[]).await;
+    assert_eq!(answer.status, 200);
+    let envelopes = answer.envelopes();
+    assert_eq!(envelopes.len(), 1);
+    assert_eq!(
+        envelopes[0].1["error"],
+        json!({"code": "invalid_argument", "message": "cwd '/nope/here' does not exist"})
+    );
+}
+
+#[tokio::test]
+async fn test_connect_timeout_is_the_process_lifetime() {
+    let envd = common::start().await;
+    let started = Instant::now();
+    let answer = stream(
+        &envd.socket,
+        "process.Process/Start",
+        &start_request("sleep 30"),
+        &[("connect-timeout-ms", "300")],
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(10));
+    let envelopes = answer.envelopes();
+    let end = &envelopes[envelopes.len() - 2].1["event"]["end"];
+    assert_eq!(end["status"], "signal: killed", "{envelopes:?}");
+    assert_eq!(end["exitCode"], -1);
+}
+
+#[tokio::test]
+async fn test_idle_streams_get_keepalives_at_the_requested_interval() {
+    let envd = common::start().await;
+    let answer = stream(
+        &envd.socket,
+        "process.Process/Start",
+        &start_request("sleep 2.5; echo done"),
+        &[("keepalive-ping-interval", "1")],
+    )
+    .await;
+    let keepalives = answer
+        .envelopes()
+        .iter()
+        .filter(|(_, m)| m["event"].get("keepalive").is_some())
+        .count();
+    assert!((1..=3).contains(&keepalives), "{keepalives} keepalives");
+}
+
+#[tokio::test]
+async fn test_access_token_guards_rpcs_but_not_health() {
+    let envd = common::start().await;
+    let init = send(
+        &envd.socket,
+        "POST",
+        "/init",
+        &[("content-type", "application/json")],
+        r#"{"accessToken": "s3cret", "envVars": {"FROM_INIT": "yes"}}"#,
+    )
+    .await;
+    assert_eq!(init.status, 204);
+    let refused = unary(&envd.socket, "process.Process/List", "{}").await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.json()["code"], 401);
+    assert!(
+        refused.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("access token")
+    );
+    assert_still_serving(&envd).await;
+    let allowed = send(
+        &envd.socket,
+        "POST",
+        "/process.Process/Start",
+        &[
+            ("content-type", "application/connect+json"),
+            ("x-access-token", "s3cret"),
+        ],
+        envelope(&start_request("printf $FROM_INIT")),
+    )
+    .await;
+    assert!(
+        serde_json::to_string(&allowed.envelopes())
+            .unwrap()
+            .contains("eWVz")
+    );
+}
+
+#[tokio::test]
+async fn test_files_round_trip_multipart_and_octet_stream_with_gzip() {
+    let envd = common::start().await;
+    let target = envd.dir.path().join("nested/deeper/a.bin");
+    let boundary = "XyZ";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{}\"\r\nContent-Type: application/octet-stream\r\n\r\n",
+        target.display()
+    )
+    .into_bytes();
+    body.extend_from_slice(&[0u8, 1, 2, 255]);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    let answer = send(
+        &envd.socket,
+        "POST",
+        "/files",
+        &[("content-type", "multipart/form-data; boundary=XyZ")],
+        body,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(
+        answer.json(),
+        json!([{"path": target.display().to_string(), "name": "a.bin", "type": "file"}])
+    );
+    let download = send(
+        &envd.socket,
+        "GET",
+        &format!("/files?path={}", target.display()),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(download.status, 200);
+    assert_eq!(&download.body[..], &[0u8, 1, 2, 255]);
+
+    let gz_target = envd.dir.path().join("g.txt");
+    let gzipped = {
+        use std::io::Write;
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        encoder.write_all(b"hello gzip\n").unwrap();
+        encoder.finish().unwrap()
+    };
+    let answer = send(
+        &envd.socket,
+        "POST",
+        &format!("/files?path={}", gz_target.display()),
+        &[
+            ("content-type", "application/octet-stream"),
+            ("content-encoding", "gzip"),
+        ],
+        gzipped,
+    )
+    .await;
+    assert_eq!(answer.status, 200, "{answer:?}");
+    assert_eq!(std::fs::read(&gz_target).unwrap(), b"hello gzip\n");
+
+    let missing = send(&envd.socket, "GET", "/files?path=/no/such/file", &[], "").await;
+    assert_eq!(missing.status, 404);
+    assert_eq!(missing.json()["code"], 404);
+    let wrong_type = send(
+        &envd.socket,
+        "POST",
+        "/files?path=/tmp/x",
+        &[("content-type", "text/plain")],
+        "x",
+    )
+    .await;
+    assert_eq!(wrong_type.status, 400);
+}
+
+#[tokio::test]
+async fn test_signed_file_urls_work_without_the_token_header() {
+    let envd = common::start().await;
+    envd.envd
+        .update_settings(|s| s.access_token = Some("tok".into()));
+    let file = envd.dir.path().join("s.txt");
+    std::fs::write(&file, "signed").unwrap();
+    let path = file.display().to_string();
+    let unsigned = send(&envd.socket, "GET", &format!("/files?path={path}"), &[], "").await;
+    assert_eq!(unsigned.status, 401);
+    let signature = coppice_envd::auth::file_signature(
+        &path,
+        coppice_envd::auth::FileOperation::Read,
+        "",
+        "tok",
+        None,
+    )
+    .replace('+', "%2B")
+    .replace('/', "%2F");
+    let signed = send(
+        &envd.socket,
+        "GET",
+        &format!("/files?path={path}&signature={signature}"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(signed.status, 200);
+    assert_eq!(&signed.body[..], b"signed");
+}
