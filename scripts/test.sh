@@ -54,3 +54,6 @@ done
 echo "== latency harness (p50/p95, bwrap as the peer)"
 cargo build --locked --release -p coppice-linux -p coppice-benches --bins
 ./target/release/coppice-latency --iterations 300 --density 200
+
+echo "== envd harness (Process/Start p50/p95 beside spawn and bwrap; /files throughput, peak RSS)"
+./target/release/coppice-envd-bench --iterations 300 --file-mib 1024

@@ -82,6 +82,12 @@ def commands(sbx):
     r = step("stdin wait", lambda: h.wait())
     check("send_stdin reaches the process", r is not None and r.stdout == "piped\n", repr(r))
 
+    h = sbx.commands.run("cat", background=True, stdin=True)
+    step("stream_input", lambda: sbx.commands.stream_input(h.pid, iter(["one\n", b"two\n"])))
+    sbx.commands.close_stdin(h.pid)
+    r = step("stream_input wait", lambda: h.wait())
+    check("stream_input reaches the process", r is not None and r.stdout == "one\ntwo\n", repr(r))
+
     h = sbx.commands.run("sleep 0.5; echo early; sleep 1; echo late; exit 5", background=True, timeout=0)
     time.sleep(0.1)
     h.disconnect()
@@ -154,11 +160,13 @@ def files(sbx):
     check("5 MiB octet-stream upload, equal SHA-256",
           r is not None and r.stdout.split()[0] == hashlib.sha256(blob).hexdigest(), repr(r))
 
-    wh = sbx.files.watch_dir(base)
+    wh = sbx.files.watch_dir(base, include_entry=True)
     sbx.files.write(f"{base}/watched.txt", "x")
     time.sleep(1)
     evs = step("watch events", lambda: wh.get_new_events()) or []
-    check("watch_dir (polled) saw watched.txt", any(e.name == "watched.txt" for e in evs), repr(evs))
+    seen = [e for e in evs if e.name == "watched.txt"]
+    check("watch_dir (polled) saw watched.txt with its entry",
+          bool(seen) and any(e.entry is not None and e.entry.size == 1 for e in seen), repr(evs))
     wh.stop()
 
 
@@ -174,6 +182,15 @@ async def streamed_watch():
 
 
 def sandbox_side(sbx):
+    token = os.environ["COPPICE_TEST_ENVD_TOKEN"]
+    get = "exec 3<>/dev/tcp/127.0.0.1/49983; printf 'GET {path} HTTP/1.0\\r\\n{auth}\\r\\n' >&3; cat <&3"
+    m = step("metrics", lambda: sbx.commands.run(get.format(path="/metrics", auth=f"x-access-token: {token}\\r\\n")))
+    check("envd /metrics reports memory and disk", m is not None and '"mem_total"' in m.stdout
+          and '"disk_total"' in m.stdout, repr(m))
+    m = step("metrics unauthorized", lambda: sbx.commands.run(get.format(path="/metrics", auth="")))
+    check("envd /metrics needs the token", m is not None and " 401 " in m.stdout, repr(m))
+    m = step("envs", lambda: sbx.commands.run(get.format(path="/envs", auth=f"x-access-token: {token}\\r\\n")))
+    check("envd /envs lists the sandbox variables", m is not None and '"SBX_ENV":"a"' in m.stdout, repr(m))
     r = step("tcp 49983", lambda: sbx.commands.run(
         "exec 3<>/dev/tcp/127.0.0.1/49983; printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3; head -1 <&3"))
     check("envd serves TCP 49983 inside the sandbox", r is not None and "204" in r.stdout, repr(r))

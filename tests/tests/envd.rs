@@ -13,6 +13,7 @@ use coppice_tests::e2b_stub;
 use coppice_tests::harness::ManagerEnv;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_coppice-test-daemon");
+const TOKEN: &str = "sdk-test-token";
 
 async fn env() -> ManagerEnv {
     coppice_core::require_privileged!();
@@ -31,12 +32,13 @@ fn script(name: &str) -> PathBuf {
 }
 
 /// Runs an SDK script against `stub`; fails the test with its output unless it exits 0.
-async fn run_sdk_script(name: &str, stub: &e2b_stub::E2bStub) -> String {
+async fn run_sdk_script(name: &str, stub: &e2b_stub::E2bStub, token: &str) -> String {
     let output = tokio::process::Command::new(python())
         .arg(script(name))
         .env("E2B_API_KEY", "coppice-test")
         .env("E2B_API_URL", &stub.api_url)
         .env("E2B_SANDBOX_URL", &stub.sandbox_url)
+        .env("COPPICE_TEST_ENVD_TOKEN", token)
         .env_remove("E2B_DEBUG")
         .kill_on_drop(true)
         .output()
@@ -65,12 +67,12 @@ async fn test_e2b_python_sdk_drives_envd_inside_a_sandbox() {
     let stub = e2b_stub::start(
         sandbox.id.as_str(),
         &endpoints.envd_socket,
-        "sdk-test-token",
+        TOKEN,
         coppice_envd::ENVD_VERSION,
     )
     .await
     .unwrap();
-    let output = run_sdk_script("envd_sdk.py", &stub).await;
+    let output = run_sdk_script("envd_sdk.py", &stub, TOKEN).await;
     assert!(output.contains("ALL PASSED"), "{output}");
 
     // What the SDK wrote as the default user is owned by that user on disk too (sandbox uid

@@ -2,7 +2,7 @@
 //! many files, or a raw octet-stream body), streamed to disk and given to the requesting user.
 
 use std::collections::HashSet;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -24,6 +24,8 @@ use crate::users::User;
 
 /// Chunk size of downloads.
 const DOWNLOAD_CHUNK: usize = 1 << 20;
+/// Chunks read ahead of the socket on downloads.
+const READ_AHEAD: usize = 4;
 /// Chunks queued between the request body and the file writer.
 const WRITE_QUEUE: usize = 16;
 /// Prefix of headers that carry file metadata.
@@ -116,10 +118,26 @@ async fn download_inner(envd: &Envd, request: Request) -> Result<Response, EnvdE
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let service = tower_http::services::ServeFile::new(&path).with_buf_chunk_size(DOWNLOAD_CHUNK);
-    let mut response = match service.oneshot(request).await {
-        Ok(response) => response.map(axum::body::Body::new),
-        Err(never) => match never {},
+    let conditional = [
+        header::RANGE,
+        header::IF_MATCH,
+        header::IF_NONE_MATCH,
+        header::IF_MODIFIED_SINCE,
+        header::IF_UNMODIFIED_SINCE,
+        header::IF_RANGE,
+    ]
+    .iter()
+    .any(|name| request.headers().contains_key(name));
+    let mut response = if conditional {
+        // Ranges and validators: the full HTTP semantics of a static file server.
+        let service =
+            tower_http::services::ServeFile::new(&path).with_buf_chunk_size(DOWNLOAD_CHUNK);
+        match service.oneshot(request).await {
+            Ok(response) => response.map(axum::body::Body::new),
+            Err(never) => match never {},
+        }
+    } else {
+        stream_file(&path)?
     };
     if let Ok(value) = HeaderValue::from_str(&format!("inline; filename={name:?}")) {
         response
@@ -127,6 +145,50 @@ async fn download_inner(envd: &Envd, request: Request) -> Result<Response, EnvdE
             .insert(header::CONTENT_DISPOSITION, value);
     }
     Ok(response)
+}
+
+/// The whole file as a streamed 200, read by a blocking thread a few chunks ahead of the
+/// socket (the common download, without range or validators).
+fn stream_file(path: &Path) -> Result<Response, EnvdError> {
+    let mut file = std::fs::File::open(path)
+        .map_err(|e| EnvdError::io(&format!("open '{}'", path.display()), &e))?;
+    let len = file
+        .metadata()
+        .map_err(|e| EnvdError::io(&format!("stat '{}'", path.display()), &e))?
+        .len();
+    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
+    tokio::task::spawn_blocking(move || {
+        loop {
+            let mut buffer = bytes::BytesMut::zeroed(DOWNLOAD_CHUNK);
+            match file.read(&mut buffer) {
+                Ok(0) => break,
+                Ok(n) => {
+                    buffer.truncate(n);
+                    if sender.blocking_send(Ok(buffer.freeze())).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = sender.blocking_send(Err(e));
+                    break;
+                }
+            }
+        }
+    });
+    let body = axum::body::Body::from_stream(tokio_stream_of(receiver));
+    let mime = mime_guess::from_path(path).first_or_octet_stream();
+    Response::builder()
+        .header(header::CONTENT_LENGTH, len)
+        .header(header::CONTENT_TYPE, mime.as_ref())
+        .body(body)
+        .map_err(|e| EnvdError::Internal(format!("build the download response: {e}")))
+}
+
+fn tokio_stream_of<T: Send + 'static>(
+    mut receiver: tokio::sync::mpsc::Receiver<T>,
+) -> impl Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
 /// `POST /files`.
