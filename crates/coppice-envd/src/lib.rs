@@ -17,6 +17,7 @@ pub mod filesystem;
 pub mod http;
 pub mod paths;
 pub mod process;
+pub mod rpc;
 pub mod server;
 pub mod state;
 pub mod sys;

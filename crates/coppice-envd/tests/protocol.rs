@@ -133,6 +133,36 @@ async fn test_binary_protobuf_clients_are_served_too() {
 }
 
 #[tokio::test]
+async fn test_binary_streams_are_served_with_a_json_end_stream() {
+    let envd = common::start().await;
+    // StartRequest{process: ProcessConfig{cmd: "/bin/true"}, stdin: false}
+    let message: Vec<u8> = [&[0x0a, 0x0b, 0x0a, 0x09][..], b"/bin/true", &[0x20, 0x00]].concat();
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    framed.extend_from_slice(&message);
+    let answer = send(
+        &envd.socket,
+        "POST",
+        "/process.Process/Start",
+        &[("content-type", "application/connect+proto")],
+        framed,
+    )
+    .await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.content_type(), "application/connect+proto");
+    let mut rest = &answer.body[..];
+    let mut frames = Vec::new();
+    while rest.len() >= 5 {
+        let len = u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        frames.push((rest[0], rest[5..5 + len].to_vec()));
+        rest = &rest[5 + len..];
+    }
+    // start, end, then the end-stream message (JSON even for binary streams).
+    assert_eq!(frames.len(), 3, "{frames:?}");
+    assert_eq!(frames[2], (2, b"{}".to_vec()));
+}
+
+#[tokio::test]
 async fn test_watchers_on_missing_dirs_are_not_found_unary_and_streamed() {
     let envd = common::start().await;
     let answer = unary(
@@ -221,6 +251,25 @@ async fn test_connect_timeout_is_the_process_lifetime() {
     let end = &envelopes[envelopes.len() - 2].1["event"]["end"];
     assert_eq!(end["status"], "signal: killed", "{envelopes:?}");
     assert_eq!(end["exitCode"], -1);
+}
+
+#[tokio::test]
+async fn test_zero_connect_timeout_means_no_lifetime_limit() {
+    let envd = common::start().await;
+    let answer = stream(
+        &envd.socket,
+        "process.Process/Start",
+        &start_request("sleep 0.3; printf ok"),
+        &[("connect-timeout-ms", "0")],
+    )
+    .await;
+    let envelopes = answer.envelopes();
+    let end = &envelopes[envelopes.len() - 2].1["event"]["end"];
+    assert_eq!(
+        end,
+        &json!({"exited": true, "status": "exit status 0"}),
+        "{envelopes:?}"
+    );
 }
 
 #[tokio::test]

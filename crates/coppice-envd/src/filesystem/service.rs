@@ -2,7 +2,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use connectrpc::{
     ConnectError, RequestContext, Response, ServiceRequest, ServiceResult, ServiceStream,
@@ -10,7 +9,6 @@ use connectrpc::{
 
 use super::watch::{self, WatchSpec};
 use super::{ensure_dirs, entry};
-use crate::auth;
 use crate::error::EnvdError;
 use crate::proto::filesystem::__buffa::oneof::watch_dir_response::Event as WatchEvent;
 use crate::proto::filesystem::{
@@ -21,6 +19,7 @@ use crate::proto::filesystem::{
 };
 use crate::state::Envd;
 use crate::users::User;
+use crate::{auth, rpc};
 
 /// The `filesystem.Filesystem` service.
 #[derive(Debug, Clone)]
@@ -259,13 +258,8 @@ impl Filesystem for FilesystemService {
         );
         let (sink, receiver) = watch::channel();
         let watch = watch::watch(&spec, self.envd.users.clone(), sink)?;
-        let keepalive = ctx
-            .header("keepalive-ping-interval")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|s| *s > 0)
-            .map_or(self.envd.config.default_keepalive, Duration::from_secs);
-        let deadline = ctx.deadline().map(tokio::time::Instant::from_std);
+        let keepalive = rpc::keepalive(&ctx, self.envd.config.default_keepalive);
+        let deadline = rpc::deadline(&ctx);
         let start = WatchDirResponse {
             event: Some(WatchEvent::Start(Box::default())),
             ..Default::default()

@@ -13,7 +13,6 @@ use futures_util::StreamExt;
 use super::spawn::{self, StartSpec};
 use super::stream;
 use super::table::Selector;
-use crate::auth;
 use crate::error::EnvdError;
 use crate::proto::process::__buffa::oneof::process_input::Input as WireInput;
 use crate::proto::process::__buffa::oneof::process_selector::Selector as WireSelector;
@@ -26,6 +25,7 @@ use crate::proto::process::{
     UpdateResponse,
 };
 use crate::state::Envd;
+use crate::{auth, rpc};
 
 /// The `process.Process` service.
 #[derive(Debug, Clone)]
@@ -41,11 +41,7 @@ impl ProcessService {
     }
 
     fn keepalive(&self, ctx: &RequestContext) -> Duration {
-        ctx.header("keepalive-ping-interval")
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .filter(|seconds| *seconds > 0)
-            .map_or(self.envd.config.default_keepalive, Duration::from_secs)
+        rpc::keepalive(ctx, self.envd.config.default_keepalive)
     }
 }
 
@@ -120,7 +116,7 @@ impl Process for ProcessService {
             .envd
             .processes
             .find(&selector(request.process.as_option())?)?;
-        let deadline = ctx.deadline().map(tokio::time::Instant::from_std);
+        let deadline = rpc::deadline(&ctx);
         let events = stream::events(
             handle.pid,
             handle.subscribe(),
@@ -164,7 +160,7 @@ impl Process for ProcessService {
             stdin: request.stdin.unwrap_or(true),
             tag: request.tag.clone(),
             // The RPC's deadline is also the process's lifetime, as E2B's envd does it.
-            timeout: ctx.time_remaining(),
+            timeout: rpc::timeout(&ctx),
         };
         let handle = spawn::start(&self.envd, &user, &spec)?;
         let subscription = handle.subscribe();

@@ -17,6 +17,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(|_| {})
+}
+
+fn fixture_with(adjust: impl FnOnce(&mut NamespaceRuntimeConfig)) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_path_buf();
     for controller in V1_CONTROLLERS {
@@ -33,6 +37,7 @@ fn fixture() -> Fixture {
         proc_self_cgroup: root.join("self-cgroup"),
         group: "coppice".into(),
     };
+    adjust(&mut config);
     let sys = Arc::new(FakeNsSys::default());
     let runtime = NamespaceRuntime::with_sys(Arc::clone(&sys), config).unwrap();
     Fixture {
@@ -107,6 +112,46 @@ fn test_create_writes_limits_and_init_config() {
     assert_eq!(init.network, NetworkSetup::Loopback);
     assert_eq!(init.cgroup_procs.len(), V1_CONTROLLERS.len());
     assert!(init.mounts.iter().any(|m| matches!(m, crate::protocol::MountStep::Tmpfs { target, data, .. } if target == Path::new("tmp") && data.contains("size=128m"))));
+}
+
+#[test]
+fn test_envd_is_launched_with_its_socket_in_the_run_dir_and_the_sandbox_id() {
+    let without = fixture();
+    without
+        .runtime
+        .create(&id("a"), &spec(), &rootfs())
+        .unwrap();
+    assert_eq!(read_init(&without, &id("a")).envd, None);
+
+    let fixture = fixture_with(|config| {
+        let mut envd = crate::config::EnvdSettings::new("/bin/coppiced".into());
+        envd.leading_args = vec!["__envd".into()];
+        config.envd = Some(envd);
+    });
+    fixture
+        .runtime
+        .create(&id("a"), &spec(), &rootfs())
+        .unwrap();
+    let launch = read_init(&fixture, &id("a")).envd.unwrap();
+    assert_eq!(launch.binary, PathBuf::from("/bin/coppiced"));
+    assert_eq!(launch.socket, fixture.root.join("run/a").join(ENVD_SOCKET));
+    assert_eq!(
+        launch.args,
+        [
+            "__envd",
+            "--listen-stdin",
+            "--port",
+            "49983",
+            "--default-user",
+            "user",
+            "--sandbox-id",
+            "a"
+        ]
+    );
+    assert_eq!(
+        fixture.runtime.endpoints(&id("a")).envd_socket,
+        launch.socket
+    );
 }
 
 #[test]
