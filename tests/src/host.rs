@@ -10,7 +10,8 @@ pub struct HostResources {
     pub mounts: usize,
     /// Distinct namespaces referenced by any process.
     pub namespaces: usize,
-    /// Processes on the host.
+    /// User-space processes on the host (kernel workers come and go with load, so they are
+    /// not counted).
     pub processes: usize,
     /// Loop devices with a backing file.
     pub loop_devices: usize,
@@ -28,7 +29,10 @@ impl HostResources {
                 .map(|t| t.lines().count())
                 .unwrap_or(0),
             namespaces: namespaces(),
-            processes: pids().len(),
+            processes: pids()
+                .into_iter()
+                .filter(|pid| !is_kernel_thread(*pid))
+                .count(),
             loop_devices: loop_devices(),
             open_fds: fs::read_dir("/proc/self/fd")
                 .map(|d| d.count())
@@ -50,6 +54,20 @@ fn pids() -> Vec<u32> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// `PF_KTHREAD` in the flags field of `/proc/<pid>/stat`.
+const PF_KTHREAD: u64 = 0x0020_0000;
+
+fn is_kernel_thread(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // Fields after the parenthesised command name: state, ppid, pgrp, session, tty, tpgid,
+    // flags.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(6)?.parse::<u64>().ok())
+        .is_some_and(|flags| flags & PF_KTHREAD != 0)
 }
 
 fn namespaces() -> usize {

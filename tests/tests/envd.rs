@@ -31,8 +31,8 @@ fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk").join(name)
 }
 
-/// Runs an SDK script against `stub`; fails the test with its output unless it exits 0.
-async fn run_sdk_script(name: &str, stub: &e2b_stub::E2bStub, token: &str) -> String {
+/// Runs an SDK script against `stub`; returns whether it passed, and its output.
+async fn run_sdk_script(name: &str, stub: &e2b_stub::E2bStub, token: &str) -> (bool, String) {
     let output = tokio::process::Command::new(python())
         .arg(script(name))
         .env("E2B_API_KEY", "coppice-test")
@@ -44,14 +44,13 @@ async fn run_sdk_script(name: &str, stub: &e2b_stub::E2bStub, token: &str) -> St
         .output()
         .await
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "{name} failed ({}):\n{stdout}\n{stderr}",
-        output.status
+    let text = format!(
+        "{name}: {}\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
-    stdout
+    (output.status.success() && text.contains("ALL PASSED"), text)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -72,8 +71,7 @@ async fn test_e2b_python_sdk_drives_envd_inside_a_sandbox() {
     )
     .await
     .unwrap();
-    let output = run_sdk_script("envd_sdk.py", &stub, TOKEN).await;
-    assert!(output.contains("ALL PASSED"), "{output}");
+    let (passed, output) = run_sdk_script("envd_sdk.py", &stub, TOKEN).await;
 
     // What the SDK wrote as the default user is owned by that user on disk too (sandbox uid
     // 1000 is host uid 201000), seen from the host side of the sandbox's upper layer.
@@ -83,6 +81,9 @@ async fn test_e2b_python_sdk_drives_envd_inside_a_sandbox() {
         .join("storage/sandboxes")
         .join(sandbox.id.as_str())
         .join("upper/home/user/sdk/m1.txt");
-    assert_eq!(std::fs::metadata(&upper).unwrap().uid(), 201_000);
+    let owner = std::fs::metadata(&upper).map(|m| m.uid());
+    // Killed before asserting, so that a failure leaves no sandbox running.
     env.manager.kill(&sandbox.id).await.unwrap();
+    assert!(passed, "{output}");
+    assert_eq!(owner.unwrap(), 201_000);
 }
