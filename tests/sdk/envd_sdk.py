@@ -207,6 +207,10 @@ def sandbox_side(sbx):
         except Exception:  # noqa: BLE001
             time.sleep(0.2)
     check("envd restarts after it dies", back == "back\n", repr(back))
+    m = step("envs after restart", lambda: sbx.commands.run(get.format(path="/envs", auth="")))
+    check("a restarted envd still requires the token", m is not None and " 401 " in m.stdout, repr(m))
+    r = step("env after restart", lambda: sbx.commands.run("echo $SBX_ENV"))
+    check("a restarted envd keeps the sandbox variables", r is not None and r.stdout == "a\n", repr(r))
 
 
 def main():

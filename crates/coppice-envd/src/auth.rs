@@ -190,7 +190,8 @@ mod tests {
             ..FileSigning::default()
         };
         assert!(check_file_access(&envd, &headers, FileOperation::Read, &unsigned, 0).is_ok());
-        envd.update_settings(|s| s.access_token = Some("tok".into()));
+        envd.update_settings(|s| s.access_token = Some("tok".into()))
+            .unwrap();
         assert!(check_file_access(&envd, &headers, FileOperation::Read, &unsigned, 0).is_err());
         let signature = file_signature("/a", FileOperation::Read, "", "tok", Some(100));
         let signed = FileSigning {

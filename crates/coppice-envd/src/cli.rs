@@ -48,6 +48,10 @@ struct Cli {
     /// Template id, exported as `E2B_TEMPLATE_ID`.
     #[arg(long)]
     template_id: Option<String>,
+    /// Keep `/init`'s settings (the access token, variables) in this owner-only file, so that
+    /// a restarted envd keeps them.
+    #[arg(long)]
+    state_file: Option<PathBuf>,
 }
 
 /// Runs envd with `args` (the first is the program name); returns when a listener fails.
@@ -86,6 +90,7 @@ fn try_main(args: impl IntoIterator<Item = OsString>) -> anyhow::Result<()> {
         default_user: cli.default_user.clone(),
         default_workdir: cli.default_workdir.clone(),
         env,
+        state_file: cli.state_file.clone(),
         ..EnvdConfig::default()
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()

@@ -27,6 +27,9 @@ pub struct EnvdConfig {
     /// How long the output of an exited process may still be drained (a background child can
     /// hold its pipes open forever).
     pub output_grace: Duration,
+    /// Where `/init`'s settings are kept (owner-only), so that a restarted envd still
+    /// requires the access token and keeps the variables; `None` keeps them in memory only.
+    pub state_file: Option<PathBuf>,
 }
 
 impl Default for EnvdConfig {
@@ -40,6 +43,7 @@ impl Default for EnvdConfig {
             exited_retention: Duration::from_secs(30),
             default_keepalive: Duration::from_secs(90),
             output_grace: Duration::from_millis(200),
+            state_file: None,
         }
     }
 }

@@ -91,7 +91,7 @@ pub async fn init(
             &format!("default user '{user}' has no account in the sandbox"),
         );
     }
-    envd.update_settings(|settings| {
+    let updated = envd.update_settings(|settings| {
         if let Some(vars) = request.env_vars {
             settings.env.extend(vars);
         }
@@ -105,7 +105,10 @@ pub async fn init(
             settings.default_workdir = (!dir.is_empty()).then(|| PathBuf::from(dir));
         }
     });
-    StatusCode::NO_CONTENT.into_response()
+    match updated {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 /// `GET /metrics`.

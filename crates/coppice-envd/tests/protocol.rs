@@ -405,7 +405,8 @@ async fn test_files_round_trip_multipart_and_octet_stream_with_gzip() {
 async fn test_signed_file_urls_work_without_the_token_header() {
     let envd = common::start().await;
     envd.envd
-        .update_settings(|s| s.access_token = Some("tok".into()));
+        .update_settings(|s| s.access_token = Some("tok".into()))
+        .unwrap();
     let file = envd.dir.path().join("s.txt");
     std::fs::write(&file, "signed").unwrap();
     let path = file.display().to_string();

@@ -35,6 +35,9 @@ const INIT_CONFIG: &str = "init.json";
 const STATE: &str = "state.json";
 const CONTROL_SOCKET: &str = "control.sock";
 const ENVD_SOCKET: &str = "envd.sock";
+/// Where envd keeps `/init`'s settings inside the sandbox (a tmpfs: they last as long as the
+/// sandbox runs, across envd restarts).
+const ENVD_STATE_FILE: &str = "/run/coppice-envd/settings.json";
 const ROOT_MOUNT_POINT: &str = "root";
 
 /// Largest `/tmp` per sandbox; smaller sandboxes get their memory size (tmpfs is charged to
@@ -219,6 +222,8 @@ impl<S: NsSys> NamespaceRuntime<S> {
                         envd.default_user.clone(),
                         "--sandbox-id".into(),
                         id.to_string(),
+                        "--state-file".into(),
+                        ENVD_STATE_FILE.into(),
                     ],
                 ]
                 .concat(),

@@ -145,7 +145,9 @@ fn test_envd_is_launched_with_its_socket_in_the_run_dir_and_the_sandbox_id() {
             "--default-user",
             "user",
             "--sandbox-id",
-            "a"
+            "a",
+            "--state-file",
+            "/run/coppice-envd/settings.json"
         ]
     );
     assert_eq!(
