@@ -15,21 +15,7 @@ import time
 from e2b import AsyncSandbox, CommandExitException, FileType, NotFoundException, Sandbox
 from e2b.sandbox.commands.command_handle import PtySize
 
-FAILS = []
-
-
-def check(name, cond, detail=""):
-    print(("PASS " if cond else "FAIL ") + name + ("" if cond else f"  -- {detail}"), flush=True)
-    if not cond:
-        FAILS.append(name)
-
-
-def step(name, fn):
-    try:
-        return fn()
-    except Exception as e:  # noqa: BLE001
-        check(name, False, f"{type(e).__name__}: {e}")
-        return None
+from checks import check, finish, step
 
 
 def commands(sbx):
@@ -221,8 +207,7 @@ def main():
     files(sbx)
     asyncio.run(streamed_watch())
     sandbox_side(sbx)
-    print(f"\n{len(FAILS)} failed: {FAILS}" if FAILS else "\nALL PASSED", flush=True)
-    return 1 if FAILS else 0
+    return finish()
 
 
 if __name__ == "__main__":

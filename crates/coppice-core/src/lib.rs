@@ -35,5 +35,6 @@ pub mod testing;
 pub use error::ErrorKind;
 pub use id::{ParseIdError, SandboxId, TemplateId};
 pub use manager::{ManagerConfig, ManagerError, SandboxManager};
+pub use sandbox::{AccessToken, Sandbox};
 pub use spec::{Limits, NetworkSpec, SandboxSpec, SpecError};
 pub use state::{InvalidTransition, SandboxState};

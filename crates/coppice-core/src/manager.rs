@@ -25,7 +25,7 @@ use crate::exec::{ExecOutcome, ExecRequest};
 use crate::id::{SandboxId, TemplateId};
 use crate::net::NetPolicy;
 use crate::runtime::{Runtime, RuntimeSpec, SandboxEndpoints};
-use crate::sandbox::Sandbox;
+use crate::sandbox::{AccessToken, Sandbox};
 use crate::spec::{Limits, SandboxSpec};
 use crate::state::{Operation, SandboxState};
 use crate::storage::{Storage, TemplateInfo};
@@ -541,6 +541,8 @@ impl Inner {
             .template(&spec.template)
             .map_err(|source| ManagerError::from_storage("look up template", source))?;
         let id = SandboxId::generate().map_err(|source| ManagerError::Entropy { source })?;
+        let access_token =
+            AccessToken::generate().map_err(|source| ManagerError::Entropy { source })?;
         let now = self.clock.now();
         let mut sandbox = Sandbox {
             id: id.clone(),
@@ -549,6 +551,7 @@ impl Inner {
             state: SandboxState::Creating,
             created_at: now,
             endpoints: None,
+            access_token: Some(access_token),
         };
         self.store.put(&sandbox)?;
         self.sandboxes().insert(id.clone(), sandbox.clone());

@@ -22,4 +22,39 @@ pub struct Sandbox {
     pub end_at: SystemTime,
     /// How to reach it, once started.
     pub endpoints: Option<SandboxEndpoints>,
+    /// The secret its in-sandbox services (envd) require from callers; `None` only for
+    /// sandboxes recorded before tokens existed.
+    pub access_token: Option<AccessToken>,
+}
+
+/// A per-sandbox secret: 32 random bytes, hex-encoded. Its `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    /// A fresh token from the operating system's entropy source.
+    ///
+    /// # Errors
+    /// Fails only if the OS entropy source fails.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes)?;
+        Ok(Self(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    /// A token read back from the store.
+    pub fn from_persisted(token: String) -> Self {
+        Self(token)
+    }
+
+    /// The token itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(…)")
+    }
 }

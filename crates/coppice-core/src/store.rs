@@ -16,7 +16,7 @@ use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::event::{EventKind, LifecycleEvent, Reason};
 use crate::id::{SandboxId, TemplateId};
 use crate::runtime::SandboxEndpoints;
-use crate::sandbox::Sandbox;
+use crate::sandbox::{AccessToken, Sandbox};
 use crate::spec::{NetworkSpec, SandboxSpec};
 use crate::state::SandboxState;
 
@@ -92,6 +92,9 @@ struct SandboxRecord {
     end_at_ms: i64,
     control_socket: Option<PathBuf>,
     envd_socket: Option<PathBuf>,
+    /// Absent in records written before tokens existed.
+    #[serde(default)]
+    access_token: Option<String>,
 }
 
 impl SandboxRecord {
@@ -116,6 +119,10 @@ impl SandboxRecord {
             end_at_ms: to_unix_millis(sandbox.end_at),
             control_socket: sandbox.endpoints.as_ref().map(|e| e.control_socket.clone()),
             envd_socket: sandbox.endpoints.as_ref().map(|e| e.envd_socket.clone()),
+            access_token: sandbox
+                .access_token
+                .as_ref()
+                .map(|token| token.expose().to_owned()),
         }
     }
 
@@ -161,6 +168,7 @@ impl SandboxRecord {
             created_at: from_unix_millis(self.created_at_ms),
             end_at: from_unix_millis(self.end_at_ms),
             endpoints,
+            access_token: self.access_token.map(AccessToken::from_persisted),
         })
     }
 }
@@ -446,6 +454,7 @@ mod tests {
                 control_socket: "/run/c.sock".into(),
                 envd_socket: "/run/e.sock".into(),
             }),
+            access_token: Some(AccessToken::from_persisted("t0k".into())),
         }
     }
 

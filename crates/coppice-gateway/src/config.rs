@@ -29,6 +29,10 @@ pub struct Cli {
     /// Print the effective configuration and exit.
     #[arg(long)]
     pub print_config: bool,
+    /// The API key clients must send as `X-API-KEY`; without one, the first start generates
+    /// a key, keeps it in the data dir and prints it once.
+    #[arg(long, env = "COPPICE_API_KEY", hide_env_values = true)]
+    pub api_key: Option<String>,
 }
 
 /// Validated configuration; every field is usable as-is.

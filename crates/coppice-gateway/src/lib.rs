@@ -6,13 +6,19 @@
 //! - [`routes`]: one module per resource; [`router`] builds the whole app.
 //! - [`serve`]: runs the app on a listener until the shutdown future resolves.
 //!
-//! The E2B control-plane API and sandbox traffic routing arrive with the gateway work; today
-//! the router answers `GET /health` once the manager has reconciled its sandboxes.
+//! - [`auth`]: API keys; [`error`]: the `{code, message}` error body; [`wire`]: E2B JSON.
+//! - [`proxy`]: sandbox traffic (by header or Host) to the sandbox's envd; [`envd`]: the
+//!   Unix-socket client for it.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod auth;
 pub mod config;
+pub mod envd;
+pub mod error;
+pub mod proxy;
 pub mod routes;
+pub mod wire;
 
 use std::future::Future;
 
@@ -25,12 +31,32 @@ use tokio::net::TcpListener;
 pub struct AppState {
     /// Every sandbox operation.
     pub manager: SandboxManager,
+    /// The keys the control plane accepts.
+    pub api_keys: auth::ApiKeys,
+    /// The envd version reported to the SDKs (it unlocks their feature gates).
+    pub envd_version: &'static str,
+    /// How new sandboxes' envd gets its settings.
+    pub envd_init: std::sync::Arc<dyn envd::EnvdInit>,
 }
 
-/// The whole HTTP application.
+/// The whole HTTP application: `/health` open, the control plane behind API keys, and
+/// sandbox traffic routed before either.
 pub fn router(state: AppState) -> Router {
+    let control_plane = Router::new()
+        .merge(routes::sandboxes::routes())
+        .merge(routes::templates::routes())
+        .fallback(|| async { error::ApiError::not_found("no such endpoint") })
+        .layer(axum::middleware::from_fn_with_state(
+            state.api_keys.clone(),
+            auth::require_api_key,
+        ));
     Router::new()
         .merge(routes::health::routes())
+        .merge(control_plane)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            proxy::route_sandbox_traffic,
+        ))
         .with_state(state)
 }
 

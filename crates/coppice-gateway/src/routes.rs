@@ -1,3 +1,5 @@
 //! HTTP routes, one module per resource.
 
 pub mod health;
+pub mod sandboxes;
+pub mod templates;

@@ -29,11 +29,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The API key the tests start coppiced with.
+const API_KEY: &str = "coppice-test-key";
+
 fn start(data_dir: &Path, port: u16) -> Daemon {
     let child = Command::new(env!("CARGO_BIN_EXE_coppiced"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data_dir)
+        .env("COPPICE_API_KEY", API_KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -98,4 +102,62 @@ fn test_coppiced_restart_reuses_the_base_template() {
         std::fs::read(dir.path().join("storage/templates/base.json")).unwrap(),
         template
     );
+}
+
+#[test]
+#[ignore = "privileged: starts coppiced and sandboxes; needs the E2B SDK venv (COPPICE_E2B_PYTHON)"]
+fn test_e2b_python_sdk_runs_against_coppiced() {
+    coppice_core::require_privileged!();
+    let python = std::env::var_os("COPPICE_E2B_PYTHON").expect(
+        "COPPICE_E2B_PYTHON must name a Python with the pinned e2b SDK (scripts/test.sh sets it up)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let daemon = start(dir.path(), port);
+    wait_healthy(port);
+    let url = format!("http://127.0.0.1:{port}");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/gateway_sdk.py");
+    let output = Command::new(python)
+        .arg(script)
+        .env("E2B_API_KEY", API_KEY)
+        .env("E2B_API_URL", &url)
+        .env("E2B_SANDBOX_URL", &url)
+        .env_remove("E2B_DEBUG")
+        .output()
+        .unwrap();
+    // Sandboxes outlive the daemon by design: a failed run must not leave any behind.
+    kill_all_sandboxes(port);
+    drop(daemon);
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && text.contains("ALL PASSED"),
+        "{text}"
+    );
+}
+
+/// One request with the test key; the whole answer as text.
+fn call(port: u16, method: &str, path: &str) -> String {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nX-API-KEY: {API_KEY}\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn kill_all_sandboxes(port: u16) {
+    let response = call(port, "GET", "/v2/sandboxes");
+    let body = response.split("\r\n\r\n").nth(1).unwrap_or("[]");
+    let listed: Vec<serde_json::Value> = serde_json::from_str(body).unwrap_or_default();
+    for sandbox in listed {
+        if let Some(id) = sandbox["sandboxID"].as_str() {
+            call(port, "DELETE", &format!("/sandboxes/{id}"));
+        }
+    }
 }

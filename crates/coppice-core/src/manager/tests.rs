@@ -73,6 +73,20 @@ async fn test_create_returns_running_sandbox_with_endpoints() {
 }
 
 #[tokio::test]
+async fn test_each_sandbox_gets_its_own_access_token() {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+
+    let first = manager.create(spec()).await.unwrap();
+    let second = manager.create(spec()).await.unwrap();
+
+    let token = |sandbox: &Sandbox| sandbox.access_token.clone().unwrap();
+    assert_eq!(token(&first).expose().len(), 64);
+    assert_ne!(token(&first), token(&second));
+    assert!(!format!("{first:?}").contains(token(&first).expose()));
+}
+
+#[tokio::test]
 async fn test_create_unknown_template_is_template_not_found_and_leaves_nothing() {
     let harness = Harness::new();
     let manager = harness.manager().await;
@@ -338,6 +352,7 @@ fn store_with_half_created(harness: &Harness, id: &SandboxId) -> Store {
         created_at: now,
         end_at: now,
         endpoints: None,
+        access_token: None,
     };
     store.put(&sandbox).unwrap();
     store

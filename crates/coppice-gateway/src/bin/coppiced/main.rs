@@ -15,6 +15,7 @@ use coppice_core::SandboxManager;
 use coppice_core::clock::SystemClock;
 use coppice_core::manager::ManagerConfig;
 use coppice_core::store::Store;
+use coppice_gateway::auth::{ApiKeys, KeySource};
 use coppice_gateway::config::{Cli, GatewayConfig};
 use coppice_gateway::{AppState, router, serve};
 use tracing_subscriber::EnvFilter;
@@ -61,10 +62,10 @@ fn try_main(cli: &Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting tokio")?;
-    runtime.block_on(run(config))
+    runtime.block_on(run(config, cli.api_key.clone()))
 }
 
-async fn run(config: GatewayConfig) -> anyhow::Result<()> {
+async fn run(config: GatewayConfig, api_key: Option<String>) -> anyhow::Result<()> {
     let backends = sys::backends(&config).context("initialising isolation backends")?;
     let store = Store::open(&config.state_db()).context("opening the state database")?;
     let manager = SandboxManager::start(
@@ -75,11 +76,38 @@ async fn run(config: GatewayConfig) -> anyhow::Result<()> {
     )
     .await
     .context("starting the sandbox manager")?;
+    let (api_keys, key, source) = ApiKeys::load_or_generate(api_key.as_deref(), &config.data_dir)
+        .context("setting up the API key")?;
+    match source {
+        KeySource::Generated => {
+            #[allow(clippy::print_stdout)]
+            {
+                println!(
+                    "coppiced: generated an admin API key (kept in {}):\n  E2B_API_KEY={key}",
+                    config
+                        .data_dir
+                        .join(coppice_gateway::auth::ADMIN_KEY_FILE)
+                        .display()
+                );
+            }
+        }
+        KeySource::File => tracing::info!(
+            file = %config.data_dir.join(coppice_gateway::auth::ADMIN_KEY_FILE).display(),
+            "API key read from the data dir"
+        ),
+        KeySource::Environment => tracing::info!("API key taken from COPPICE_API_KEY"),
+    }
+    let state = AppState {
+        manager,
+        api_keys,
+        envd_version: coppice_envd::ENVD_VERSION,
+        envd_init: Arc::new(coppice_gateway::envd::UnixEnvdInit),
+    };
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("binding {}", config.listen))?;
     tracing::info!(listen = %config.listen, data_dir = %config.data_dir.display(), "coppiced listening");
-    serve(listener, router(AppState { manager }), shutdown_signal())
+    serve(listener, router(state), shutdown_signal())
         .await
         .context("serving HTTP")?;
     tracing::info!("coppiced stopped; sandboxes keep running and are re-adopted at the next start");

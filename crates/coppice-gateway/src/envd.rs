@@ -1,0 +1,167 @@
+//! Talking to a sandbox's envd over its host-side Unix socket: the gateway's own calls
+//! (`/init`, `/metrics`) and forwarding of sandbox traffic, bodies streamed both ways.
+
+use std::path::Path;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, Response, header};
+use bytes::Bytes;
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+
+/// How the gateway hands a new sandbox's envd its settings (a seam, so that component tests
+/// over fake backends need no envd).
+pub trait EnvdInit: Send + Sync + std::fmt::Debug {
+    /// Gives the sandbox's envd its access token; a sandbox whose envd cannot be told is
+    /// not handed out.
+    fn init<'a>(
+        &'a self,
+        sandbox: &'a coppice_core::Sandbox,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), EnvdCallError>> + Send + 'a>>;
+}
+
+/// [`EnvdInit`] over the sandbox's envd Unix socket (`POST /init`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UnixEnvdInit;
+
+impl EnvdInit for UnixEnvdInit {
+    fn init<'a>(
+        &'a self,
+        sandbox: &'a coppice_core::Sandbox,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), EnvdCallError>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let (Some(endpoints), Some(token)) = (&sandbox.endpoints, &sandbox.access_token) else {
+                return Ok(());
+            };
+            let init = serde_json::json!({ "accessToken": token.expose() });
+            post_json(&endpoints.envd_socket, "/init", Some(token.expose()), &init).await?;
+            Ok(())
+        })
+    }
+}
+
+/// Why envd could not be reached or answered badly.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvdCallError {
+    /// The socket refused or the connection broke.
+    #[error("envd at {socket} is unreachable: {source}")]
+    Unreachable {
+        /// The socket.
+        socket: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// envd answered with a failure status.
+    #[error("envd answered {status}: {body}")]
+    Status {
+        /// The status.
+        status: u16,
+        /// Its body, as text.
+        body: String,
+    },
+}
+
+fn unreachable(
+    socket: &Path,
+    source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> EnvdCallError {
+    EnvdCallError::Unreachable {
+        socket: socket.display().to_string(),
+        source: source.into(),
+    }
+}
+
+/// Sends `request` to envd at `socket` and returns its response with the body still
+/// streaming. Connection upgrades (WebSocket) are passed through.
+///
+/// # Errors
+/// [`EnvdCallError::Unreachable`].
+pub async fn forward(
+    socket: &Path,
+    mut request: Request<Body>,
+) -> Result<Response<Body>, EnvdCallError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| unreachable(socket, e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .max_buf_size(4 << 20)
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(socket, e))?;
+    tokio::spawn(connection.with_upgrades());
+    strip_hop_by_hop(request.headers_mut());
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| unreachable(socket, e))?;
+    Ok(response.map(Body::new))
+}
+
+/// Drops the headers that describe one hop (RFC 9110 §7.6.1), keeping upgrades intact.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let upgrading = headers.contains_key(header::UPGRADE);
+    for name in ["keep-alive", "proxy-connection", "te", "trailer"] {
+        headers.remove(name);
+    }
+    if !upgrading {
+        headers.remove(header::CONNECTION);
+    }
+}
+
+/// POSTs JSON to envd and expects a 2xx.
+///
+/// # Errors
+/// [`EnvdCallError`].
+pub async fn post_json(
+    socket: &Path,
+    path: &str,
+    token: Option<&str>,
+    body: &serde_json::Value,
+) -> Result<Bytes, EnvdCallError> {
+    let mut request = Request::post(path)
+        .header(header::HOST, "envd")
+        .header(header::CONTENT_TYPE, "application/json");
+    if let Some(token) = token {
+        request = request.header("x-access-token", token);
+    }
+    let request = request
+        .body(Body::from(body.to_string()))
+        .map_err(|e| unreachable(socket, e))?;
+    collect(socket, request).await
+}
+
+/// GETs `path` from envd and expects a 2xx.
+///
+/// # Errors
+/// [`EnvdCallError`].
+pub async fn get(socket: &Path, path: &str, token: Option<&str>) -> Result<Bytes, EnvdCallError> {
+    let mut request = Request::get(path).header(header::HOST, "envd");
+    if let Some(token) = token {
+        request = request.header("x-access-token", token);
+    }
+    let request = request
+        .body(Body::empty())
+        .map_err(|e| unreachable(socket, e))?;
+    collect(socket, request).await
+}
+
+async fn collect(socket: &Path, request: Request<Body>) -> Result<Bytes, EnvdCallError> {
+    let response = forward(socket, request).await?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| unreachable(socket, e))?
+        .to_bytes();
+    if status.is_success() {
+        Ok(body)
+    } else {
+        Err(EnvdCallError::Status {
+            status: status.as_u16(),
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+}

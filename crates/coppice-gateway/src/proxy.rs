@@ -1,0 +1,205 @@
+//! Sandbox traffic: a request naming a sandbox (`E2b-Sandbox-Id` / `E2b-Sandbox-Port`
+//! headers, or a `{port}-{id}.…` Host) goes to that sandbox; everything else is control
+//! plane. Port 49983 is envd, reached over its Unix socket; envd checks its own token.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use coppice_core::SandboxId;
+
+use crate::AppState;
+use crate::envd;
+
+/// envd's port.
+pub const ENVD_PORT: u16 = 49983;
+
+/// envd paths only the control plane may call.
+const INTERNAL_PATHS: [&str; 7] = [
+    "/init",
+    "/freeze",
+    "/unfreeze",
+    "/collapse",
+    "/fsfreeze",
+    "/fsthaw",
+    "/upgrade",
+];
+
+/// Where a sandbox request goes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    /// The sandbox.
+    pub sandbox: String,
+    /// The port inside it.
+    pub port: u16,
+}
+
+/// Reads the target from the headers, else from the Host; `Ok(None)` for control plane.
+///
+/// # Errors
+/// A message for a malformed target (one header without the other, a bad port or id).
+pub fn target(headers: &HeaderMap) -> Result<Option<Target>, String> {
+    let id = headers
+        .get("e2b-sandbox-id")
+        .map(|v| v.to_str().unwrap_or(""));
+    let port = headers
+        .get("e2b-sandbox-port")
+        .map(|v| v.to_str().unwrap_or(""));
+    match (id, port) {
+        (None, None) => Ok(host_target(headers)),
+        (Some(id), Some(port)) => Ok(Some(Target {
+            sandbox: valid_id(id)?,
+            port: port
+                .trim()
+                .parse()
+                .map_err(|_| format!("E2b-Sandbox-Port {port:?} is not a port number"))?,
+        })),
+        _ => Err("send both E2b-Sandbox-Id and E2b-Sandbox-Port, or neither".into()),
+    }
+}
+
+fn valid_id(id: &str) -> Result<String, String> {
+    let id = id.trim();
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(format!("{id:?} is not a sandbox id"));
+    }
+    Ok(id.to_owned())
+}
+
+/// `{port}-{id}.{domain}` in the Host header.
+fn host_target(headers: &HeaderMap) -> Option<Target> {
+    let host = headers.get(header::HOST)?.to_str().ok()?;
+    let label = host.split('.').next()?;
+    let (port, id) = label.split_once('-')?;
+    if !host.contains('.') {
+        return None;
+    }
+    Some(Target {
+        port: port.parse().ok()?,
+        sandbox: valid_id(id).ok()?,
+    })
+}
+
+fn bad_gateway(sandbox: &str, message: &str) -> Response {
+    let body = serde_json::json!({ "sandboxId": sandbox, "message": message, "code": 502 });
+    (
+        StatusCode::BAD_GATEWAY,
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+/// Middleware: sends sandbox traffic to its sandbox, passes the rest on.
+pub async fn route_sandbox_traffic(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let target = match target(request.headers()) {
+        Ok(Some(target)) => target,
+        Ok(None) => return next.run(request).await,
+        Err(message) => {
+            return crate::error::ApiError::bad_request(message).into_response();
+        }
+    };
+    if INTERNAL_PATHS.contains(&request.uri().path()) {
+        return crate::error::ApiError::new(
+            StatusCode::FORBIDDEN,
+            format!("{} is internal to coppice", request.uri().path()),
+        )
+        .into_response();
+    }
+    let sandbox = target
+        .sandbox
+        .parse::<SandboxId>()
+        .ok()
+        .and_then(|id| state.manager.get(&id).ok())
+        .filter(|s| s.state == coppice_core::SandboxState::Running);
+    let Some(sandbox) = sandbox else {
+        return bad_gateway(&target.sandbox, "The sandbox was not found");
+    };
+    if target.port != ENVD_PORT {
+        return bad_gateway(
+            &target.sandbox,
+            &format!(
+                "The sandbox is running but port is not open: {}",
+                target.port
+            ),
+        );
+    }
+    let Some(endpoints) = sandbox.endpoints else {
+        return bad_gateway(&target.sandbox, "The sandbox was not found");
+    };
+    let (parts, body) = request.into_parts();
+    let mut upstream = Request::from_parts(parts, Body::new(body));
+    upstream.headers_mut().remove("e2b-sandbox-id");
+    upstream.headers_mut().remove("e2b-sandbox-port");
+    match envd::forward(&endpoints.envd_socket, upstream).await {
+        Ok(response) => response,
+        Err(error) => bad_gateway(
+            &target.sandbox,
+            &format!("The sandbox is running but port is not open: {error}"),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn test_targets_come_from_headers_or_host() {
+        let by_headers = headers(&[("e2b-sandbox-id", "abc123"), ("e2b-sandbox-port", "49983")]);
+        assert_eq!(
+            target(&by_headers).unwrap(),
+            Some(Target {
+                sandbox: "abc123".into(),
+                port: 49983
+            })
+        );
+        let by_host = headers(&[("host", "8080-abc123.localhost:3000")]);
+        assert_eq!(
+            target(&by_host).unwrap(),
+            Some(Target {
+                sandbox: "abc123".into(),
+                port: 8080
+            })
+        );
+        assert_eq!(
+            target(&headers(&[("host", "127.0.0.1:3000")])).unwrap(),
+            None
+        );
+        assert!(target(&headers(&[("e2b-sandbox-id", "abc")])).is_err());
+        assert!(
+            target(&headers(&[
+                ("e2b-sandbox-id", "ABC"),
+                ("e2b-sandbox-port", "1")
+            ]))
+            .is_err()
+        );
+        assert!(
+            target(&headers(&[
+                ("e2b-sandbox-id", "abc"),
+                ("e2b-sandbox-port", "x")
+            ]))
+            .is_err()
+        );
+    }
+}

@@ -1,0 +1,396 @@
+//! The E2B sandbox endpoints: create (v2 and legacy), list (v2 with filters and
+//! `X-Next-Token` pages, and legacy), info, kill, timeout, refresh, connect (v2, legacy and
+//! the old resume), pause (refused until pausing exists), metrics and logs.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use coppice_core::manager::ListFilter;
+use coppice_core::{Sandbox, SandboxId, SandboxSpec, SandboxState};
+use serde::Deserialize;
+
+use crate::AppState;
+use crate::envd;
+use crate::error::ApiError;
+use crate::wire::{self, CreatedSandbox, ListedSandbox};
+
+/// Lifetime of a sandbox whose create names none, and the most `connect` adds by default.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Largest page of `GET /v2/sandboxes`.
+const MAX_PAGE: usize = 100;
+
+/// The sandbox routes.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/v2/sandboxes", post(create).get(list_v2))
+        .route("/sandboxes", post(create).get(list_running))
+        .route("/sandboxes/{id}", get(info).delete(kill))
+        .route("/sandboxes/{id}/timeout", post(set_timeout))
+        .route("/sandboxes/{id}/refreshes", post(refresh))
+        .route("/v2/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/connect", post(connect))
+        .route("/sandboxes/{id}/resume", post(resume))
+        .route("/sandboxes/{id}/pause", post(pause))
+        .route("/sandboxes/{id}/metrics", get(metrics))
+        .route("/sandboxes/{id}/logs", get(logs))
+        .route("/v2/sandboxes/{id}/logs", get(logs))
+}
+
+fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    body.map(|Json(value)| value)
+        .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
+}
+
+/// An optional body: empty is the default.
+fn optional_body<T: Default + serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
+}
+
+fn sandbox_id(raw: &str) -> Result<SandboxId, ApiError> {
+    raw.parse()
+        .map_err(|_| ApiError::bad_request(format!("{raw:?} is not a sandbox id")))
+}
+
+fn seconds(value: i64, what: &str) -> Result<Duration, ApiError> {
+    u64::try_from(value)
+        .ok()
+        .filter(|s| *s > 0)
+        .map(Duration::from_secs)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!("{what} must be a positive number of seconds"))
+        })
+}
+
+fn live(state: &AppState, id: &SandboxId) -> Result<Sandbox, ApiError> {
+    state
+        .manager
+        .get(id)
+        .map_err(|_| ApiError::not_found(format!("sandbox {id} not found")))
+}
+
+async fn create(
+    State(state): State<AppState>,
+    request: Result<Json<wire::NewSandbox>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let request = body(request)?;
+    let template = request.template_id.parse().map_err(|_| {
+        ApiError::bad_request(format!("{:?} is not a template id", request.template_id))
+    })?;
+    let mut spec = SandboxSpec::new(template);
+    spec.timeout = match request.timeout {
+        Some(timeout) => seconds(timeout, "timeout")?,
+        None => DEFAULT_TIMEOUT,
+    };
+    spec.metadata = request.metadata.unwrap_or_default();
+    spec.env = request.env_vars.unwrap_or_default();
+    spec.auto_pause = request.auto_pause.unwrap_or(false);
+    if let Some(allow) = request.allow_internet_access {
+        spec.network.allow_internet = allow;
+    }
+    let sandbox = state.manager.create(spec).await?;
+    // envd keeps the token (across its own restarts); until it has it, no traffic is let in.
+    if let Err(error) = state.envd_init.init(&sandbox).await {
+        let _ = state.manager.kill(&sandbox.id).await;
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("sandbox {} did not start its envd: {error}", sandbox.id),
+        ));
+    }
+    Ok((
+        StatusCode::CREATED,
+        Json(CreatedSandbox::from_domain(&sandbox, state.envd_version)),
+    )
+        .into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ListQuery {
+    state: Option<String>,
+    metadata: Option<String>,
+    limit: Option<usize>,
+    next_token: Option<String>,
+    template: Option<String>,
+}
+
+async fn list_v2(
+    State(state): State<AppState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let mut filter = ListFilter::default();
+    if let Some(states) = query.state.as_deref().filter(|s| !s.is_empty()) {
+        for name in states.split(',') {
+            filter.states.push(match name.trim() {
+                "running" => SandboxState::Running,
+                "paused" => SandboxState::Paused,
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "state {other:?} is not running or paused"
+                    )));
+                }
+            });
+        }
+    }
+    if let Some(metadata) = query.metadata.as_deref() {
+        filter.metadata = serde_urlencoded::from_str::<BTreeMap<String, String>>(metadata)
+            .map_err(|e| ApiError::bad_request(format!("bad metadata filter: {e}")))?;
+    }
+    if let Some(template) = query.template.as_deref() {
+        filter.template =
+            Some(template.parse().map_err(|_| {
+                ApiError::bad_request(format!("{template:?} is not a template id"))
+            })?);
+    }
+    let limit = match query.limit {
+        None => MAX_PAGE,
+        Some(limit) if (1..=MAX_PAGE).contains(&limit) => limit,
+        Some(limit) => {
+            return Err(ApiError::bad_request(format!(
+                "limit {limit} is outside 1..={MAX_PAGE}"
+            )));
+        }
+    };
+    let mut sandboxes = state.manager.list(&filter);
+    // Newest first, then by id: a stable order for the cursor.
+    sandboxes.sort_by(|a, b| {
+        b.created_at
+            .cmp(&a.created_at)
+            .then_with(|| a.id.cmp(&b.id))
+    });
+    let start = match query.next_token.as_deref().filter(|t| !t.is_empty()) {
+        None => 0,
+        Some(token) => {
+            sandboxes
+                .iter()
+                .position(|s| s.id.as_str() == token)
+                .ok_or_else(|| ApiError::bad_request(format!("nextToken {token:?} is not valid")))?
+                + 1
+        }
+    };
+    let page: Vec<_> = sandboxes.iter().skip(start).take(limit).collect();
+    let more = start + page.len() < sandboxes.len();
+    let body: Vec<_> = page
+        .iter()
+        .map(|s| ListedSandbox::from_domain(s, state.envd_version, false))
+        .collect();
+    let mut response = Json(body).into_response();
+    if more
+        && let Some(last) = page.last()
+        && let Ok(value) = HeaderValue::from_str(last.id.as_str())
+    {
+        response.headers_mut().insert("x-next-token", value);
+    }
+    Ok(response)
+}
+
+async fn list_running(State(state): State<AppState>) -> Json<Vec<ListedSandbox>> {
+    let filter = ListFilter {
+        states: vec![SandboxState::Running],
+        ..ListFilter::default()
+    };
+    Json(
+        state
+            .manager
+            .list(&filter)
+            .iter()
+            .map(|s| ListedSandbox::from_domain(s, state.envd_version, false))
+            .collect(),
+    )
+}
+
+async fn info(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let sandbox = live(&state, &sandbox_id(&raw)?)?;
+    Ok(Json(ListedSandbox::from_domain(
+        &sandbox,
+        state.envd_version,
+        true,
+    ))
+    .into_response())
+}
+
+async fn kill(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let id = sandbox_id(&raw)?;
+    live(&state, &id)?;
+    state.manager.kill(&id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn set_timeout(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    request: Result<Json<wire::Timeout>, JsonRejection>,
+) -> Result<StatusCode, ApiError> {
+    let id = sandbox_id(&raw)?;
+    let timeout = seconds(body(request)?.timeout, "timeout")?;
+    live(&state, &id)?;
+    state.manager.set_timeout(&id, timeout).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Moves the end time to `now + extension` unless it is already later (connect and refresh
+/// only ever extend).
+async fn extend(
+    state: &AppState,
+    sandbox: &Sandbox,
+    extension: Duration,
+) -> Result<Sandbox, ApiError> {
+    let wanted = SystemTime::now() + extension;
+    if wanted <= sandbox.end_at {
+        return Ok(sandbox.clone());
+    }
+    Ok(state.manager.set_timeout(&sandbox.id, extension).await?)
+}
+
+async fn refresh(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let sandbox = live(&state, &sandbox_id(&raw)?)?;
+    let request: wire::Refresh = optional_body(&bytes)?;
+    let extension = match request.duration {
+        Some(duration) => seconds(duration, "duration")?,
+        None => DEFAULT_TIMEOUT,
+    };
+    extend(&state, &sandbox, extension).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn connect(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    bytes: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let sandbox = live(&state, &sandbox_id(&raw)?)?;
+    let request: wire::Connect = optional_body(&bytes)?;
+    let extension = match request.timeout {
+        Some(timeout) => seconds(timeout, "timeout")?,
+        None => DEFAULT_TIMEOUT,
+    };
+    if sandbox.state != SandboxState::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("sandbox {} is {}", sandbox.id, sandbox.state.as_str()),
+        ));
+    }
+    let sandbox = extend(&state, &sandbox, extension).await?;
+    Ok(Json(CreatedSandbox::from_domain(&sandbox, state.envd_version)).into_response())
+}
+
+async fn resume(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let sandbox = live(&state, &sandbox_id(&raw)?)?;
+    Err(ApiError::new(
+        StatusCode::CONFLICT,
+        format!("sandbox {} is already running", sandbox.id),
+    ))
+}
+
+async fn pause(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    live(&state, &sandbox_id(&raw)?)?;
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "pausing sandboxes is not supported by this coppice build yet; the sandbox keeps running",
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+struct EnvdMetrics {
+    ts: i64,
+    cpu_count: u32,
+    cpu_used_pct: f64,
+    mem_total: u64,
+    mem_used: u64,
+    #[serde(default)]
+    mem_cache: u64,
+    disk_used: u64,
+    disk_total: u64,
+}
+
+async fn metrics(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Response, ApiError> {
+    let sandbox = live(&state, &sandbox_id(&raw)?)?;
+    let (Some(endpoints), token) = (&sandbox.endpoints, &sandbox.access_token) else {
+        return Err(ApiError::not_found(format!(
+            "sandbox {} is not running",
+            sandbox.id
+        )));
+    };
+    let bytes = envd::get(
+        &endpoints.envd_socket,
+        "/metrics",
+        token.as_ref().map(coppice_core::AccessToken::expose),
+    )
+    .await
+    .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, e.to_string()))?;
+    let sample: EnvdMetrics = serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, format!("envd metrics: {e}")))?;
+    let at = SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(sample.ts).unwrap_or(0));
+    Ok(Json(serde_json::json!([{
+        "timestamp": wire::rfc3339(at),
+        "timestampUnix": sample.ts,
+        "cpuCount": sample.cpu_count,
+        "cpuUsedPct": sample.cpu_used_pct,
+        "memUsed": sample.mem_used,
+        "memTotal": sample.mem_total,
+        "memCache": sample.mem_cache,
+        "diskUsed": sample.disk_used,
+        "diskTotal": sample.disk_total,
+    }]))
+    .into_response())
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+    _headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let id = sandbox_id(&raw)?;
+    let events = state
+        .manager
+        .events(&id)
+        .await
+        .map_err(|_| ApiError::not_found(format!("sandbox {id} not found")))?;
+    let entries: Vec<_> = events
+        .iter()
+        .map(|event| {
+            let line = if event.detail.is_empty() {
+                format!("{:?} ({:?})", event.kind, event.reason)
+            } else {
+                format!("{:?} ({:?}): {}", event.kind, event.reason, event.detail)
+            };
+            (wire::rfc3339(event.at), line)
+        })
+        .collect();
+    Ok(Json(serde_json::json!({
+        "logs": entries.iter().map(|(at, line)| serde_json::json!({"timestamp": at, "line": line})).collect::<Vec<_>>(),
+        "logEntries": entries.iter().map(|(at, line)| serde_json::json!({
+            "timestamp": at, "level": "info", "message": line, "fields": {}
+        })).collect::<Vec<_>>(),
+    }))
+    .into_response())
+}

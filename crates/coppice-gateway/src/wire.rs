@@ -1,0 +1,191 @@
+//! The E2B control-plane JSON, as the SDKs send and read it (field names are theirs).
+
+use std::collections::BTreeMap;
+use std::time::SystemTime;
+
+use coppice_core::{Sandbox, SandboxState};
+use serde::{Deserialize, Serialize};
+
+/// `POST /v2/sandboxes` and the legacy `POST /sandboxes`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewSandbox {
+    /// Template id or alias.
+    #[serde(rename = "templateID")]
+    pub template_id: String,
+    /// Lifetime in seconds.
+    pub timeout: Option<i64>,
+    /// User metadata.
+    #[serde(default)]
+    pub metadata: Option<BTreeMap<String, String>>,
+    /// Variables for every process.
+    #[serde(default)]
+    pub env_vars: Option<BTreeMap<String, String>>,
+    /// Pause instead of kill at the end time.
+    #[serde(default)]
+    pub auto_pause: Option<bool>,
+    /// Internet access (snake case on the wire).
+    #[serde(default, rename = "allow_internet_access")]
+    pub allow_internet_access: Option<bool>,
+}
+
+/// `POST …/timeout`.
+#[derive(Debug, Deserialize)]
+pub struct Timeout {
+    /// New lifetime from now, in seconds.
+    pub timeout: i64,
+}
+
+/// `POST …/connect` (v2 and legacy) and `POST …/resume`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Connect {
+    /// Lifetime from now, in seconds (only ever extends).
+    pub timeout: Option<i64>,
+}
+
+/// `POST …/refreshes`.
+#[derive(Debug, Default, Deserialize)]
+pub struct Refresh {
+    /// Seconds to add from now.
+    pub duration: Option<i64>,
+}
+
+/// The `Sandbox` answer of create and connect.
+#[derive(Debug, Serialize)]
+pub struct CreatedSandbox {
+    #[serde(rename = "sandboxID")]
+    sandbox_id: String,
+    #[serde(rename = "templateID")]
+    template_id: String,
+    #[serde(rename = "clientID")]
+    client_id: &'static str,
+    #[serde(rename = "envdVersion")]
+    envd_version: &'static str,
+    #[serde(rename = "envdAccessToken", skip_serializing_if = "Option::is_none")]
+    envd_access_token: Option<String>,
+    #[serde(rename = "trafficAccessToken")]
+    traffic_access_token: Option<String>,
+    domain: Option<String>,
+}
+
+/// Client id reported for every sandbox (there is one node).
+pub const CLIENT_ID: &str = "coppice";
+
+impl CreatedSandbox {
+    /// The create/connect answer for `sandbox`.
+    pub fn from_domain(sandbox: &Sandbox, envd_version: &'static str) -> Self {
+        Self {
+            sandbox_id: sandbox.id.to_string(),
+            template_id: sandbox.spec.template.to_string(),
+            client_id: CLIENT_ID,
+            envd_version,
+            envd_access_token: sandbox
+                .access_token
+                .as_ref()
+                .map(|token| token.expose().to_owned()),
+            traffic_access_token: None,
+            domain: None,
+        }
+    }
+}
+
+/// `ListedSandbox` and, with the token, `SandboxDetail`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListedSandbox {
+    #[serde(rename = "sandboxID")]
+    sandbox_id: String,
+    #[serde(rename = "templateID")]
+    template_id: String,
+    #[serde(rename = "clientID")]
+    client_id: &'static str,
+    started_at: String,
+    end_at: String,
+    cpu_count: u32,
+    #[serde(rename = "memoryMB")]
+    memory_mb: u32,
+    #[serde(rename = "diskSizeMB")]
+    disk_size_mb: u32,
+    metadata: BTreeMap<String, String>,
+    state: &'static str,
+    envd_version: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    envd_access_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    allow_internet_access: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lifecycle: Option<serde_json::Value>,
+}
+
+impl ListedSandbox {
+    /// `sandbox` as a list entry (`detail` adds the token and lifecycle, as `GET` answers).
+    pub fn from_domain(sandbox: &Sandbox, envd_version: &'static str, detail: bool) -> Self {
+        Self {
+            sandbox_id: sandbox.id.to_string(),
+            template_id: sandbox.spec.template.to_string(),
+            client_id: CLIENT_ID,
+            started_at: rfc3339(sandbox.created_at),
+            end_at: rfc3339(sandbox.end_at),
+            cpu_count: sandbox.spec.vcpus,
+            memory_mb: sandbox.spec.memory_mb,
+            disk_size_mb: sandbox.spec.disk_mb,
+            metadata: sandbox.spec.metadata.clone(),
+            state: state_name(sandbox.state),
+            envd_version,
+            envd_access_token: detail
+                .then(|| sandbox.access_token.as_ref().map(|t| t.expose().to_owned()))
+                .flatten(),
+            allow_internet_access: detail.then_some(sandbox.spec.network.allow_internet),
+            lifecycle: detail.then(|| {
+                serde_json::json!({
+                    "autoResume": false,
+                    "onTimeout": if sandbox.spec.auto_pause { "pause" } else { "kill" },
+                })
+            }),
+        }
+    }
+}
+
+/// The E2B name of a state (`running` or `paused`; the rest never reach a listing).
+pub fn state_name(state: SandboxState) -> &'static str {
+    match state {
+        SandboxState::Paused => "paused",
+        _ => "running",
+    }
+}
+
+/// RFC 3339 with milliseconds, in UTC.
+pub fn rfc3339(at: SystemTime) -> String {
+    jiff::Timestamp::try_from(at).map_or_else(
+        |_| "1970-01-01T00:00:00Z".to_owned(),
+        |t| {
+            t.round(jiff::Unit::Millisecond)
+                .map_or_else(|_| t.to_string(), |t| t.to_string())
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use super::*;
+
+    #[test]
+    fn test_timestamps_are_rfc3339_utc() {
+        let at = UNIX_EPOCH + Duration::from_millis(1_767_225_600_123);
+        assert_eq!(rfc3339(at), "2026-01-01T00:00:00.123Z");
+    }
+
+    #[test]
+    fn test_new_sandbox_reads_the_sdk_body() {
+        let body: NewSandbox = serde_json::from_str(
+            r#"{"templateID":"base","timeout":120,"metadata":{"k":"v"},"envVars":{"A":"1"},"autoPause":true,"allow_internet_access":false}"#,
+        )
+        .unwrap();
+        assert_eq!(body.template_id, "base");
+        assert_eq!(body.timeout, Some(120));
+        assert_eq!(body.env_vars.unwrap()["A"], "1");
+        assert_eq!(body.allow_internet_access, Some(false));
+    }
+}

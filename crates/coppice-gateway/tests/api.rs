@@ -1,0 +1,296 @@
+//! The control plane over fake backends: status codes, the `{code, message}` error body for
+//! bad input, API keys, pagination and sandbox-traffic routing errors.
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use coppice_core::clock::SystemClock;
+use coppice_core::manager::{Backends, ManagerConfig};
+use coppice_core::store::Store;
+use coppice_core::testing::{FakeNetPolicy, FakeRuntime, FakeStorage};
+use coppice_gateway::auth::ApiKeys;
+use coppice_gateway::envd::{EnvdCallError, EnvdInit};
+use coppice_gateway::{AppState, router};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+const KEY: &str = "test-key";
+
+async fn app() -> axum::Router {
+    let backends = Backends {
+        runtime: Arc::new(FakeRuntime::default()),
+        storage: Arc::new(FakeStorage::with_templates(&["base"])),
+        net: Arc::new(FakeNetPolicy::default()),
+    };
+    let manager = coppice_core::SandboxManager::start(
+        ManagerConfig::default(),
+        backends,
+        Store::in_memory().unwrap(),
+        Arc::new(SystemClock),
+    )
+    .await
+    .unwrap();
+    router(AppState {
+        manager,
+        api_keys: ApiKeys::new(vec![KEY.into()]),
+        envd_version: "0.6.13",
+        envd_init: Arc::new(NoEnvd),
+    })
+}
+
+/// Fake backends run no envd; there is nothing to initialise.
+#[derive(Debug)]
+struct NoEnvd;
+
+impl EnvdInit for NoEnvd {
+    fn init<'a>(
+        &'a self,
+        _sandbox: &'a coppice_core::Sandbox,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), EnvdCallError>> + Send + 'a>>
+    {
+        Box::pin(async { Ok(()) })
+    }
+}
+
+async fn call(
+    app: &axum::Router,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+    let mut request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("x-api-key", KEY)
+        .header("content-type", "application/json");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = app
+        .clone()
+        .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status();
+    let headers = response.headers().clone();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let json = if bytes.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON: {}", String::from_utf8_lossy(&bytes)))
+    };
+    (status, headers, json)
+}
+
+fn assert_error(answer: &(StatusCode, axum::http::HeaderMap, serde_json::Value), status: u16) {
+    assert_eq!(answer.0.as_u16(), status, "{:?}", answer.2);
+    assert_eq!(answer.2["code"], status);
+    assert!(answer.2["message"].as_str().is_some_and(|m| !m.is_empty()));
+}
+
+#[tokio::test]
+async fn test_create_answers_201_with_the_sandbox_body() {
+    let app = app().await;
+    let answer = call(
+        &app,
+        "POST",
+        "/v2/sandboxes",
+        &[],
+        r#"{"templateID":"base","metadata":{"k":"v"}}"#,
+    )
+    .await;
+    assert_eq!(answer.0, StatusCode::CREATED);
+    assert_eq!(answer.2["templateID"], "base");
+    assert_eq!(answer.2["envdVersion"], "0.6.13");
+    assert_eq!(answer.2["envdAccessToken"].as_str().unwrap().len(), 64);
+    assert!(answer.2["domain"].is_null());
+}
+
+#[tokio::test]
+async fn test_bad_input_gets_documented_4xx_errors() {
+    let app = app().await;
+    assert_error(
+        &call(&app, "POST", "/v2/sandboxes", &[], "{\"templateID\":").await,
+        400,
+    );
+    assert_error(
+        &call(
+            &app,
+            "POST",
+            "/v2/sandboxes",
+            &[],
+            r#"{"templateID":"nope"}"#,
+        )
+        .await,
+        404,
+    );
+    assert_error(
+        &call(
+            &app,
+            "POST",
+            "/v2/sandboxes",
+            &[],
+            r#"{"templateID":"Bad/Id"}"#,
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &call(
+            &app,
+            "POST",
+            "/v2/sandboxes",
+            &[],
+            r#"{"templateID":"base","timeout":-5}"#,
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &call(
+            &app,
+            "POST",
+            "/v2/sandboxes",
+            &[],
+            r#"{"templateID":"base","timeout":99999999999}"#,
+        )
+        .await,
+        400,
+    );
+    let huge = format!(
+        r#"{{"templateID":"base","metadata":{{"k":"{}"}}}}"#,
+        "x".repeat(1 << 20)
+    );
+    let answer = call(&app, "POST", "/v2/sandboxes", &[], &huge).await;
+    assert!(answer.0.is_client_error(), "{:?}", answer.0);
+    assert_error(
+        &call(&app, "GET", "/sandboxes/NOT-AN-ID", &[], "").await,
+        400,
+    );
+    assert_error(&call(&app, "GET", "/sandboxes/abc123", &[], "").await, 404);
+    assert_error(
+        &call(&app, "DELETE", "/sandboxes/abc123", &[], "").await,
+        404,
+    );
+    assert_error(
+        &call(
+            &app,
+            "POST",
+            "/sandboxes/abc123/timeout",
+            &[],
+            r#"{"timeout":"x"}"#,
+        )
+        .await,
+        400,
+    );
+    assert_error(
+        &call(&app, "GET", "/v2/sandboxes?state=frozen", &[], "").await,
+        400,
+    );
+    assert_error(
+        &call(&app, "GET", "/v2/sandboxes?limit=0", &[], "").await,
+        400,
+    );
+    assert_error(&call(&app, "GET", "/no/such/endpoint", &[], "").await, 404);
+    let header_only = call(&app, "GET", "/health", &[("e2b-sandbox-id", "abc")], "").await;
+    assert_error(&header_only, 400);
+    let bad_port = call(
+        &app,
+        "GET",
+        "/health",
+        &[("e2b-sandbox-id", "abc"), ("e2b-sandbox-port", "x")],
+        "",
+    )
+    .await;
+    assert_error(&bad_port, 400);
+}
+
+#[tokio::test]
+async fn test_unknown_sandbox_traffic_is_502_was_not_found() {
+    let app = app().await;
+    let answer = call(
+        &app,
+        "GET",
+        "/health",
+        &[("e2b-sandbox-id", "abc123"), ("e2b-sandbox-port", "49983")],
+        "",
+    )
+    .await;
+    assert_eq!(answer.0, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        answer.2,
+        serde_json::json!({"sandboxId": "abc123", "message": "The sandbox was not found", "code": 502})
+    );
+}
+
+#[tokio::test]
+async fn test_wrong_or_missing_api_key_is_401_but_health_is_open() {
+    let app = app().await;
+    let response = app
+        .clone()
+        .oneshot(
+            Request::get("/v2/sandboxes")
+                .header("x-api-key", "nope")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = app
+        .clone()
+        .oneshot(Request::get("/v2/sandboxes").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    let response = app
+        .oneshot(Request::get("/health").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"Health check successful");
+}
+
+#[tokio::test]
+async fn test_list_pages_with_next_token_and_filters_by_metadata() {
+    let app = app().await;
+    for index in 0..3 {
+        let body = format!(r#"{{"templateID":"base","metadata":{{"suite":"s","n":"{index}"}}}}"#);
+        call(&app, "POST", "/v2/sandboxes", &[], &body).await;
+    }
+    call(
+        &app,
+        "POST",
+        "/v2/sandboxes",
+        &[],
+        r#"{"templateID":"base"}"#,
+    )
+    .await;
+    let first = call(
+        &app,
+        "GET",
+        "/v2/sandboxes?metadata=suite%3Ds&limit=2",
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(first.2.as_array().unwrap().len(), 2);
+    let token = first.1["x-next-token"].to_str().unwrap().to_owned();
+    let second = call(
+        &app,
+        "GET",
+        &format!("/v2/sandboxes?metadata=suite%3Ds&limit=2&nextToken={token}"),
+        &[],
+        "",
+    )
+    .await;
+    assert_eq!(second.2.as_array().unwrap().len(), 1);
+    assert!(!second.1.contains_key("x-next-token"));
+    let all = call(&app, "GET", "/v2/sandboxes?state=running,paused", &[], "").await;
+    assert_eq!(all.2.as_array().unwrap().len(), 4);
+}
