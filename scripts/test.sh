@@ -32,6 +32,10 @@ if ! "$venv/bin/python" -c "import e2b, importlib.metadata as m; assert m.versio
 fi
 export COPPICE_E2B_PYTHON="$PWD/$venv/bin/python"
 
+# The E2B JS SDK, pinned by tests/sdk/package-lock.json.
+command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm; }
+(cd tests/sdk && npm ci --no-audit --no-fund --loglevel=error)
+
 echo "== unit and component tests (privileged tests are listed as ignored here)"
 cargo test --workspace --locked
 

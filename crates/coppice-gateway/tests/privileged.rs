@@ -104,6 +104,10 @@ fn test_coppiced_restart_reuses_the_base_template() {
     );
 }
 
+fn sdk_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk")
+}
+
 #[test]
 #[ignore = "privileged: starts coppiced and sandboxes; needs the E2B SDK venv (COPPICE_E2B_PYTHON)"]
 fn test_e2b_python_sdk_runs_against_coppiced() {
@@ -111,14 +115,32 @@ fn test_e2b_python_sdk_runs_against_coppiced() {
     let python = std::env::var_os("COPPICE_E2B_PYTHON").expect(
         "COPPICE_E2B_PYTHON must name a Python with the pinned e2b SDK (scripts/test.sh sets it up)",
     );
+    let mut command = Command::new(python);
+    command.arg(sdk_dir().join("gateway_sdk.py"));
+    run_suite_against_coppiced(command);
+}
+
+#[test]
+#[ignore = "privileged: starts coppiced and sandboxes; needs the E2B JS SDK in tests/sdk/node_modules"]
+fn test_e2b_js_sdk_runs_against_coppiced() {
+    coppice_core::require_privileged!();
+    assert!(
+        sdk_dir().join("node_modules/e2b").is_dir(),
+        "the pinned e2b JS SDK is missing: run `npm ci` in tests/sdk (scripts/test.sh does)"
+    );
+    let mut command = Command::new("node");
+    command.arg("gateway_sdk.mjs").current_dir(sdk_dir());
+    run_suite_against_coppiced(command);
+}
+
+/// Runs an SDK suite against a fresh coppiced; fails with its output unless all passed.
+fn run_suite_against_coppiced(mut command: Command) {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let daemon = start(dir.path(), port);
     wait_healthy(port);
     let url = format!("http://127.0.0.1:{port}");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk/gateway_sdk.py");
-    let output = Command::new(python)
-        .arg(script)
+    let output = command
         .env("E2B_API_KEY", API_KEY)
         .env("E2B_API_URL", &url)
         .env("E2B_SANDBOX_URL", &url)
