@@ -183,3 +183,62 @@ fn kill_all_sandboxes(port: u16) {
         }
     }
 }
+
+#[test]
+#[ignore = "privileged: SIGKILLs a coppiced with live sandboxes; needs the E2B SDK venv"]
+fn test_sandboxes_survive_sigkill_of_coppiced_mid_stream() {
+    coppice_core::require_privileged!();
+    let python = std::env::var_os("COPPICE_E2B_PYTHON").expect(
+        "COPPICE_E2B_PYTHON must name a Python with the pinned e2b SDK (scripts/test.sh sets it up)",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut daemon = start(dir.path(), port);
+    wait_healthy(port);
+    let url = format!("http://127.0.0.1:{port}");
+    let script = sdk_dir().join("gateway_restart.py");
+    let mut setup = Command::new(&python)
+        .arg(&script)
+        .arg("setup")
+        .env("E2B_API_KEY", API_KEY)
+        .env("E2B_API_URL", &url)
+        .env("E2B_SANDBOX_URL", &url)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(setup.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    // The command is streaming through the daemon right now.
+    daemon.0.kill().unwrap();
+    daemon.0.wait().unwrap();
+    let _ = setup.kill();
+    let _ = setup.wait();
+    let state: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(state.first(), Some(&"STATE"), "setup printed {line:?}");
+
+    let restarted = start(dir.path(), port);
+    wait_healthy(port);
+    let output = Command::new(&python)
+        .arg(&script)
+        .args(["verify", state[1], state[2]])
+        .env("E2B_API_KEY", API_KEY)
+        .env("E2B_API_URL", &url)
+        .env("E2B_SANDBOX_URL", &url)
+        .output()
+        .unwrap();
+    kill_all_sandboxes(port);
+    drop(restarted);
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && text.contains("ALL PASSED"),
+        "{text}"
+    );
+}
