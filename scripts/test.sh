@@ -61,3 +61,6 @@ cargo build --locked --release -p coppice-linux -p coppice-benches --bins
 
 echo "== envd harness (Process/Start p50/p95 beside spawn and bwrap; /files throughput, peak RSS)"
 ./target/release/coppice-envd-bench --iterations 300 --file-mib 1024
+
+echo "== API harness (create + Process/Start over HTTP, sequential and bursts; proxy overhead)"
+./target/release/coppice-api-bench --iterations 100 --burst 20 --bursts 5
