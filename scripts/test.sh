@@ -40,6 +40,8 @@ echo "== unit and component tests (privileged tests are listed as ignored here)"
 cargo test --workspace --locked
 
 echo "== privileged tests, for real"
+# The CLI's end-to-end test drives the coppice binary.
+cargo build --locked -p coppice-cli
 export COPPICE_PRIVILEGED_TESTS=1
 for target in coppice-linux:privileged coppice-overlay:privileged coppice-gateway:privileged \
     coppice-tests:privileged coppice-tests:envd; do

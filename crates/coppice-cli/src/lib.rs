@@ -1,13 +1,18 @@
-//! The `coppice` command line: clap structs, output formatting and exit codes. Sandbox
-//! commands arrive with the gateway's typed client; today it checks a gateway's health.
+//! The `coppice` command line: clap structs, dispatch to the gateway's typed client, output
+//! as human tables or `--json`, and exit codes (a command's own for `exec` and `shell`).
+//! Reads the same variables as the E2B SDKs: `E2B_API_URL`, `E2B_SANDBOX_URL`, `E2B_API_KEY`.
 #![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
-use std::time::Duration;
+mod files;
+mod output;
+mod shell;
+
+use std::collections::BTreeMap;
+use std::io::Write;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use coppice_gateway::client::{Client, Output};
 
 /// `coppice`: talk to a coppice gateway.
 #[derive(Debug, Parser)]
@@ -17,14 +22,29 @@ use clap::{Parser, Subcommand};
     about = "Command-line client of a coppice gateway"
 )]
 pub struct Cli {
-    /// Gateway address (host:port), as the SDKs' `E2B_API_URL` without the scheme.
+    /// The gateway's control-plane URL.
     #[arg(
         long,
-        env = "COPPICE_ADDR",
-        default_value = "127.0.0.1:3000",
+        env = "E2B_API_URL",
+        default_value = "http://127.0.0.1:3000",
         global = true
     )]
-    pub addr: String,
+    pub api_url: String,
+    /// Where sandbox traffic goes (default: the API URL).
+    #[arg(long, env = "E2B_SANDBOX_URL", global = true)]
+    pub sandbox_url: Option<String>,
+    /// The API key.
+    #[arg(
+        long,
+        env = "E2B_API_KEY",
+        default_value = "",
+        hide_env_values = true,
+        global = true
+    )]
+    pub api_key: String,
+    /// Print JSON instead of tables.
+    #[arg(long, global = true)]
+    pub json: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -33,82 +53,252 @@ pub struct Cli {
 /// Sub-commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Checks that the gateway answers `GET /health`; exit code 0 when it does.
+    /// Checks that the gateway answers `GET /health`.
     Health,
+    /// Sandboxes: create, list, info, kill, timeout.
+    #[command(subcommand)]
+    Sandbox(SandboxCommand),
+    /// Runs a command in a sandbox, streaming its output; exits with its exit code.
+    Exec {
+        /// The sandbox.
+        id: String,
+        /// Run as this user (default: the template's).
+        #[arg(long)]
+        user: Option<String>,
+        /// The command and its arguments.
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<String>,
+    },
+    /// An interactive shell on a terminal in a sandbox.
+    Shell {
+        /// The sandbox.
+        id: String,
+        /// Run as this user.
+        #[arg(long)]
+        user: Option<String>,
+    },
+    /// Files: ls, cat, cp.
+    #[command(subcommand)]
+    Files(FilesCommand),
+    /// A sandbox's lifecycle log.
+    Logs {
+        /// The sandbox.
+        id: String,
+    },
 }
 
-/// Runs a parsed command line; returns what to print.
+/// `coppice sandbox …`.
+#[derive(Debug, Subcommand)]
+pub enum SandboxCommand {
+    /// Creates a sandbox and prints its id.
+    Create {
+        /// Template.
+        #[arg(long, default_value = "base")]
+        template: String,
+        /// Lifetime in seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+        /// Metadata, `key=value` (repeatable).
+        #[arg(long, value_parser = key_value)]
+        metadata: Vec<(String, String)>,
+    },
+    /// Lists running and paused sandboxes.
+    List,
+    /// Shows one sandbox.
+    Info {
+        /// The sandbox.
+        id: String,
+    },
+    /// Kills a sandbox.
+    Kill {
+        /// The sandbox.
+        id: String,
+    },
+    /// Sets a sandbox's end time to now plus this many seconds.
+    Timeout {
+        /// The sandbox.
+        id: String,
+        /// Seconds from now.
+        seconds: u64,
+    },
+}
+
+/// `coppice files …`.
+#[derive(Debug, Subcommand)]
+pub enum FilesCommand {
+    /// Lists a directory.
+    Ls {
+        /// The sandbox.
+        id: String,
+        /// The directory.
+        #[arg(default_value = "/home/user")]
+        path: String,
+        /// How deep to go.
+        #[arg(long, default_value_t = 1)]
+        depth: u32,
+    },
+    /// Prints a file.
+    Cat {
+        /// The sandbox.
+        id: String,
+        /// The file.
+        path: String,
+    },
+    /// Copies between the host and a sandbox; name the sandbox side `<id>:<path>`.
+    Cp {
+        /// Source.
+        from: String,
+        /// Destination.
+        to: String,
+    },
+}
+
+fn key_value(text: &str) -> Result<(String, String), String> {
+    text.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{text:?} is not key=value"))
+}
+
+/// Runs a parsed command line; returns the process exit code.
 ///
 /// # Errors
-/// The gateway is unreachable or unhealthy.
-pub fn run(cli: &Cli) -> anyhow::Result<String> {
-    match cli.command {
-        Command::Health => health(&cli.addr),
+/// The gateway is unreachable or refuses the request.
+pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
+    let client = Client::new(&cli.api_url, cli.sandbox_url.as_deref(), &cli.api_key);
+    let mut stdout = std::io::stdout().lock();
+    match &cli.command {
+        Command::Health => {
+            client
+                .health()
+                .await
+                .with_context(|| format!("gateway at {}", cli.api_url))?;
+            writeln!(stdout, "gateway at {} is healthy", cli.api_url)?;
+        }
+        Command::Sandbox(command) => sandbox(&client, command, cli.json, &mut stdout).await?,
+        Command::Exec { id, user, command } => {
+            drop(stdout);
+            return exec(&client, id, user.as_deref(), command).await;
+        }
+        Command::Shell { id, user } => {
+            drop(stdout);
+            return shell::run(&client, id, user.as_deref()).await;
+        }
+        Command::Files(command) => files::run(&client, command, cli.json, &mut stdout).await?,
+        Command::Logs { id } => {
+            let logs = client.logs(id).await?;
+            if cli.json {
+                writeln!(stdout, "{}", serde_json::to_string_pretty(&logs)?)?;
+            } else {
+                for (at, line) in logs {
+                    writeln!(stdout, "{at}  {line}")?;
+                }
+            }
+        }
     }
+    Ok(0)
 }
 
-fn health(addr: &str) -> anyhow::Result<String> {
-    let address = addr
-        .to_socket_addrs()
-        .with_context(|| format!("resolving {addr}"))?
-        .next()
-        .with_context(|| format!("{addr} resolves to no address"))?;
-    let mut stream = TcpStream::connect_timeout(&address, Duration::from_secs(5))
-        .with_context(|| format!("connecting to {addr}"))?;
-    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(
-        stream,
-        "GET /health HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut response = String::new();
-    stream
-        .read_to_string(&mut response)
-        .context("reading the answer")?;
-    let status = response.split_whitespace().nth(1).unwrap_or_default();
-    anyhow::ensure!(status == "200", "gateway at {addr} answered {status:?}");
-    Ok(format!("gateway at {addr} is healthy"))
+async fn sandbox(
+    client: &Client,
+    command: &SandboxCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match command {
+        SandboxCommand::Create {
+            template,
+            timeout,
+            metadata,
+        } => {
+            let metadata: BTreeMap<_, _> = metadata.iter().cloned().collect();
+            let created = client.create(template, *timeout, &metadata).await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&created)?)?;
+            } else {
+                writeln!(out, "{}", created.sandbox_id)?;
+            }
+        }
+        SandboxCommand::List => {
+            let sandboxes = client.list().await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&sandboxes)?)?;
+            } else {
+                output::sandbox_table(out, &sandboxes)?;
+            }
+        }
+        SandboxCommand::Info { id } => {
+            let info = client.info(id).await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&info)?)?;
+            } else {
+                output::sandbox_table(out, std::slice::from_ref(&info))?;
+            }
+        }
+        SandboxCommand::Kill { id } => {
+            client.kill(id).await?;
+            writeln!(out, "killed {id}")?;
+        }
+        SandboxCommand::Timeout { id, seconds } => {
+            client.set_timeout(id, *seconds).await?;
+            writeln!(out, "{id} now ends in {seconds} s")?;
+        }
+    }
+    Ok(())
+}
+
+async fn exec(
+    client: &Client,
+    id: &str,
+    user: Option<&str>,
+    command: &[String],
+) -> anyhow::Result<i32> {
+    let sandbox = client.attach(id).await?;
+    let code = client
+        .run(&sandbox, command, user, None, |event| {
+            // Output goes straight through; a closed pipe downstream is not an error here.
+            match event {
+                Output::Stdout(bytes) | Output::Pty(bytes) => {
+                    let mut out = std::io::stdout().lock();
+                    let _ = out.write_all(&bytes).and_then(|()| out.flush());
+                }
+                Output::Stderr(bytes) => {
+                    let mut err = std::io::stderr().lock();
+                    let _ = err.write_all(&bytes).and_then(|()| err.flush());
+                }
+                Output::Started(_) | Output::Exited(_) => {}
+            }
+        })
+        .await?;
+    Ok(if code < 0 { 128 + 9 } else { code })
 }
 
 #[cfg(test)]
 mod tests {
-    use std::net::TcpListener;
-
     use super::*;
 
-    fn serve_once(answer: &'static str) -> String {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let addr = listener.local_addr().unwrap().to_string();
-        std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
-            // Read the whole request first: closing with unread bytes would reset the
-            // connection under the client.
-            let mut request = Vec::new();
-            let mut buffer = [0u8; 1024];
-            while !request.ends_with(b"\r\n\r\n") {
-                let n = stream.read(&mut buffer).unwrap();
-                assert!(n > 0, "client closed early");
-                request.extend_from_slice(&buffer[..n]);
-            }
-            stream.write_all(answer.as_bytes()).unwrap();
-        });
-        addr
-    }
-
     #[test]
-    fn test_health_ok_gateway_succeeds() {
-        let addr = serve_once("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-        assert!(health(&addr).is_ok());
-    }
-
-    #[test]
-    fn test_health_failing_gateway_is_an_error() {
-        let addr = serve_once("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n");
-        assert!(health(&addr).unwrap_err().to_string().contains("503"));
-    }
-
-    #[test]
-    fn test_cli_parses_health_with_address() {
-        let cli = Cli::try_parse_from(["coppice", "--addr", "127.0.0.1:9", "health"]).unwrap();
-        assert_eq!(cli.addr, "127.0.0.1:9");
+    fn test_cli_parses_the_sandbox_commands() {
+        let cli = Cli::try_parse_from([
+            "coppice",
+            "--api-url",
+            "http://h:1",
+            "sandbox",
+            "create",
+            "--metadata",
+            "a=b",
+        ])
+        .unwrap();
+        assert_eq!(cli.api_url, "http://h:1");
+        assert!(matches!(
+            cli.command,
+            Command::Sandbox(SandboxCommand::Create { ref metadata, .. }) if metadata == &[("a".to_owned(), "b".to_owned())]
+        ));
+        let cli = Cli::try_parse_from(["coppice", "exec", "abc", "--", "ls", "-l"]).unwrap();
+        assert!(
+            matches!(cli.command, Command::Exec { ref command, .. } if command == &["ls", "-l"])
+        );
+        assert!(
+            Cli::try_parse_from(["coppice", "sandbox", "create", "--metadata", "nope"]).is_err()
+        );
     }
 }

@@ -8,14 +8,21 @@ use coppice_cli::{Cli, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(&cli) {
-        Ok(output) => {
-            #[allow(clippy::print_stdout)]
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            #[allow(clippy::print_stderr)]
             {
-                println!("{output}");
+                eprintln!("error: cannot start the async runtime: {error}");
             }
-            ExitCode::SUCCESS
+            return ExitCode::FAILURE;
         }
+    };
+    match runtime.block_on(run(&cli)) {
+        Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(1)),
         Err(error) => {
             #[allow(clippy::print_stderr)]
             {

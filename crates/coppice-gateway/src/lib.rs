@@ -13,6 +13,8 @@
 #![warn(missing_docs)]
 
 pub mod auth;
+#[cfg(feature = "client")]
+pub mod client;
 pub mod config;
 pub mod envd;
 pub mod error;

@@ -242,3 +242,135 @@ fn test_sandboxes_survive_sigkill_of_coppiced_mid_stream() {
         "{text}"
     );
 }
+
+/// Runs the `coppice` CLI against the gateway at `port`, with `stdin` as its input.
+fn coppice(port: u16, args: &[&str], stdin: &[u8]) -> std::process::Output {
+    let binary = Path::new(env!("CARGO_BIN_EXE_coppiced")).with_file_name("coppice");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build the CLI first (`cargo build -p coppice-cli`; scripts/test.sh does)",
+        binary.display()
+    );
+    let mut child = Command::new(binary)
+        .args([
+            "--api-url",
+            &format!("http://127.0.0.1:{port}"),
+            "--api-key",
+            API_KEY,
+        ])
+        .args(args)
+        .env_remove("E2B_SANDBOX_URL")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+#[ignore = "privileged: starts coppiced and sandboxes, drives them with the coppice CLI"]
+fn test_coppice_cli_end_to_end() {
+    coppice_core::require_privileged!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let daemon = start(dir.path(), port);
+    wait_healthy(port);
+
+    let created = coppice(port, &["sandbox", "create", "--metadata", "via=cli"], b"");
+    assert!(created.status.success(), "{}", text(&created.stderr));
+    let id = text(&created.stdout).trim().to_owned();
+    let listed = coppice(port, &["sandbox", "list"], b"");
+    assert!(text(&listed.stdout).contains(&id) && text(&listed.stdout).contains("via=cli"));
+    let listed = coppice(port, &["--json", "sandbox", "list"], b"");
+    let json: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(json[0]["sandboxID"], id.as_str());
+
+    let exec = coppice(
+        port,
+        &[
+            "exec",
+            &id,
+            "--",
+            "sh",
+            "-c",
+            "echo out; echo err >&2; exit 7",
+        ],
+        b"",
+    );
+    assert_eq!(exec.status.code(), Some(7));
+    assert_eq!(
+        (text(&exec.stdout), text(&exec.stderr)),
+        ("out\n".to_owned(), "err\n".to_owned())
+    );
+
+    let local = dir.path().join("local.txt");
+    std::fs::write(&local, "from the host\n").unwrap();
+    let remote = format!("{id}:/home/user/cli/x.txt");
+    assert!(
+        coppice(
+            port,
+            &["files", "cp", local.to_str().unwrap(), &remote],
+            b""
+        )
+        .status
+        .success()
+    );
+    let cat = coppice(port, &["files", "cat", &id, "/home/user/cli/x.txt"], b"");
+    assert_eq!(text(&cat.stdout), "from the host\n");
+    let ls = coppice(port, &["files", "ls", &id, "/home/user/cli"], b"");
+    assert!(
+        text(&ls.stdout).contains("/home/user/cli/x.txt"),
+        "{}",
+        text(&ls.stdout)
+    );
+    let back = dir.path().join("back.txt");
+    assert!(
+        coppice(port, &["files", "cp", &remote, back.to_str().unwrap()], b"")
+            .status
+            .success()
+    );
+    assert_eq!(std::fs::read_to_string(&back).unwrap(), "from the host\n");
+
+    let shell = coppice(port, &["shell", &id], b"echo shell-$((6*7)); exit 3\n");
+    assert_eq!(shell.status.code(), Some(3), "{}", text(&shell.stderr));
+    assert!(
+        text(&shell.stdout).contains("shell-42"),
+        "{}",
+        text(&shell.stdout)
+    );
+
+    assert!(
+        coppice(port, &["sandbox", "timeout", &id, "600"], b"")
+            .status
+            .success()
+    );
+    let info = coppice(port, &["--json", "sandbox", "info", &id], b"");
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(json["sandboxID"], id.as_str());
+    let logs = coppice(port, &["logs", &id], b"");
+    assert!(
+        text(&logs.stdout).contains("Created"),
+        "{}",
+        text(&logs.stdout)
+    );
+
+    assert!(
+        coppice(port, &["sandbox", "kill", &id], b"")
+            .status
+            .success()
+    );
+    let gone = coppice(port, &["sandbox", "info", &id], b"");
+    assert!(
+        !gone.status.success() && text(&gone.stderr).contains("404"),
+        "{}",
+        text(&gone.stderr)
+    );
+    kill_all_sandboxes(port);
+    drop(daemon);
+}
