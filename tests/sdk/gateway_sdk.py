@@ -34,6 +34,16 @@ def main():
 
     step("write", lambda: sbx.files.write("/home/user/g.txt", "through the gateway"))
     check("files round trip", step("read", lambda: sbx.files.read("/home/user/g.txt")) == "through the gateway")
+    import urllib.request
+    url = step("download_url", lambda: sbx.download_url("/home/user/g.txt"))
+    got = step("signed download", lambda: urllib.request.urlopen(url, timeout=10).read())
+    check("signed download URL works without headers", got == b"through the gateway", repr(got))
+    forged = url.replace("signature=v1_", "signature=v1_x") if url else ""
+    try:
+        urllib.request.urlopen(forged, timeout=10)
+        check("a forged signature is refused", False, "no error")
+    except Exception as e:  # noqa: BLE001
+        check("a forged signature is refused", "401" in str(e), repr(e))
     names = [e.name for e in (step("list dir", lambda: sbx.files.list("/home/user")) or [])]
     check("list dir", "g.txt" in names, repr(names))
 

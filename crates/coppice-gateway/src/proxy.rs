@@ -104,7 +104,13 @@ pub async fn route_sandbox_traffic(
 ) -> Response {
     let target = match target(request.headers()) {
         Ok(Some(target)) => target,
-        Ok(None) => return next.run(request).await,
+        Ok(None) => {
+            // A signed file URL names no sandbox: the signature does.
+            return match signed_file_owner(&state, &request) {
+                Some(sandbox) => forward_to_envd(sandbox, request).await,
+                None => next.run(request).await,
+            };
+        }
         Err(message) => {
             return crate::error::ApiError::bad_request(message).into_response();
         }
@@ -134,8 +140,12 @@ pub async fn route_sandbox_traffic(
             ),
         );
     }
+    forward_to_envd(sandbox, request).await
+}
+
+async fn forward_to_envd(sandbox: coppice_core::Sandbox, request: Request) -> Response {
     let Some(endpoints) = sandbox.endpoints else {
-        return bad_gateway(&target.sandbox, "The sandbox was not found");
+        return bad_gateway(sandbox.id.as_str(), "The sandbox was not found");
     };
     let (parts, body) = request.into_parts();
     let mut upstream = Request::from_parts(parts, Body::new(body));
@@ -144,10 +154,52 @@ pub async fn route_sandbox_traffic(
     match envd::forward(&endpoints.envd_socket, upstream).await {
         Ok(response) => response,
         Err(error) => bad_gateway(
-            &target.sandbox,
+            sandbox.id.as_str(),
             &format!("The sandbox is running but port is not open: {error}"),
         ),
     }
+}
+
+/// The signing inputs of a `/files` URL.
+#[derive(Debug, serde::Deserialize)]
+struct SignedFileQuery {
+    path: Option<String>,
+    username: Option<String>,
+    signature: String,
+    signature_expiration: Option<i64>,
+}
+
+/// The running sandbox whose access token signed this `/files` URL, if any (the URLs of
+/// `download_url()` / `upload_url()` carry no sandbox id).
+fn signed_file_owner(state: &AppState, request: &Request) -> Option<coppice_core::Sandbox> {
+    if request.uri().path() != "/files" {
+        return None;
+    }
+    let query: SignedFileQuery = serde_urlencoded::from_str(request.uri().query()?).ok()?;
+    let operation = if request.method() == axum::http::Method::POST {
+        coppice_envd::auth::FileOperation::Write
+    } else {
+        coppice_envd::auth::FileOperation::Read
+    };
+    let filter = coppice_core::manager::ListFilter {
+        states: vec![coppice_core::SandboxState::Running],
+        ..Default::default()
+    };
+    state.manager.list(&filter).into_iter().find(|sandbox| {
+        sandbox.access_token.as_ref().is_some_and(|token| {
+            let expected = coppice_envd::auth::file_signature(
+                query.path.as_deref().unwrap_or(""),
+                operation,
+                query.username.as_deref().unwrap_or(""),
+                token.expose(),
+                query.signature_expiration,
+            );
+            bool::from(subtle::ConstantTimeEq::ct_eq(
+                expected.as_bytes(),
+                query.signature.as_bytes(),
+            ))
+        })
+    })
 }
 
 #[cfg(test)]

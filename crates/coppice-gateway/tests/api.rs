@@ -294,3 +294,46 @@ async fn test_list_pages_with_next_token_and_filters_by_metadata() {
     let all = call(&app, "GET", "/v2/sandboxes?state=running,paused", &[], "").await;
     assert_eq!(all.2.as_array().unwrap().len(), 4);
 }
+
+#[tokio::test]
+async fn test_signed_file_urls_are_routed_to_the_sandbox_whose_token_signed_them() {
+    let app = app().await;
+    let created = call(
+        &app,
+        "POST",
+        "/v2/sandboxes",
+        &[],
+        r#"{"templateID":"base"}"#,
+    )
+    .await;
+    let id = created.2["sandboxID"].as_str().unwrap().to_owned();
+    let token = created.2["envdAccessToken"].as_str().unwrap().to_owned();
+    let signature = coppice_envd::auth::file_signature(
+        "/home/user/a.txt",
+        coppice_envd::auth::FileOperation::Read,
+        "",
+        &token,
+        None,
+    );
+    let encoded: String = serde_urlencoded::to_string([("signature", signature.as_str())]).unwrap();
+    let signed = call(
+        &app,
+        "GET",
+        &format!("/files?path=%2Fhome%2Fuser%2Fa.txt&{encoded}"),
+        &[],
+        "",
+    )
+    .await;
+    // The fake runtime runs no envd, so the routed request ends at the sandbox's door.
+    assert_eq!(signed.0, StatusCode::BAD_GATEWAY, "{:?}", signed.2);
+    assert_eq!(signed.2["sandboxId"], id.as_str());
+    let forged = call(
+        &app,
+        "GET",
+        "/files?path=%2Fhome%2Fuser%2Fa.txt&signature=v1_forged",
+        &[],
+        "",
+    )
+    .await;
+    assert_error(&forged, 404);
+}
