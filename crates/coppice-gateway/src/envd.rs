@@ -74,7 +74,8 @@ fn unreachable(
 }
 
 /// Sends `request` to envd at `socket` and returns its response with the body still
-/// streaming. Connection upgrades (WebSocket) are passed through.
+/// streaming. A protocol switch (WebSocket) is passed through byte for byte once both sides
+/// have switched.
 ///
 /// # Errors
 /// [`EnvdCallError::Unreachable`].
@@ -82,6 +83,11 @@ pub async fn forward(
     socket: &Path,
     mut request: Request<Body>,
 ) -> Result<Response<Body>, EnvdCallError> {
+    // Taken before the request moves on: the client's side of a protocol switch.
+    let client_upgrade = request
+        .headers()
+        .contains_key(header::UPGRADE)
+        .then(|| hyper::upgrade::on(&mut request));
     let stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(|e| unreachable(socket, e))?;
@@ -92,10 +98,22 @@ pub async fn forward(
         .map_err(|e| unreachable(socket, e))?;
     tokio::spawn(connection.with_upgrades());
     strip_hop_by_hop(request.headers_mut());
-    let response = sender
+    let mut response = sender
         .send_request(request)
         .await
         .map_err(|e| unreachable(socket, e))?;
+    if response.status() == hyper::StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut response);
+        tokio::spawn(async move {
+            if let (Ok(client), Ok(upstream)) = tokio::join!(client_upgrade, upstream_upgrade) {
+                let mut client = TokioIo::new(client);
+                let mut upstream = TokioIo::new(upstream);
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            }
+        });
+    }
     Ok(response.map(Body::new))
 }
 

@@ -337,3 +337,80 @@ async fn test_signed_file_urls_are_routed_to_the_sandbox_whose_token_signed_them
     .await;
     assert_error(&forged, 404);
 }
+
+/// A Unix-socket server that switches every request to a byte echo.
+async fn echo_upgrade_server(socket: std::path::PathBuf) {
+    let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+    loop {
+        let (stream, _) = listener.accept().await.unwrap();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(
+                |mut request: hyper::Request<hyper::body::Incoming>| async move {
+                    let upgrade = hyper::upgrade::on(&mut request);
+                    tokio::spawn(async move {
+                        if let Ok(upgraded) = upgrade.await {
+                            let (mut read, mut write) =
+                                tokio::io::split(hyper_util::rt::TokioIo::new(upgraded));
+                            let _ = tokio::io::copy(&mut read, &mut write).await;
+                        }
+                    });
+                    hyper::Response::builder()
+                        .status(101)
+                        .header("connection", "upgrade")
+                        .header("upgrade", "echo")
+                        .body(http_body_util::Empty::<bytes::Bytes>::new())
+                },
+            );
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                .with_upgrades()
+                .await;
+        });
+    }
+}
+
+#[tokio::test]
+async fn test_protocol_switches_pass_through_the_envd_forwarder() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("up.sock");
+    tokio::spawn(echo_upgrade_server(socket.clone()));
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    let app = axum::Router::new().fallback(move |request: axum::extract::Request| {
+        let socket = socket.clone();
+        async move {
+            coppice_gateway::envd::forward(&socket, request)
+                .await
+                .map_err(|e| (StatusCode::BAD_GATEWAY, e.to_string()))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let mut client = tokio::net::TcpStream::connect(addr).await.unwrap();
+    client
+        .write_all(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        client.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    client.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        client.read_exact(&mut echoed),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(&echoed, b"ping");
+}
