@@ -58,7 +58,7 @@ for target in coppice-linux:privileged coppice-overlay:privileged coppice-gatewa
 done
 
 echo "== latency harness (p50/p95, bwrap as the peer)"
-cargo build --locked --release -p coppice-linux -p coppice-benches --bins
+cargo build --locked --release -p coppice-linux -p coppice-envd -p coppice-benches --bins
 ./target/release/coppice-latency --iterations 300 --density 200
 
 echo "== envd harness (Process/Start p50/p95 beside spawn and bwrap; /files throughput, peak RSS)"

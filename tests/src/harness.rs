@@ -15,8 +15,9 @@ use coppice_linux::{
 use coppice_net::LoopbackOnly;
 use coppice_overlay::{OverlayConfig, OverlayStorage};
 
-/// Network namespaces kept ready, so that creating one stays off the create path.
-const NETNS_POOL_SIZE: usize = 8;
+/// Network namespaces kept ready, so that creating one stays off the create path (enough
+/// for a burst of 20 concurrent creates).
+const NETNS_POOL_SIZE: usize = 24;
 
 static NEXT_GROUP: AtomicUsize = AtomicUsize::new(0);
 
@@ -144,10 +145,24 @@ impl ManagerEnv {
     /// # Errors
     /// Temp dir, backend or store start-up failures.
     pub async fn start(daemon: &Path, with_envd: bool) -> anyhow::Result<Self> {
+        let envd = with_envd.then(|| test_daemon_envd(daemon));
+        Self::start_inner(daemon, envd).await
+    }
+
+    /// Starts a manager whose sandbox init is `coppice-test-daemon` at `daemon` and whose
+    /// sandboxes run `envd`.
+    ///
+    /// # Errors
+    /// Temp dir, backend or store start-up failures.
+    pub async fn start_with_envd(daemon: &Path, envd: EnvdSettings) -> anyhow::Result<Self> {
+        Self::start_inner(daemon, Some(envd)).await
+    }
+
+    async fn start_inner(daemon: &Path, envd: Option<EnvdSettings>) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut paths = HarnessPaths::new(dir.path());
-        if with_envd {
-            paths = paths.with_envd(test_daemon_envd(daemon));
+        if let Some(envd) = envd {
+            paths = paths.with_envd(envd);
         }
         let manager = paths.manager(&test_daemon_init(daemon)).await?;
         Ok(Self {

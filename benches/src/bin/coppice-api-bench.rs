@@ -57,7 +57,8 @@ mod linux {
     use coppice_gateway::auth::ApiKeys;
     use coppice_gateway::{AppState, router};
 
-    use coppice_tests::harness::ManagerEnv;
+    use coppice_linux::EnvdSettings;
+    use coppice_tests::harness::{ManagerEnv, workspace_binary};
     use http_body_util::{BodyExt, Full};
     use hyper_util::rt::TokioIo;
 
@@ -209,7 +210,13 @@ mod linux {
     pub async fn run() -> anyhow::Result<()> {
         let options = options()?;
         let exe = std::env::current_exe()?;
-        let env = ManagerEnv::start(&exe, true).await?;
+        // Like coppiced, use the dedicated envd binary when it is built beside this one.
+        let envd_binary = workspace_binary("coppice-envd");
+        let env = if envd_binary.is_file() {
+            ManagerEnv::start_with_envd(&exe, EnvdSettings::new(envd_binary.clone())).await?
+        } else {
+            ManagerEnv::start(&exe, true).await?
+        };
         let state = AppState {
             manager: env.manager.clone(),
             api_keys: ApiKeys::new(vec![KEY.to_owned()]),

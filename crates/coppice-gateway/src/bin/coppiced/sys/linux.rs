@@ -13,8 +13,9 @@ use coppice_linux::{EnvdSettings, IdMap, InitCommand, NamespaceRuntime, Namespac
 use coppice_net::LoopbackOnly;
 use coppice_overlay::{OverlayConfig, OverlayStorage};
 
-/// Network namespaces kept ready, so that creating one stays off the create path.
-const NETNS_POOL_SIZE: usize = 8;
+/// Network namespaces kept ready, so that creating one stays off the create path (enough
+/// for a burst of 20 concurrent creates).
+const NETNS_POOL_SIZE: usize = 24;
 
 /// The sub-command under which `coppiced` acts as a sandbox init, used when no separate
 /// `coppice-init` binary sits next to it.
