@@ -1,4 +1,6 @@
-//! Shared pieces of the coppice benches: percentiles and the peer (`bwrap`) invocation.
+//! Shared pieces of the coppice benches: percentiles, the peer (`bwrap`) invocation, the
+//! entry point of the harnesses that are also a sandbox's init and envd, and the
+//! `Process/Start` request they time.
 #![forbid(unsafe_code)]
 
 use std::process::{Command, Stdio};
@@ -77,6 +79,48 @@ pub fn bwrap_true() -> Command {
         .stdout(Stdio::null())
         .stderr(Stdio::null());
     command
+}
+
+/// The entry point of a harness binary that is also the init and envd of its sandboxes:
+/// dispatches those modes, else runs `run` on a tokio runtime and reports its error.
+#[cfg(target_os = "linux")]
+pub fn harness_main<F, Fut>(name: &str, run: F) -> std::process::ExitCode
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use coppice_tests::harness::{ENVD_SUBCOMMAND, INIT_SUBCOMMAND};
+    match std::env::args().nth(1).as_deref() {
+        Some(INIT_SUBCOMMAND) => return coppice_linux::init_main(std::env::args_os().skip(2)),
+        Some(ENVD_SUBCOMMAND) => {
+            return coppice_envd::cli::main(
+                std::iter::once("coppice-envd".into()).chain(std::env::args_os().skip(2)),
+            );
+        }
+        _ => {}
+    }
+    let result = tokio::runtime::Runtime::new()
+        .map_err(anyhow::Error::from)
+        .and_then(|runtime| runtime.block_on(run()));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            #[allow(clippy::print_stderr)]
+            {
+                eprintln!("{name}: {error:#}");
+            }
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// A `process.Process/Start` request body for `/bin/true` (one Connect JSON envelope).
+pub fn start_true_envelope() -> bytes::Bytes {
+    let message = br#"{"process":{"cmd":"/bin/true"},"stdin":false}"#;
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
+    framed.extend_from_slice(message);
+    bytes::Bytes::from(framed)
 }
 
 #[cfg(test)]

@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """envd through the unmodified E2B Python SDK, against envd inside a real coppice sandbox.
 
-Needs E2B_API_KEY, E2B_API_URL and E2B_SANDBOX_URL pointing at a control plane that hands
-out the sandbox (the test stub until the gateway serves the API). Prints one PASS/FAIL line
+Needs E2B_API_KEY, E2B_API_URL and E2B_SANDBOX_URL pointing at a coppice gateway. Prints one PASS/FAIL line
 per check and exits 1 if any check failed.
 """
 import asyncio
 import hashlib
 import io
+import json
 import os
 import sys
 import time
+import urllib.request
 
 from e2b import AsyncSandbox, CommandExitException, FileType, NotFoundException, Sandbox
 from e2b.sandbox.commands.command_handle import PtySize
@@ -164,11 +165,21 @@ async def streamed_watch():
     await sbx.files.write("/home/user/streamed/s.txt", "s")
     await asyncio.sleep(1)
     await handle.stop()
+    await sbx.kill()
     check("watch_dir (streamed, recursive) saw the new file", "streamed/s.txt" in seen, repr(seen))
 
 
+def envd_token(sandbox_id):
+    """The sandbox's envd token, as the control plane reports it (`GET /sandboxes/{id}`)."""
+    request = urllib.request.Request(
+        f"{os.environ['E2B_API_URL']}/sandboxes/{sandbox_id}",
+        headers={"X-API-KEY": os.environ["E2B_API_KEY"]})
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.load(response)["envdAccessToken"]
+
+
 def sandbox_side(sbx):
-    token = os.environ["COPPICE_TEST_ENVD_TOKEN"]
+    token = envd_token(sbx.sandbox_id)
     get = "exec 3<>/dev/tcp/127.0.0.1/49983; printf 'GET {path} HTTP/1.0\\r\\n{auth}\\r\\n' >&3; cat <&3"
     m = step("metrics", lambda: sbx.commands.run(get.format(path="/metrics", auth=f"x-access-token: {token}\\r\\n")))
     check("envd /metrics reports memory and disk", m is not None and '"mem_total"' in m.stdout
@@ -200,7 +211,7 @@ def sandbox_side(sbx):
 
 
 def main():
-    sbx = Sandbox.create(envs={"SBX_ENV": "a"})
+    sbx = Sandbox.create(envs={"SBX_ENV": "a"}, metadata={"suite": "envd"})
     check("sandbox is running", sbx.is_running())
     commands(sbx)
     pty(sbx)

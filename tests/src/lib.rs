@@ -6,7 +6,5 @@
 #![forbid(unsafe_code)]
 
 #[cfg(target_os = "linux")]
-pub mod e2b_stub;
-#[cfg(target_os = "linux")]
 pub mod harness;
 pub mod host;

@@ -1,19 +1,22 @@
 //! envd inside real sandboxes, driven by the unmodified E2B Python SDK (`tests/sdk/*.py`)
-//! through a stand-in control plane. Root only; run with `COPPICE_PRIVILEGED_TESTS=1 cargo
-//! test -p coppice-tests --test envd -- --ignored`, with `COPPICE_E2B_PYTHON` naming a Python
-//! that has the pinned `e2b` package (`scripts/test.sh` installs one into a venv).
+//! through the gateway, served in process over the test backends. Root only; run with
+//! `COPPICE_PRIVILEGED_TESTS=1 cargo test -p coppice-tests --test envd -- --ignored`, with
+//! `COPPICE_E2B_PYTHON` naming a Python that has the pinned `e2b` package (`scripts/test.sh`
+//! installs one into a venv).
 #![cfg(target_os = "linux")]
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use coppice_core::SandboxSpec;
-use coppice_tests::e2b_stub;
+use coppice_core::manager::ListFilter;
+use coppice_gateway::auth::ApiKeys;
+use coppice_gateway::{AppState, router};
 use coppice_tests::harness::ManagerEnv;
 
 const DAEMON: &str = env!("CARGO_BIN_EXE_coppice-test-daemon");
-const TOKEN: &str = "sdk-test-token";
+const API_KEY: &str = "coppice-test";
 
 async fn env() -> ManagerEnv {
     coppice_core::require_privileged!();
@@ -31,14 +34,31 @@ fn script(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("sdk").join(name)
 }
 
-/// Runs an SDK script against `stub`; returns whether it passed, and its output.
-async fn run_sdk_script(name: &str, stub: &e2b_stub::E2bStub, token: &str) -> (bool, String) {
+/// Serves the gateway over `env`'s manager on a loopback port; returns its URL.
+async fn gateway(env: &ManagerEnv) -> String {
+    let state = AppState {
+        manager: env.manager.clone(),
+        api_keys: ApiKeys::new(vec![API_KEY.to_owned()]),
+        envd_version: coppice_envd::ENVD_VERSION,
+        envd_init: Arc::new(coppice_gateway::envd::UnixEnvdInit),
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(coppice_gateway::serve(
+        listener,
+        router(state),
+        std::future::pending::<()>(),
+    ));
+    url
+}
+
+/// Runs an SDK script against the gateway at `url`; returns whether it passed, and its output.
+async fn run_sdk_script(name: &str, url: &str) -> (bool, String) {
     let output = tokio::process::Command::new(python())
         .arg(script(name))
-        .env("E2B_API_KEY", "coppice-test")
-        .env("E2B_API_URL", &stub.api_url)
-        .env("E2B_SANDBOX_URL", &stub.sandbox_url)
-        .env("COPPICE_TEST_ENVD_TOKEN", token)
+        .env("E2B_API_KEY", API_KEY)
+        .env("E2B_API_URL", url)
+        .env("E2B_SANDBOX_URL", url)
         .env_remove("E2B_DEBUG")
         .kill_on_drop(true)
         .output()
@@ -57,33 +77,27 @@ async fn run_sdk_script(name: &str, stub: &e2b_stub::E2bStub, token: &str) -> (b
 #[ignore = "privileged: needs root (namespaces, mounts, cgroups) and the E2B SDK venv"]
 async fn test_e2b_python_sdk_drives_envd_inside_a_sandbox() {
     let env = env().await;
-    let sandbox = env
-        .manager
-        .create(SandboxSpec::new("base".parse().unwrap()))
-        .await
-        .unwrap();
-    let endpoints = env.manager.endpoints(&sandbox.id).unwrap();
-    let stub = e2b_stub::start(
-        sandbox.id.as_str(),
-        &endpoints.envd_socket,
-        TOKEN,
-        coppice_envd::ENVD_VERSION,
-    )
-    .await
-    .unwrap();
-    let (passed, output) = run_sdk_script("envd_sdk.py", &stub, TOKEN).await;
+    let url = gateway(&env).await;
+    let (passed, output) = run_sdk_script("envd_sdk.py", &url).await;
 
     // What the SDK wrote as the default user is owned by that user on disk too (sandbox uid
     // 1000 is host uid 201000), seen from the host side of the sandbox's upper layer.
-    let upper = env
-        .paths
-        .data_dir
-        .join("storage/sandboxes")
-        .join(sandbox.id.as_str())
-        .join("upper/home/user/sdk/m1.txt");
-    let owner = std::fs::metadata(&upper).map(|m| m.uid());
+    let mut filter = ListFilter::default();
+    filter.metadata.insert("suite".into(), "envd".into());
+    let sandboxes = env.manager.list(&filter);
+    let owner = sandboxes.first().map(|sandbox| {
+        let upper = env
+            .paths
+            .data_dir
+            .join("storage/sandboxes")
+            .join(sandbox.id.as_str())
+            .join("upper/home/user/sdk/m1.txt");
+        std::fs::metadata(&upper).map(|m| m.uid())
+    });
     // Killed before asserting, so that a failure leaves no sandbox running.
-    env.manager.kill(&sandbox.id).await.unwrap();
+    for sandbox in env.manager.list(&ListFilter::default()) {
+        env.manager.kill(&sandbox.id).await.unwrap();
+    }
     assert!(passed, "{output}");
-    assert_eq!(owner.unwrap(), 201_000);
+    assert_eq!(owner.unwrap().unwrap(), 201_000);
 }

@@ -11,31 +11,7 @@
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
-    use coppice_tests::harness::{ENVD_SUBCOMMAND, INIT_SUBCOMMAND};
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some(INIT_SUBCOMMAND) => return coppice_linux::init_main(std::env::args_os().skip(2)),
-        Some(ENVD_SUBCOMMAND) => {
-            return coppice_envd::cli::main(
-                std::iter::once("coppice-envd".into()).chain(std::env::args_os().skip(2)),
-            );
-        }
-        _ => {}
-    }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("coppice-api-bench: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(linux::run()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("coppice-api-bench: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    coppice_benches::harness_main("coppice-api-bench", linux::run)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -141,14 +117,6 @@ mod linux {
         ))
     }
 
-    fn start_true_body() -> Bytes {
-        let message = br#"{"process":{"cmd":"/bin/true"},"stdin":false}"#;
-        let mut framed = vec![0u8];
-        framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
-        framed.extend_from_slice(message);
-        Bytes::from(framed)
-    }
-
     async fn start_true(sender: &mut Sender, id: &str, token: &str) -> anyhow::Result<()> {
         let request = hyper::Request::post("/process.Process/Start")
             .header("host", "localhost")
@@ -156,7 +124,7 @@ mod linux {
             .header("e2b-sandbox-port", "49983")
             .header("x-access-token", token)
             .header("content-type", "application/connect+json")
-            .body(Full::new(start_true_body()))?;
+            .body(Full::new(coppice_benches::start_true_envelope()))?;
         let (status, body) = send(sender, request).await?;
         let text = String::from_utf8_lossy(&body);
         anyhow::ensure!(

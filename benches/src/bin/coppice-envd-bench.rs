@@ -11,31 +11,7 @@
 
 #[cfg(target_os = "linux")]
 fn main() -> std::process::ExitCode {
-    use coppice_tests::harness::{ENVD_SUBCOMMAND, INIT_SUBCOMMAND};
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some(INIT_SUBCOMMAND) => return coppice_linux::init_main(std::env::args_os().skip(2)),
-        Some(ENVD_SUBCOMMAND) => {
-            return coppice_envd::cli::main(
-                std::iter::once("coppice-envd".into()).chain(std::env::args_os().skip(2)),
-            );
-        }
-        _ => {}
-    }
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("coppice-envd-bench: {error}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(linux::run()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("coppice-envd-bench: {error:#}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    coppice_benches::harness_main("coppice-envd-bench", linux::run)
 }
 
 #[cfg(not(target_os = "linux"))]
@@ -105,14 +81,6 @@ mod linux {
             .await?;
         tokio::spawn(connection);
         Ok(sender)
-    }
-
-    fn start_true_body() -> Bytes {
-        let message = br#"{"process":{"cmd":"/bin/true"},"stdin":false}"#;
-        let mut framed = vec![0u8];
-        framed.extend_from_slice(&u32::try_from(message.len()).unwrap_or(0).to_be_bytes());
-        framed.extend_from_slice(message);
-        Bytes::from(framed)
     }
 
     /// One `Process/Start` of `/bin/true`, until the end-stream envelope.
@@ -276,7 +244,7 @@ mod linux {
             options.iterations, options.file_mib
         );
 
-        let body = start_true_body();
+        let body = coppice_benches::start_true_envelope();
         let mut sender = connect(&socket).await?;
         for _ in 0..20 {
             start_true(&mut sender, &body).await?;

@@ -24,6 +24,16 @@ pub struct Settings {
     pub default_workdir: Option<PathBuf>,
 }
 
+impl Settings {
+    /// Where a request of `user` starts when it names no directory.
+    #[must_use]
+    pub fn default_dir(&self, user: &User) -> PathBuf {
+        self.default_workdir
+            .clone()
+            .unwrap_or_else(|| user.home.clone())
+    }
+}
+
 /// Shared envd state.
 #[derive(Debug)]
 pub struct Envd {
@@ -106,9 +116,7 @@ impl Envd {
     /// Where a request of `user` starts when it names no directory.
     #[must_use]
     pub fn default_dir(&self, user: &User) -> PathBuf {
-        self.settings()
-            .default_workdir
-            .unwrap_or_else(|| user.home.clone())
+        self.settings().default_dir(user)
     }
 }
 

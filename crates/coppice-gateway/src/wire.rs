@@ -79,10 +79,7 @@ impl CreatedSandbox {
             template_id: sandbox.spec.template.to_string(),
             client_id: CLIENT_ID,
             envd_version,
-            envd_access_token: sandbox
-                .access_token
-                .as_ref()
-                .map(|token| token.expose().to_owned()),
+            envd_access_token: exposed_token(sandbox),
             traffic_access_token: None,
             domain: None,
         }
@@ -132,9 +129,7 @@ impl ListedSandbox {
             metadata: sandbox.spec.metadata.clone(),
             state: state_name(sandbox.state),
             envd_version,
-            envd_access_token: detail
-                .then(|| sandbox.access_token.as_ref().map(|t| t.expose().to_owned()))
-                .flatten(),
+            envd_access_token: detail.then(|| exposed_token(sandbox)).flatten(),
             allow_internet_access: detail.then_some(sandbox.spec.network.allow_internet),
             lifecycle: detail.then(|| {
                 serde_json::json!({
@@ -144,6 +139,14 @@ impl ListedSandbox {
             }),
         }
     }
+}
+
+/// The sandbox's envd token, as the SDKs receive it.
+fn exposed_token(sandbox: &Sandbox) -> Option<String> {
+    sandbox
+        .access_token
+        .as_ref()
+        .map(|token| token.expose().to_owned())
 }
 
 /// The E2B name of a state (`running` or `paused`; the rest never reach a listing).

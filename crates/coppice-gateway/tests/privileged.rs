@@ -104,6 +104,15 @@ fn test_coppiced_restart_reuses_the_base_template() {
     );
 }
 
+/// The three variables that point an unmodified E2B SDK at coppiced.
+fn sdk_env(url: &str) -> [(&'static str, String); 3] {
+    [
+        ("E2B_API_KEY", API_KEY.to_owned()),
+        ("E2B_API_URL", url.to_owned()),
+        ("E2B_SANDBOX_URL", url.to_owned()),
+    ]
+}
+
 fn sdk_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk")
 }
@@ -141,9 +150,7 @@ fn run_suite_against_coppiced(mut command: Command) {
     wait_healthy(port);
     let url = format!("http://127.0.0.1:{port}");
     let output = command
-        .env("E2B_API_KEY", API_KEY)
-        .env("E2B_API_URL", &url)
-        .env("E2B_SANDBOX_URL", &url)
+        .envs(sdk_env(&url))
         .env_remove("E2B_DEBUG")
         .output()
         .unwrap();
@@ -200,9 +207,7 @@ fn test_sandboxes_survive_sigkill_of_coppiced_mid_stream() {
     let mut setup = Command::new(&python)
         .arg(&script)
         .arg("setup")
-        .env("E2B_API_KEY", API_KEY)
-        .env("E2B_API_URL", &url)
-        .env("E2B_SANDBOX_URL", &url)
+        .envs(sdk_env(&url))
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -225,9 +230,7 @@ fn test_sandboxes_survive_sigkill_of_coppiced_mid_stream() {
     let output = Command::new(&python)
         .arg(&script)
         .args(["verify", state[1], state[2]])
-        .env("E2B_API_KEY", API_KEY)
-        .env("E2B_API_URL", &url)
-        .env("E2B_SANDBOX_URL", &url)
+        .envs(sdk_env(&url))
         .output()
         .unwrap();
     kill_all_sandboxes(port);

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use super::table::{CommandLine, Event, Exit, Input, ProcessHandle};
 use crate::error::EnvdError;
 use crate::paths;
-use crate::state::Envd;
+use crate::state::{Envd, Settings};
 use crate::users::User;
 
 /// `PATH` of every process unless the request sets one.
@@ -52,7 +52,9 @@ pub fn start(
     user: &User,
     spec: &StartSpec,
 ) -> Result<Arc<ProcessHandle>, EnvdError> {
-    let fallback = envd.default_dir(user);
+    // One snapshot of the settings serves the whole start.
+    let settings = envd.settings();
+    let fallback = settings.default_dir(user);
     let cwd = match spec.cwd.as_deref() {
         Some(raw) if !raw.is_empty() => paths::resolve(raw, &user.home, &fallback)?,
         _ => fallback,
@@ -67,7 +69,7 @@ pub fn start(
     command
         .args(&spec.args)
         .env_clear()
-        .envs(environment(envd, user, &spec.envs))
+        .envs(environment(settings, user, &spec.envs))
         .current_dir(&cwd)
         .kill_on_drop(false);
     if rustix::process::geteuid().as_raw() != user.uid {
@@ -144,14 +146,18 @@ pub fn start(
 
 /// `PATH`, `HOME`, `USER`, `LOGNAME` and `SHELL`, then the sandbox's variables, then the
 /// request's (later ones win).
-fn environment(envd: &Envd, user: &User, extra: &[(String, String)]) -> Vec<(String, String)> {
+fn environment(
+    settings: Settings,
+    user: &User,
+    extra: &[(String, String)],
+) -> Vec<(String, String)> {
     let mut env = std::collections::BTreeMap::new();
     env.insert("PATH".to_owned(), DEFAULT_PATH.to_owned());
     env.insert("HOME".to_owned(), user.home.display().to_string());
     env.insert("USER".to_owned(), user.name.clone());
     env.insert("LOGNAME".to_owned(), user.name.clone());
     env.insert("SHELL".to_owned(), user.shell.clone());
-    env.extend(envd.settings().env);
+    env.extend(settings.env);
     env.extend(extra.iter().cloned());
     env.into_iter().collect()
 }

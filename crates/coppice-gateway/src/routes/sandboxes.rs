@@ -226,9 +226,7 @@ async fn kill(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let id = sandbox_id(&raw)?;
-    live(&state, &id)?;
-    state.manager.kill(&id).await?;
+    state.manager.kill(&sandbox_id(&raw)?).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -239,7 +237,6 @@ async fn set_timeout(
 ) -> Result<StatusCode, ApiError> {
     let id = sandbox_id(&raw)?;
     let timeout = seconds(body(request)?.timeout, "timeout")?;
-    live(&state, &id)?;
     state.manager.set_timeout(&id, timeout).await?;
     Ok(StatusCode::NO_CONTENT)
 }
