@@ -7,7 +7,7 @@
 //! the plain routes `/health`, `/init`, `/envs`, `/metrics` and `/files`; the binary
 //! `coppice-envd` runs it inside a sandbox, on the Unix socket the host holds and on TCP
 //! port 49983 of the sandbox's network.
-#![forbid(unsafe_code)]
+#![deny(unsafe_code)]
 
 pub mod auth;
 pub mod cli;

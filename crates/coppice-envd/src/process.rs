@@ -1,5 +1,6 @@
 //! `process.Process`: starting, streaming, feeding, signalling and listing processes.
 
+pub mod child;
 pub mod service;
 pub mod spawn;
 pub mod stream;

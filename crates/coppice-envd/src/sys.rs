@@ -1,6 +1,11 @@
 //! The platform seam of envd: extended attributes (the only file-system call without a
-//! portable safe wrapper). Linux uses rustix; elsewhere file metadata is reported as absent
-//! and refused on write, until the FreeBSD backends bring `extattr(2)`.
+//! portable safe wrapper; Linux uses rustix, elsewhere file metadata is reported as absent and
+//! refused on write until the FreeBSD backends bring `extattr(2)`), and on Linux the
+//! vfork-style spawn that starts programs as another user.
+
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
+pub mod spawn;
 
 /// Extended attributes of a path, never following a final symlink.
 pub mod xattr {

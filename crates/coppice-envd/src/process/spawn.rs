@@ -2,6 +2,7 @@
 //! output readers, and the waiter that records its end (and enforces its lifetime).
 
 use std::os::unix::process::ExitStatusExt;
+#[cfg(not(target_os = "linux"))]
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,7 @@ use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::task::JoinHandle;
 
+use super::child::{Child, Piped};
 use super::table::{CommandLine, Event, Exit, Input, ProcessHandle};
 use crate::error::EnvdError;
 use crate::paths;
@@ -65,16 +67,9 @@ pub fn start(
             cwd.display()
         )));
     }
-    let mut command = tokio::process::Command::new(&spec.cmd);
-    command
-        .args(&spec.args)
-        .env_clear()
-        .envs(environment(settings, user, &spec.envs))
-        .current_dir(&cwd)
-        .kill_on_drop(false);
-    if rustix::process::geteuid().as_raw() != user.uid {
-        command.uid(user.uid).gid(user.gid);
-    }
+    let env = environment(settings, user, &spec.envs);
+    let switch_to =
+        (rustix::process::geteuid().as_raw() != user.uid).then_some((user.uid, user.gid));
     let command_line = CommandLine {
         cmd: spec.cmd.clone(),
         args: spec.args.clone(),
@@ -93,13 +88,14 @@ pub fn start(
             .map_err(|e| EnvdError::Internal(format!("open a terminal: {e}")))?;
         pty.resize(pty_process::Size::new(rows, cols))
             .map_err(|e| EnvdError::Internal(format!("size the terminal: {e}")))?;
-        let child = pty_process::Command::from(command)
+        let child = pty_process::Command::from(tokio_command(spec, &env, &cwd, switch_to))
             .spawn(pts)
             .map_err(|e| match e {
                 pty_process::Error::Io(io) => spawn_error(io),
                 other => EnvdError::Internal(format!("start on a terminal: {other}")),
             })?;
         let pid = child.id().unwrap_or_default();
+        let child = Child::Tokio(child);
         let (read, write) = pty.into_split();
         let handle = Arc::new(ProcessHandle::new(
             pid,
@@ -111,37 +107,106 @@ pub fn start(
         let readers = vec![spawn_reader(&handle, read, Event::Pty)];
         (child, handle, readers)
     } else {
-        command
-            .process_group(0)
-            .stdin(if spec.stdin {
-                Stdio::piped()
-            } else {
-                Stdio::null()
-            })
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let mut child = command.spawn().map_err(spawn_error)?;
-        let pid = child.id().unwrap_or_default();
-        let input = child.stdin.take().map(Input::Pipe);
+        let piped = spawn_with_pipes(spec, &env, &cwd, switch_to).map_err(spawn_error)?;
         let handle = Arc::new(ProcessHandle::new(
-            pid,
+            piped.pid,
             spec.tag.clone(),
             command_line,
-            input,
+            piped.stdin.map(Input::Pipe),
             history,
         ));
-        let mut readers = Vec::new();
-        if let Some(stdout) = child.stdout.take() {
-            readers.push(spawn_reader(&handle, stdout, Event::Stdout));
-        }
-        if let Some(stderr) = child.stderr.take() {
-            readers.push(spawn_reader(&handle, stderr, Event::Stderr));
-        }
-        (child, handle, readers)
+        let readers = vec![
+            spawn_reader(&handle, piped.stdout, Event::Stdout),
+            spawn_reader(&handle, piped.stderr, Event::Stderr),
+        ];
+        (piped.child, handle, readers)
     };
     envd.processes.insert(Arc::clone(&handle));
     spawn_waiter(envd, &handle, child, readers, spec.timeout);
     Ok(handle)
+}
+
+/// The program as `tokio::process` starts it.
+fn tokio_command(
+    spec: &StartSpec,
+    env: &[(String, String)],
+    cwd: &std::path::Path,
+    switch_to: Option<(u32, u32)>,
+) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(&spec.cmd);
+    command
+        .args(&spec.args)
+        .env_clear()
+        .envs(env.iter().cloned())
+        .current_dir(cwd)
+        .kill_on_drop(false);
+    if let Some((uid, gid)) = switch_to {
+        command.uid(uid).gid(gid);
+    }
+    command
+}
+
+/// Starts a program whose stdin (when asked for), stdout and stderr are pipes: the
+/// vfork-style spawn on Linux, `tokio::process` elsewhere.
+#[cfg(target_os = "linux")]
+fn spawn_with_pipes(
+    spec: &StartSpec,
+    env: &[(String, String)],
+    cwd: &std::path::Path,
+    switch_to: Option<(u32, u32)>,
+) -> std::io::Result<Piped> {
+    super::child::spawn_piped(&super::child::PipedSpec {
+        cmd: &spec.cmd,
+        args: &spec.args,
+        env,
+        cwd,
+        switch_to,
+        stdin: spec.stdin,
+    })
+}
+
+#[cfg(not(target_os = "linux"))]
+fn spawn_with_pipes(
+    spec: &StartSpec,
+    env: &[(String, String)],
+    cwd: &std::path::Path,
+    switch_to: Option<(u32, u32)>,
+) -> std::io::Result<Piped> {
+    use tokio::net::unix::pipe;
+
+    let mut command = tokio_command(spec, env, cwd, switch_to);
+    command
+        .process_group(0)
+        .stdin(if spec.stdin {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = command.spawn()?;
+    let pid = child.id().unwrap_or_default();
+    let stdin = child
+        .stdin
+        .take()
+        .map(|stdin| pipe::Sender::from_owned_fd(stdin.into_owned_fd()?))
+        .transpose()?;
+    let taken = |stream: Option<std::os::fd::OwnedFd>| {
+        stream.ok_or_else(|| std::io::Error::other("a piped stream is missing"))
+    };
+    let stdout = pipe::Receiver::from_owned_fd(taken(
+        child.stdout.take().map(|s| s.into_owned_fd()).transpose()?,
+    )?)?;
+    let stderr = pipe::Receiver::from_owned_fd(taken(
+        child.stderr.take().map(|s| s.into_owned_fd()).transpose()?,
+    )?)?;
+    Ok(Piped {
+        pid,
+        child: Child::Tokio(child),
+        stdin,
+        stdout,
+        stderr,
+    })
 }
 
 /// `PATH`, `HOME`, `USER`, `LOGNAME` and `SHELL`, then the sandbox's variables, then the
@@ -188,7 +253,7 @@ where
 fn spawn_waiter(
     envd: &Arc<Envd>,
     handle: &Arc<ProcessHandle>,
-    mut child: tokio::process::Child,
+    mut child: Child,
     readers: Vec<JoinHandle<()>>,
     timeout: Option<Duration>,
 ) {

@@ -66,7 +66,7 @@ pub struct CommandLine {
 #[derive(Debug)]
 pub enum Input {
     /// The write end of its stdin pipe.
-    Pipe(tokio::process::ChildStdin),
+    Pipe(tokio::net::unix::pipe::Sender),
     /// Its terminal.
     Pty(pty_process::OwnedWritePty),
 }
