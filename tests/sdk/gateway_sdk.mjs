@@ -83,6 +83,15 @@ const connected = await step('connect', () => Sandbox.connect(sbx.sandboxId))
 const c = await step('run after connect', () => connected.commands.run('echo c'))
 check('connect to a live sandbox', c?.stdout === 'c\n')
 
+await step('write before pause', () => connected.files.write('/home/user/paused.txt', 'kept'))
+check('pause', (await step('pause', () => connected.pause())) === true)
+check('pause again -> false', (await step('pause again', () => connected.pause())) === false)
+const pausedInfo = await step('info while paused', () => Sandbox.getInfo(sbx.sandboxId))
+check('state paused', pausedInfo?.state === 'paused', JSON.stringify(pausedInfo))
+const woken = await step('resume by connect', () => Sandbox.connect(sbx.sandboxId))
+const kept = await step('read after resume', () => woken.files.read('/home/user/paused.txt'))
+check('files kept across pause', kept === 'kept', String(kept))
+
 await expectError('unknown sandbox raises NotFoundError', () => Sandbox.getInfo('nosuchsandbox0000000'), NotFoundError)
 await expectError('wrong key raises AuthenticationError', () => Sandbox.list({ apiKey: 'wrong-key' }).nextItems(), AuthenticationError)
 

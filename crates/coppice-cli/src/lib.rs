@@ -114,6 +114,23 @@ pub enum SandboxCommand {
         /// The sandbox.
         id: String,
     },
+    /// Pauses a sandbox: its processes stop where they are, memory kept (or, with
+    /// `--filesystem`, only its files are kept and resume boots it afresh).
+    Pause {
+        /// The sandbox.
+        id: String,
+        /// Keep only the filesystem.
+        #[arg(long)]
+        filesystem: bool,
+    },
+    /// Resumes a paused sandbox (a running one only gets its end time extended).
+    Resume {
+        /// The sandbox.
+        id: String,
+        /// Lifetime from now, in seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
     /// Sets a sandbox's end time to now plus this many seconds.
     Timeout {
         /// The sandbox.
@@ -237,6 +254,22 @@ async fn sandbox(
         SandboxCommand::Kill { id } => {
             client.kill(id).await?;
             writeln!(out, "killed {id}")?;
+        }
+        SandboxCommand::Pause { id, filesystem } => {
+            client.pause(id, !filesystem).await?;
+            let kept = if *filesystem {
+                "filesystem"
+            } else {
+                "memory and filesystem"
+            };
+            writeln!(out, "paused {id} ({kept} kept)")?;
+        }
+        SandboxCommand::Resume { id, timeout } => {
+            if client.connect(id, *timeout).await? {
+                writeln!(out, "resumed {id}")?;
+            } else {
+                writeln!(out, "{id} was running")?;
+            }
         }
         SandboxCommand::Timeout { id, seconds } => {
             client.set_timeout(id, *seconds).await?;

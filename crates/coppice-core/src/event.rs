@@ -23,6 +23,10 @@ pub enum EventKind {
     Readopted,
     /// The daemon found leftovers after a restart and removed them.
     CleanedUp,
+    /// The sandbox was paused.
+    Paused,
+    /// The sandbox was resumed.
+    Resumed,
 }
 
 impl EventKind {
@@ -37,6 +41,8 @@ impl EventKind {
             Self::TimeoutChanged => "timeout_changed",
             Self::Readopted => "readopted",
             Self::CleanedUp => "cleaned_up",
+            Self::Paused => "paused",
+            Self::Resumed => "resumed",
         }
     }
 
@@ -51,6 +57,8 @@ impl EventKind {
             "timeout_changed" => Self::TimeoutChanged,
             "readopted" => Self::Readopted,
             "cleaned_up" => Self::CleanedUp,
+            "paused" => Self::Paused,
+            "resumed" => Self::Resumed,
             _ => return None,
         };
         Some(kind)

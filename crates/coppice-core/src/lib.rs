@@ -36,5 +36,5 @@ pub use error::ErrorKind;
 pub use id::{ParseIdError, SandboxId, TemplateId};
 pub use manager::{ManagerConfig, ManagerError, SandboxManager};
 pub use sandbox::{AccessToken, Sandbox};
-pub use spec::{Limits, NetworkSpec, SandboxSpec, SpecError};
-pub use state::{InvalidTransition, SandboxState};
+pub use spec::{Limits, NetworkSpec, SandboxSpec, SpecError, TimeoutAction};
+pub use state::{InvalidTransition, PauseMode, SandboxState};

@@ -10,6 +10,7 @@
 
 mod background;
 mod error;
+mod lifecycle;
 mod reconcile;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -19,6 +20,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 
 pub use self::error::ManagerError;
+pub use self::lifecycle::{ResumeOptions, ResumeOutcome, Resumed};
 use crate::clock::Clock;
 use crate::event::{EventKind, LifecycleEvent, Reason};
 use crate::exec::{ExecOutcome, ExecRequest};
@@ -97,6 +99,8 @@ struct Inner {
     releasing: Mutex<HashSet<SandboxId>>,
     /// Woken whenever an end time changes, so the reaper recomputes its deadline.
     deadlines_changed: Notify,
+    /// One lock per sandbox that serialises its pause, resume and kill.
+    operations: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl SandboxManager {
@@ -121,6 +125,7 @@ impl SandboxManager {
                 oom_seen: Mutex::new(HashMap::new()),
                 releasing: Mutex::new(HashSet::new()),
                 deadlines_changed: Notify::new(),
+                operations: Mutex::new(HashMap::new()),
             }),
         };
         manager.reconcile().await?;
@@ -220,6 +225,7 @@ impl SandboxManager {
     async fn kill_with_reason(&self, id: &SandboxId, reason: Reason) -> Result<(), ManagerError> {
         // A TTL kill re-checks the deadline under the lock: the timeout may have been extended
         // since the reaper looked.
+        let _operation = self.lock_operations(id).await;
         let expired_by = (reason == Reason::Timeout).then(|| self.inner.clock.now());
         let Some(sandbox) = self.begin_stopping(id, expired_by)? else {
             return Ok(());
@@ -264,14 +270,7 @@ impl SandboxManager {
         if expired_by.is_some_and(|now| sandbox.end_at > now) {
             return Ok(None);
         }
-        sandbox.state =
-            sandbox
-                .state
-                .apply(Operation::Kill)
-                .map_err(|source| ManagerError::InvalidState {
-                    id: id.clone(),
-                    source,
-                })?;
+        sandbox.state = transition(sandbox, Operation::Kill)?;
         let sandbox = sandbox.clone();
         self.inner
             .releasing
@@ -551,6 +550,7 @@ impl Inner {
             state: SandboxState::Creating,
             created_at: now,
             endpoints: None,
+            pause_mode: None,
             access_token: Some(access_token),
         };
         self.store.put(&sandbox)?;
@@ -563,12 +563,7 @@ impl Inner {
             self.config.limits.max_pids,
         )
         .and_then(|endpoints| {
-            sandbox.state = sandbox.state.apply(Operation::Start).map_err(|source| {
-                ManagerError::InvalidState {
-                    id: id.clone(),
-                    source,
-                }
-            })?;
+            sandbox.state = transition(&sandbox, Operation::Start)?;
             sandbox.endpoints = Some(endpoints);
             // Not recorded as running means not running: a failure here rolls back too.
             let event = self.event(&id, EventKind::Created, Reason::Requested, String::new());
@@ -607,15 +602,14 @@ impl Inner {
         detail: String,
     ) -> Result<(), ManagerError> {
         try_release_blocking(&self.backends, &sandbox.id)?;
-        sandbox.state = sandbox.state.apply(Operation::Finish).map_err(|source| {
-            ManagerError::InvalidState {
-                id: sandbox.id.clone(),
-                source,
-            }
-        })?;
+        sandbox.state = transition(&sandbox, Operation::Finish)?;
         let event = self.event(&sandbox.id, kind, reason, detail);
         self.store.put_with_event(&sandbox, &event)?;
         self.sandboxes().remove(&sandbox.id);
+        self.operations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&sandbox.id);
         self.oom_seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -634,6 +628,17 @@ fn provision_blocking(
         .storage
         .create_rootfs(id, &spec.template, spec.disk_mb)
         .map_err(|source| ManagerError::from_storage("create rootfs", source))?;
+    boot_blocking(backends, id, spec, max_pids, &root)
+}
+
+/// Attaches the network and starts a fresh init (and envd) on `root`.
+fn boot_blocking(
+    backends: &Backends,
+    id: &SandboxId,
+    spec: &SandboxSpec,
+    max_pids: u32,
+    root: &crate::storage::RootFs,
+) -> Result<SandboxEndpoints, ManagerError> {
     let network = backends
         .net
         .attach(id, &spec.network)
@@ -652,7 +657,7 @@ fn provision_blocking(
     };
     backends
         .runtime
-        .create(id, &runtime_spec, &root)
+        .create(id, &runtime_spec, root)
         .map_err(|source| ManagerError::from_runtime("create", source))?;
     backends
         .runtime
@@ -663,6 +668,16 @@ fn provision_blocking(
 /// Releases everything of a sandbox, in reverse order of creation, stopping at the first
 /// failure so that a retry starts where this one stopped.
 fn try_release_blocking(backends: &Backends, id: &SandboxId) -> Result<(), ManagerError> {
+    stop_processes_blocking(backends, id)?;
+    backends
+        .storage
+        .destroy_rootfs(id)
+        .map_err(|source| ManagerError::from_storage("destroy rootfs", source))
+}
+
+/// Stops every process of a sandbox and detaches its network, keeping its filesystem. Safe
+/// to repeat.
+fn stop_processes_blocking(backends: &Backends, id: &SandboxId) -> Result<(), ManagerError> {
     backends
         .runtime
         .destroy(id)
@@ -670,11 +685,7 @@ fn try_release_blocking(backends: &Backends, id: &SandboxId) -> Result<(), Manag
     backends
         .net
         .detach(id)
-        .map_err(|source| ManagerError::from_net("detach network", source))?;
-    backends
-        .storage
-        .destroy_rootfs(id)
-        .map_err(|source| ManagerError::from_storage("destroy rootfs", source))
+        .map_err(|source| ManagerError::from_net("detach network", source))
 }
 
 /// Best-effort release after a failed create; failures are logged and left to reconciliation.
@@ -688,6 +699,17 @@ fn release_blocking(backends: &Backends, id: &SandboxId) {
     if let Err(error) = backends.storage.destroy_rootfs(id) {
         tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "rollback: rootfs destroy failed");
     }
+}
+
+/// The state `sandbox` moves to with `op`, or `InvalidState`.
+fn transition(sandbox: &Sandbox, op: Operation) -> Result<SandboxState, ManagerError> {
+    sandbox
+        .state
+        .apply(op)
+        .map_err(|source| ManagerError::InvalidState {
+            id: sandbox.id.clone(),
+            source,
+        })
 }
 
 /// Runs blocking backend work on tokio's blocking pool.
@@ -713,5 +735,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+#[cfg(test)]
+mod lifecycle_tests;
 #[cfg(test)]
 mod tests;

@@ -77,6 +77,29 @@ pub trait Runtime: Send + Sync + 'static {
     /// `NotFound` for an unknown sandbox.
     fn probe(&self, id: &SandboxId) -> Result<Probe, RuntimeError>;
 
+    /// Stops every process of the sandbox where it is, memory kept, until [`Runtime::thaw`].
+    /// A failed freeze leaves the sandbox running.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown or dead sandbox; `Unsupported` where the runtime cannot.
+    fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported {
+            what: "pausing with memory",
+        })
+    }
+
+    /// Lets the processes of a frozen sandbox run again.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown sandbox; `Unsupported` where the runtime cannot.
+    fn thaw(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported {
+            what: "resuming from memory",
+        })
+    }
+
     /// Kills every process of the sandbox and releases everything `create` and `start` made.
     /// Destroying an unknown sandbox succeeds, so that cleanup can be retried.
     ///

@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use crate::id::SandboxId;
 use crate::runtime::SandboxEndpoints;
 use crate::spec::SandboxSpec;
-use crate::state::SandboxState;
+use crate::state::{PauseMode, SandboxState};
 
 /// One sandbox, as the manager tracks and persists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,6 +22,8 @@ pub struct Sandbox {
     pub end_at: SystemTime,
     /// How to reach it, once started.
     pub endpoints: Option<SandboxEndpoints>,
+    /// What its pause kept, while it is paused.
+    pub pause_mode: Option<PauseMode>,
     /// The secret its in-sandbox services (envd) require from callers; `None` only for
     /// sandboxes recorded before tokens existed.
     pub access_token: Option<AccessToken>,

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use crate::id::TemplateId;
+use crate::state::PauseMode;
 
 /// A request for one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,8 +25,10 @@ pub struct SandboxSpec {
     pub metadata: BTreeMap<String, String>,
     /// Lifetime from creation; the TTL reaper acts when it runs out.
     pub timeout: Duration,
-    /// Pause instead of kill when the timeout runs out.
-    pub auto_pause: bool,
+    /// What the TTL reaper does when the timeout runs out.
+    pub on_timeout: TimeoutAction,
+    /// Whether a request that touches the sandbox while it is paused resumes it.
+    pub auto_resume: bool,
     /// Network egress wishes.
     pub network: NetworkSpec,
 }
@@ -42,10 +45,21 @@ impl SandboxSpec {
             env: BTreeMap::new(),
             metadata: BTreeMap::new(),
             timeout: Duration::from_secs(300),
-            auto_pause: false,
+            on_timeout: TimeoutAction::Kill,
+            auto_resume: false,
             network: NetworkSpec::default(),
         }
     }
+}
+
+/// What happens to a sandbox whose timeout runs out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimeoutAction {
+    /// It is killed and everything of it released.
+    #[default]
+    Kill,
+    /// It is paused, keeping what the mode keeps.
+    Pause(PauseMode),
 }
 
 /// Network egress wishes of a sandbox. Entries are CIDRs or domain names, validated by the

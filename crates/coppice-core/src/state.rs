@@ -20,6 +20,34 @@ pub enum SandboxState {
     Failed,
 }
 
+/// What a paused sandbox kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PauseMode {
+    /// Its processes are stopped where they were, memory included; resume continues them.
+    Memory,
+    /// Only its filesystem is kept; resume boots a fresh init and envd on it.
+    Filesystem,
+}
+
+impl PauseMode {
+    /// The persisted name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Memory => "memory",
+            Self::Filesystem => "filesystem",
+        }
+    }
+
+    /// Parses the persisted name.
+    pub fn from_persisted(name: &str) -> Option<Self> {
+        match name {
+            "memory" => Some(Self::Memory),
+            "filesystem" => Some(Self::Filesystem),
+            _ => None,
+        }
+    }
+}
+
 /// An operation that moves a sandbox between states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Operation {

@@ -17,8 +17,8 @@ use crate::event::{EventKind, LifecycleEvent, Reason};
 use crate::id::{SandboxId, TemplateId};
 use crate::runtime::SandboxEndpoints;
 use crate::sandbox::{AccessToken, Sandbox};
-use crate::spec::{NetworkSpec, SandboxSpec};
-use crate::state::SandboxState;
+use crate::spec::{NetworkSpec, SandboxSpec, TimeoutAction};
+use crate::state::{PauseMode, SandboxState};
 
 /// The record format written today.
 const RECORD_VERSION: u32 = 1;
@@ -95,6 +95,18 @@ struct SandboxRecord {
     /// Absent in records written before tokens existed.
     #[serde(default)]
     access_token: Option<String>,
+    /// With `auto_pause`: whether the timeout's pause keeps memory.
+    #[serde(default = "default_true")]
+    auto_pause_memory: bool,
+    #[serde(default)]
+    auto_resume: bool,
+    /// What a paused sandbox kept (`memory` or `filesystem`).
+    #[serde(default)]
+    pause_mode: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 impl SandboxRecord {
@@ -110,7 +122,10 @@ impl SandboxRecord {
             env: spec.env.clone(),
             metadata: spec.metadata.clone(),
             timeout_ms: u64::try_from(spec.timeout.as_millis()).unwrap_or(u64::MAX),
-            auto_pause: spec.auto_pause,
+            auto_pause: matches!(spec.on_timeout, TimeoutAction::Pause(_)),
+            auto_pause_memory: spec.on_timeout != TimeoutAction::Pause(PauseMode::Filesystem),
+            auto_resume: spec.auto_resume,
+            pause_mode: sandbox.pause_mode.map(|mode| mode.as_str().to_owned()),
             allow_internet: spec.network.allow_internet,
             allow_out: spec.network.allow_out.clone(),
             deny_out: spec.network.deny_out.clone(),
@@ -147,6 +162,17 @@ impl SandboxRecord {
             }),
             _ => None,
         };
+        let on_timeout = match (self.auto_pause, self.auto_pause_memory) {
+            (false, _) => TimeoutAction::Kill,
+            (true, true) => TimeoutAction::Pause(PauseMode::Memory),
+            (true, false) => TimeoutAction::Pause(PauseMode::Filesystem),
+        };
+        let pause_mode = match self.pause_mode.as_deref() {
+            None => None,
+            Some(name) => Some(PauseMode::from_persisted(name).ok_or(RecordError::Field {
+                field: "pause_mode",
+            })?),
+        };
         Ok(Sandbox {
             id,
             spec: SandboxSpec {
@@ -157,7 +183,8 @@ impl SandboxRecord {
                 env: self.env,
                 metadata: self.metadata,
                 timeout: Duration::from_millis(self.timeout_ms),
-                auto_pause: self.auto_pause,
+                on_timeout,
+                auto_resume: self.auto_resume,
                 network: NetworkSpec {
                     allow_internet: self.allow_internet,
                     allow_out: self.allow_out,
@@ -168,6 +195,7 @@ impl SandboxRecord {
             created_at: from_unix_millis(self.created_at_ms),
             end_at: from_unix_millis(self.end_at_ms),
             endpoints,
+            pause_mode,
             access_token: self.access_token.map(AccessToken::from_persisted),
         })
     }
@@ -454,7 +482,24 @@ mod tests {
                 control_socket: "/run/c.sock".into(),
                 envd_socket: "/run/e.sock".into(),
             }),
+            pause_mode: None,
             access_token: Some(AccessToken::from_persisted("t0k".into())),
+        }
+    }
+
+    #[test]
+    fn test_store_round_trips_lifecycle_options_and_pause_mode() {
+        let store = Store::in_memory().unwrap();
+        let mut paused = sandbox("paused", SandboxState::Paused);
+        paused.pause_mode = Some(PauseMode::Filesystem);
+        paused.spec.on_timeout = TimeoutAction::Pause(PauseMode::Filesystem);
+        paused.spec.auto_resume = true;
+        let mut frozen = sandbox("frozen", SandboxState::Paused);
+        frozen.pause_mode = Some(PauseMode::Memory);
+        frozen.spec.on_timeout = TimeoutAction::Pause(PauseMode::Memory);
+        for original in [paused, frozen] {
+            store.put(&original).unwrap();
+            assert_eq!(store.get(&original.id).unwrap(), Some(original));
         }
     }
 

@@ -58,6 +58,10 @@ pub enum FakeCall {
     Exec(SandboxId, Vec<String>),
     /// `Runtime::destroy`.
     Destroy(SandboxId),
+    /// `Runtime::freeze`.
+    Freeze(SandboxId),
+    /// `Runtime::thaw`.
+    Thaw(SandboxId),
     /// `Storage::create_rootfs`.
     CreateRootfs(SandboxId, TemplateId),
     /// `Storage::destroy_rootfs`.
@@ -75,10 +79,17 @@ pub struct FakeRuntime {
     calls: Mutex<Vec<FakeCall>>,
     fail_next: Mutex<BTreeSet<&'static str>>,
     oom_kills: Mutex<BTreeMap<SandboxId, u64>>,
+    frozen: Mutex<BTreeSet<SandboxId>>,
 }
 
 impl FakeRuntime {
-    /// Makes the next call of `op` ("create", "start", "exec", "destroy", "list") fail.
+    /// Whether the sandbox is frozen.
+    pub fn is_frozen(&self, id: &SandboxId) -> bool {
+        lock(&self.frozen).contains(id)
+    }
+
+    /// Makes the next call of `op` ("create", "start", "exec", "destroy", "freeze", "thaw")
+    /// fail.
     pub fn fail_next(&self, op: &'static str) {
         lock(&self.fail_next).insert(op);
     }
@@ -185,6 +196,27 @@ impl Runtime for FakeRuntime {
         lock(&self.calls).push(FakeCall::Destroy(id.clone()));
         self.injected("destroy", id)?;
         lock(&self.created).remove(id);
+        lock(&self.frozen).remove(id);
+        Ok(())
+    }
+
+    fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        lock(&self.calls).push(FakeCall::Freeze(id.clone()));
+        self.injected("freeze", id)?;
+        if lock(&self.created).get(id) != Some(&true) {
+            return Err(RuntimeError::NotFound { id: id.clone() });
+        }
+        lock(&self.frozen).insert(id.clone());
+        Ok(())
+    }
+
+    fn thaw(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        lock(&self.calls).push(FakeCall::Thaw(id.clone()));
+        self.injected("thaw", id)?;
+        if !lock(&self.created).contains_key(id) {
+            return Err(RuntimeError::NotFound { id: id.clone() });
+        }
+        lock(&self.frozen).remove(id);
         Ok(())
     }
 

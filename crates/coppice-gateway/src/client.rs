@@ -306,6 +306,31 @@ impl Client {
         Self::whole(self.send(request).await?).await.map(drop)
     }
 
+    /// Pauses a sandbox, keeping its memory or (`keep_memory` false) only its filesystem.
+    ///
+    /// # Errors
+    /// [`ClientError`] (409 when it is already paused).
+    pub async fn pause(&self, id: &str, keep_memory: bool) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "memory": keep_memory });
+        let request = self.api("POST", &format!("/sandboxes/{id}/pause"), Some(body))?;
+        Self::whole(self.send(request).await?).await.map(drop)
+    }
+
+    /// Resumes a paused sandbox (or extends a running one's end time) for `timeout_secs`;
+    /// returns whether it was paused.
+    ///
+    /// # Errors
+    /// [`ClientError`] (404 for a killed sandbox).
+    pub async fn connect(&self, id: &str, timeout_secs: Option<u64>) -> Result<bool, ClientError> {
+        let mut body = serde_json::json!({});
+        if let Some(timeout) = timeout_secs {
+            body["timeout"] = timeout.into();
+        }
+        let request = self.api("POST", &format!("/v2/sandboxes/{id}/connect"), Some(body))?;
+        let (status, _) = Self::whole(self.send(request).await?).await?;
+        Ok(status == 201)
+    }
+
     /// A sandbox's lifecycle log: (timestamp, line).
     ///
     /// # Errors

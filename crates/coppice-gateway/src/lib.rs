@@ -18,6 +18,7 @@ pub mod client;
 pub mod config;
 pub mod envd;
 pub mod error;
+pub mod lifecycle;
 pub mod proxy;
 pub mod routes;
 pub mod wire;

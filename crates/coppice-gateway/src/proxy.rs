@@ -107,7 +107,11 @@ pub async fn route_sandbox_traffic(
         Ok(None) => {
             // A signed file URL names no sandbox: the signature does.
             return match signed_file_owner(&state, &request) {
-                Some(sandbox) => forward_to_envd(sandbox, request).await,
+                Some(owner) => match crate::lifecycle::running_for_traffic(&state, &owner.id).await
+                {
+                    Ok(sandbox) => forward_to_envd(sandbox, request).await,
+                    Err(error) => bad_gateway(owner.id.as_str(), &error.message),
+                },
                 None => next.run(request).await,
             };
         }
@@ -122,14 +126,15 @@ pub async fn route_sandbox_traffic(
         )
         .into_response();
     }
-    let sandbox = target
-        .sandbox
-        .parse::<SandboxId>()
-        .ok()
-        .and_then(|id| state.manager.get(&id).ok())
-        .filter(|s| s.state == coppice_core::SandboxState::Running);
-    let Some(sandbox) = sandbox else {
+    let Ok(id) = target.sandbox.parse::<SandboxId>() else {
         return bad_gateway(&target.sandbox, "The sandbox was not found");
+    };
+    let sandbox = match crate::lifecycle::running_for_traffic(&state, &id).await {
+        Ok(sandbox) => sandbox,
+        Err(error) if error.status == StatusCode::NOT_FOUND => {
+            return bad_gateway(&target.sandbox, "The sandbox was not found");
+        }
+        Err(error) => return bad_gateway(&target.sandbox, &error.message),
     };
     if target.port != ENVD_PORT {
         return bad_gateway(
@@ -169,7 +174,7 @@ struct SignedFileQuery {
     signature_expiration: Option<i64>,
 }
 
-/// The running sandbox whose access token signed this `/files` URL, if any (the URLs of
+/// The live sandbox whose access token signed this `/files` URL, if any (the URLs of
 /// `download_url()` / `upload_url()` carry no sandbox id).
 fn signed_file_owner(state: &AppState, request: &Request) -> Option<coppice_core::Sandbox> {
     if request.uri().path() != "/files" {
@@ -181,8 +186,12 @@ fn signed_file_owner(state: &AppState, request: &Request) -> Option<coppice_core
     } else {
         coppice_envd::auth::FileOperation::Read
     };
+    // Paused sandboxes too: one created with auto-resume wakes for its signed URLs.
     let filter = coppice_core::manager::ListFilter {
-        states: vec![coppice_core::SandboxState::Running],
+        states: vec![
+            coppice_core::SandboxState::Running,
+            coppice_core::SandboxState::Paused,
+        ],
         ..Default::default()
     };
     state.manager.list(&filter).into_iter().find(|sandbox| {

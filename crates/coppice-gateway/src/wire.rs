@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use coppice_core::{Sandbox, SandboxState};
+use coppice_core::{PauseMode, Sandbox, SandboxState, TimeoutAction};
 use serde::{Deserialize, Serialize};
 
 /// `POST /v2/sandboxes` and the legacy `POST /sandboxes`.
@@ -24,9 +24,34 @@ pub struct NewSandbox {
     /// Pause instead of kill at the end time.
     #[serde(default)]
     pub auto_pause: Option<bool>,
+    /// With `autoPause`: `false` keeps only the filesystem.
+    #[serde(default)]
+    pub auto_pause_memory: Option<bool>,
+    /// Resume on any request that touches the paused sandbox.
+    #[serde(default)]
+    pub auto_resume: Option<AutoResume>,
     /// Internet access (snake case on the wire).
     #[serde(default, rename = "allow_internet_access")]
     pub allow_internet_access: Option<bool>,
+}
+
+/// `autoResume` of create.
+#[derive(Debug, Default, Deserialize)]
+pub struct AutoResume {
+    /// Whether it is on.
+    #[serde(default)]
+    pub enabled: bool,
+}
+
+/// `POST …/pause`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Pause {
+    /// `false` keeps only the filesystem; absent or `true` keeps memory too.
+    pub memory: Option<bool>,
+    /// Refuse when the sandbox's envd does not answer.
+    #[serde(default)]
+    pub require_healthy_guest: bool,
 }
 
 /// `POST …/timeout`.
@@ -38,9 +63,14 @@ pub struct Timeout {
 
 /// `POST …/connect` (v2 and legacy) and `POST …/resume`.
 #[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Connect {
-    /// Lifetime from now, in seconds (only ever extends).
+    /// Lifetime from now, in seconds (only ever extends a running sandbox's).
     pub timeout: Option<i64>,
+    /// `false` boots a paused sandbox afresh on its kept filesystem.
+    pub memory: Option<bool>,
+    /// Legacy resume: pause (not kill) at the next timeout.
+    pub auto_pause: Option<bool>,
 }
 
 /// `POST …/refreshes`.
@@ -112,6 +142,8 @@ pub struct ListedSandbox {
     allow_internet_access: Option<bool>,
     #[serde(skip_serializing_if = "Option::is_none")]
     lifecycle: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pause_mode: Option<&'static str>,
 }
 
 impl ListedSandbox {
@@ -132,11 +164,24 @@ impl ListedSandbox {
             envd_access_token: detail.then(|| exposed_token(sandbox)).flatten(),
             allow_internet_access: detail.then_some(sandbox.spec.network.allow_internet),
             lifecycle: detail.then(|| {
+                let on_timeout = match sandbox.spec.on_timeout {
+                    TimeoutAction::Kill => "kill",
+                    TimeoutAction::Pause(_) => "pause",
+                };
                 serde_json::json!({
-                    "autoResume": false,
-                    "onTimeout": if sandbox.spec.auto_pause { "pause" } else { "kill" },
+                    "autoResume": sandbox.spec.auto_resume,
+                    "onTimeout": on_timeout,
                 })
             }),
+            pause_mode: detail
+                .then(|| {
+                    let mode = sandbox.pause_mode.or(match sandbox.spec.on_timeout {
+                        TimeoutAction::Pause(mode) => Some(mode),
+                        TimeoutAction::Kill => None,
+                    })?;
+                    Some(pause_mode_name(mode))
+                })
+                .flatten(),
         }
     }
 }
@@ -147,6 +192,14 @@ fn exposed_token(sandbox: &Sandbox) -> Option<String> {
         .access_token
         .as_ref()
         .map(|token| token.expose().to_owned())
+}
+
+/// The E2B name of a pause mode.
+pub fn pause_mode_name(mode: PauseMode) -> &'static str {
+    match mode {
+        PauseMode::Memory => "full",
+        PauseMode::Filesystem => "filesystem",
+    }
 }
 
 /// The E2B name of a state (`running` or `paused`; the rest never reach a listing).

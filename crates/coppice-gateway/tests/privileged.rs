@@ -130,6 +130,18 @@ fn test_e2b_python_sdk_runs_against_coppiced() {
 }
 
 #[test]
+#[ignore = "privileged: starts coppiced and sandboxes; needs the E2B SDK venv (COPPICE_E2B_PYTHON)"]
+fn test_e2b_python_sdk_pauses_and_resumes_sandboxes() {
+    coppice_core::require_privileged!();
+    let python = std::env::var_os("COPPICE_E2B_PYTHON").expect(
+        "COPPICE_E2B_PYTHON must name a Python with the pinned e2b SDK (scripts/test.sh sets it up)",
+    );
+    let mut command = Command::new(python);
+    command.arg(sdk_dir().join("lifecycle_sdk.py"));
+    run_suite_against_coppiced(command);
+}
+
+#[test]
 #[ignore = "privileged: starts coppiced and sandboxes; needs the E2B JS SDK in tests/sdk/node_modules"]
 fn test_e2b_js_sdk_runs_against_coppiced() {
     coppice_core::require_privileged!();
@@ -224,12 +236,14 @@ fn test_sandboxes_survive_sigkill_of_coppiced_mid_stream() {
     let _ = setup.wait();
     let state: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(state.first(), Some(&"STATE"), "setup printed {line:?}");
+    assert_eq!(state.len(), 5, "setup printed {line:?}");
 
     let restarted = start(dir.path(), port);
     wait_healthy(port);
     let output = Command::new(&python)
         .arg(&script)
-        .args(["verify", state[1], state[2]])
+        .arg("verify")
+        .args(&state[1..])
         .envs(sdk_env(&url))
         .output()
         .unwrap();

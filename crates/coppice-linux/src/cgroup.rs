@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use coppice_core::SandboxId;
 
@@ -84,6 +85,16 @@ pub enum CgroupError {
         /// The cause.
         #[source]
         source: io::Error,
+    },
+    /// The freezer did not reach the wanted state in time (a freeze is undone).
+    #[error("freezer did not reach {wanted} within {waited:?} (still {state})")]
+    FreezeTimeout {
+        /// The state asked for.
+        wanted: &'static str,
+        /// The state last read.
+        state: String,
+        /// How long it waited.
+        waited: Duration,
     },
 }
 
@@ -382,6 +393,48 @@ impl SandboxCgroups {
         )
     }
 
+    /// Freezes or thaws through the v1 freezer and waits until the kernel reports the state
+    /// reached (a freeze must stop tasks in flight, which can take a moment with busy ones).
+    /// A freeze that does not complete in time is undone.
+    ///
+    /// # Errors
+    /// A missing freezer, a write or read failure, or `FreezeTimeout`.
+    pub fn set_frozen_and_wait(&self, frozen: bool, timeout: Duration) -> Result<()> {
+        let dir = self
+            .controller_dir("freezer")
+            .ok_or(CgroupError::MissingController {
+                controller: "freezer",
+                root: PathBuf::new(),
+            })?;
+        let file = dir.join("freezer.state");
+        let wanted = if frozen { "FROZEN" } else { "THAWED" };
+        write_file(&file, wanted, "freeze")?;
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(20);
+        loop {
+            let state = fs::read_to_string(&file).map_err(|source| CgroupError::Io {
+                op: "read freezer state",
+                path: file.clone(),
+                source,
+            })?;
+            if state.trim() == wanted {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                if frozen {
+                    let _ = write_file(&file, "THAWED", "thaw");
+                }
+                return Err(CgroupError::FreezeTimeout {
+                    wanted,
+                    state: state.trim().to_owned(),
+                    waited: timeout,
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(5));
+        }
+    }
+
     /// How many OOM kills the memory cgroup has seen.
     ///
     /// # Errors
@@ -573,6 +626,27 @@ mod tests {
             group.list_sandboxes().unwrap(),
             ["abc".parse::<SandboxId>().unwrap()]
         );
+    }
+
+    #[test]
+    fn test_set_frozen_and_wait_reads_back_the_state() {
+        let (dir, config) = fake_tree();
+        let cgroups = SandboxCgroups::plan(&config, HYBRID, &"sbx".parse().unwrap()).unwrap();
+        cgroups.create(&[]).unwrap();
+        // A plain file echoes what was written, as a freezer that completes at once.
+        cgroups
+            .set_frozen_and_wait(true, Duration::from_millis(50))
+            .unwrap();
+        let state_file = cgroups
+            .controller_dir("freezer")
+            .unwrap()
+            .join("freezer.state");
+        assert_eq!(fs::read_to_string(&state_file).unwrap(), "FROZEN");
+        cgroups
+            .set_frozen_and_wait(false, Duration::from_millis(50))
+            .unwrap();
+        assert_eq!(fs::read_to_string(&state_file).unwrap(), "THAWED");
+        drop(dir);
     }
 
     #[test]

@@ -39,6 +39,8 @@ const ENVD_SOCKET: &str = "envd.sock";
 /// sandbox runs, across envd restarts).
 const ENVD_STATE_FILE: &str = "/run/coppice-envd/settings.json";
 const ROOT_MOUNT_POINT: &str = "root";
+/// Longest a freeze may take before it is undone (busy tasks need a moment to stop).
+const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Largest `/tmp` per sandbox; smaller sandboxes get their memory size (tmpfs is charged to
 /// the sandbox's memory cgroup either way).
@@ -267,7 +269,10 @@ impl<S: NsSys> NamespaceRuntime<S> {
     fn destroy_impl(&self, id: &SandboxId) -> Result<(), LinuxError> {
         let cgroups = self.cgroups(id)?;
         let state = self.read_state(id)?;
-        if !cgroups.kill_all()? && !cgroups.pids()?.is_empty() {
+        if cgroups.kill_all()? {
+            // A frozen (paused) sandbox's processes die only once thawed.
+            cgroups.set_frozen(false)?;
+        } else if !cgroups.pids()?.is_empty() {
             // No cgroup2 kill on this host: freeze so nothing forks while we signal, then thaw
             // so the signals are delivered.
             cgroups.set_frozen(true)?;
@@ -340,6 +345,19 @@ impl<S: NsSys> NamespaceRuntime<S> {
                 source,
             }),
         }
+    }
+
+    /// Freezes or thaws every process of a live sandbox through its freezer cgroup.
+    fn set_frozen(&self, id: &SandboxId, frozen: bool) -> Result<(), RuntimeError> {
+        let op = if frozen { "freeze" } else { "thaw" };
+        match self.read_state(id) {
+            Ok(Some(state)) if self.init_alive(&state).unwrap_or(false) => {}
+            Ok(_) => return Err(RuntimeError::NotFound { id: id.clone() }),
+            Err(error) => return Err(backend(op, id, error)),
+        }
+        self.cgroups(id)
+            .and_then(|cgroups| Ok(cgroups.set_frozen_and_wait(frozen, FREEZE_TIMEOUT)?))
+            .map_err(|error| backend(op, id, error))
     }
 
     fn list_impl(&self) -> Result<Vec<RuntimeSandbox>, LinuxError> {
@@ -497,6 +515,14 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
             memory_bytes,
             pids,
         })
+    }
+
+    fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.set_frozen(id, true)
+    }
+
+    fn thaw(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.set_frozen(id, false)
     }
 
     fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use super::{Inner, SandboxManager, blocking, error_chain};
 use crate::event::{EventKind, Reason};
 use crate::id::SandboxId;
+use crate::spec::TimeoutAction;
 use crate::state::SandboxState;
 
 /// Longest the reaper sleeps without re-checking, so clock jumps are noticed.
@@ -30,17 +31,22 @@ async fn reaper(weak: Weak<Inner>) {
         };
         let now = manager.inner.clock.now();
         let (expired, next_deadline) = manager.deadlines(now);
-        for id in expired {
-            // Pausing on timeout arrives with the lifecycle work; until then auto-pause
-            // sandboxes are killed like the others, and the event says so.
-            match manager.kill_with_reason(&id, Reason::Timeout).await {
+        for (id, action) in expired {
+            let result = match action {
+                TimeoutAction::Kill => manager.kill_with_reason(&id, Reason::Timeout).await,
+                TimeoutAction::Pause(mode) => manager
+                    .pause_with_reason(&id, mode, Reason::Timeout, Some(now))
+                    .await
+                    .map(drop),
+            };
+            match result {
                 Ok(())
                 | Err(
                     super::ManagerError::SandboxNotFound { .. }
                     | super::ManagerError::InvalidState { .. },
                 ) => {}
                 Err(error) => {
-                    tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "TTL kill failed")
+                    tracing::warn!(sandbox_id = %id, error = %error_chain(&error), "TTL action failed")
                 }
             }
         }
@@ -71,14 +77,19 @@ async fn monitor(weak: Weak<Inner>, interval: Duration) {
 }
 
 impl SandboxManager {
-    /// Running sandboxes past their end time, and the earliest end time still ahead.
-    fn deadlines(&self, now: SystemTime) -> (Vec<SandboxId>, Option<SystemTime>) {
+    /// Running sandboxes past their end time with what their timeout does, and the earliest
+    /// end time still ahead. A paused sandbox has no deadline: it stays until resumed or
+    /// killed.
+    fn deadlines(&self, now: SystemTime) -> (Vec<(SandboxId, TimeoutAction)>, Option<SystemTime>) {
         let sandboxes = self.sandboxes();
         let mut expired = Vec::new();
         let mut next = None::<SystemTime>;
-        for sandbox in sandboxes.values().filter(|s| s.state.is_live()) {
+        for sandbox in sandboxes
+            .values()
+            .filter(|s| s.state == SandboxState::Running)
+        {
             if sandbox.end_at <= now {
-                expired.push(sandbox.id.clone());
+                expired.push((sandbox.id.clone(), sandbox.spec.on_timeout));
             } else {
                 next = Some(next.map_or(sandbox.end_at, |n| n.min(sandbox.end_at)));
             }
@@ -118,6 +129,13 @@ impl SandboxManager {
     }
 
     async fn check_running(&self, id: &SandboxId) {
+        // A pause, resume or kill in progress owns the sandbox; the next pass looks again.
+        let Some(_operation) = self.try_lock_operations(id) else {
+            return;
+        };
+        if self.sandboxes().get(id).map(|s| s.state) != Some(SandboxState::Running) {
+            return;
+        }
         self.check_oom(id).await;
         let runtime = Arc::clone(&self.inner.backends.runtime);
         let sandbox_id = id.clone();

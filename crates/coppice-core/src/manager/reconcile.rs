@@ -1,6 +1,9 @@
 //! Start-up reconciliation: persisted records against what the backends actually hold.
 //!
-//! - running or paused records whose init is alive are re-adopted;
+//! - running or memory-paused records whose init is alive are re-adopted;
+//! - paused records whose init is gone keep their filesystem (a memory pause whose init died
+//!   with the host becomes a filesystem pause), and anything left running of a filesystem
+//!   pause is stopped;
 //! - records that were `Creating` are cleaned up and marked failed (the create never answered);
 //! - records that were `Stopping` are cleaned up and marked stopped;
 //! - running records whose init is gone are cleaned up and marked failed;
@@ -13,7 +16,8 @@ use super::{Backends, ManagerError, SandboxManager, blocking, error_chain, try_r
 use crate::event::{EventKind, Reason};
 use crate::id::SandboxId;
 use crate::runtime::RuntimeSandbox;
-use crate::state::SandboxState;
+use crate::sandbox::Sandbox;
+use crate::state::{PauseMode, SandboxState};
 
 struct Inventory {
     runtime: Vec<RuntimeSandbox>,
@@ -36,6 +40,11 @@ impl SandboxManager {
                 .iter()
                 .any(|found| found.id == sandbox.id && found.alive);
             match sandbox.state {
+                SandboxState::Paused
+                    if !alive || sandbox.pause_mode == Some(PauseMode::Filesystem) =>
+                {
+                    self.readopt_paused(sandbox).await?;
+                }
                 SandboxState::Running | SandboxState::Paused if alive => {
                     tracing::info!(sandbox_id = %sandbox.id, "re-adopted sandbox after restart");
                     self.remember_oom_kills(&sandbox.id).await;
@@ -114,6 +123,37 @@ impl SandboxManager {
             self.record(&id, EventKind::CleanedUp, Reason::Restart, String::new())
                 .await;
         }
+        Ok(())
+    }
+}
+
+impl SandboxManager {
+    /// Takes back a paused sandbox whose processes are gone (or must go): its filesystem is
+    /// what it kept. One that had kept its memory lost it with its init (a host restart);
+    /// it is recorded as filesystem-paused, so its resume boots on the kept files.
+    async fn readopt_paused(&self, mut sandbox: Sandbox) -> Result<(), ManagerError> {
+        let backends = self.inner.backends.clone();
+        let id = sandbox.id.clone();
+        let stopped = blocking("stop processes", move || {
+            super::stop_processes_blocking(&backends, &id)
+        })
+        .await;
+        if let Some(error) = released_error(stopped) {
+            // The next resume or kill stops them again before going on.
+            tracing::warn!(sandbox_id = %sandbox.id, error = %error_chain(&error), "cannot stop a paused sandbox's leftovers; will retry");
+        }
+        let detail = if sandbox.pause_mode == Some(PauseMode::Filesystem) {
+            String::new()
+        } else {
+            "its memory was lost; resume boots on the kept filesystem".to_owned()
+        };
+        sandbox.pause_mode = Some(PauseMode::Filesystem);
+        sandbox.endpoints = None;
+        self.persist(&sandbox).await?;
+        tracing::info!(sandbox_id = %sandbox.id, "re-adopted paused sandbox after restart");
+        self.sandboxes().insert(sandbox.id.clone(), sandbox.clone());
+        self.record(&sandbox.id, EventKind::Readopted, Reason::Restart, detail)
+            .await;
         Ok(())
     }
 }

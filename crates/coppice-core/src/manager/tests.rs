@@ -9,15 +9,15 @@ use crate::event::EventKind;
 use crate::exec::ExecRequest;
 use crate::testing::{FakeNetPolicy, FakeRuntime, FakeStorage};
 
-struct Harness {
-    runtime: Arc<FakeRuntime>,
-    storage: Arc<FakeStorage>,
-    net: Arc<FakeNetPolicy>,
-    clock: Arc<ManualClock>,
+pub(super) struct Harness {
+    pub(super) runtime: Arc<FakeRuntime>,
+    pub(super) storage: Arc<FakeStorage>,
+    pub(super) net: Arc<FakeNetPolicy>,
+    pub(super) clock: Arc<ManualClock>,
 }
 
 impl Harness {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             runtime: Arc::new(FakeRuntime::default()),
             storage: Arc::new(FakeStorage::with_templates(&["base"])),
@@ -36,7 +36,7 @@ impl Harness {
         }
     }
 
-    async fn manager_with(&self, store: Store) -> SandboxManager {
+    pub(super) async fn manager_with(&self, store: Store) -> SandboxManager {
         let config = ManagerConfig {
             monitor_interval: Duration::from_secs(3600),
             ..ManagerConfig::default()
@@ -46,16 +46,16 @@ impl Harness {
             .unwrap()
     }
 
-    async fn manager(&self) -> SandboxManager {
+    pub(super) async fn manager(&self) -> SandboxManager {
         self.manager_with(Store::in_memory().unwrap()).await
     }
 
-    fn holds_anything(&self, id: &SandboxId) -> bool {
+    pub(super) fn holds_anything(&self, id: &SandboxId) -> bool {
         self.runtime.holds(id) || self.storage.holds(id) || self.net.holds(id)
     }
 }
 
-fn spec() -> SandboxSpec {
+pub(super) fn spec() -> SandboxSpec {
     SandboxSpec::new("base".parse().unwrap())
 }
 
@@ -352,13 +352,14 @@ fn store_with_half_created(harness: &Harness, id: &SandboxId) -> Store {
         created_at: now,
         end_at: now,
         endpoints: None,
+        pause_mode: None,
         access_token: None,
     };
     store.put(&sandbox).unwrap();
     store
 }
 
-async fn wait_until(condition: impl Fn() -> bool) {
+pub(super) async fn wait_until(condition: impl Fn() -> bool) {
     for _ in 0..500 {
         if condition() {
             return;

@@ -1,6 +1,7 @@
 //! The E2B sandbox endpoints: create (v2 and legacy), list (v2 with filters and
 //! `X-Next-Token` pages, and legacy), info, kill, timeout, refresh, connect (v2, legacy and
-//! the old resume), pause (refused until pausing exists), metrics and logs.
+//! the old resume, each resuming a paused sandbox), pause (memory kept or filesystem only),
+//! metrics and logs.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -12,17 +13,20 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use coppice_core::manager::ListFilter;
-use coppice_core::{Sandbox, SandboxId, SandboxSpec, SandboxState};
+use coppice_core::manager::{ListFilter, ResumeOptions, ResumeOutcome};
+use coppice_core::{PauseMode, Sandbox, SandboxId, SandboxSpec, SandboxState, TimeoutAction};
 use serde::Deserialize;
 
 use crate::AppState;
 use crate::envd;
 use crate::error::ApiError;
+use crate::lifecycle;
 use crate::wire::{self, CreatedSandbox, ListedSandbox};
 
 /// Lifetime of a sandbox whose create names none, and the most `connect` adds by default.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a strict pause waits for envd's health answer.
+const GUEST_HEALTH_WAIT: Duration = Duration::from_secs(2);
 /// Largest page of `GET /v2/sandboxes`.
 const MAX_PAGE: usize = 100;
 
@@ -93,7 +97,16 @@ async fn create(
     };
     spec.metadata = request.metadata.unwrap_or_default();
     spec.env = request.env_vars.unwrap_or_default();
-    spec.auto_pause = request.auto_pause.unwrap_or(false);
+    spec.on_timeout = if request.auto_pause.unwrap_or(false) {
+        TimeoutAction::Pause(if request.auto_pause_memory == Some(false) {
+            PauseMode::Filesystem
+        } else {
+            PauseMode::Memory
+        })
+    } else {
+        TimeoutAction::Kill
+    };
+    spec.auto_resume = request.auto_resume.is_some_and(|auto| auto.enabled);
     if let Some(allow) = request.allow_internet_access {
         spec.network.allow_internet = allow;
     }
@@ -275,42 +288,94 @@ async fn connect(
     Path(raw): Path<String>,
     bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let sandbox = live(&state, &sandbox_id(&raw)?)?;
-    let request: wire::Connect = optional_body(&bytes)?;
-    let extension = match request.timeout {
-        Some(timeout) => seconds(timeout, "timeout")?,
-        None => DEFAULT_TIMEOUT,
-    };
-    if sandbox.state != SandboxState::Running {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("sandbox {} is {}", sandbox.id, sandbox.state.as_str()),
-        ));
-    }
-    let sandbox = extend(&state, &sandbox, extension).await?;
-    Ok(Json(CreatedSandbox::from_domain(&sandbox, state.envd_version)).into_response())
+    resume_and_answer(&state, &raw, &bytes, false).await
 }
 
+/// The legacy resume (SDK < 2.6): 201 for a paused sandbox, 409 for a running one.
 async fn resume(
     State(state): State<AppState>,
     Path(raw): Path<String>,
+    bytes: axum::body::Bytes,
 ) -> Result<Response, ApiError> {
-    let sandbox = live(&state, &sandbox_id(&raw)?)?;
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        format!("sandbox {} is already running", sandbox.id),
-    ))
+    resume_and_answer(&state, &raw, &bytes, true).await
+}
+
+/// Resumes a paused sandbox (201) or extends a running one (200, or 409 for the legacy
+/// resume, which only resumes).
+async fn resume_and_answer(
+    state: &AppState,
+    raw: &str,
+    bytes: &[u8],
+    paused_only: bool,
+) -> Result<Response, ApiError> {
+    let id = sandbox_id(raw)?;
+    let request: wire::Connect = optional_body(bytes)?;
+    if paused_only && live(state, &id)?.state == SandboxState::Running {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("sandbox {id} is already running"),
+        ));
+    }
+    let timeout = match request.timeout {
+        Some(timeout) => seconds(timeout, "timeout")?,
+        None => DEFAULT_TIMEOUT,
+    };
+    let options = ResumeOptions {
+        timeout,
+        keep_memory: request.memory,
+    };
+    let resumed = state.manager.resume(&id, options).await?;
+    let status = if resumed.outcome == ResumeOutcome::AlreadyRunning {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let sandbox = lifecycle::settle(state, resumed).await?;
+    Ok((
+        status,
+        Json(CreatedSandbox::from_domain(&sandbox, state.envd_version)),
+    )
+        .into_response())
 }
 
 async fn pause(
     State(state): State<AppState>,
     Path(raw): Path<String>,
-) -> Result<Response, ApiError> {
-    live(&state, &sandbox_id(&raw)?)?;
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "pausing sandboxes is not supported by this coppice build yet; the sandbox keeps running",
-    ))
+    bytes: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    let id = sandbox_id(&raw)?;
+    let request: wire::Pause = optional_body(&bytes)?;
+    let sandbox = live(&state, &id)?;
+    if sandbox.state == SandboxState::Paused {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("sandbox {id} is already paused"),
+        ));
+    }
+    if request.require_healthy_guest {
+        let healthy = match &sandbox.endpoints {
+            Some(endpoints) => tokio::time::timeout(
+                GUEST_HEALTH_WAIT,
+                envd::get(&endpoints.envd_socket, "/health", None),
+            )
+            .await
+            .is_ok_and(|answer| answer.is_ok()),
+            None => false,
+        };
+        if !healthy {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("sandbox {id}: envd does not answer, so it was not paused"),
+            ));
+        }
+    }
+    let mode = if request.memory == Some(false) {
+        PauseMode::Filesystem
+    } else {
+        PauseMode::Memory
+    };
+    state.manager.pause(&id, mode).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 #[derive(Debug, Deserialize)]
