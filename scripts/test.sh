@@ -66,3 +66,6 @@ echo "== envd harness (Process/Start p50/p95 beside spawn and bwrap; /files thro
 
 echo "== API harness (create + Process/Start over HTTP, sequential and bursts; proxy overhead)"
 ./target/release/coppice-api-bench --iterations 100 --burst 20 --bursts 5
+
+echo "== pause harness (in-memory pause/resume p50/p95 beside the raw freezer; filesystem pause and reboot)"
+./target/release/coppice-pause-bench --iterations 200 --resident-mib 50

@@ -1,0 +1,214 @@
+//! `coppice-pause-bench`: pause and resume through the manager. Prints p50/p95 of the
+//! in-memory pause and resume of a sandbox running envd and a process holding memory, beside
+//! the kernel's floor in the same run (a plain process in its own freezer cgroup, frozen and
+//! thawed directly), then the filesystem pause and its resume (a fresh boot on the kept
+//! root). Ends with one JSON line (`RESULT {...}`). Root only. Also acts as the sandbox init
+//! and as envd.
+//!
+//! Usage: `coppice-pause-bench [--iterations N] [--resident-mib N]`.
+#![forbid(unsafe_code)]
+#![allow(clippy::print_stdout, clippy::print_stderr)]
+
+#[cfg(target_os = "linux")]
+fn main() -> std::process::ExitCode {
+    coppice_benches::harness_main("coppice-pause-bench", linux::run)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn main() -> std::process::ExitCode {
+    eprintln!("coppice-pause-bench needs Linux");
+    std::process::ExitCode::FAILURE
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    use std::path::{Path, PathBuf};
+    use std::time::{Duration, Instant};
+
+    use anyhow::Context;
+    use coppice_benches::{millis, percentiles};
+    use coppice_core::exec::ExecRequest;
+    use coppice_core::manager::{ResumeOptions, ResumeOutcome};
+    use coppice_core::{PauseMode, SandboxSpec};
+    use coppice_tests::harness::ManagerEnv;
+
+    const FREEZER_ROOT: &str = "/sys/fs/cgroup/freezer";
+
+    struct Options {
+        iterations: usize,
+        resident_mib: usize,
+    }
+
+    fn options() -> anyhow::Result<Options> {
+        let mut options = Options {
+            iterations: 200,
+            resident_mib: 50,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let value: usize = args
+                .next()
+                .with_context(|| format!("{flag} needs a value"))?
+                .parse()
+                .with_context(|| format!("{flag} needs a number"))?;
+            match flag.as_str() {
+                "--iterations" => options.iterations = value.max(1),
+                "--resident-mib" => options.resident_mib = value,
+                other => anyhow::bail!("unknown flag {other}"),
+            }
+        }
+        Ok(options)
+    }
+
+    fn report(name: &str, samples: &mut [Duration]) -> (f64, f64) {
+        let (p50, p95) = percentiles(samples);
+        println!(
+            "{name:<44} p50 {:>8.3} ms   p95 {:>8.3} ms",
+            millis(p50),
+            millis(p95)
+        );
+        (millis(p50), millis(p95))
+    }
+
+    /// The floor: a plain `sleep` in a freezer cgroup of its own, toggled by hand.
+    struct FreezerFloor {
+        dir: PathBuf,
+        child: std::process::Child,
+    }
+
+    impl FreezerFloor {
+        fn new() -> anyhow::Result<Self> {
+            let dir = Path::new(FREEZER_ROOT).join(format!("coppice-bench-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+            let child = std::process::Command::new("sleep").arg("100000").spawn()?;
+            std::fs::write(dir.join("cgroup.procs"), child.id().to_string())?;
+            Ok(Self { dir, child })
+        }
+
+        fn set(&self, state: &str) -> anyhow::Result<()> {
+            let file = self.dir.join("freezer.state");
+            std::fs::write(&file, state)?;
+            while std::fs::read_to_string(&file)?.trim() != state {
+                std::thread::sleep(Duration::from_micros(20));
+            }
+            Ok(())
+        }
+    }
+
+    impl Drop for FreezerFloor {
+        fn drop(&mut self) {
+            let _ = self.set("THAWED");
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = std::fs::remove_dir(&self.dir);
+        }
+    }
+
+    pub async fn run() -> anyhow::Result<()> {
+        let options = options()?;
+        let exe = std::env::current_exe()?;
+        let env = ManagerEnv::start(&exe, true).await?;
+        let manager = &env.manager;
+        let mut spec = SandboxSpec::new("base".parse()?);
+        spec.memory_mb = u32::try_from(options.resident_mib + 256).unwrap_or(u32::MAX);
+        let sandbox = manager.create(spec).await?;
+        // A process that holds its memory (touched, so resident) for the whole run.
+        let hold = format!(
+            "setsid python3 -c 'import time; b = bytearray({} << 20); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(1e6)' >/dev/null 2>&1 < /dev/null &",
+            options.resident_mib
+        );
+        let started = manager
+            .exec(&sandbox.id, ExecRequest::new(["sh", "-c", &hold]))
+            .await?;
+        anyhow::ensure!(started.status.success(), "start the holder: {started:?}");
+        // The holder is found by its command line once its memory is touched.
+        let mut held = false;
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let found = manager
+                .exec(
+                    &sandbox.id,
+                    ExecRequest::new(["sh", "-c", "grep -l bytearray /proc/[0-9]*/cmdline"]),
+                )
+                .await?;
+            if found.status.success() {
+                held = true;
+                break;
+            }
+        }
+        anyhow::ensure!(held, "the memory holder did not start");
+        println!(
+            "in-memory pause/resume of one sandbox (envd + {} MiB resident), {} iterations",
+            options.resident_mib, options.iterations
+        );
+
+        let resume = ResumeOptions {
+            timeout: Duration::from_secs(600),
+            keep_memory: None,
+        };
+        let mut pauses = Vec::with_capacity(options.iterations);
+        let mut resumes = Vec::with_capacity(options.iterations);
+        for _ in 0..options.iterations {
+            let began = Instant::now();
+            manager.pause(&sandbox.id, PauseMode::Memory).await?;
+            pauses.push(began.elapsed());
+            let began = Instant::now();
+            let resumed = manager.resume(&sandbox.id, resume).await?;
+            resumes.push(began.elapsed());
+            anyhow::ensure!(resumed.outcome == ResumeOutcome::Thawed, "{resumed:?}");
+        }
+
+        let floor = FreezerFloor::new()?;
+        let mut floor_freeze = Vec::with_capacity(options.iterations);
+        let mut floor_thaw = Vec::with_capacity(options.iterations);
+        for _ in 0..options.iterations {
+            let began = Instant::now();
+            floor.set("FROZEN")?;
+            floor_freeze.push(began.elapsed());
+            let began = Instant::now();
+            floor.set("THAWED")?;
+            floor_thaw.push(began.elapsed());
+        }
+        drop(floor);
+
+        let cold_iterations = (options.iterations / 10).max(5);
+        let mut cold_pauses = Vec::with_capacity(cold_iterations);
+        let mut cold_resumes = Vec::with_capacity(cold_iterations);
+        for _ in 0..cold_iterations {
+            let began = Instant::now();
+            manager.pause(&sandbox.id, PauseMode::Filesystem).await?;
+            cold_pauses.push(began.elapsed());
+            let began = Instant::now();
+            let resumed = manager.resume(&sandbox.id, resume).await?;
+            cold_resumes.push(began.elapsed());
+            anyhow::ensure!(resumed.outcome == ResumeOutcome::Rebooted, "{resumed:?}");
+        }
+        manager.kill(&sandbox.id).await?;
+
+        let pause = report("pause, memory kept (manager)", &mut pauses);
+        let resume = report("resume from memory (manager)", &mut resumes);
+        let freeze = report("freezer FROZEN, plain process (floor)", &mut floor_freeze);
+        let thaw = report("freezer THAWED, plain process (floor)", &mut floor_thaw);
+        println!(
+            "ratio pause/floor p50 {:.2}, resume/floor p50 {:.2}",
+            pause.0 / freeze.0.max(0.001),
+            resume.0 / thaw.0.max(0.001)
+        );
+        println!("filesystem pause and reboot, {cold_iterations} iterations");
+        let cold_pause = report("pause, filesystem kept (manager)", &mut cold_pauses);
+        let cold_resume = report("resume by reboot on the kept root", &mut cold_resumes);
+        let result = serde_json::json!({
+            "pause_memory_p50_ms": pause.0,
+            "pause_memory_p95_ms": pause.1,
+            "resume_memory_p50_ms": resume.0,
+            "resume_memory_p95_ms": resume.1,
+            "floor_freeze_p50_ms": freeze.0,
+            "floor_thaw_p50_ms": thaw.0,
+            "pause_filesystem_p50_ms": cold_pause.0,
+            "resume_reboot_p50_ms": cold_resume.0,
+            "resident_mib": options.resident_mib,
+        });
+        println!("RESULT {result}");
+        Ok(())
+    }
+}
