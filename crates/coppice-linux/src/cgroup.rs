@@ -410,7 +410,9 @@ impl SandboxCgroups {
         let wanted = if frozen { "FROZEN" } else { "THAWED" };
         write_file(&file, wanted, "freeze")?;
         let deadline = Instant::now() + timeout;
-        let mut pause = Duration::from_micros(20);
+        // Gentle growth: a freeze usually completes within a millisecond, and a doubling
+        // pause would overshoot it by as much again.
+        let mut pause = Duration::from_micros(25);
         loop {
             let state = fs::read_to_string(&file).map_err(|source| CgroupError::Io {
                 op: "read freezer state",
@@ -431,7 +433,7 @@ impl SandboxCgroups {
                 });
             }
             std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(5));
+            pause = (pause * 3 / 2).min(Duration::from_millis(2));
         }
     }
 
