@@ -148,9 +148,54 @@ def auto_pause_and_resume():
     step("kill", lambda: eager.kill())
 
 
+def snapshots_and_forks():
+    sbx = Sandbox.create(timeout=300, metadata={"suite": RUN})
+    step("write", lambda: sbx.files.write("/home/user/base.txt", "from the source"))
+    source_machine = (step("machine-id", lambda: sbx.files.read("/etc/machine-id")) or "").strip()
+    snap = step("create_snapshot", lambda: sbx.create_snapshot(name=f"snap-{RUN}"))
+    check("create_snapshot answers its id", snap is not None and snap.snapshot_id == f"snap-{RUN}", repr(snap))
+    listed = step("list_snapshots", lambda: [s.snapshot_id for s in sbx.list_snapshots().next_items()]) or []
+    check("list_snapshots shows it", f"snap-{RUN}" in listed, repr(listed))
+    # The source goes on after the snapshot; the snapshot does not follow it.
+    step("write after", lambda: sbx.files.write("/home/user/base.txt", "changed later"))
+
+    started = step("create from snapshot", lambda: Sandbox.create(template=f"snap-{RUN}", timeout=120))
+    text = step("read", lambda: started.files.read("/home/user/base.txt")) if started else None
+    check("a sandbox created from the snapshot sees its files", text == "from the source", repr(text))
+
+    forks = step("fork", lambda: sbx.fork(count=3, timeout=120)) or []
+    forks = [f for f in forks if isinstance(f, Sandbox)]
+    check("fork x3 starts three sandboxes", len(forks) == 3, repr(forks))
+    for i, fork in enumerate(forks):
+        step(f"fork {i} write", lambda fork=fork, i=i: fork.files.write("/home/user/own.txt", f"fork {i}"))
+    seen = [step("fork read", lambda fork=fork: fork.files.read("/home/user/base.txt")) for fork in forks]
+    check("each fork sees the source's files as of the fork", all(t == "changed later" for t in seen), repr(seen))
+    own = [step("fork own", lambda fork=fork: fork.files.read("/home/user/own.txt")) for fork in forks]
+    check("forks diverge independently", own == [f"fork {i}" for i in range(len(forks))], repr(own))
+    check("the source does not see the forks' writes",
+          not step("exists", lambda: sbx.files.exists("/home/user/own.txt")))
+    machines = [(step("fork machine-id", lambda fork=fork: fork.files.read("/etc/machine-id")) or "").strip()
+                for fork in forks]
+    check("every fork has its own machine-id", len(set(machines + [source_machine])) == len(forks) + 1
+          and all(len(m) == 32 for m in machines), repr(machines + [source_machine]))
+    tokens = {f._envd_access_token for f in forks} | {sbx._envd_access_token}
+    check("every fork has its own envd token", len(tokens) == len(forks) + 1 and None not in tokens)
+    hostnames = [(step("hostname", lambda fork=fork: fork.commands.run("hostname")) or None) for fork in forks]
+    check("every fork has its own hostname", [h.stdout.strip() for h in hostnames if h] == [f.sandbox_id for f in forks],
+          repr(hostnames))
+
+    check("delete_snapshot", step("delete", lambda: Sandbox.delete_snapshot(f"snap-{RUN}")) is True)
+    check("deleting it again answers False", step("delete again", lambda: Sandbox.delete_snapshot(f"snap-{RUN}")) is False)
+    text = step("read after delete", lambda: started.files.read("/home/user/base.txt")) if started else None
+    check("sandboxes made from a deleted snapshot keep working", text == "from the source", repr(text))
+    for other in forks + ([started] if started else []) + [sbx]:
+        step("kill", lambda other=other: other.kill())
+
+
 def main():
     memory_pause_cycles()
     auto_pause_and_resume()
+    snapshots_and_forks()
     return finish()
 
 

@@ -131,6 +131,38 @@ pub enum SandboxCommand {
         #[arg(long)]
         timeout: Option<u64>,
     },
+    /// Snapshots a sandbox's filesystem as a template new sandboxes start from (the sandbox
+    /// is frozen only for the capture).
+    Snapshot {
+        /// The sandbox.
+        id: String,
+        /// The snapshot's name (generated when absent).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Lists snapshots (of one sandbox with `--of`).
+    Snapshots {
+        /// Only the snapshots of this sandbox.
+        #[arg(long)]
+        of: Option<String>,
+    },
+    /// Deletes a snapshot; sandboxes made from it keep running.
+    DeleteSnapshot {
+        /// The snapshot.
+        id: String,
+    },
+    /// Starts new sandboxes from a snapshot of this one taken now, each with its own id,
+    /// token and machine-id.
+    Fork {
+        /// The sandbox.
+        id: String,
+        /// How many forks (1 to 20).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Lifetime of each fork, in seconds.
+        #[arg(long)]
+        timeout: Option<u64>,
+    },
     /// Sets a sandbox's end time to now plus this many seconds.
     Timeout {
         /// The sandbox.
@@ -270,6 +302,37 @@ async fn sandbox(
             } else {
                 writeln!(out, "{id} was running")?;
             }
+        }
+        SandboxCommand::Snapshot { id, name } => {
+            let snapshot = client.snapshot(id, name.as_deref()).await?;
+            writeln!(out, "{snapshot}")?;
+        }
+        SandboxCommand::Snapshots { of } => {
+            let snapshots = client.snapshots(of.as_deref()).await?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&snapshots)?)?;
+            } else {
+                for snapshot in snapshots {
+                    writeln!(out, "{snapshot}")?;
+                }
+            }
+        }
+        SandboxCommand::DeleteSnapshot { id } => {
+            client.delete_snapshot(id).await?;
+            writeln!(out, "deleted {id}")?;
+        }
+        SandboxCommand::Fork { id, count, timeout } => {
+            let mut failed = 0;
+            for fork in client.fork(id, *count, *timeout).await? {
+                match fork {
+                    Ok(created) => writeln!(out, "{}", created.sandbox_id)?,
+                    Err(message) => {
+                        failed += 1;
+                        writeln!(out, "fork failed: {message}")?;
+                    }
+                }
+            }
+            anyhow::ensure!(failed == 0, "{failed} of {count} forks did not start");
         }
         SandboxCommand::Timeout { id, seconds } => {
             client.set_timeout(id, *seconds).await?;

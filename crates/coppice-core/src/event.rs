@@ -27,6 +27,8 @@ pub enum EventKind {
     Paused,
     /// The sandbox was resumed.
     Resumed,
+    /// A snapshot of the sandbox's filesystem was taken.
+    Snapshotted,
 }
 
 impl EventKind {
@@ -43,6 +45,7 @@ impl EventKind {
             Self::CleanedUp => "cleaned_up",
             Self::Paused => "paused",
             Self::Resumed => "resumed",
+            Self::Snapshotted => "snapshotted",
         }
     }
 
@@ -59,6 +62,7 @@ impl EventKind {
             "cleaned_up" => Self::CleanedUp,
             "paused" => Self::Paused,
             "resumed" => Self::Resumed,
+            "snapshotted" => Self::Snapshotted,
             _ => return None,
         };
         Some(kind)

@@ -12,6 +12,7 @@ mod background;
 mod error;
 mod lifecycle;
 mod reconcile;
+mod snapshot;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -21,6 +22,7 @@ use tokio::sync::Notify;
 
 pub use self::error::ManagerError;
 pub use self::lifecycle::{ResumeOptions, ResumeOutcome, Resumed};
+pub use self::snapshot::MAX_FORKS;
 use crate::clock::Clock;
 use crate::event::{EventKind, LifecycleEvent, Reason};
 use crate::exec::{ExecOutcome, ExecRequest};
@@ -147,7 +149,7 @@ impl SandboxManager {
         // Detached, so that a caller who goes away (an HTTP client disconnecting) cannot stop
         // a create half-way and leave a running sandbox recorded as `Creating`.
         let manager = self.clone();
-        tokio::spawn(async move { manager.create_detached(spec).await })
+        tokio::spawn(async move { manager.create_detached(spec, None).await })
             .await
             .map_err(|source| ManagerError::Task {
                 op: "create",
@@ -155,12 +157,19 @@ impl SandboxManager {
             })?
     }
 
-    async fn create_detached(&self, spec: SandboxSpec) -> Result<Sandbox, ManagerError> {
+    /// Creates a sandbox; its root filesystem comes from `root_template` when given (a fork's
+    /// snapshot), else from its spec's template.
+    async fn create_detached(
+        &self,
+        spec: SandboxSpec,
+        root_template: Option<TemplateId>,
+    ) -> Result<Sandbox, ManagerError> {
         spec.validate(&self.inner.config.limits)?;
         // One trip to the blocking pool for the whole create: each hop costs a thread
         // hand-off, and the store and backends all block anyway.
         let inner = Arc::clone(&self.inner);
-        let sandbox = blocking("create", move || inner.create_blocking(spec)).await??;
+        let sandbox =
+            blocking("create", move || inner.create_blocking(spec, root_template)).await??;
         self.inner.deadlines_changed.notify_one();
         tracing::info!(sandbox_id = %sandbox.id, "sandbox created");
         Ok(sandbox)
@@ -534,10 +543,15 @@ impl Inner {
     }
 
     /// Every step of a create. Blocks.
-    fn create_blocking(&self, spec: SandboxSpec) -> Result<Sandbox, ManagerError> {
+    fn create_blocking(
+        &self,
+        spec: SandboxSpec,
+        root_template: Option<TemplateId>,
+    ) -> Result<Sandbox, ManagerError> {
+        let root_template = root_template.unwrap_or_else(|| spec.template.clone());
         self.backends
             .storage
-            .template(&spec.template)
+            .template(&root_template)
             .map_err(|source| ManagerError::from_storage("look up template", source))?;
         let id = SandboxId::generate().map_err(|source| ManagerError::Entropy { source })?;
         let access_token =
@@ -560,6 +574,7 @@ impl Inner {
             &self.backends,
             &id,
             &sandbox.spec,
+            &root_template,
             self.config.limits.max_pids,
         )
         .and_then(|endpoints| {
@@ -622,11 +637,12 @@ fn provision_blocking(
     backends: &Backends,
     id: &SandboxId,
     spec: &SandboxSpec,
+    root_template: &TemplateId,
     max_pids: u32,
 ) -> Result<SandboxEndpoints, ManagerError> {
     let root = backends
         .storage
-        .create_rootfs(id, &spec.template, spec.disk_mb)
+        .create_rootfs(id, root_template, spec.disk_mb)
         .map_err(|source| ManagerError::from_storage("create rootfs", source))?;
     boot_blocking(backends, id, spec, max_pids, &root)
 }
@@ -737,5 +753,7 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod lifecycle_tests;
+#[cfg(test)]
+mod snapshot_tests;
 #[cfg(test)]
 mod tests;

@@ -129,6 +129,14 @@ impl Default for Limits {
 /// Why a spec was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
+    /// A fork count out of range.
+    #[error("fork count must be between 1 and {max}, got {got}")]
+    ForkCount {
+        /// Requested.
+        got: u32,
+        /// Allowed maximum.
+        max: u32,
+    },
     /// vCPUs out of range.
     #[error("vcpus must be between 1 and {max}, got {got}")]
     Vcpus {

@@ -19,6 +19,8 @@ pub struct TemplateInfo {
     pub default_user: String,
     /// The default working directory.
     pub default_workdir: String,
+    /// For a snapshot: the sandbox it was taken of.
+    pub snapshot_of: Option<SandboxId>,
 }
 
 /// A host directory mounted into the sandbox.
@@ -99,6 +101,33 @@ pub trait Storage: Send + Sync + 'static {
     /// # Errors
     /// A backend failure.
     fn list_rootfs(&self) -> Result<Vec<SandboxId>, StorageError>;
+
+    /// Captures sandbox `id`'s writes as a new, immutable template `snapshot`: the sandbox's
+    /// own layers with its writable layer, copied, on top. The caller keeps the sandbox's
+    /// processes still for the duration of the call.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown sandbox; `TemplateExists`; `Exhausted` when space runs out
+    /// (nothing stays behind); `Unsupported` where the backend cannot.
+    fn snapshot_rootfs(
+        &self,
+        id: &SandboxId,
+        snapshot: &TemplateId,
+    ) -> Result<TemplateInfo, StorageError> {
+        let _ = (id, snapshot);
+        Err(StorageError::Unsupported { what: "snapshots" })
+    }
+
+    /// Deletes a template. Sandboxes made from it keep their root filesystems.
+    ///
+    /// # Errors
+    /// `TemplateNotFound`; `Invalid` for a built-in template; `Unsupported`.
+    fn delete_template(&self, id: &TemplateId) -> Result<(), StorageError> {
+        let _ = id;
+        Err(StorageError::Unsupported {
+            what: "deleting templates",
+        })
+    }
 }
 
 /// A storage failure, classified by kind.
@@ -121,6 +150,24 @@ pub enum StorageError {
     AlreadyExists {
         /// The sandbox.
         id: SandboxId,
+    },
+    /// A template with that id already exists.
+    #[error("a template named {id} already exists")]
+    TemplateExists {
+        /// The template.
+        id: TemplateId,
+    },
+    /// The request cannot be carried out as given.
+    #[error("{reason}")]
+    Invalid {
+        /// Why.
+        reason: String,
+    },
+    /// This backend cannot do it.
+    #[error("{what} are not supported by this storage backend")]
+    Unsupported {
+        /// The capability.
+        what: &'static str,
     },
     /// Out of space or a quota.
     #[error("storage exhausted while {op}")]
@@ -147,7 +194,9 @@ impl StorageError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::TemplateNotFound { .. } | Self::NotFound { .. } => ErrorKind::NotFound,
-            Self::AlreadyExists { .. } => ErrorKind::AlreadyExists,
+            Self::AlreadyExists { .. } | Self::TemplateExists { .. } => ErrorKind::AlreadyExists,
+            Self::Invalid { .. } => ErrorKind::Invalid,
+            Self::Unsupported { .. } => ErrorKind::Unsupported,
             Self::Exhausted { .. } => ErrorKind::Exhausted,
             Self::Backend { .. } => ErrorKind::Internal,
         }

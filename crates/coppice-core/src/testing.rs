@@ -70,6 +70,8 @@ pub enum FakeCall {
     Attach(SandboxId),
     /// `NetPolicy::detach`.
     Detach(SandboxId),
+    /// `Storage::snapshot_rootfs`.
+    Snapshot(SandboxId, TemplateId),
 }
 
 /// An in-memory `Runtime`. `exec` echoes its argv joined by spaces on stdout.
@@ -234,7 +236,8 @@ impl Runtime for FakeRuntime {
 /// An in-memory `Storage` holding the templates it was built with.
 #[derive(Debug)]
 pub struct FakeStorage {
-    templates: Vec<TemplateId>,
+    templates: Mutex<Vec<TemplateId>>,
+    snapshots: Mutex<BTreeMap<TemplateId, SandboxId>>,
     rootfs: Mutex<BTreeSet<SandboxId>>,
     calls: Mutex<Vec<FakeCall>>,
     fail_next: Mutex<BTreeSet<&'static str>>,
@@ -244,14 +247,16 @@ impl FakeStorage {
     /// Storage with the given templates.
     pub fn with_templates(templates: &[&str]) -> Self {
         Self {
-            templates: templates.iter().filter_map(|t| t.parse().ok()).collect(),
+            templates: Mutex::new(templates.iter().filter_map(|t| t.parse().ok()).collect()),
+            snapshots: Mutex::new(BTreeMap::new()),
             rootfs: Mutex::new(BTreeSet::new()),
             calls: Mutex::new(Vec::new()),
             fail_next: Mutex::new(BTreeSet::new()),
         }
     }
 
-    /// Makes the next call of `op` ("create_rootfs", "destroy_rootfs") fail.
+    /// Makes the next call of `op` ("create_rootfs", "destroy_rootfs", "snapshot_rootfs")
+    /// fail.
     pub fn fail_next(&self, op: &'static str) {
         lock(&self.fail_next).insert(op);
     }
@@ -281,13 +286,14 @@ impl FakeStorage {
         Ok(())
     }
 
-    fn info(id: &TemplateId) -> TemplateInfo {
+    fn info(&self, id: &TemplateId) -> TemplateInfo {
         TemplateInfo {
             id: id.clone(),
             created_at: UNIX_EPOCH + Duration::from_secs(1),
             size_bytes: 0,
             default_user: "user".into(),
             default_workdir: "/home/user".into(),
+            snapshot_of: lock(&self.snapshots).get(id).cloned(),
         }
     }
 
@@ -301,15 +307,54 @@ impl FakeStorage {
 
 impl Storage for FakeStorage {
     fn templates(&self) -> Result<Vec<TemplateInfo>, StorageError> {
-        Ok(self.templates.iter().map(Self::info).collect())
+        let templates = lock(&self.templates).clone();
+        Ok(templates.iter().map(|id| self.info(id)).collect())
     }
 
     fn template(&self, id: &TemplateId) -> Result<TemplateInfo, StorageError> {
-        self.templates
-            .iter()
-            .find(|t| *t == id)
-            .map(Self::info)
+        let known = lock(&self.templates).contains(id);
+        known
+            .then(|| self.info(id))
             .ok_or_else(|| StorageError::TemplateNotFound { id: id.clone() })
+    }
+
+    fn snapshot_rootfs(
+        &self,
+        id: &SandboxId,
+        snapshot: &TemplateId,
+    ) -> Result<TemplateInfo, StorageError> {
+        lock(&self.calls).push(FakeCall::Snapshot(id.clone(), snapshot.clone()));
+        self.injected("snapshot_rootfs")?;
+        if !self.holds(id) {
+            return Err(StorageError::NotFound { id: id.clone() });
+        }
+        let mut templates = lock(&self.templates);
+        if templates.contains(snapshot) {
+            return Err(StorageError::TemplateExists {
+                id: snapshot.clone(),
+            });
+        }
+        templates.push(snapshot.clone());
+        drop(templates);
+        lock(&self.snapshots).insert(snapshot.clone(), id.clone());
+        Ok(self.info(snapshot))
+    }
+
+    /// Refuses `base`, as the real backends refuse their built-in template.
+    fn delete_template(&self, id: &TemplateId) -> Result<(), StorageError> {
+        if id.as_str() == "base" {
+            return Err(StorageError::Invalid {
+                reason: "template base is built in".into(),
+            });
+        }
+        let mut templates = lock(&self.templates);
+        let before = templates.len();
+        templates.retain(|t| t != id);
+        if templates.len() == before {
+            return Err(StorageError::TemplateNotFound { id: id.clone() });
+        }
+        lock(&self.snapshots).remove(id);
+        Ok(())
     }
 
     fn create_rootfs(

@@ -331,6 +331,79 @@ impl Client {
         Ok(status == 201)
     }
 
+    /// Snapshots a sandbox's filesystem as template `name` (generated when `None`); returns
+    /// the snapshot's id.
+    ///
+    /// # Errors
+    /// [`ClientError`] (409 for a taken name).
+    pub async fn snapshot(&self, id: &str, name: Option<&str>) -> Result<String, ClientError> {
+        let mut body = serde_json::json!({});
+        if let Some(name) = name {
+            body["name"] = name.into();
+        }
+        let request = self.api("POST", &format!("/sandboxes/{id}/snapshots"), Some(body))?;
+        let (_, bytes) = Self::whole(self.send(request).await?).await?;
+        let value: serde_json::Value = Self::json(&bytes)?;
+        Ok(value["snapshotID"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Snapshot ids, of sandbox `of` when given.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn snapshots(&self, of: Option<&str>) -> Result<Vec<String>, ClientError> {
+        let path = match of {
+            Some(id) => format!("/snapshots?sandboxID={id}"),
+            None => "/snapshots".to_owned(),
+        };
+        let (_, bytes) = Self::whole(self.send(self.api("GET", &path, None)?).await?).await?;
+        let value: Vec<serde_json::Value> = Self::json(&bytes)?;
+        Ok(value
+            .iter()
+            .filter_map(|s| s["snapshotID"].as_str().map(str::to_owned))
+            .collect())
+    }
+
+    /// Deletes a snapshot (a template).
+    ///
+    /// # Errors
+    /// [`ClientError`] (404 for an unknown one).
+    pub async fn delete_snapshot(&self, id: &str) -> Result<(), ClientError> {
+        let request = self.api("DELETE", &format!("/templates/{id}"), None)?;
+        Self::whole(self.send(request).await?).await.map(drop)
+    }
+
+    /// Starts `count` forks of a sandbox; each slot is the fork or why it failed.
+    ///
+    /// # Errors
+    /// [`ClientError`] for the call as a whole.
+    pub async fn fork(
+        &self,
+        id: &str,
+        count: u32,
+        timeout_secs: Option<u64>,
+    ) -> Result<Vec<Result<Created, String>>, ClientError> {
+        let mut body = serde_json::json!({ "count": count });
+        if let Some(timeout) = timeout_secs {
+            body["timeout"] = timeout.into();
+        }
+        let request = self.api("POST", &format!("/sandboxes/{id}/fork"), Some(body))?;
+        let (_, bytes) = Self::whole(self.send(request).await?).await?;
+        let slots: Vec<serde_json::Value> = Self::json(&bytes)?;
+        Ok(slots
+            .into_iter()
+            .map(
+                |slot| match serde_json::from_value::<Created>(slot["sandbox"].clone()) {
+                    Ok(created) => Ok(created),
+                    Err(_) => Err(slot["error"]["message"]
+                        .as_str()
+                        .unwrap_or("the fork did not start")
+                        .to_owned()),
+                },
+            )
+            .collect())
+    }
+
     /// A sandbox's lifecycle log: (timestamp, line).
     ///
     /// # Errors

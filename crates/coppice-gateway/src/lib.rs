@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
     let control_plane = Router::new()
         .merge(routes::sandboxes::routes())
         .merge(routes::templates::routes())
+        .merge(routes::snapshots::routes())
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.api_keys.clone(),

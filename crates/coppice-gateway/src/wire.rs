@@ -54,6 +54,61 @@ pub struct Pause {
     pub require_healthy_guest: bool,
 }
 
+/// `POST …/snapshots`.
+#[derive(Debug, Default, Deserialize)]
+pub struct SnapshotRequest {
+    /// The snapshot's name (its template id); generated when absent.
+    pub name: Option<String>,
+    /// Whether memory is captured too.
+    pub memory: Option<bool>,
+}
+
+/// `POST …/fork`.
+#[derive(Debug, Default, Deserialize)]
+pub struct ForkRequest {
+    /// Lifetime of each fork, in seconds.
+    pub timeout: Option<i64>,
+    /// How many forks (1 when absent).
+    pub count: Option<i64>,
+}
+
+/// One snapshot, as create and list answer.
+#[derive(Debug, Serialize)]
+pub struct SnapshotInfo {
+    /// The template id new sandboxes are created from.
+    #[serde(rename = "snapshotID")]
+    pub snapshot_id: String,
+    /// Its names.
+    pub names: Vec<String>,
+}
+
+/// One slot of a fork answer: the started sandbox or why it failed.
+#[derive(Debug, Serialize)]
+pub struct ForkResult {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    sandbox: Option<CreatedSandbox>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<serde_json::Value>,
+}
+
+impl ForkResult {
+    /// A fork that runs.
+    pub fn started(sandbox: CreatedSandbox) -> Self {
+        Self {
+            sandbox: Some(sandbox),
+            error: None,
+        }
+    }
+
+    /// A fork that failed with HTTP-like `code`.
+    pub fn failed(code: u16, message: &str) -> Self {
+        Self {
+            sandbox: None,
+            error: Some(serde_json::json!({ "code": code, "message": message })),
+        }
+    }
+}
+
 /// `POST …/timeout`.
 #[derive(Debug, Deserialize)]
 pub struct Timeout {

@@ -142,3 +142,102 @@ async fn test_bad_pause_and_connect_bodies_are_400() {
     let (_, _, info) = call(&app, "GET", &format!("/sandboxes/{id}"), &[], "").await;
     assert_eq!(info["state"], "running", "bad input changed nothing");
 }
+
+#[tokio::test]
+async fn test_snapshots_and_forks_answer_as_the_sdks_expect() {
+    let (app, _) = app().await;
+    let id = create(&app, r#"{"templateID":"base","metadata":{"k":"v"}}"#).await;
+    let snapshots = format!("/sandboxes/{id}/snapshots");
+
+    let (status, _, taken) = call(&app, "POST", &snapshots, &[], r#"{"name":"s1"}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{taken}");
+    assert_eq!(
+        taken,
+        serde_json::json!({"snapshotID": "s1", "names": ["s1"]})
+    );
+    let (status, _, again) = call(&app, "POST", &snapshots, &[], r#"{"name":"s1"}"#).await;
+    assert_eq!(
+        (status, again["code"].as_u64()),
+        (StatusCode::CONFLICT, Some(409))
+    );
+    for (body, wanted) in [
+        (r#"{"name":"Not A Name"}"#, StatusCode::BAD_REQUEST),
+        (r#"{"memory":true}"#, StatusCode::NOT_IMPLEMENTED),
+    ] {
+        let (status, _, error) = call(&app, "POST", &snapshots, &[], body).await;
+        assert_eq!(status, wanted, "{body}: {error}");
+        assert!(!error["message"].as_str().unwrap().is_empty());
+    }
+    let (_, _, generated) = call(&app, "POST", &snapshots, &[], "").await;
+    assert!(
+        generated["snapshotID"]
+            .as_str()
+            .unwrap()
+            .starts_with("snap-")
+    );
+    let (status, _, listed) =
+        call(&app, "GET", &format!("/snapshots?sandboxID={id}"), &[], "").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed.as_array().unwrap().len(), 2, "{listed}");
+    let (_, headers, page) = call(&app, "GET", "/snapshots?limit=1", &[], "").await;
+    assert_eq!(page.as_array().unwrap().len(), 1);
+    assert!(headers.contains_key("x-next-token"));
+
+    let from_snapshot = create(&app, r#"{"templateID":"s1"}"#).await;
+    assert_ne!(from_snapshot, id);
+
+    let fork = format!("/sandboxes/{id}/fork");
+    let (status, _, forks) = call(&app, "POST", &fork, &[], r#"{"count":3,"timeout":60}"#).await;
+    assert_eq!(status, StatusCode::CREATED, "{forks}");
+    let forks = forks.as_array().unwrap();
+    assert_eq!(forks.len(), 3);
+    let mut ids: Vec<&str> = forks
+        .iter()
+        .map(|f| f["sandbox"]["sandboxID"].as_str().unwrap())
+        .collect();
+    let mut tokens: Vec<&str> = forks
+        .iter()
+        .map(|f| f["sandbox"]["envdAccessToken"].as_str().unwrap())
+        .collect();
+    ids.push(&id);
+    ids.sort_unstable();
+    ids.dedup();
+    tokens.sort_unstable();
+    tokens.dedup();
+    assert_eq!((ids.len(), tokens.len()), (4, 3));
+    for (body, wanted) in [
+        (r#"{"count":21}"#, StatusCode::BAD_REQUEST),
+        (r#"{"count":0}"#, StatusCode::BAD_REQUEST),
+        (r#"{"count":-1}"#, StatusCode::BAD_REQUEST),
+    ] {
+        assert_eq!(
+            call(&app, "POST", &fork, &[], body).await.0,
+            wanted,
+            "{body}"
+        );
+    }
+
+    assert_eq!(
+        call(&app, "DELETE", "/templates/s1", &[], "").await.0,
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        call(&app, "DELETE", "/templates/s1", &[], "").await.0,
+        StatusCode::NOT_FOUND
+    );
+    assert_eq!(
+        call(&app, "DELETE", "/templates/base", &[], "").await.0,
+        StatusCode::BAD_REQUEST
+    );
+    assert_eq!(
+        call(&app, "DELETE", &format!("/sandboxes/{id}"), &[], "")
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let (status, _, gone) = call(&app, "POST", &fork, &[], "{}").await;
+    assert_eq!(
+        (status, gone["code"].as_u64()),
+        (StatusCode::NOT_FOUND, Some(404))
+    );
+}

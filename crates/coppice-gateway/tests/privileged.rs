@@ -377,6 +377,43 @@ fn test_coppice_cli_end_to_end() {
         text(&logs.stdout)
     );
 
+    let paused = coppice(port, &["sandbox", "pause", &id], b"");
+    assert!(paused.status.success(), "{}", text(&paused.stderr));
+    let info = coppice(port, &["--json", "sandbox", "info", &id], b"");
+    let json: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(json["state"], "paused");
+    let again = coppice(port, &["sandbox", "pause", &id], b"");
+    assert!(!again.status.success() && text(&again.stderr).contains("409"));
+    let resumed = coppice(port, &["sandbox", "resume", &id], b"");
+    assert_eq!(text(&resumed.stdout), format!("resumed {id}\n"));
+
+    let snapshot = coppice(
+        port,
+        &["sandbox", "snapshot", &id, "--name", "cli-snap"],
+        b"",
+    );
+    assert_eq!(
+        text(&snapshot.stdout),
+        "cli-snap\n",
+        "{}",
+        text(&snapshot.stderr)
+    );
+    let listed = coppice(port, &["sandbox", "snapshots", "--of", &id], b"");
+    assert_eq!(text(&listed.stdout), "cli-snap\n");
+    let forks = coppice(port, &["sandbox", "fork", &id, "--count", "2"], b"");
+    assert!(forks.status.success(), "{}", text(&forks.stderr));
+    let fork_ids: Vec<String> = text(&forks.stdout).lines().map(str::to_owned).collect();
+    assert_eq!(fork_ids.len(), 2, "{fork_ids:?}");
+    for fork in &fork_ids {
+        let cat = coppice(port, &["files", "cat", fork, "/home/user/cli/x.txt"], b"");
+        assert_eq!(text(&cat.stdout), "from the host\n", "fork {fork}");
+    }
+    assert!(
+        coppice(port, &["sandbox", "delete-snapshot", "cli-snap"], b"")
+            .status
+            .success()
+    );
+
     assert!(
         coppice(port, &["sandbox", "kill", &id], b"")
             .status

@@ -55,6 +55,18 @@ pub enum OverlayError {
         /// The sandbox.
         sandbox: SandboxId,
     },
+    /// A template with that id already exists.
+    #[error("a template named {template} already exists")]
+    TemplateExists {
+        /// The template.
+        template: TemplateId,
+    },
+    /// The template is part of coppice and cannot be deleted.
+    #[error("template {template} is built in and cannot be deleted")]
+    BuiltinTemplate {
+        /// The template.
+        template: TemplateId,
+    },
     /// A root filesystem for this sandbox already exists.
     #[error("a root filesystem for sandbox {sandbox} already exists")]
     SandboxExists {
@@ -255,6 +267,10 @@ impl OverlayError {
             Self::TemplateNotFound { template } => StorageError::TemplateNotFound { id: template },
             Self::SandboxNotFound { sandbox } => StorageError::NotFound { id: sandbox },
             Self::SandboxExists { sandbox } => StorageError::AlreadyExists { id: sandbox },
+            Self::TemplateExists { template } => StorageError::TemplateExists { id: template },
+            err @ Self::BuiltinTemplate { .. } => StorageError::Invalid {
+                reason: err.to_string(),
+            },
             err if err.is_exhausted() => StorageError::Exhausted {
                 op,
                 source: Box::new(err),

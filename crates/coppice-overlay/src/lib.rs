@@ -15,6 +15,7 @@
 //! - `base`: what the `base` template's tree contains (a pure plan) and how it is written.
 //! - `records`: the versioned JSON metadata files.
 //! - `copy`, `fsutil`: copying host files without following symlinks; atomic writes; removal.
+//! - `clone`: copying a sandbox's upper directory into a snapshot layer exactly.
 //! - `sys`: the `OverlaySys` seam (ownership changes, entropy) with the real Linux
 //!   implementation and a recording fake for tests.
 //! - [`error`](OverlayError): [`OverlayError`] and its mapping onto core's `StorageError`.
@@ -25,6 +26,7 @@
 #![warn(missing_docs)]
 
 mod base;
+mod clone;
 mod config;
 mod copy;
 mod error;

@@ -54,6 +54,9 @@ struct TemplateFile {
     default_workdir: String,
     created_unix_ms: u64,
     binds: Vec<BindRecord>,
+    /// For a snapshot: the sandbox it was taken of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    snapshot_of: Option<String>,
 }
 
 /// A template's metadata, parsed.
@@ -66,6 +69,8 @@ pub(crate) struct TemplateRecord {
     pub(crate) default_workdir: String,
     pub(crate) created_at: SystemTime,
     pub(crate) binds: Vec<BindMount>,
+    /// For a snapshot: the sandbox it was taken of.
+    pub(crate) snapshot_of: Option<SandboxId>,
 }
 
 impl TemplateRecord {
@@ -79,6 +84,7 @@ impl TemplateRecord {
             default_workdir: self.default_workdir.clone(),
             created_unix_ms: fsutil::unix_ms(self.created_at),
             binds: self.binds.iter().map(BindRecord::from_bind).collect(),
+            snapshot_of: self.snapshot_of.as_ref().map(ToString::to_string),
         };
         fsutil::write_json(path, &file, fsutil::Durability::HostCrash)
     }
@@ -107,6 +113,11 @@ impl TemplateRecord {
             default_workdir: file.default_workdir,
             created_at: fsutil::from_unix_ms(file.created_unix_ms),
             binds: file.binds.iter().map(BindRecord::to_bind).collect(),
+            snapshot_of: file
+                .snapshot_of
+                .as_deref()
+                .map(|sandbox| parse_id(path, sandbox))
+                .transpose()?,
         }))
     }
 }
@@ -219,6 +230,7 @@ mod tests {
                 target: PathBuf::from("/usr"),
                 read_only: true,
             }],
+            snapshot_of: Some("sbx1".parse().unwrap()),
         }
     }
 

@@ -32,7 +32,7 @@ use crate::layer::{LayerId, LayerRegistry};
 use crate::records::{RootfsRecord, TemplateRecord};
 use crate::sys::{self, OverlaySys};
 
-type Result<T> = std::result::Result<T, OverlayError>;
+pub(crate) type Result<T> = std::result::Result<T, OverlayError>;
 
 const LAYERS_DIR: &str = "layers";
 const TEMPLATES_DIR: &str = "templates";
@@ -47,6 +47,10 @@ const TEMPLATE_SUFFIX: &str = ".json";
 const SANDBOX_DIR_MODE: u32 = 0o700;
 /// Mode of the upper directory, which is the sandbox's `/`.
 const UPPER_MODE: u32 = 0o755;
+/// Mode of a sandbox's `/etc`.
+const ETC_MODE: u32 = 0o755;
+/// Mode of `/etc/machine-id`, as systemd makes it.
+const MACHINE_ID_MODE: u32 = 0o444;
 /// Mode of overlayfs's work directory, used only by the host's root.
 const WORK_MODE: u32 = 0o700;
 
@@ -163,6 +167,7 @@ impl OverlayStorage {
                 target: PathBuf::from(base::USR_TARGET),
                 read_only: true,
             }],
+            snapshot_of: None,
         };
         record.write(&path)?;
         tracing::info!(
@@ -282,6 +287,7 @@ impl OverlayStorage {
             size_bytes,
             default_user: record.default_user.clone(),
             default_workdir: record.default_workdir.clone(),
+            snapshot_of: record.snapshot_of.clone(),
         })
     }
 
@@ -338,6 +344,7 @@ impl OverlayStorage {
         fsutil::create_dir(&upper)?;
         self.ids.root.apply(&*self.sys, &upper)?;
         fsutil::set_mode(&upper, UPPER_MODE)?;
+        self.give_machine_id(&upper)?;
         let work = dir.join(WORK_DIR);
         fsutil::create_dir(&work)?;
         fsutil::set_mode(&work, WORK_MODE)?;
@@ -352,6 +359,24 @@ impl OverlayStorage {
         record.write(&dir.join(ROOTFS_FILE))?;
         tracing::debug!(sandbox_id = %id, template = %record.template, "rootfs created");
         Ok(self.rootfs_of(&record))
+    }
+
+    /// Every sandbox gets its own `/etc/machine-id` in its upper directory, shadowing the
+    /// template's: sandboxes made from one template or snapshot never share one.
+    fn give_machine_id(&self, upper: &Path) -> Result<()> {
+        let etc = upper.join("etc");
+        fsutil::create_dir(&etc)?;
+        self.ids.root.apply(&*self.sys, &etc)?;
+        fsutil::set_mode(&etc, ETC_MODE)?;
+        let mut random = [0u8; 16];
+        self.sys
+            .fill_random(&mut random)
+            .map_err(|source| OverlayError::Random { source })?;
+        let path = etc.join("machine-id");
+        let contents = format!("{}\n", base::machine_id(&random));
+        fsutil::write_atomic(&path, contents.as_bytes(), fsutil::Durability::HostCrash)?;
+        self.ids.root.apply(&*self.sys, &path)?;
+        fsutil::set_mode(&path, MACHINE_ID_MODE)
     }
 
     fn rootfs_of(&self, record: &RootfsRecord) -> RootFs {
@@ -378,8 +403,23 @@ impl OverlayStorage {
     }
 
     fn destroy(&self, id: &SandboxId) -> Result<()> {
-        if fsutil::remove_tree(&self.sandbox_dir(id))? {
+        let dir = self.sandbox_dir(id);
+        let record = RootfsRecord::read(&dir.join(ROOTFS_FILE), id)
+            .ok()
+            .flatten();
+        if fsutil::remove_tree(&dir)? {
             tracing::debug!(sandbox_id = %id, "rootfs destroyed");
+        }
+        // A fork stands on a snapshot layer no template keeps; the last fork to go takes it.
+        if let Some(top) = record.and_then(|record| record.layers.into_iter().next()) {
+            let _guard = self.lock_builds();
+            let kept_by_template = self
+                .template_records()?
+                .iter()
+                .any(|template| template.layers.contains(&top));
+            if !kept_by_template && let Err(error) = self.prune_layers_locked() {
+                tracing::warn!(sandbox_id = %id, error = %error, "cannot remove unused layers");
+            }
         }
         Ok(())
     }
@@ -446,6 +486,21 @@ impl Storage for OverlayStorage {
         self.list_sandboxes()
             .map_err(|err| err.into_storage("list rootfs"))
     }
+
+    /// Copies the upper directory (see `storage/snapshot.rs`); a full copy whose data is
+    /// shared where the filesystem can (btrfs, XFS).
+    fn snapshot_rootfs(
+        &self,
+        id: &SandboxId,
+        snapshot: &TemplateId,
+    ) -> std::result::Result<TemplateInfo, StorageError> {
+        self.snapshot(id, snapshot)
+            .map_err(|err| err.into_storage("snapshot rootfs"))
+    }
+
+    fn delete_template(&self, id: &TemplateId) -> std::result::Result<(), StorageError> {
+        OverlayStorage::delete_template(self, id).map_err(|err| err.into_storage("delete template"))
+    }
 }
 
 /// The id of the base template, parsed; `path` is where its metadata lives, for the error.
@@ -479,5 +534,6 @@ fn is_damage(err: &OverlayError) -> bool {
     )
 }
 
+mod snapshot;
 #[cfg(test)]
 mod tests;

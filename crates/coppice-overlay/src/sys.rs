@@ -17,7 +17,7 @@ mod fake;
 mod linux;
 
 #[cfg(test)]
-pub(crate) use fake::{FakeOverlaySys, SysOp};
+pub(crate) use fake::{FakeOverlaySys, SysCall, SysOp};
 
 /// The host operations overlay storage needs beyond plain file I/O.
 pub(crate) trait OverlaySys: Send + Sync + fmt::Debug + 'static {
@@ -26,6 +26,13 @@ pub(crate) trait OverlaySys: Send + Sync + fmt::Debug + 'static {
 
     /// Fills `buf` with random bytes from the operating system.
     fn fill_random(&self, buf: &mut [u8]) -> io::Result<()>;
+
+    /// Makes an overlayfs whiteout (a character device 0/0) at `path`.
+    fn make_whiteout(&self, path: &Path) -> io::Result<()>;
+
+    /// Copies every extended attribute of `src` to `dst` (overlayfs keeps its opaque and
+    /// redirect marks there), following neither if it is a symlink.
+    fn copy_xattrs(&self, src: &Path, dst: &Path) -> io::Result<()>;
 }
 
 /// The real implementation for this host.

@@ -145,3 +145,108 @@ fn test_destroy_rootfs_as_root_removes_kernel_work_dir() {
     assert!(storage.list_rootfs().unwrap().is_empty());
     assert!(!sandbox_dir(dir.path(), "sbx1").exists());
 }
+
+/// Mounts the overlay of `rootfs` on `target` with the mount(8) tool (the runtime does this
+/// inside the sandbox; here only the layer stack matters).
+fn mount_overlay(rootfs: &RootFs, target: &Path) {
+    let RootFs::Overlay {
+        lower, upper, work, ..
+    } = rootfs
+    else {
+        panic!("overlay storage makes overlays: {rootfs:?}");
+    };
+    let lowerdir: Vec<String> = lower.iter().map(|l| l.display().to_string()).collect();
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lowerdir.join(":"),
+        upper.display(),
+        work.display()
+    );
+    fs::create_dir_all(target).unwrap();
+    let status = std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o", &options])
+        .arg(target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount {options}");
+}
+
+fn unmount(target: &Path) {
+    let status = std::process::Command::new("umount")
+        .arg(target)
+        .status()
+        .unwrap();
+    assert!(status.success(), "umount {}", target.display());
+}
+
+#[test]
+#[ignore = "privileged: mounts overlays and chowns files to the sandbox id range"]
+fn test_snapshot_keeps_deletions_opaque_dirs_and_owners_for_its_forks() {
+    coppice_core::require_privileged!();
+    let dir = tempfile::tempdir().unwrap();
+    let storage = open_storage(dir.path());
+    build_base(&storage);
+    let source = storage
+        .create_rootfs(&sandbox("src1"), &base(), 512)
+        .unwrap();
+    let merged = dir.path().join("merged");
+    mount_overlay(&source, &merged);
+    // A deleted template file (a whiteout), a replaced directory (opaque), a user's file.
+    fs::remove_file(merged.join("etc/hostname")).unwrap();
+    fs::remove_dir_all(merged.join("home/user")).unwrap();
+    fs::create_dir(merged.join("home/user")).unwrap();
+    fs::write(merged.join("home/user/mine.txt"), "user data").unwrap();
+    std::os::unix::fs::chown(
+        merged.join("home/user/mine.txt"),
+        Some(SANDBOX_ROOT + 1000),
+        Some(SANDBOX_ROOT + 1000),
+    )
+    .unwrap();
+    fs::set_permissions(
+        merged.join("home/user/mine.txt"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    unmount(&merged);
+
+    let snapshot: TemplateId = "snap1".parse().unwrap();
+    storage
+        .snapshot_rootfs(&sandbox("src1"), &snapshot)
+        .unwrap();
+    let fork = storage
+        .create_rootfs(&sandbox("fork1"), &snapshot, 512)
+        .unwrap();
+    mount_overlay(&fork, &merged);
+
+    let seen = (
+        merged.join("etc/hostname").exists(),
+        fs::read_to_string(merged.join("home/user/mine.txt")).unwrap(),
+        owner(&merged.join("home/user/mine.txt")),
+        fs::metadata(merged.join("home/user/mine.txt"))
+            .unwrap()
+            .mode()
+            & 0o7777,
+        fs::read_dir(merged.join("home/user")).unwrap().count(),
+        merged.join("etc/passwd").is_file(),
+    );
+    let machine_ids = (
+        fs::read_to_string(merged.join("etc/machine-id")).unwrap(),
+        fs::read_to_string(sandbox_dir(dir.path(), "src1").join("upper/etc/machine-id")).unwrap(),
+    );
+    unmount(&merged);
+    assert_eq!(
+        seen,
+        (
+            false,
+            "user data".to_owned(),
+            (SANDBOX_ROOT + 1000, SANDBOX_ROOT + 1000),
+            0o600,
+            1,
+            true
+        )
+    );
+    assert_ne!(
+        machine_ids.0, machine_ids.1,
+        "the fork has its own machine-id"
+    );
+}

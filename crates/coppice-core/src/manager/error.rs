@@ -74,6 +74,13 @@ pub enum ManagerError {
     /// The state database failed.
     #[error("state database failed")]
     Store(#[from] StoreError),
+    /// An id that does not parse.
+    #[error("invalid id")]
+    InvalidId {
+        /// Why it does not parse.
+        #[source]
+        source: crate::id::ParseIdError,
+    },
     /// The OS entropy source failed.
     #[error("cannot generate a sandbox id")]
     Entropy {
@@ -114,7 +121,7 @@ impl ManagerError {
     /// The kind of failure, for picking a status code.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidSpec(_) => ErrorKind::Invalid,
+            Self::InvalidSpec(_) | Self::InvalidId { .. } => ErrorKind::Invalid,
             Self::SandboxNotFound { .. } | Self::TemplateNotFound { .. } => ErrorKind::NotFound,
             Self::InvalidState { .. } | Self::NotRunning { .. } => ErrorKind::Conflict,
             Self::Runtime { source, .. } => source.kind(),

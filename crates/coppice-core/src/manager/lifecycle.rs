@@ -187,7 +187,7 @@ impl SandboxManager {
 }
 
 impl Inner {
-    fn live_sandbox(&self, id: &SandboxId) -> Result<Sandbox, ManagerError> {
+    pub(super) fn live_sandbox(&self, id: &SandboxId) -> Result<Sandbox, ManagerError> {
         self.sandboxes()
             .get(id)
             .filter(|sandbox| sandbox.state.is_live())

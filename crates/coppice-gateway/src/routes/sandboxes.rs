@@ -27,8 +27,6 @@ use crate::wire::{self, CreatedSandbox, ListedSandbox};
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a strict pause waits for envd's health answer.
 const GUEST_HEALTH_WAIT: Duration = Duration::from_secs(2);
-/// Largest page of `GET /v2/sandboxes`.
-const MAX_PAGE: usize = 100;
 
 /// The sandbox routes.
 pub fn routes() -> Router<AppState> {
@@ -53,19 +51,21 @@ fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
 }
 
 /// An optional body: empty is the default.
-fn optional_body<T: Default + serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(super) fn optional_body<T: Default + serde::de::DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<T, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Ok(T::default());
     }
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
 }
 
-fn sandbox_id(raw: &str) -> Result<SandboxId, ApiError> {
+pub(super) fn sandbox_id(raw: &str) -> Result<SandboxId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::bad_request(format!("{raw:?} is not a sandbox id")))
 }
 
-fn seconds(value: i64, what: &str) -> Result<Duration, ApiError> {
+pub(super) fn seconds(value: i64, what: &str) -> Result<Duration, ApiError> {
     u64::try_from(value)
         .ok()
         .filter(|s| *s > 0)
@@ -165,15 +165,6 @@ async fn list_v2(
                 ApiError::bad_request(format!("{template:?} is not a template id"))
             })?);
     }
-    let limit = match query.limit {
-        None => MAX_PAGE,
-        Some(limit) if (1..=MAX_PAGE).contains(&limit) => limit,
-        Some(limit) => {
-            return Err(ApiError::bad_request(format!(
-                "limit {limit} is outside 1..={MAX_PAGE}"
-            )));
-        }
-    };
     let mut sandboxes = state.manager.list(&filter);
     // Newest first, then by id: a stable order for the cursor.
     sandboxes.sort_by(|a, b| {
@@ -181,27 +172,18 @@ async fn list_v2(
             .cmp(&a.created_at)
             .then_with(|| a.id.cmp(&b.id))
     });
-    let start = match query.next_token.as_deref().filter(|t| !t.is_empty()) {
-        None => 0,
-        Some(token) => {
-            sandboxes
-                .iter()
-                .position(|s| s.id.as_str() == token)
-                .ok_or_else(|| ApiError::bad_request(format!("nextToken {token:?} is not valid")))?
-                + 1
-        }
-    };
-    let page: Vec<_> = sandboxes.iter().skip(start).take(limit).collect();
-    let more = start + page.len() < sandboxes.len();
+    let (page, next) = super::page(
+        &sandboxes,
+        |s| s.id.as_str(),
+        query.limit,
+        query.next_token.as_deref(),
+    )?;
     let body: Vec<_> = page
         .iter()
         .map(|s| ListedSandbox::from_domain(s, state.envd_version, false))
         .collect();
     let mut response = Json(body).into_response();
-    if more
-        && let Some(last) = page.last()
-        && let Ok(value) = HeaderValue::from_str(last.id.as_str())
-    {
+    if let Some(value) = next.and_then(|next| HeaderValue::from_str(&next).ok()) {
         response.headers_mut().insert("x-next-token", value);
     }
     Ok(response)

@@ -9,14 +9,14 @@ use crate::sys::{FakeOverlaySys, SysOp};
 
 const ROOT_ID: u32 = 200_000;
 
-struct Harness {
-    dir: TempDir,
-    sys: Arc<FakeOverlaySys>,
-    storage: OverlayStorage,
+pub(super) struct Harness {
+    pub(super) dir: TempDir,
+    pub(super) sys: Arc<FakeOverlaySys>,
+    pub(super) storage: OverlayStorage,
 }
 
 impl Harness {
-    fn root(&self) -> PathBuf {
+    pub(super) fn root(&self) -> PathBuf {
         self.dir.path().join("storage")
     }
 
@@ -24,7 +24,7 @@ impl Harness {
         OverlayStorage::with_sys(self.sys.clone(), self.storage.config().clone()).unwrap()
     }
 
-    fn base_layer(&self) -> LayerId {
+    pub(super) fn base_layer(&self) -> LayerId {
         let record = self.storage.read_template(&template_id("base")).unwrap();
         record.layers[0].clone()
     }
@@ -81,17 +81,17 @@ fn harness() -> Harness {
 }
 
 /// A harness whose base template is built.
-fn harness_with_base() -> Harness {
+pub(super) fn harness_with_base() -> Harness {
     let harness = harness();
     harness.storage.ensure_base_template().unwrap();
     harness
 }
 
-fn template_id(value: &str) -> TemplateId {
+pub(super) fn template_id(value: &str) -> TemplateId {
     value.parse().unwrap()
 }
 
-fn sandbox_id(value: &str) -> SandboxId {
+pub(super) fn sandbox_id(value: &str) -> SandboxId {
     value.parse().unwrap()
 }
 

@@ -14,6 +14,10 @@ pub(crate) enum SysCall {
     Lchown { path: PathBuf, uid: u32, gid: u32 },
     /// `fill_random` of `len` bytes.
     FillRandom { len: usize },
+    /// `make_whiteout(path)`.
+    Whiteout { path: PathBuf },
+    /// `copy_xattrs(src, dst)`.
+    CopyXattrs { src: PathBuf, dst: PathBuf },
 }
 
 /// Which operation an injected failure applies to.
@@ -21,6 +25,8 @@ pub(crate) enum SysCall {
 pub(crate) enum SysOp {
     Lchown,
     FillRandom,
+    Whiteout,
+    CopyXattrs,
 }
 
 #[derive(Debug, Default)]
@@ -72,6 +78,25 @@ impl FakeOverlaySys {
 }
 
 impl OverlaySys for FakeOverlaySys {
+    /// Records the call and leaves an empty regular file, so the tree shows where it went.
+    fn make_whiteout(&self, path: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        state.calls.push(SysCall::Whiteout {
+            path: path.to_owned(),
+        });
+        Self::take_failure(&mut state, SysOp::Whiteout)?;
+        std::fs::File::create_new(path).map(drop)
+    }
+
+    fn copy_xattrs(&self, src: &Path, dst: &Path) -> io::Result<()> {
+        let mut state = self.state();
+        state.calls.push(SysCall::CopyXattrs {
+            src: src.to_owned(),
+            dst: dst.to_owned(),
+        });
+        Self::take_failure(&mut state, SysOp::CopyXattrs)
+    }
+
     fn lchown(&self, path: &Path, uid: u32, gid: u32) -> io::Result<()> {
         let mut state = self.state();
         state.calls.push(SysCall::Lchown {
