@@ -2,7 +2,8 @@
 //! in-memory pause and resume of a sandbox running envd and a process holding memory, beside
 //! the kernel's floor in the same run (a plain process in its own freezer cgroup, frozen and
 //! thawed directly), then the filesystem pause and its resume (a fresh boot on the kept
-//! root). Ends with one JSON line (`RESULT {...}`). Root only. Also acts as the sandbox init
+//! root), then forks of the running sandbox (one, and twenty in one call) beside a plain
+//! create. Ends with one JSON line (`RESULT {...}`). Root only. Also acts as the sandbox init
 //! and as envd.
 //!
 //! Usage: `coppice-pause-bench [--iterations N] [--resident-mib N]`.
@@ -183,6 +184,36 @@ mod linux {
             cold_resumes.push(began.elapsed());
             anyhow::ensure!(resumed.outcome == ResumeOutcome::Rebooted, "{resumed:?}");
         }
+        // Forks of the running sandbox, with some files written, beside a plain create.
+        let files = "mkdir -p /home/user/data && for i in $(seq 1 100); do head -c 4096 /dev/urandom > /home/user/data/f$i; done && head -c 10485760 /dev/urandom > /home/user/data/big";
+        let wrote = manager
+            .exec(&sandbox.id, ExecRequest::new(["sh", "-c", files]))
+            .await?;
+        anyhow::ensure!(wrote.status.success(), "write files: {wrote:?}");
+        let fork_iterations = (options.iterations / 10).max(5);
+        let mut single_forks = Vec::with_capacity(fork_iterations);
+        let mut creates = Vec::with_capacity(fork_iterations);
+        for _ in 0..fork_iterations {
+            let began = Instant::now();
+            let forks = manager.fork(&sandbox.id, 1, None).await?;
+            single_forks.push(began.elapsed());
+            for fork in forks {
+                manager.kill(&fork?.id).await?;
+            }
+            let began = Instant::now();
+            let created = manager.create(SandboxSpec::new("base".parse()?)).await?;
+            creates.push(began.elapsed());
+            manager.kill(&created.id).await?;
+        }
+        let mut wide_forks = Vec::new();
+        for _ in 0..3 {
+            let began = Instant::now();
+            let forks = manager.fork(&sandbox.id, coppice_core::manager::MAX_FORKS, None).await?;
+            wide_forks.push(began.elapsed());
+            for fork in forks {
+                manager.kill(&fork?.id).await?;
+            }
+        }
         manager.kill(&sandbox.id).await?;
 
         let pause = report("pause, memory kept (manager)", &mut pauses);
@@ -197,7 +228,16 @@ mod linux {
         println!("filesystem pause and reboot, {cold_iterations} iterations");
         let cold_pause = report("pause, filesystem kept (manager)", &mut cold_pauses);
         let cold_resume = report("resume by reboot on the kept root", &mut cold_resumes);
+        println!("forks of the running sandbox (10 MiB + 100 files written), {fork_iterations} iterations");
+        let fork = report("fork, 1 sandbox (snapshot + start)", &mut single_forks);
+        let create = report("create from the template (peer)", &mut creates);
+        let wide = report("fork, 20 sandboxes in one call (wall)", &mut wide_forks);
+        println!("ratio fork/create p50 {:.2}", fork.0 / create.0.max(0.001));
         let result = serde_json::json!({
+            "fork_p50_ms": fork.0,
+            "fork_p95_ms": fork.1,
+            "create_p50_ms": create.0,
+            "fork20_wall_p50_ms": wide.0,
             "pause_memory_p50_ms": pause.0,
             "pause_memory_p95_ms": pause.1,
             "resume_memory_p50_ms": resume.0,
