@@ -43,12 +43,13 @@ echo "== privileged tests, for real"
 # The CLI's end-to-end test drives the coppice binary.
 cargo build --locked -p coppice-cli
 export COPPICE_PRIVILEGED_TESTS=1
+# The lifecycle suite prints its seed; rerun a failure with COPPICE_SUITE_SEED=<seed>.
 for target in coppice-linux:privileged coppice-overlay:privileged coppice-gateway:privileged \
-    coppice-tests:privileged coppice-tests:envd; do
+    coppice-gateway:lifecycle_suite coppice-tests:privileged coppice-tests:envd; do
     package=${target%%:*}
     test=${target##*:}
     log=$(mktemp)
-    cargo test --locked -p "$package" --test "$test" -- --ignored --test-threads=1 2>&1 | tee "$log"
+    cargo test --locked -p "$package" --test "$test" -- --ignored --test-threads=1 --nocapture 2>&1 | tee "$log"
     passed=$(sed -n 's/^test result: ok\. \([0-9]*\) passed.*/\1/p' "$log" | tail -1)
     rm -f "$log"
     if [[ -z "$passed" || "$passed" -eq 0 ]]; then

@@ -208,7 +208,9 @@ mod linux {
         let mut wide_forks = Vec::new();
         for _ in 0..3 {
             let began = Instant::now();
-            let forks = manager.fork(&sandbox.id, coppice_core::manager::MAX_FORKS, None).await?;
+            let forks = manager
+                .fork(&sandbox.id, coppice_core::manager::MAX_FORKS, None)
+                .await?;
             wide_forks.push(began.elapsed());
             for fork in forks {
                 manager.kill(&fork?.id).await?;
@@ -228,7 +230,9 @@ mod linux {
         println!("filesystem pause and reboot, {cold_iterations} iterations");
         let cold_pause = report("pause, filesystem kept (manager)", &mut cold_pauses);
         let cold_resume = report("resume by reboot on the kept root", &mut cold_resumes);
-        println!("forks of the running sandbox (10 MiB + 100 files written), {fork_iterations} iterations");
+        println!(
+            "forks of the running sandbox (10 MiB + 100 files written), {fork_iterations} iterations"
+        );
         let fork = report("fork, 1 sandbox (snapshot + start)", &mut single_forks);
         let create = report("create from the template (peer)", &mut creates);
         let wide = report("fork, 20 sandboxes in one call (wall)", &mut wide_forks);

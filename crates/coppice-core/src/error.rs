@@ -14,6 +14,8 @@ pub enum ErrorKind {
     Conflict,
     /// A capacity limit was reached; trying later may work.
     Exhausted,
+    /// The disk holding sandboxes is full (or a quota is reached); nothing was changed.
+    OutOfSpace,
     /// The backend cannot do this at all.
     Unsupported,
     /// Anything else: a failure inside the host or backend.

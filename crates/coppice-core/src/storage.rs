@@ -197,7 +197,7 @@ impl StorageError {
             Self::AlreadyExists { .. } | Self::TemplateExists { .. } => ErrorKind::AlreadyExists,
             Self::Invalid { .. } => ErrorKind::Invalid,
             Self::Unsupported { .. } => ErrorKind::Unsupported,
-            Self::Exhausted { .. } => ErrorKind::Exhausted,
+            Self::Exhausted { .. } => ErrorKind::OutOfSpace,
             Self::Backend { .. } => ErrorKind::Internal,
         }
     }

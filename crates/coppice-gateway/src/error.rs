@@ -43,6 +43,7 @@ impl From<ManagerError> for ApiError {
             ErrorKind::AlreadyExists | ErrorKind::Conflict => StatusCode::CONFLICT,
             ErrorKind::Invalid => StatusCode::BAD_REQUEST,
             ErrorKind::Exhausted => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::OutOfSpace => StatusCode::INSUFFICIENT_STORAGE,
             ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };

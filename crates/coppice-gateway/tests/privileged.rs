@@ -5,66 +5,13 @@
 // Test helpers outside `#[test]` functions unwrap too: a failed step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::thread::sleep;
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
 
-struct Daemon(Child);
+mod daemon;
 
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The API key the tests start coppiced with.
-const API_KEY: &str = "coppice-test-key";
-
-fn start(data_dir: &Path, port: u16) -> Daemon {
-    let child = Command::new(env!("CARGO_BIN_EXE_coppiced"))
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .arg("--data-dir")
-        .arg(data_dir)
-        .env("COPPICE_API_KEY", API_KEY)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    Daemon(child)
-}
-
-fn health(port: u16) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream
-        .write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        .ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    Some(response)
-}
-
-fn wait_healthy(port: u16) -> String {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(response) = health(port) {
-            return response;
-        }
-        assert!(Instant::now() < deadline, "coppiced did not answer /health");
-        sleep(Duration::from_millis(50));
-    }
-}
+use daemon::{API_KEY, free_port, kill_all_sandboxes, start, wait_healthy};
 
 #[test]
 #[ignore = "privileged: starts coppiced, which builds a template and checks cgroups"]
@@ -178,29 +125,6 @@ fn run_suite_against_coppiced(mut command: Command) {
         output.status.success() && text.contains("ALL PASSED"),
         "{text}"
     );
-}
-
-/// One request with the test key; the whole answer as text.
-fn call(port: u16, method: &str, path: &str) -> String {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nX-API-KEY: {API_KEY}\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-fn kill_all_sandboxes(port: u16) {
-    let response = call(port, "GET", "/v2/sandboxes");
-    let body = response.split("\r\n\r\n").nth(1).unwrap_or("[]");
-    let listed: Vec<serde_json::Value> = serde_json::from_str(body).unwrap_or_default();
-    for sandbox in listed {
-        if let Some(id) = sandbox["sandboxID"].as_str() {
-            call(port, "DELETE", &format!("/sandboxes/{id}"));
-        }
-    }
 }
 
 #[test]

@@ -304,7 +304,7 @@ mod tests {
 
         let mapped = err.into_storage("create rootfs");
 
-        assert_eq!(mapped.kind(), ErrorKind::Exhausted);
+        assert_eq!(mapped.kind(), ErrorKind::OutOfSpace);
     }
 
     #[test]
@@ -313,7 +313,7 @@ mod tests {
 
         let mapped = err.into_storage("create rootfs");
 
-        assert_eq!(mapped.kind(), ErrorKind::Exhausted);
+        assert_eq!(mapped.kind(), ErrorKind::OutOfSpace);
     }
 
     #[test]
