@@ -160,6 +160,62 @@ mod linux {
             .unwrap_or(0)
     }
 
+    /// Runs `measure` on a thread of its own under a single-threaded runtime, so that the
+    /// measuring client adds no thread hand-offs of its own to the latencies it records.
+    async fn apart<F, Fut, T>(measure: F) -> anyhow::Result<T>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = anyhow::Result<T>>,
+        T: Send + 'static,
+    {
+        let (done, result) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let outcome = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(anyhow::Error::from)
+                .and_then(|runtime| runtime.block_on(measure()));
+            let _ = done.send(outcome);
+        });
+        result.await.context("the measuring thread ended early")?
+    }
+
+    #[derive(Clone, Copy)]
+    enum Rpc {
+        StartTrue,
+        List,
+    }
+
+    /// `iterations` timed calls on one connection to `socket`, `settle` apart, after a warm-up.
+    async fn timed_calls(
+        socket: PathBuf,
+        rpc: Rpc,
+        iterations: usize,
+        settle: Duration,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let body = coppice_benches::start_true_envelope();
+        let mut sender = loop {
+            match connect(&socket).await {
+                Ok(sender) => break sender,
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        let mut samples = Vec::with_capacity(iterations);
+        for round in 0..iterations + 20 {
+            tokio::time::sleep(settle).await;
+            let started = Instant::now();
+            match rpc {
+                Rpc::StartTrue => start_true(&mut sender, &body).await?,
+                Rpc::List => list(&mut sender).await?,
+            }
+            // The first rounds warm the connection and envd up.
+            if round >= 20 {
+                samples.push(started.elapsed());
+            }
+        }
+        Ok(samples)
+    }
+
     fn mb_per_s(bytes: usize, elapsed: Duration) -> f64 {
         #[allow(clippy::cast_precision_loss)]
         let bytes = bytes as f64;
@@ -244,11 +300,6 @@ mod linux {
             options.iterations, options.file_mib
         );
 
-        let body = coppice_benches::start_true_envelope();
-        let mut sender = connect(&socket).await?;
-        for _ in 0..20 {
-            start_true(&mut sender, &body).await?;
-        }
         // One block per contender, with a pause between measurements, so that one's clean-up
         // (bwrap's namespaces, reaped children) does not land in another's samples.
         let settle = Duration::from_millis(
@@ -257,13 +308,10 @@ mod linux {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(5),
         );
-        let mut envd_samples = Vec::with_capacity(options.iterations);
-        for _ in 0..options.iterations {
-            tokio::time::sleep(settle).await;
-            let started = Instant::now();
-            start_true(&mut sender, &body).await?;
-            envd_samples.push(started.elapsed());
-        }
+        let iterations = options.iterations;
+        let sandbox_socket = socket.clone();
+        let mut envd_samples =
+            apart(move || timed_calls(sandbox_socket, Rpc::StartTrue, iterations, settle)).await?;
         // The same envd outside any sandbox, as root: what the sandbox itself adds.
         let host_socket = env.dir.path().join("host-envd.sock");
         let mut host_envd = tokio::process::Command::new(&exe)
@@ -278,36 +326,25 @@ mod linux {
             .arg(&host_socket)
             .kill_on_drop(true)
             .spawn()?;
-        let mut host_sender = loop {
-            match connect(&host_socket).await {
-                Ok(sender) => break sender,
-                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-            }
-        };
-        let mut host_envd_samples = Vec::with_capacity(options.iterations);
-        for _ in 0..options.iterations {
-            tokio::time::sleep(settle).await;
-            let started = Instant::now();
-            start_true(&mut host_sender, &body).await?;
-            host_envd_samples.push(started.elapsed());
-        }
+        let mut host_envd_samples =
+            apart(move || timed_calls(host_socket, Rpc::StartTrue, iterations, settle)).await?;
         host_envd.kill().await?;
-        let mut list_samples = Vec::with_capacity(options.iterations);
-        for _ in 0..options.iterations {
-            tokio::time::sleep(settle).await;
-            let started = Instant::now();
-            list(&mut sender).await?;
-            list_samples.push(started.elapsed());
-        }
+        let list_socket = socket.clone();
+        let mut list_samples =
+            apart(move || timed_calls(list_socket, Rpc::List, iterations, settle)).await?;
         report("envd Process/List (round trip)", &mut list_samples);
-        let mut spawn_samples = Vec::with_capacity(options.iterations);
-        for _ in 0..options.iterations {
-            tokio::time::sleep(settle).await;
-            let started = Instant::now();
-            let status = tokio::process::Command::new("/bin/true").status().await?;
-            anyhow::ensure!(status.success(), "/bin/true failed");
-            spawn_samples.push(started.elapsed());
-        }
+        let mut spawn_samples = apart(move || async move {
+            let mut samples = Vec::with_capacity(iterations);
+            for _ in 0..iterations {
+                tokio::time::sleep(settle).await;
+                let started = Instant::now();
+                let status = tokio::process::Command::new("/bin/true").status().await?;
+                anyhow::ensure!(status.success(), "/bin/true failed");
+                samples.push(started.elapsed());
+            }
+            Ok(samples)
+        })
+        .await?;
         let mut bwrap_samples = Vec::with_capacity(options.iterations);
         for _ in 0..options.iterations {
             tokio::time::sleep(settle).await;
