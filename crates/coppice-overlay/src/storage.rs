@@ -374,7 +374,8 @@ impl OverlayStorage {
             .map_err(|source| OverlayError::Random { source })?;
         let path = etc.join("machine-id");
         let contents = format!("{}\n", base::machine_id(&random));
-        fsutil::write_atomic(&path, contents.as_bytes(), fsutil::Durability::HostCrash)?;
+        // Per-sandbox, like rootfs.json: no fsync on every create.
+        fsutil::write_atomic(&path, contents.as_bytes(), fsutil::Durability::DaemonCrash)?;
         self.ids.root.apply(&*self.sys, &path)?;
         fsutil::set_mode(&path, MACHINE_ID_MODE)
     }
