@@ -126,16 +126,15 @@ pub async fn route_sandbox_traffic(
         )
         .into_response();
     }
-    let Ok(id) = target.sandbox.parse::<SandboxId>() else {
+    let Some(id) = target
+        .sandbox
+        .parse::<SandboxId>()
+        .ok()
+        .filter(|id| state.manager.get(id).is_ok())
+    else {
         return bad_gateway(&target.sandbox, "The sandbox was not found");
     };
-    let sandbox = match crate::lifecycle::running_for_traffic(&state, &id).await {
-        Ok(sandbox) => sandbox,
-        Err(error) if error.status == StatusCode::NOT_FOUND => {
-            return bad_gateway(&target.sandbox, "The sandbox was not found");
-        }
-        Err(error) => return bad_gateway(&target.sandbox, &error.message),
-    };
+    // Checked before any resume: a request no port answers must not wake the sandbox.
     if target.port != ENVD_PORT {
         return bad_gateway(
             &target.sandbox,
@@ -145,6 +144,13 @@ pub async fn route_sandbox_traffic(
             ),
         );
     }
+    let sandbox = match crate::lifecycle::running_for_traffic(&state, &id).await {
+        Ok(sandbox) => sandbox,
+        Err(error) if error.status == StatusCode::NOT_FOUND => {
+            return bad_gateway(&target.sandbox, "The sandbox was not found");
+        }
+        Err(error) => return bad_gateway(&target.sandbox, &error.message),
+    };
     forward_to_envd(sandbox, request).await
 }
 

@@ -116,6 +116,23 @@ async fn test_lifecycle_options_are_kept_and_reported() {
         serde_json::json!({"autoResume": true, "onTimeout": "pause"})
     );
     assert_eq!(info["pauseMode"], "filesystem");
+    // Traffic no port answers does not wake an auto-resume sandbox.
+    assert_eq!(
+        call(&app, "POST", &format!("/sandboxes/{id}/pause"), &[], "")
+            .await
+            .0,
+        StatusCode::NO_CONTENT
+    );
+    let headers = [
+        ("e2b-sandbox-id", id.as_str()),
+        ("e2b-sandbox-port", "8080"),
+    ];
+    assert_eq!(
+        call(&app, "GET", "/", &headers, "").await.0,
+        StatusCode::BAD_GATEWAY
+    );
+    let (_, _, info) = call(&app, "GET", &format!("/sandboxes/{id}"), &[], "").await;
+    assert_eq!(info["state"], "paused");
 
     let plain = create(&app, r#"{"templateID":"base"}"#).await;
     let (_, _, info) = call(&app, "GET", &format!("/sandboxes/{plain}"), &[], "").await;
