@@ -30,6 +30,10 @@ pub struct NewSandbox {
     /// Resume on any request that touches the paused sandbox.
     #[serde(default)]
     pub auto_resume: Option<AutoResume>,
+    /// What a pause at the timeout keeps: `full` (memory too) or `filesystem`; the same as
+    /// `autoPauseMemory`, in get-info's words.
+    #[serde(default)]
+    pub pause_mode: Option<String>,
     /// Internet access (snake case on the wire).
     #[serde(default, rename = "allow_internet_access")]
     pub allow_internet_access: Option<bool>,

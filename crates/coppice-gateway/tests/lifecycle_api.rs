@@ -134,6 +134,23 @@ async fn test_lifecycle_options_are_kept_and_reported() {
     let (_, _, info) = call(&app, "GET", &format!("/sandboxes/{id}"), &[], "").await;
     assert_eq!(info["state"], "paused");
 
+    let worded = create(
+        &app,
+        r#"{"templateID":"base","autoPause":true,"pauseMode":"filesystem"}"#,
+    )
+    .await;
+    let (_, _, info) = call(&app, "GET", &format!("/sandboxes/{worded}"), &[], "").await;
+    assert_eq!(info["pauseMode"], "filesystem");
+    let (status, _, refused) = call(
+        &app,
+        "POST",
+        "/v2/sandboxes",
+        &[],
+        r#"{"templateID":"base","autoPause":true,"pauseMode":"sometimes"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+
     let plain = create(&app, r#"{"templateID":"base"}"#).await;
     let (_, _, info) = call(&app, "GET", &format!("/sandboxes/{plain}"), &[], "").await;
     assert_eq!(

@@ -97,11 +97,21 @@ async fn create(
     };
     spec.metadata = request.metadata.unwrap_or_default();
     spec.env = request.env_vars.unwrap_or_default();
+    let keep_memory = match request.pause_mode.as_deref() {
+        None => request.auto_pause_memory.unwrap_or(true),
+        Some("full") => true,
+        Some("filesystem") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "pauseMode {other:?} is not \"full\" or \"filesystem\""
+            )));
+        }
+    };
     spec.on_timeout = if request.auto_pause.unwrap_or(false) {
-        TimeoutAction::Pause(if request.auto_pause_memory == Some(false) {
-            PauseMode::Filesystem
-        } else {
+        TimeoutAction::Pause(if keep_memory {
             PauseMode::Memory
+        } else {
+            PauseMode::Filesystem
         })
     } else {
         TimeoutAction::Kill
