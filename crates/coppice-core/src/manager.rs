@@ -131,6 +131,7 @@ impl SandboxManager {
             }),
         };
         manager.reconcile().await?;
+        manager.remove_stale_fork_templates().await;
         background::spawn(&manager);
         Ok(manager)
     }

@@ -129,6 +129,12 @@ impl Default for Limits {
 /// Why a spec was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SpecError {
+    /// A name coppice keeps for itself.
+    #[error("the name {name:?} is reserved (names starting with \"fork-\" are coppice's)")]
+    ReservedName {
+        /// The name asked for.
+        name: String,
+    },
     /// A fork count out of range.
     #[error("fork count must be between 1 and {max}, got {got}")]
     ForkCount {

@@ -196,6 +196,7 @@ async fn test_snapshots_and_forks_answer_as_the_sdks_expect() {
     );
     for (body, wanted) in [
         (r#"{"name":"Not A Name"}"#, StatusCode::BAD_REQUEST),
+        (r#"{"name":"fork-mine"}"#, StatusCode::BAD_REQUEST),
         (r#"{"memory":true}"#, StatusCode::NOT_IMPLEMENTED),
     ] {
         let (status, _, error) = call(&app, "POST", &snapshots, &[], body).await;

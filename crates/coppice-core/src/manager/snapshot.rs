@@ -19,15 +19,33 @@ use crate::storage::TemplateInfo;
 
 /// Most sandboxes one fork call starts.
 pub const MAX_FORKS: u32 = 20;
+/// Names of the private templates forks are made from (deleted once the forks started).
+const FORK_PREFIX: &str = "fork";
 
 impl SandboxManager {
     /// Captures a live sandbox's filesystem as template `name` (or a generated id).
     ///
     /// # Errors
-    /// `SandboxNotFound`; `AlreadyExists` for a taken name; storage failures (a failed
+    /// `SandboxNotFound`; `AlreadyExists` for a taken name; `InvalidSpec` for a name starting
+    /// with `fork-` (reserved for forks); storage failures (a failed
     /// capture leaves nothing behind and the sandbox as it was).
     #[tracing::instrument(skip(self), fields(sandbox_id = %id))]
     pub async fn snapshot(
+        &self,
+        id: &SandboxId,
+        name: Option<TemplateId>,
+    ) -> Result<TemplateInfo, ManagerError> {
+        if let Some(name) = &name
+            && name.as_str().starts_with(&format!("{FORK_PREFIX}-"))
+        {
+            return Err(ManagerError::InvalidSpec(SpecError::ReservedName {
+                name: name.to_string(),
+            }));
+        }
+        self.snapshot_as(id, name).await
+    }
+
+    pub(super) async fn snapshot_as(
         &self,
         id: &SandboxId,
         name: Option<TemplateId>,
@@ -106,8 +124,8 @@ impl SandboxManager {
             }));
         }
         let source = self.get(id)?;
-        let name = generated_template_id("fork")?;
-        let snapshot = self.snapshot(id, Some(name)).await?;
+        let name = generated_template_id(FORK_PREFIX)?;
+        let snapshot = self.snapshot_as(id, Some(name)).await?;
         let mut spec = source.spec.clone();
         if let Some(timeout) = timeout {
             spec.timeout = timeout;
@@ -134,6 +152,30 @@ impl SandboxManager {
             tracing::warn!(template = %snapshot.id, error = %super::error_chain(&error), "cannot remove a fork's snapshot");
         }
         Ok(forks)
+    }
+}
+
+impl SandboxManager {
+    /// Deletes the private templates of fork calls a crash interrupted: their forks, if any
+    /// started, hold the layers themselves.
+    pub(super) async fn remove_stale_fork_templates(&self) {
+        let Ok(templates) = self.templates().await else {
+            return;
+        };
+        let prefix = format!("{FORK_PREFIX}-");
+        for template in templates
+            .iter()
+            .filter(|t| t.snapshot_of.is_some() && t.id.as_str().starts_with(&prefix))
+        {
+            match self.delete_template(&template.id).await {
+                Ok(()) => {
+                    tracing::info!(template = %template.id, "removed an interrupted fork's snapshot")
+                }
+                Err(error) => {
+                    tracing::warn!(template = %template.id, error = %super::error_chain(&error), "cannot remove an interrupted fork's snapshot")
+                }
+            }
+        }
     }
 }
 

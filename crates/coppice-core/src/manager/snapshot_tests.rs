@@ -184,3 +184,40 @@ async fn test_sandboxes_start_from_a_snapshot_until_it_is_deleted() {
         SandboxState::Running
     );
 }
+
+#[tokio::test]
+async fn test_restart_removes_snapshots_of_interrupted_forks_only() {
+    let harness = Harness::new();
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.db");
+    let source = {
+        let manager = harness.manager_with(Store::open(&db).unwrap()).await;
+        let source = manager.create(spec()).await.unwrap();
+        // A fork call that died after its snapshot, and a snapshot a user asked for.
+        let refused = manager
+            .snapshot(&source.id, Some("fork-mine".parse().unwrap()))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.kind(), crate::ErrorKind::Invalid, "{refused}");
+        manager
+            .snapshot_as(&source.id, Some("fork-interrupted".parse().unwrap()))
+            .await
+            .unwrap();
+        manager
+            .snapshot(&source.id, Some("keep-me".parse().unwrap()))
+            .await
+            .unwrap();
+        source
+    };
+
+    let restarted = harness.manager_with(Store::open(&db).unwrap()).await;
+
+    let left: Vec<String> = restarted
+        .snapshots(Some(&source.id))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id.to_string())
+        .collect();
+    assert_eq!(left, vec!["keep-me".to_owned()]);
+}
