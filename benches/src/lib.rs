@@ -26,6 +26,44 @@ pub async fn create_exec_true_kill(
     Ok(())
 }
 
+/// Reads `--name N` pairs from the command line into `counts`: each entry is a flag name,
+/// the number it sets, and the least value accepted (smaller ones are raised to it).
+///
+/// # Errors
+/// A flag without a value, a value that is not a number, or an unknown flag.
+pub fn read_counts(counts: &mut [(&str, &mut usize, usize)]) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let value: usize = args
+            .next()
+            .with_context(|| format!("{flag} needs a value"))?
+            .parse()
+            .with_context(|| format!("{flag} needs a number"))?;
+        let (_, count, least) = counts
+            .iter_mut()
+            .find(|(name, _, _)| flag.strip_prefix("--") == Some(*name))
+            .with_context(|| format!("unknown flag {flag}"))?;
+        **count = value.max(*least);
+    }
+    Ok(())
+}
+
+/// Prints `label` padded to `width`, then p50 and p95 of `samples` (which it sorts); returns
+/// them in milliseconds.
+pub fn report(label: &str, width: usize, samples: &mut [Duration]) -> (f64, f64) {
+    let (p50, p95) = percentiles(samples);
+    #[allow(clippy::print_stdout)]
+    {
+        println!(
+            "{label:<width$} p50 {:>8.3} ms   p95 {:>8.3} ms",
+            millis(p50),
+            millis(p95)
+        );
+    }
+    (millis(p50), millis(p95))
+}
+
 /// p50 and p95 (nearest rank) of `samples`, which it sorts.
 pub fn percentiles(samples: &mut [Duration]) -> (Duration, Duration) {
     samples.sort_unstable();

@@ -27,9 +27,8 @@ mod linux {
     use std::sync::Arc;
     use std::time::{Duration, Instant};
 
-    use anyhow::Context;
     use bytes::Bytes;
-    use coppice_benches::{bwrap_true, millis, percentiles};
+    use coppice_benches::bwrap_true;
     use coppice_gateway::auth::ApiKeys;
     use coppice_gateway::{AppState, router};
 
@@ -52,20 +51,11 @@ mod linux {
             burst: 20,
             bursts: 5,
         };
-        let mut args = std::env::args().skip(1);
-        while let Some(flag) = args.next() {
-            let value: usize = args
-                .next()
-                .with_context(|| format!("{flag} needs a value"))?
-                .parse()
-                .with_context(|| format!("{flag} needs a number"))?;
-            match flag.as_str() {
-                "--iterations" => options.iterations = value.max(1),
-                "--burst" => options.burst = value.max(1),
-                "--bursts" => options.bursts = value.max(1),
-                other => anyhow::bail!("unknown flag {other}"),
-            }
-        }
+        coppice_benches::read_counts(&mut [
+            ("iterations", &mut options.iterations, 1),
+            ("burst", &mut options.burst, 1),
+            ("bursts", &mut options.bursts, 1),
+        ])?;
         Ok(options)
     }
 
@@ -166,13 +156,7 @@ mod linux {
     }
 
     fn report(label: &str, samples: &mut [Duration]) -> (f64, f64) {
-        let (p50, p95) = percentiles(samples);
-        println!(
-            "{label:<52} p50 {:>8.3} ms   p95 {:>8.3} ms",
-            millis(p50),
-            millis(p95)
-        );
-        (millis(p50), millis(p95))
+        coppice_benches::report(label, 52, samples)
     }
 
     pub async fn run() -> anyhow::Result<()> {

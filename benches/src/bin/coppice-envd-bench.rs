@@ -28,7 +28,7 @@ mod linux {
 
     use anyhow::Context;
     use bytes::Bytes;
-    use coppice_benches::{bwrap_true, millis, percentiles};
+    use coppice_benches::bwrap_true;
     use coppice_core::SandboxSpec;
     use coppice_tests::harness::{ENVD_SUBCOMMAND, ManagerEnv};
     use futures_util::StreamExt;
@@ -49,19 +49,10 @@ mod linux {
             iterations: 500,
             file_mib: 1024,
         };
-        let mut args = std::env::args().skip(1);
-        while let Some(flag) = args.next() {
-            let value: usize = args
-                .next()
-                .with_context(|| format!("{flag} needs a value"))?
-                .parse()
-                .with_context(|| format!("{flag} needs a number"))?;
-            match flag.as_str() {
-                "--iterations" => options.iterations = value.max(1),
-                "--file-mib" => options.file_mib = value.max(1),
-                other => anyhow::bail!("unknown flag {other}"),
-            }
-        }
+        coppice_benches::read_counts(&mut [
+            ("iterations", &mut options.iterations, 1),
+            ("file-mib", &mut options.file_mib, 1),
+        ])?;
         Ok(options)
     }
 
@@ -119,13 +110,7 @@ mod linux {
     }
 
     fn report(label: &str, samples: &mut [Duration]) -> (f64, f64) {
-        let (p50, p95) = percentiles(samples);
-        println!(
-            "{label:<44} p50 {:>8.3} ms   p95 {:>8.3} ms",
-            millis(p50),
-            millis(p95)
-        );
-        (millis(p50), millis(p95))
+        coppice_benches::report(label, 44, samples)
     }
 
     /// envd's host pid, found by its arguments.

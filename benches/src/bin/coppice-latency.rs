@@ -54,19 +54,10 @@ mod linux {
             iterations: 300,
             density: 200,
         };
-        let mut args = std::env::args().skip(1);
-        while let Some(flag) = args.next() {
-            let value: usize = args
-                .next()
-                .context("flag without value")?
-                .parse()
-                .context("not a number")?;
-            match flag.as_str() {
-                "--iterations" => options.iterations = value,
-                "--density" => options.density = value,
-                other => anyhow::bail!("unknown flag {other}"),
-            }
-        }
+        coppice_benches::read_counts(&mut [
+            ("iterations", &mut options.iterations, 0),
+            ("density", &mut options.density, 0),
+        ])?;
         Ok(options)
     }
 

@@ -27,7 +27,6 @@ mod linux {
     use std::time::{Duration, Instant};
 
     use anyhow::Context;
-    use coppice_benches::{millis, percentiles};
     use coppice_core::exec::ExecRequest;
     use coppice_core::manager::{ResumeOptions, ResumeOutcome};
     use coppice_core::{PauseMode, SandboxSpec};
@@ -45,30 +44,15 @@ mod linux {
             iterations: 200,
             resident_mib: 50,
         };
-        let mut args = std::env::args().skip(1);
-        while let Some(flag) = args.next() {
-            let value: usize = args
-                .next()
-                .with_context(|| format!("{flag} needs a value"))?
-                .parse()
-                .with_context(|| format!("{flag} needs a number"))?;
-            match flag.as_str() {
-                "--iterations" => options.iterations = value.max(1),
-                "--resident-mib" => options.resident_mib = value,
-                other => anyhow::bail!("unknown flag {other}"),
-            }
-        }
+        coppice_benches::read_counts(&mut [
+            ("iterations", &mut options.iterations, 1),
+            ("resident-mib", &mut options.resident_mib, 0),
+        ])?;
         Ok(options)
     }
 
-    fn report(name: &str, samples: &mut [Duration]) -> (f64, f64) {
-        let (p50, p95) = percentiles(samples);
-        println!(
-            "{name:<44} p50 {:>8.3} ms   p95 {:>8.3} ms",
-            millis(p50),
-            millis(p95)
-        );
-        (millis(p50), millis(p95))
+    fn report(label: &str, samples: &mut [Duration]) -> (f64, f64) {
+        coppice_benches::report(label, 44, samples)
     }
 
     /// The floor: a plain `sleep` in a freezer cgroup of its own, toggled by hand.

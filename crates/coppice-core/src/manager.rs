@@ -319,6 +319,18 @@ impl SandboxManager {
         result
     }
 
+    /// `InvalidSpec` unless `timeout` is a lifetime the limits allow.
+    fn check_timeout(&self, timeout: Duration) -> Result<(), ManagerError> {
+        let limits = &self.inner.config.limits;
+        if timeout.is_zero() || timeout > limits.max_timeout {
+            return Err(ManagerError::InvalidSpec(crate::spec::SpecError::Timeout {
+                got_secs: timeout.as_secs(),
+                max_secs: limits.max_timeout.as_secs(),
+            }));
+        }
+        Ok(())
+    }
+
     /// Sets the end time to now + `timeout` (shorter or longer than before).
     ///
     /// # Errors
@@ -328,13 +340,7 @@ impl SandboxManager {
         id: &SandboxId,
         timeout: Duration,
     ) -> Result<Sandbox, ManagerError> {
-        let limits = &self.inner.config.limits;
-        if timeout.is_zero() || timeout > limits.max_timeout {
-            return Err(ManagerError::InvalidSpec(crate::spec::SpecError::Timeout {
-                got_secs: timeout.as_secs(),
-                max_secs: limits.max_timeout.as_secs(),
-            }));
-        }
+        self.check_timeout(timeout)?;
         let end_at = self.inner.clock.now() + timeout;
         let detail = format!("{} s from now", timeout.as_secs());
         let inner = Arc::clone(&self.inner);

@@ -1,5 +1,6 @@
-//! Paused sandboxes as the gateway brings them back: a resume that booted the sandbox afresh
-//! must give its new envd the access token again before any traffic reaches it.
+//! Sandboxes as the gateway hands them out: a new one, or a resumed one that booted afresh,
+//! gets its envd the access token before any traffic reaches it; paused ones are brought back
+//! for their traffic.
 
 use axum::http::StatusCode;
 use coppice_core::manager::{ResumeOutcome, Resumed};
@@ -7,6 +8,22 @@ use coppice_core::{ManagerError, Sandbox, SandboxId};
 
 use crate::AppState;
 use crate::error::ApiError;
+
+/// A new sandbox (created or forked) handed out once its envd has its token; one whose envd
+/// cannot be told is killed, since envd would otherwise serve anyone.
+///
+/// # Errors
+/// 500 when envd could not be told.
+pub async fn hand_out(state: &AppState, sandbox: Sandbox) -> Result<Sandbox, ApiError> {
+    if let Err(error) = state.envd_init.init(&sandbox).await {
+        let _ = state.manager.kill(&sandbox.id).await;
+        return Err(ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("sandbox {} did not start its envd: {error}", sandbox.id),
+        ));
+    }
+    Ok(sandbox)
+}
 
 /// The running sandbox after `resumed`, its envd told its settings when it was rebooted.
 ///

@@ -126,11 +126,11 @@ pub async fn route_sandbox_traffic(
         )
         .into_response();
     }
-    let Some(id) = target
+    let Some(found) = target
         .sandbox
         .parse::<SandboxId>()
         .ok()
-        .filter(|id| state.manager.get(id).is_ok())
+        .and_then(|id| state.manager.get(&id).ok())
     else {
         return bad_gateway(&target.sandbox, "The sandbox was not found");
     };
@@ -144,7 +144,10 @@ pub async fn route_sandbox_traffic(
             ),
         );
     }
-    let sandbox = match crate::lifecycle::running_for_traffic(&state, &id).await {
+    if found.state == coppice_core::SandboxState::Running {
+        return forward_to_envd(found, request).await;
+    }
+    let sandbox = match crate::lifecycle::running_for_traffic(&state, &found.id).await {
         Ok(sandbox) => sandbox,
         Err(error) if error.status == StatusCode::NOT_FOUND => {
             return bad_gateway(&target.sandbox, "The sandbox was not found");

@@ -45,88 +45,43 @@ async fn test_create_answers_201_with_the_sandbox_body() {
 #[tokio::test]
 async fn test_bad_input_gets_documented_4xx_errors() {
     let app = app().await;
-    assert_error(
-        &call(&app, "POST", "/v2/sandboxes", &[], "{\"templateID\":").await,
-        400,
-    );
-    assert_error(
-        &call(
-            &app,
-            "POST",
-            "/v2/sandboxes",
-            &[],
-            r#"{"templateID":"nope"}"#,
-        )
-        .await,
-        404,
-    );
-    assert_error(
-        &call(
-            &app,
-            "POST",
-            "/v2/sandboxes",
-            &[],
-            r#"{"templateID":"Bad/Id"}"#,
-        )
-        .await,
-        400,
-    );
-    assert_error(
-        &call(
-            &app,
-            "POST",
-            "/v2/sandboxes",
-            &[],
-            r#"{"templateID":"base","timeout":-5}"#,
-        )
-        .await,
-        400,
-    );
-    assert_error(
-        &call(
-            &app,
-            "POST",
-            "/v2/sandboxes",
-            &[],
-            r#"{"templateID":"base","timeout":99999999999}"#,
-        )
-        .await,
-        400,
-    );
     let huge = format!(
         r#"{{"templateID":"base","metadata":{{"k":"{}"}}}}"#,
         "x".repeat(1 << 20)
     );
     let answer = call(&app, "POST", "/v2/sandboxes", &[], &huge).await;
     assert!(answer.0.is_client_error(), "{:?}", answer.0);
-    assert_error(
-        &call(&app, "GET", "/sandboxes/NOT-AN-ID", &[], "").await,
-        400,
-    );
-    assert_error(&call(&app, "GET", "/sandboxes/abc123", &[], "").await, 404);
-    assert_error(
-        &call(&app, "DELETE", "/sandboxes/abc123", &[], "").await,
-        404,
-    );
-    assert_error(
-        &call(
-            &app,
+    let refused: [(&str, &str, &str, u16); 11] = [
+        ("POST", "/v2/sandboxes", "{\"templateID\":", 400),
+        ("POST", "/v2/sandboxes", r#"{"templateID":"nope"}"#, 404),
+        ("POST", "/v2/sandboxes", r#"{"templateID":"Bad/Id"}"#, 400),
+        (
+            "POST",
+            "/v2/sandboxes",
+            r#"{"templateID":"base","timeout":-5}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/v2/sandboxes",
+            r#"{"templateID":"base","timeout":99999999999}"#,
+            400,
+        ),
+        ("GET", "/sandboxes/NOT-AN-ID", "", 400),
+        ("GET", "/sandboxes/abc123", "", 404),
+        ("DELETE", "/sandboxes/abc123", "", 404),
+        (
             "POST",
             "/sandboxes/abc123/timeout",
-            &[],
             r#"{"timeout":"x"}"#,
-        )
-        .await,
-        400,
-    );
-    assert_error(
-        &call(&app, "GET", "/v2/sandboxes?state=frozen", &[], "").await,
-        400,
-    );
-    assert_error(
-        &call(&app, "GET", "/v2/sandboxes?limit=0", &[], "").await,
-        400,
-    );
+            400,
+        ),
+        ("GET", "/v2/sandboxes?state=frozen", "", 400),
+        ("GET", "/v2/sandboxes?limit=0", "", 400),
+    ];
+    for (method, path, body, status) in refused {
+        assert_error(&call(&app, method, path, &[], body).await, status);
+    }
     assert_error(&call(&app, "GET", "/no/such/endpoint", &[], "").await, 404);
     let header_only = call(&app, "GET", "/health", &[("e2b-sandbox-id", "abc")], "").await;
     assert_error(&header_only, 400);

@@ -60,6 +60,20 @@ fn sdk_env(url: &str) -> [(&'static str, String); 3] {
     ]
 }
 
+/// The Python that has the pinned e2b SDK (`scripts/test.sh` makes its venv).
+fn e2b_python() -> std::ffi::OsString {
+    std::env::var_os("COPPICE_E2B_PYTHON").expect(
+        "COPPICE_E2B_PYTHON must name a Python with the pinned e2b SDK (scripts/test.sh sets it up)",
+    )
+}
+
+/// Runs the Python SDK suite `script` (in `tests/sdk`) against a fresh coppiced.
+fn run_python_suite(script: &str) {
+    let mut command = Command::new(e2b_python());
+    command.arg(sdk_dir().join(script));
+    run_suite_against_coppiced(command);
+}
+
 fn sdk_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk")
 }
@@ -68,24 +82,14 @@ fn sdk_dir() -> std::path::PathBuf {
 #[ignore = "privileged: starts coppiced and sandboxes; needs the E2B SDK venv (COPPICE_E2B_PYTHON)"]
 fn test_e2b_python_sdk_runs_against_coppiced() {
     coppice_core::require_privileged!();
-    let python = std::env::var_os("COPPICE_E2B_PYTHON").expect(
-        "COPPICE_E2B_PYTHON must name a Python with the pinned e2b SDK (scripts/test.sh sets it up)",
-    );
-    let mut command = Command::new(python);
-    command.arg(sdk_dir().join("gateway_sdk.py"));
-    run_suite_against_coppiced(command);
+    run_python_suite("gateway_sdk.py");
 }
 
 #[test]
 #[ignore = "privileged: starts coppiced and sandboxes; needs the E2B SDK venv (COPPICE_E2B_PYTHON)"]
 fn test_e2b_python_sdk_pauses_and_resumes_sandboxes() {
     coppice_core::require_privileged!();
-    let python = std::env::var_os("COPPICE_E2B_PYTHON").expect(
-        "COPPICE_E2B_PYTHON must name a Python with the pinned e2b SDK (scripts/test.sh sets it up)",
-    );
-    let mut command = Command::new(python);
-    command.arg(sdk_dir().join("lifecycle_sdk.py"));
-    run_suite_against_coppiced(command);
+    run_python_suite("lifecycle_sdk.py");
 }
 
 #[test]
@@ -131,9 +135,7 @@ fn run_suite_against_coppiced(mut command: Command) {
 #[ignore = "privileged: SIGKILLs a coppiced with live sandboxes; needs the E2B SDK venv"]
 fn test_sandboxes_survive_sigkill_of_coppiced_mid_stream() {
     coppice_core::require_privileged!();
-    let python = std::env::var_os("COPPICE_E2B_PYTHON").expect(
-        "COPPICE_E2B_PYTHON must name a Python with the pinned e2b SDK (scripts/test.sh sets it up)",
-    );
+    let python = e2b_python();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let mut daemon = start(dir.path(), port);

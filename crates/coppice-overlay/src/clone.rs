@@ -2,14 +2,16 @@
 //! modification times, extended attributes (overlayfs's opaque and redirect marks among
 //! them), whiteouts and symlinks. Unlike `copy`, nothing is left out and no owner is
 //! imposed: the copy must read the same as the original once stacked under another sandbox.
-//! File data goes through `std::fs::copy`, which shares extents where the filesystem can
+//! File data goes through `copy::copy_file`, which shares extents where the filesystem can
 //! (`copy_file_range`: a reflink on btrfs and XFS).
 
-use std::fs::{self, File, FileTimes, Permissions};
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::fs::{self, File, FileTimes};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
+use crate::copy;
 use crate::error::OverlayError;
+use crate::fsutil;
 use crate::sys::OverlaySys;
 
 type Result<T> = std::result::Result<T, OverlayError>;
@@ -49,25 +51,15 @@ fn clone_entry(sys: &dyn OverlaySys, src: &Path, dst: &Path) -> Result<()> {
     let metadata = stat(src)?;
     let kind = metadata.file_type();
     if kind.is_dir() {
-        fs::create_dir(dst).map_err(|source| OverlayError::CreateDir {
-            path: dst.to_owned(),
-            source,
-        })?;
+        fsutil::create_dir(dst)?;
         return clone_into(sys, src, dst);
     }
     if kind.is_symlink() {
-        let target = fs::read_link(src).map_err(|source| OverlayError::Symlink {
-            path: src.to_owned(),
-            source,
-        })?;
-        std::os::unix::fs::symlink(&target, dst).map_err(|source| OverlayError::Symlink {
-            path: dst.to_owned(),
-            source,
-        })?;
+        copy::copy_symlink(src, dst)?;
         return chown(sys, dst, &metadata);
     }
     if kind.is_file() {
-        fs::copy(src, dst).map_err(|source| OverlayError::Copy {
+        copy::copy_file(src, dst).map_err(|source| OverlayError::Copy {
             from: src.to_owned(),
             to: dst.to_owned(),
             source,
@@ -104,14 +96,7 @@ fn copy_metadata(
     metadata: &fs::Metadata,
 ) -> Result<()> {
     chown(sys, dst, metadata)?;
-    let mode = metadata.mode() & 0o7777;
-    fs::set_permissions(dst, Permissions::from_mode(mode)).map_err(|source| {
-        OverlayError::SetMode {
-            path: dst.to_owned(),
-            mode,
-            source,
-        }
-    })?;
+    fsutil::set_mode(dst, metadata.mode() & 0o7777)?;
     sys.copy_xattrs(src, dst)
         .map_err(|source| OverlayError::WriteFile {
             path: dst.to_owned(),
@@ -131,6 +116,8 @@ fn copy_metadata(
 
 #[cfg(test)]
 mod tests {
+    use std::fs::Permissions;
+    use std::os::unix::fs::PermissionsExt;
     use std::time::{Duration, UNIX_EPOCH};
 
     use super::*;

@@ -69,14 +69,7 @@ fn copy_entry(
     let file_type = meta.file_type();
     let mode = meta.permissions().mode() & 0o7777;
     if file_type.is_symlink() {
-        let target = fs::read_link(src).map_err(|source| OverlayError::Symlink {
-            path: src.to_owned(),
-            source,
-        })?;
-        std::os::unix::fs::symlink(&target, dst).map_err(|source| OverlayError::Symlink {
-            path: dst.to_owned(),
-            source,
-        })?;
+        copy_symlink(src, dst)?;
         owner.apply(sys, dst)
     } else if file_type.is_file() && mode & OTHER_READ == OTHER_READ {
         copy_file(src, dst).map_err(|source| OverlayError::Copy {
@@ -105,9 +98,22 @@ fn copy_entry(
     }
 }
 
+/// Makes `dst` a symlink with the same target as the symlink `src` (never followed).
+pub(crate) fn copy_symlink(src: &Path, dst: &Path) -> Result<()> {
+    let target = fs::read_link(src).map_err(|source| OverlayError::Symlink {
+        path: src.to_owned(),
+        source,
+    })?;
+    std::os::unix::fs::symlink(&target, dst).map_err(|source| OverlayError::Symlink {
+        path: dst.to_owned(),
+        source,
+    })
+}
+
 /// Copies a regular file's bytes, refusing to follow a symlink swapped in at `src` and to
-/// overwrite anything at `dst`.
-fn copy_file(src: &Path, dst: &Path) -> io::Result<()> {
+/// overwrite anything at `dst`. Between files `io::copy` uses `copy_file_range`, so the data
+/// is shared where the filesystem can (a reflink on btrfs and XFS).
+pub(crate) fn copy_file(src: &Path, dst: &Path) -> io::Result<()> {
     let mut from = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW)

@@ -412,7 +412,11 @@ impl OverlayStorage {
             tracing::debug!(sandbox_id = %id, "rootfs destroyed");
         }
         // A fork stands on a snapshot layer no template keeps; the last fork to go takes it.
-        if let Some(top) = record.and_then(|record| record.layers.into_iter().next()) {
+        // Sandboxes made from a plain template skip the look (it would sit on every kill).
+        if let Some(top) = record
+            .and_then(|record| record.layers.into_iter().next())
+            .filter(|top| top.as_str().starts_with(snapshot::LAYER_PREFIX))
+        {
             let _guard = self.lock_builds();
             let kept_by_template = self
                 .template_records()?

@@ -128,13 +128,7 @@ impl SandboxManager {
         id: &SandboxId,
         options: ResumeOptions,
     ) -> Result<Resumed, ManagerError> {
-        let limits = &self.inner.config.limits;
-        if options.timeout.is_zero() || options.timeout > limits.max_timeout {
-            return Err(ManagerError::InvalidSpec(crate::spec::SpecError::Timeout {
-                got_secs: options.timeout.as_secs(),
-                max_secs: limits.max_timeout.as_secs(),
-            }));
-        }
+        self.check_timeout(options.timeout)?;
         let manager = self.clone();
         let id = id.clone();
         tokio::spawn(async move {

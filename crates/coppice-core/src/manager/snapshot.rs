@@ -108,8 +108,8 @@ impl SandboxManager {
     /// source's settings and `timeout` (else the source's timeout). One result per fork.
     ///
     /// # Errors
-    /// `InvalidSpec` for a count out of range; `SandboxNotFound`; a failed snapshot. A fork
-    /// that fails to start is reported in its own slot.
+    /// `InvalidSpec` for a count or timeout out of range; `SandboxNotFound`; a failed
+    /// snapshot. A fork that fails to start is reported in its own slot.
     #[tracing::instrument(skip(self), fields(sandbox_id = %id))]
     pub async fn fork(
         &self,
@@ -122,6 +122,9 @@ impl SandboxManager {
                 got: count,
                 max: MAX_FORKS,
             }));
+        }
+        if let Some(timeout) = timeout {
+            self.check_timeout(timeout)?;
         }
         let source = self.get(id)?;
         let name = generated_template_id(FORK_PREFIX)?;

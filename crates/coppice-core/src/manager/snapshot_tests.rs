@@ -149,6 +149,11 @@ async fn test_fork_count_out_of_range_is_invalid_and_touches_nothing() {
         let error = manager.fork(&source.id, count, None).await.unwrap_err();
         assert_eq!(error.kind(), crate::ErrorKind::Invalid, "{error}");
     }
+    let zero = manager
+        .fork(&source.id, 1, Some(Duration::ZERO))
+        .await
+        .unwrap_err();
+    assert_eq!(zero.kind(), crate::ErrorKind::Invalid, "{zero}");
     assert!(
         !harness
             .runtime

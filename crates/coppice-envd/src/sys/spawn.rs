@@ -148,15 +148,16 @@ pub fn spawn(request: &Request<'_>) -> io::Result<Spawned> {
 
     let all = full_signal_set();
     let mut previous = empty_signal_set();
-    // SAFETY: `all` and `previous` are valid sigsets; blocking every signal in this thread
-    // keeps a handler from running on the child's stack before it resets the dispositions.
+    // Blocking every signal in this thread keeps a handler from running on the child's stack
+    // before the child resets the dispositions.
+    // SAFETY: `all` and `previous` are valid, initialised sigsets.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &raw const all, &raw mut previous) };
     let mut pidfd: c_int = -1;
     let flags = libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_PIDFD | libc::SIGCHLD;
-    // SAFETY: `top` is the aligned end of a live 64 KiB buffer used by nothing else; the
-    // child only reads `args` and writes its atomics, and CLONE_VFORK suspends this thread
-    // until the child has exec'd or exited, so `args`, `stack` and every string they point to
-    // outlive its use of them. CLONE_PIDFD stores the pidfd into `pidfd`.
+    // `top` is the aligned end of a live 64 KiB buffer used by nothing else. The child only
+    // reads `args` and writes its atomics, and CLONE_VFORK suspends this thread until the
+    // child has exec'd or exited. CLONE_PIDFD stores the pidfd into `pidfd`.
+    // SAFETY: the stack, `args`, its strings and `pidfd` outlive the child's use of them.
     let pid = unsafe {
         libc::clone(
             child_main,
@@ -225,8 +226,8 @@ fn errno() -> i32 {
 
 /// The child: runs on its own stack inside envd's memory until `execve`.
 extern "C" fn child_main(raw: *mut c_void) -> c_int {
-    // SAFETY: `raw` is the `ChildArgs` the parent passed to clone; it outlives this function
-    // because the parent is suspended until this child execs or exits.
+    // The parent is suspended until this child execs or exits.
+    // SAFETY: `raw` is the `ChildArgs` the parent passed to clone, alive for this whole call.
     let args = unsafe { &*raw.cast::<ChildArgs>() };
     reset_signal_dispositions();
     // SAFETY: setpgid on this process with constant arguments.
@@ -234,8 +235,8 @@ extern "C" fn child_main(raw: *mut c_void) -> c_int {
         return fail(args, Stage::ProcessGroup, errno());
     }
     for (target, source) in (0..).zip(args.stdio) {
-        // SAFETY: `source` is a descriptor the parent keeps open across the call; dup2 onto a
-        // standard stream also clears close-on-exec on the copy.
+        // dup2 onto a standard stream also clears close-on-exec on the copy.
+        // SAFETY: `source` is a descriptor the parent keeps open across the call.
         if unsafe { libc::dup2(source, target) } < 0 {
             return fail(args, Stage::Stdio, errno());
         }
@@ -270,8 +271,8 @@ extern "C" fn child_main(raw: *mut c_void) -> c_int {
     };
     let mut reported = libc::ENOENT;
     for candidate in args.candidates.iter().take_while(|p| !p.is_null()) {
-        // SAFETY: `candidate`, `argv` and `envp` are NUL-terminated arrays of NUL-terminated
-        // strings owned by the suspended parent. execve returns only on failure.
+        // execve returns only on failure.
+        // SAFETY: all three are NUL-terminated and owned by the suspended parent.
         unsafe { libc::execve(*candidate, args.argv.as_ptr(), args.envp.as_ptr()) };
         match errno() {
             // As execvp: a miss in one PATH entry moves on; a denial is remembered.
@@ -310,8 +311,8 @@ fn reset_signal_dispositions() {
 /// # Panics
 /// Outside a tokio runtime with I/O enabled.
 pub fn watch_pidfd(pidfd: OwnedFd) -> io::Result<tokio::io::unix::AsyncFd<OwnedFd>> {
-    // SAFETY: an OwnedFd keeps its descriptor open and unchanged until it is dropped, which
-    // happens only with the AsyncFd that owns it.
+    // The OwnedFd is dropped only with the AsyncFd that owns it.
+    // SAFETY: an OwnedFd keeps its descriptor open and unchanged until it is dropped.
     unsafe {
         tokio::io::unix::AsyncFd::register_with_interest(pidfd, tokio::io::Interest::READABLE)
     }

@@ -120,15 +120,8 @@ async fn create(
     if let Some(allow) = request.allow_internet_access {
         spec.network.allow_internet = allow;
     }
-    let sandbox = state.manager.create(spec).await?;
     // envd keeps the token (across its own restarts); until it has it, no traffic is let in.
-    if let Err(error) = state.envd_init.init(&sandbox).await {
-        let _ = state.manager.kill(&sandbox.id).await;
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("sandbox {} did not start its envd: {error}", sandbox.id),
-        ));
-    }
+    let sandbox = lifecycle::hand_out(&state, state.manager.create(spec).await?).await?;
     Ok((
         StatusCode::CREATED,
         Json(CreatedSandbox::from_domain(&sandbox, state.envd_version)),
@@ -338,13 +331,8 @@ async fn pause(
     let id = sandbox_id(&raw)?;
     let request: wire::Pause = optional_body(&bytes)?;
     let sandbox = live(&state, &id)?;
-    if sandbox.state == SandboxState::Paused {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            format!("sandbox {id} is already paused"),
-        ));
-    }
-    if request.require_healthy_guest {
+    // A paused sandbox is refused by the manager (409) whatever its guest's health.
+    if request.require_healthy_guest && sandbox.state == SandboxState::Running {
         let healthy = match &sandbox.endpoints {
             Some(endpoints) => tokio::time::timeout(
                 GUEST_HEALTH_WAIT,

@@ -7,13 +7,14 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, post};
+use coppice_core::TemplateId;
 use coppice_core::storage::TemplateInfo;
-use coppice_core::{ManagerError, Sandbox, TemplateId};
 use serde::Deserialize;
 
 use super::sandboxes::{optional_body, sandbox_id, seconds};
 use crate::AppState;
 use crate::error::ApiError;
+use crate::lifecycle;
 use crate::wire::{self, CreatedSandbox};
 
 /// The snapshot and fork routes.
@@ -123,7 +124,11 @@ async fn fork(
     let forks = state.manager.fork(&id, count, timeout).await?;
     let mut results = Vec::with_capacity(forks.len());
     for fork in forks {
-        results.push(match ready(&state, fork).await {
+        let handed_out = match fork {
+            Ok(sandbox) => lifecycle::hand_out(&state, sandbox).await,
+            Err(error) => Err(ApiError::from(error)),
+        };
+        results.push(match handed_out {
             Ok(sandbox) => {
                 wire::ForkResult::started(CreatedSandbox::from_domain(&sandbox, state.envd_version))
             }
@@ -131,18 +136,4 @@ async fn fork(
         });
     }
     Ok((StatusCode::CREATED, Json(results)).into_response())
-}
-
-/// A started fork whose envd has its token, or why not (a fork whose envd cannot be told
-/// is killed: it must not be handed out).
-async fn ready(state: &AppState, fork: Result<Sandbox, ManagerError>) -> Result<Sandbox, ApiError> {
-    let sandbox = fork?;
-    if let Err(error) = state.envd_init.init(&sandbox).await {
-        let _ = state.manager.kill(&sandbox.id).await;
-        return Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("fork {} did not start its envd: {error}", sandbox.id),
-        ));
-    }
-    Ok(sandbox)
 }

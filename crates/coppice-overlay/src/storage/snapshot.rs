@@ -17,6 +17,9 @@ use crate::fsutil;
 use crate::layer::LayerId;
 use crate::records::{RootfsRecord, TemplateRecord};
 
+/// How the ids of snapshot layers begin (`LayerId::generate` adds the dash).
+pub(super) const LAYER_PREFIX: &str = "snap";
+
 impl OverlayStorage {
     /// Copies sandbox `id`'s upper directory into a new layer and records template
     /// `snapshot` as that layer over the sandbox's own. The caller keeps the sandbox still.
@@ -39,7 +42,7 @@ impl OverlayStorage {
             .ok()
             .flatten();
         let created_at = fsutil::truncate_to_ms(SystemTime::now());
-        let layer = LayerId::generate("snap", created_at, self.random_u32()?);
+        let layer = LayerId::generate(LAYER_PREFIX, created_at, self.random_u32()?);
         let pending = self.layers.begin(layer, rootfs.layers.first().cloned())?;
         clone::clone_into(&*self.sys, &dir.join(UPPER_DIR), &pending.tree())?;
         let manifest =
