@@ -1,6 +1,7 @@
 //! envd's plain HTTP routes: `/health`, `/init` (host side only), `/envs`, `/metrics`, and
 //! `/files` (in `files`).
 
+mod drain;
 pub mod files;
 mod metrics;
 

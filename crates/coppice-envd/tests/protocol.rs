@@ -432,3 +432,68 @@ async fn test_signed_file_urls_work_without_the_token_header() {
     assert_eq!(signed.status, 200);
     assert_eq!(&signed.body[..], b"signed");
 }
+
+/// One HTTP/1.1 answer read off `stream`: its status line and headers, then `content-length`
+/// bytes of body.
+async fn read_answer(stream: &mut tokio::net::UnixStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let mut buffer = [0u8; 4096];
+    loop {
+        let read = stream.read(&mut buffer).await.unwrap();
+        assert!(
+            read > 0,
+            "envd closed the connection: {}",
+            String::from_utf8_lossy(&received)
+        );
+        received.extend_from_slice(&buffer[..read]);
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let length: usize = head
+                .lines()
+                .find_map(|line| {
+                    line.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(str::to_owned)
+                })
+                .map_or(0, |value| value.trim().parse().unwrap());
+            if body.len() >= length {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn test_chunked_multipart_upload_is_answered_and_keeps_the_connection() {
+    use tokio::io::AsyncWriteExt;
+    let envd = common::start().await;
+    let target = envd.dir.path().join("chunked.txt");
+    let part = format!(
+        "--B\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{}\"\r\n\r\nhello\r\n--B--\r\n",
+        target.display()
+    );
+    let mut stream = tokio::net::UnixStream::connect(&envd.socket).await.unwrap();
+    let head = "POST /files HTTP/1.1\r\nHost: envd\r\nContent-Type: multipart/form-data; boundary=B\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let chunk = format!("{:x}\r\n{part}\r\n", part.len());
+    stream
+        .write_all(format!("{head}{chunk}").as_bytes())
+        .await
+        .unwrap();
+    // The closing boundary is in; the body's last chunk comes later, as from a slow client.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    stream.write_all(b"0\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(std::fs::read_to_string(&target).unwrap(), "hello");
+
+    stream
+        .write_all(b"GET /health HTTP/1.1\r\nHost: envd\r\n\r\n")
+        .await
+        .unwrap();
+    let health = read_answer(&mut stream).await;
+    assert!(
+        health.starts_with("HTTP/1.1 204") || health.starts_with("HTTP/1.1 200"),
+        "{health}"
+    );
+}

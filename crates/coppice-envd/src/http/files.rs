@@ -193,7 +193,12 @@ fn tokio_stream_of<T: Send + 'static>(
 
 /// `POST /files`.
 pub async fn upload(State(envd): State<Arc<Envd>>, request: Request) -> Response {
-    match upload_inner(&envd, request).await {
+    let (parts, body) = request.into_parts();
+    let (drainable, body) = super::drain::DrainableBody::new(body);
+    let outcome = upload_inner(&envd, Request::from_parts(parts, body)).await;
+    // Read to its end, the connection stays usable and the client gets this answer.
+    drainable.drain().await;
+    match outcome {
         Ok(written) => axum::Json(written).into_response(),
         Err(error) => error.into_response(),
     }
