@@ -34,7 +34,12 @@ fn mount_plan(c: &mut Criterion) {
     };
     c.bench_function("mount_plan/base", |b| {
         b.iter(|| {
-            coppice_linux::mount_plan::plan(black_box(&root), std::path::Path::new("/dev"), 512)
+            coppice_linux::mount_plan::plan(
+                black_box(&root),
+                &[],
+                std::path::Path::new("/dev"),
+                512,
+            )
         })
     });
 }

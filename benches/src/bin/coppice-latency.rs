@@ -200,6 +200,7 @@ mod linux {
             max_pids: 1024,
             env: Vec::new(),
             network: coppice_core::net::NetAttachment::LoopbackOnly,
+            volumes: Vec::new(),
         };
         let started = Instant::now();
         let mut marks = [Duration::ZERO; 6];

@@ -16,6 +16,8 @@ pub enum ErrorKind {
     Exhausted,
     /// The disk holding sandboxes is full (or a quota is reached); nothing was changed.
     OutOfSpace,
+    /// The caller did not prove it may do this (a missing or wrong token).
+    Unauthenticated,
     /// The backend cannot do this at all.
     Unsupported,
     /// Anything else: a failure inside the host or backend.

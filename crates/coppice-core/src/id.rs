@@ -39,6 +39,23 @@ pub enum ParseIdError {
     },
 }
 
+/// `Display` as the text itself, `Debug` as `Name(text)`.
+macro_rules! formatted_as_its_text {
+    ($name:ident) => {
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({})"), self.0)
+            }
+        }
+    };
+}
+
 /// The identity of one sandbox: lowercase ASCII letters and digits, as E2B ids are.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SandboxId(String);
@@ -74,33 +91,12 @@ impl FromStr for SandboxId {
     type Err = ParseIdError;
 
     fn from_str(value: &str) -> Result<Self, Self::Err> {
-        const KIND: &str = "sandbox";
-        check_length(KIND, value, SANDBOX_ID_MAX_LEN)?;
-        if !value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-        {
-            return Err(ParseIdError::BadCharacter {
-                kind: KIND,
-                value: truncate_for_message(value),
-                allowed: "lowercase letters and digits",
-            });
-        }
+        check_lowercase_alphanumeric("sandbox", value, SANDBOX_ID_MAX_LEN)?;
         Ok(Self(value.to_owned()))
     }
 }
 
-impl fmt::Display for SandboxId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl fmt::Debug for SandboxId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SandboxId({})", self.0)
-    }
-}
+formatted_as_its_text!(SandboxId);
 
 /// The name of a template: lowercase letters, digits, `-`, `_` and `.`, starting with a letter or
 /// digit (so it is safe as a file name and a ZFS dataset component).
@@ -137,16 +133,96 @@ impl FromStr for TemplateId {
     }
 }
 
-impl fmt::Display for TemplateId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+formatted_as_its_text!(TemplateId);
+
+/// Longest accepted volume id.
+const VOLUME_ID_MAX_LEN: usize = 64;
+/// Longest accepted volume name.
+const VOLUME_NAME_MAX_LEN: usize = 63;
+
+/// The identity of one persistent volume: lowercase ASCII letters and digits.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VolumeId(String);
+
+impl VolumeId {
+    /// Generates a new random id, in the same alphabet and length as sandbox ids.
+    ///
+    /// # Errors
+    /// Fails only if the OS entropy source fails.
+    pub fn generate() -> Result<Self, getrandom::Error> {
+        Ok(Self(SandboxId::generate()?.0))
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
     }
 }
 
-impl fmt::Debug for TemplateId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "TemplateId({})", self.0)
+impl FromStr for VolumeId {
+    type Err = ParseIdError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        check_lowercase_alphanumeric("volume", value, VOLUME_ID_MAX_LEN)?;
+        Ok(Self(value.to_owned()))
     }
+}
+
+formatted_as_its_text!(VolumeId);
+
+/// The name a volume is mounted by: letters, digits, `-`, `_` and `.`, starting with a letter
+/// or digit. Names are unique.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct VolumeName(String);
+
+impl VolumeName {
+    /// The name as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for VolumeName {
+    type Err = ParseIdError;
+
+    fn from_str(value: &str) -> Result<Self, Self::Err> {
+        const KIND: &str = "volume name";
+        check_length(KIND, value, VOLUME_NAME_MAX_LEN)?;
+        let allowed_char = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.');
+        let first_ok = value
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric());
+        if !first_ok || !value.bytes().all(allowed_char) {
+            return Err(ParseIdError::BadCharacter {
+                kind: KIND,
+                value: truncate_for_message(value),
+                allowed: "letters, digits, '-', '_' and '.', starting with a letter or digit",
+            });
+        }
+        Ok(Self(value.to_owned()))
+    }
+}
+
+formatted_as_its_text!(VolumeName);
+
+fn check_lowercase_alphanumeric(
+    kind: &'static str,
+    value: &str,
+    max: usize,
+) -> Result<(), ParseIdError> {
+    check_length(kind, value, max)?;
+    if !value
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+    {
+        return Err(ParseIdError::BadCharacter {
+            kind,
+            value: truncate_for_message(value),
+            allowed: "lowercase letters and digits",
+        });
+    }
+    Ok(())
 }
 
 fn check_length(kind: &'static str, value: &str, max: usize) -> Result<(), ParseIdError> {
@@ -171,6 +247,17 @@ fn truncate_for_message(value: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_volume_names_and_ids_are_checked() {
+        assert!("data-1.v_2".parse::<VolumeName>().is_ok());
+        for bad in ["", ".hidden", "a/b", "a b", "..", &"x".repeat(64)] {
+            assert!(bad.parse::<VolumeName>().is_err(), "{bad:?}");
+        }
+        let id = VolumeId::generate().unwrap();
+        assert_eq!(id.as_str().parse::<VolumeId>().unwrap(), id);
+        assert!("Bad-Id".parse::<VolumeId>().is_err());
+    }
 
     #[test]
     fn test_sandbox_id_generate_is_valid_and_round_trips() {

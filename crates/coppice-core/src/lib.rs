@@ -9,6 +9,7 @@
 //! - [`runtime`], [`storage`], [`net`]: the three backend traits and their value types.
 //! - [`manager`]: the async operations, TTL reaper, monitor and start-up reconciliation.
 //! - [`store`]: records and lifecycle events persisted in SQLite (WAL).
+//! - [`volume`]: persistent volumes, their mounts and the sandbox id map.
 //! - [`testing`] (feature `test-support`): fakes of the three traits.
 //!
 //! Core never calls a syscall, contains no `unsafe`, and knows nothing about HTTP, E2B JSON
@@ -31,9 +32,10 @@ pub mod storage;
 pub mod store;
 #[cfg(feature = "test-support")]
 pub mod testing;
+pub mod volume;
 
 pub use error::ErrorKind;
-pub use id::{ParseIdError, SandboxId, TemplateId};
+pub use id::{ParseIdError, SandboxId, TemplateId, VolumeId, VolumeName};
 pub use manager::{ManagerConfig, ManagerError, SandboxManager};
 pub use sandbox::{AccessToken, Sandbox};
 pub use spec::{Limits, NetworkSpec, SandboxSpec, SpecError, TimeoutAction};

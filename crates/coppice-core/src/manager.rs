@@ -13,6 +13,9 @@ mod error;
 mod lifecycle;
 mod reconcile;
 mod snapshot;
+mod volumes;
+
+pub use volumes::VolumeAccess;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -32,7 +35,7 @@ use crate::runtime::{Runtime, RuntimeSpec, SandboxEndpoints};
 use crate::sandbox::{AccessToken, Sandbox};
 use crate::spec::{Limits, SandboxSpec};
 use crate::state::{Operation, SandboxState};
-use crate::storage::{Storage, TemplateInfo};
+use crate::storage::{BindMount, Storage, TemplateInfo};
 use crate::store::Store;
 
 /// The three backends, chosen once by the daemon.
@@ -103,6 +106,9 @@ struct Inner {
     deadlines_changed: Notify,
     /// One lock per sandbox that serialises its pause, resume and kill.
     operations: Mutex<HashMap<SandboxId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while a volume's mounts are checked and it is deleted, and while a new sandbox
+    /// is registered and its volumes looked up, so a volume is never deleted under a mount.
+    volume_mounts: Mutex<()>,
 }
 
 impl SandboxManager {
@@ -128,6 +134,7 @@ impl SandboxManager {
                 releasing: Mutex::new(HashSet::new()),
                 deadlines_changed: Notify::new(),
                 operations: Mutex::new(HashMap::new()),
+                volume_mounts: Mutex::new(()),
             }),
         };
         manager.reconcile().await?;
@@ -575,22 +582,30 @@ impl Inner {
             access_token: Some(access_token),
         };
         self.store.put(&sandbox)?;
-        self.sandboxes().insert(id.clone(), sandbox.clone());
+        let volumes = {
+            let _mounts = self.lock_volume_mounts();
+            self.sandboxes().insert(id.clone(), sandbox.clone());
+            self.volume_binds(&sandbox.spec)
+        };
 
-        let provisioned = provision_blocking(
-            &self.backends,
-            &id,
-            &sandbox.spec,
-            &root_template,
-            self.config.limits.max_pids,
-        )
-        .and_then(|endpoints| {
-            sandbox.state = transition(&sandbox, Operation::Start)?;
-            sandbox.endpoints = Some(endpoints);
-            // Not recorded as running means not running: a failure here rolls back too.
-            let event = self.event(&id, EventKind::Created, Reason::Requested, String::new());
-            Ok(self.store.put_with_event(&sandbox, &event)?)
-        });
+        let provisioned = volumes
+            .and_then(|volumes| {
+                provision_blocking(
+                    &self.backends,
+                    &id,
+                    &sandbox.spec,
+                    &root_template,
+                    self.config.limits.max_pids,
+                    volumes,
+                )
+            })
+            .and_then(|endpoints| {
+                sandbox.state = transition(&sandbox, Operation::Start)?;
+                sandbox.endpoints = Some(endpoints);
+                // Not recorded as running means not running: a failure here rolls back too.
+                let event = self.event(&id, EventKind::Created, Reason::Requested, String::new());
+                Ok(self.store.put_with_event(&sandbox, &event)?)
+            });
         match provisioned {
             Ok(()) => {
                 self.sandboxes().insert(id, sandbox.clone());
@@ -646,12 +661,13 @@ fn provision_blocking(
     spec: &SandboxSpec,
     root_template: &TemplateId,
     max_pids: u32,
+    volumes: Vec<BindMount>,
 ) -> Result<SandboxEndpoints, ManagerError> {
     let root = backends
         .storage
         .create_rootfs(id, root_template, spec.disk_mb)
         .map_err(|source| ManagerError::from_storage("create rootfs", source))?;
-    boot_blocking(backends, id, spec, max_pids, &root)
+    boot_blocking(backends, id, spec, max_pids, &root, volumes)
 }
 
 /// Attaches the network and starts a fresh init (and envd) on `root`.
@@ -661,6 +677,7 @@ fn boot_blocking(
     spec: &SandboxSpec,
     max_pids: u32,
     root: &crate::storage::RootFs,
+    volumes: Vec<BindMount>,
 ) -> Result<SandboxEndpoints, ManagerError> {
     let network = backends
         .net
@@ -677,6 +694,7 @@ fn boot_blocking(
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect(),
         network,
+        volumes,
     };
     backends
         .runtime
@@ -764,3 +782,5 @@ mod lifecycle_tests;
 mod snapshot_tests;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod volume_tests;

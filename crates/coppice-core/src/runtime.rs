@@ -7,7 +7,8 @@ use crate::error::ErrorKind;
 use crate::exec::{ExecOutcome, ExecRequest};
 use crate::id::SandboxId;
 use crate::net::NetAttachment;
-use crate::storage::RootFs;
+use crate::storage::{BindMount, RootFs};
+use crate::volume::IdMap;
 
 /// What the runtime needs to know to build a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +25,8 @@ pub struct RuntimeSpec {
     pub env: Vec<(String, String)>,
     /// How the sandbox is connected to the network.
     pub network: NetAttachment,
+    /// Volumes mounted on top of everything else, in order.
+    pub volumes: Vec<BindMount>,
 }
 
 /// How the host reaches a running sandbox.
@@ -106,6 +109,12 @@ pub trait Runtime: Send + Sync + 'static {
     /// # Errors
     /// A backend failure; the call can be retried.
     fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
+
+    /// How sandbox ids map to host ids, for files the host writes on a sandbox's behalf
+    /// (volumes). The default is the identity: the sandbox shares the host's ids.
+    fn id_map(&self) -> IdMap {
+        IdMap::IDENTITY
+    }
 
     /// Every sandbox the runtime holds resources for, e.g. after a restart of the daemon.
     ///

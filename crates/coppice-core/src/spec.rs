@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use crate::id::TemplateId;
 use crate::state::PauseMode;
+use crate::volume::{MAX_MOUNTS, MountPathError, VolumeMount, check_mount_path};
 
 /// A request for one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +32,8 @@ pub struct SandboxSpec {
     pub auto_resume: bool,
     /// Network egress wishes.
     pub network: NetworkSpec,
+    /// Persistent volumes mounted into the sandbox.
+    pub volume_mounts: Vec<VolumeMount>,
 }
 
 impl SandboxSpec {
@@ -48,6 +51,7 @@ impl SandboxSpec {
             on_timeout: TimeoutAction::Kill,
             auto_resume: false,
             network: NetworkSpec::default(),
+            volume_mounts: Vec::new(),
         }
     }
 }
@@ -205,6 +209,17 @@ pub enum SpecError {
         /// The offending name (truncated).
         name: String,
     },
+    /// A volume mount path that cannot be used.
+    #[error(transparent)]
+    MountPath(#[from] MountPathError),
+    /// Two volumes on one path, or a volume inside another volume.
+    #[error("volume mount paths {first:?} and {second:?} overlap")]
+    MountOverlap {
+        /// One path.
+        first: String,
+        /// The path on or inside it.
+        second: String,
+    },
     /// A NUL byte in a value that ends up in a C string.
     #[error("{what} entry {key:?} contains a NUL byte")]
     NulByte {
@@ -266,8 +281,31 @@ impl SandboxSpec {
         {
             return Err(SpecError::EnvName { name: short(name) });
         }
-        Ok(())
+        validate_mounts(&self.volume_mounts)
     }
+}
+
+fn validate_mounts(mounts: &[VolumeMount]) -> Result<(), SpecError> {
+    if mounts.len() > MAX_MOUNTS {
+        return Err(SpecError::TooManyEntries {
+            what: "volume mounts",
+            got: mounts.len(),
+            max: MAX_MOUNTS,
+        });
+    }
+    for (index, mount) in mounts.iter().enumerate() {
+        check_mount_path(&mount.path)?;
+        // A volume mounted inside another would hide or be hidden by it, depending on order.
+        if let Some(other) = mounts[..index].iter().find(|other| {
+            other.path.starts_with(&mount.path) || mount.path.starts_with(&other.path)
+        }) {
+            return Err(SpecError::MountOverlap {
+                first: other.path.display().to_string(),
+                second: mount.path.display().to_string(),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn validate_map(
@@ -316,6 +354,41 @@ mod tests {
     #[test]
     fn test_validate_default_spec_passes() {
         assert_eq!(spec().validate(&Limits::default()), Ok(()));
+    }
+
+    #[test]
+    fn test_validate_volume_mounts() {
+        let mount = |path: &str| VolumeMount {
+            name: "data".parse().unwrap(),
+            path: path.into(),
+        };
+        let with = |paths: &[&str]| SandboxSpec {
+            volume_mounts: paths.iter().map(|p| mount(p)).collect(),
+            ..spec()
+        };
+        let limits = Limits::default();
+        assert_eq!(with(&["/mnt/a", "/mnt/b"]).validate(&limits), Ok(()));
+        assert!(matches!(
+            with(&["/mnt/a", "/mnt/a/b"]).validate(&limits),
+            Err(SpecError::MountOverlap { .. })
+        ));
+        assert!(matches!(
+            with(&["/proc/x"]).validate(&limits),
+            Err(SpecError::MountPath(MountPathError::Reserved { .. }))
+        ));
+        assert!(matches!(
+            with(&["/mnt/../etc"]).validate(&limits),
+            Err(SpecError::MountPath(MountPathError::NotNormal { .. }))
+        ));
+        let many: Vec<String> = (0..=MAX_MOUNTS).map(|i| format!("/mnt/{i}")).collect();
+        let many: Vec<&str> = many.iter().map(String::as_str).collect();
+        assert!(matches!(
+            with(&many).validate(&limits),
+            Err(SpecError::TooManyEntries {
+                what: "volume mounts",
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::SystemTime;
 
 use crate::error::ErrorKind;
-use crate::id::{SandboxId, TemplateId};
+use crate::id::{SandboxId, TemplateId, VolumeId};
 
 /// A template as storage knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,6 +128,34 @@ pub trait Storage: Send + Sync + 'static {
             what: "deleting templates",
         })
     }
+
+    /// Makes the empty directory of volume `id`, its root owned by `owner` (host uid, gid).
+    ///
+    /// # Errors
+    /// `VolumeExists`; `Exhausted`; `Unsupported` where the backend has no volumes.
+    fn create_volume(&self, id: &VolumeId, owner: (u32, u32)) -> Result<PathBuf, StorageError> {
+        let _ = (id, owner);
+        Err(StorageError::Unsupported { what: "volumes" })
+    }
+
+    /// The host directory of volume `id`.
+    ///
+    /// # Errors
+    /// `VolumeNotFound`; `Unsupported`.
+    fn volume_path(&self, id: &VolumeId) -> Result<PathBuf, StorageError> {
+        let _ = id;
+        Err(StorageError::Unsupported { what: "volumes" })
+    }
+
+    /// Deletes volume `id` and everything in it. Deleting an absent volume succeeds, so that
+    /// a deletion can be retried.
+    ///
+    /// # Errors
+    /// A backend failure; `Unsupported`.
+    fn delete_volume(&self, id: &VolumeId) -> Result<(), StorageError> {
+        let _ = id;
+        Err(StorageError::Unsupported { what: "volumes" })
+    }
 }
 
 /// A storage failure, classified by kind.
@@ -150,6 +178,18 @@ pub enum StorageError {
     AlreadyExists {
         /// The sandbox.
         id: SandboxId,
+    },
+    /// No such volume.
+    #[error("volume {id} not found in storage")]
+    VolumeNotFound {
+        /// The volume.
+        id: VolumeId,
+    },
+    /// A volume with that id already exists.
+    #[error("volume {id} already exists in storage")]
+    VolumeExists {
+        /// The volume.
+        id: VolumeId,
     },
     /// A template with that id already exists.
     #[error("a template named {id} already exists")]
@@ -193,8 +233,12 @@ impl StorageError {
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::TemplateNotFound { .. } | Self::NotFound { .. } => ErrorKind::NotFound,
-            Self::AlreadyExists { .. } | Self::TemplateExists { .. } => ErrorKind::AlreadyExists,
+            Self::TemplateNotFound { .. } | Self::NotFound { .. } | Self::VolumeNotFound { .. } => {
+                ErrorKind::NotFound
+            }
+            Self::AlreadyExists { .. }
+            | Self::TemplateExists { .. }
+            | Self::VolumeExists { .. } => ErrorKind::AlreadyExists,
             Self::Invalid { .. } => ErrorKind::Invalid,
             Self::Unsupported { .. } => ErrorKind::Unsupported,
             Self::Exhausted { .. } => ErrorKind::OutOfSpace,

@@ -19,6 +19,9 @@ use crate::runtime::SandboxEndpoints;
 use crate::sandbox::{AccessToken, Sandbox};
 use crate::spec::{NetworkSpec, SandboxSpec, TimeoutAction};
 use crate::state::{PauseMode, SandboxState};
+use crate::volume::VolumeMount;
+
+mod volumes;
 
 /// The record format written today.
 const RECORD_VERSION: u32 = 1;
@@ -103,6 +106,9 @@ struct SandboxRecord {
     /// What a paused sandbox kept (`memory` or `filesystem`).
     #[serde(default)]
     pause_mode: Option<String>,
+    /// Volumes mounted at create: `(name, path)`.
+    #[serde(default)]
+    volume_mounts: Vec<(String, PathBuf)>,
 }
 
 fn default_true() -> bool {
@@ -126,6 +132,11 @@ impl SandboxRecord {
             auto_pause_memory: spec.on_timeout != TimeoutAction::Pause(PauseMode::Filesystem),
             auto_resume: spec.auto_resume,
             pause_mode: sandbox.pause_mode.map(|mode| mode.as_str().to_owned()),
+            volume_mounts: spec
+                .volume_mounts
+                .iter()
+                .map(|mount| (mount.name.to_string(), mount.path.clone()))
+                .collect(),
             allow_internet: spec.network.allow_internet,
             allow_out: spec.network.allow_out.clone(),
             deny_out: spec.network.deny_out.clone(),
@@ -173,6 +184,16 @@ impl SandboxRecord {
                 field: "pause_mode",
             })?),
         };
+        let volume_mounts = self
+            .volume_mounts
+            .into_iter()
+            .map(|(name, path)| {
+                let name = name.parse().map_err(|_| RecordError::Field {
+                    field: "volume_mounts",
+                })?;
+                Ok(VolumeMount { name, path })
+            })
+            .collect::<Result<Vec<_>, RecordError>>()?;
         Ok(Sandbox {
             id,
             spec: SandboxSpec {
@@ -190,6 +211,7 @@ impl SandboxRecord {
                     allow_out: self.allow_out,
                     deny_out: self.deny_out,
                 },
+                volume_mounts,
             },
             state,
             created_at: from_unix_millis(self.created_at_ms),
@@ -223,6 +245,11 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_sandbox ON events (sandbox_id, seq);
+CREATE TABLE IF NOT EXISTS volumes (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    record TEXT NOT NULL
+);
 ";
 
 impl Store {

@@ -10,11 +10,11 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::exec::{ExecOutcome, ExecRequest, ExitStatus};
-use crate::id::{SandboxId, TemplateId};
+use crate::id::{SandboxId, TemplateId, VolumeId};
 use crate::net::{NetAttachment, NetError, NetPolicy};
 use crate::runtime::{Probe, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints};
 use crate::spec::NetworkSpec;
-use crate::storage::{RootFs, Storage, StorageError, TemplateInfo};
+use crate::storage::{BindMount, RootFs, Storage, StorageError, TemplateInfo};
 
 /// Fails the test unless privileged tests were asked for and the process is root.
 ///
@@ -82,6 +82,7 @@ pub struct FakeRuntime {
     fail_next: Mutex<BTreeSet<&'static str>>,
     oom_kills: Mutex<BTreeMap<SandboxId, u64>>,
     frozen: Mutex<BTreeSet<SandboxId>>,
+    volumes: Mutex<BTreeMap<SandboxId, Vec<BindMount>>>,
 }
 
 impl FakeRuntime {
@@ -104,6 +105,11 @@ impl FakeRuntime {
     /// Whether the fake holds the sandbox.
     pub fn holds(&self, id: &SandboxId) -> bool {
         lock(&self.created).contains_key(id)
+    }
+
+    /// The volumes the sandbox was last created with.
+    pub fn volumes_of(&self, id: &SandboxId) -> Vec<BindMount> {
+        lock(&self.volumes).get(id).cloned().unwrap_or_default()
     }
 
     /// Marks a sandbox's init as dead, as if it had exited.
@@ -139,11 +145,12 @@ impl Runtime for FakeRuntime {
     fn create(
         &self,
         id: &SandboxId,
-        _spec: &RuntimeSpec,
+        spec: &RuntimeSpec,
         _root: &RootFs,
     ) -> Result<(), RuntimeError> {
         lock(&self.calls).push(FakeCall::Create(id.clone()));
         self.injected("create", id)?;
+        lock(&self.volumes).insert(id.clone(), spec.volumes.clone());
         let mut created = lock(&self.created);
         if created.contains_key(id) {
             return Err(RuntimeError::AlreadyExists { id: id.clone() });
@@ -239,6 +246,7 @@ pub struct FakeStorage {
     templates: Mutex<Vec<TemplateId>>,
     snapshots: Mutex<BTreeMap<TemplateId, SandboxId>>,
     rootfs: Mutex<BTreeSet<SandboxId>>,
+    volumes: Mutex<BTreeSet<VolumeId>>,
     calls: Mutex<Vec<FakeCall>>,
     fail_next: Mutex<BTreeSet<&'static str>>,
 }
@@ -250,6 +258,7 @@ impl FakeStorage {
             templates: Mutex::new(templates.iter().filter_map(|t| t.parse().ok()).collect()),
             snapshots: Mutex::new(BTreeMap::new()),
             rootfs: Mutex::new(BTreeSet::new()),
+            volumes: Mutex::new(BTreeSet::new()),
             calls: Mutex::new(Vec::new()),
             fail_next: Mutex::new(BTreeSet::new()),
         }
@@ -295,6 +304,15 @@ impl FakeStorage {
             default_workdir: "/home/user".into(),
             snapshot_of: lock(&self.snapshots).get(id).cloned(),
         }
+    }
+
+    /// Whether volume `id`'s directory exists.
+    pub fn holds_volume(&self, id: &VolumeId) -> bool {
+        lock(&self.volumes).contains(id)
+    }
+
+    fn volume_dir(id: &VolumeId) -> PathBuf {
+        PathBuf::from(format!("/fake/volumes/{id}"))
     }
 
     fn root(id: &SandboxId) -> RootFs {
@@ -354,6 +372,27 @@ impl Storage for FakeStorage {
             return Err(StorageError::TemplateNotFound { id: id.clone() });
         }
         lock(&self.snapshots).remove(id);
+        Ok(())
+    }
+
+    fn create_volume(&self, id: &VolumeId, _owner: (u32, u32)) -> Result<PathBuf, StorageError> {
+        self.injected("create_volume")?;
+        if !lock(&self.volumes).insert(id.clone()) {
+            return Err(StorageError::VolumeExists { id: id.clone() });
+        }
+        Ok(Self::volume_dir(id))
+    }
+
+    fn volume_path(&self, id: &VolumeId) -> Result<PathBuf, StorageError> {
+        if lock(&self.volumes).contains(id) {
+            Ok(Self::volume_dir(id))
+        } else {
+            Err(StorageError::VolumeNotFound { id: id.clone() })
+        }
+    }
+
+    fn delete_volume(&self, id: &VolumeId) -> Result<(), StorageError> {
+        lock(&self.volumes).remove(id);
         Ok(())
     }
 

@@ -44,6 +44,7 @@ impl From<ManagerError> for ApiError {
             ErrorKind::Invalid => StatusCode::BAD_REQUEST,
             ErrorKind::Exhausted => StatusCode::TOO_MANY_REQUESTS,
             ErrorKind::OutOfSpace => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
             ErrorKind::Unsupported => StatusCode::NOT_IMPLEMENTED,
             ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         };

@@ -49,6 +49,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::sandboxes::routes())
         .merge(routes::templates::routes())
         .merge(routes::snapshots::routes())
+        .merge(routes::volumes::routes())
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.api_keys.clone(),
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         ));
     Router::new()
         .merge(routes::health::routes())
+        .merge(routes::volume_content::routes())
         .merge(control_plane)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

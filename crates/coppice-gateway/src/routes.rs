@@ -4,6 +4,8 @@ pub mod health;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod templates;
+pub mod volume_content;
+pub mod volumes;
 
 /// Largest page of a listing.
 pub(crate) const MAX_PAGE: usize = 100;

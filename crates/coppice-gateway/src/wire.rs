@@ -37,6 +37,18 @@ pub struct NewSandbox {
     /// Internet access (snake case on the wire).
     #[serde(default, rename = "allow_internet_access")]
     pub allow_internet_access: Option<bool>,
+    /// Persistent volumes to mount, by name.
+    #[serde(default)]
+    pub volume_mounts: Option<Vec<VolumeMount>>,
+}
+
+/// One entry of `volumeMounts`, in create and in get-info.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct VolumeMount {
+    /// The volume's name.
+    pub name: String,
+    /// Where it appears inside the sandbox.
+    pub path: String,
 }
 
 /// `autoResume` of create.
@@ -203,6 +215,8 @@ pub struct ListedSandbox {
     lifecycle: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pause_mode: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    volume_mounts: Option<Vec<VolumeMount>>,
 }
 
 impl ListedSandbox {
@@ -241,6 +255,17 @@ impl ListedSandbox {
                     Some(pause_mode_name(mode))
                 })
                 .flatten(),
+            volume_mounts: detail.then(|| {
+                sandbox
+                    .spec
+                    .volume_mounts
+                    .iter()
+                    .map(|mount| VolumeMount {
+                        name: mount.name.to_string(),
+                        path: mount.path.display().to_string(),
+                    })
+                    .collect()
+            }),
         }
     }
 }

@@ -52,11 +52,12 @@ fn test_coppiced_restart_reuses_the_base_template() {
 }
 
 /// The three variables that point an unmodified E2B SDK at coppiced.
-fn sdk_env(url: &str) -> [(&'static str, String); 3] {
+fn sdk_env(url: &str) -> [(&'static str, String); 4] {
     [
         ("E2B_API_KEY", API_KEY.to_owned()),
         ("E2B_API_URL", url.to_owned()),
         ("E2B_SANDBOX_URL", url.to_owned()),
+        ("E2B_VOLUME_API_URL", url.to_owned()),
     ]
 }
 
@@ -90,6 +91,13 @@ fn test_e2b_python_sdk_runs_against_coppiced() {
 fn test_e2b_python_sdk_pauses_and_resumes_sandboxes() {
     coppice_core::require_privileged!();
     run_python_suite("lifecycle_sdk.py");
+}
+
+#[test]
+#[ignore = "privileged: starts coppiced and sandboxes; needs the E2B SDK venv (COPPICE_E2B_PYTHON)"]
+fn test_e2b_python_sdk_keeps_volume_data_across_sandboxes() {
+    coppice_core::require_privileged!();
+    run_python_suite("volumes_sdk.py");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use coppice_core::storage::RootFs;
+use coppice_core::storage::{BindMount, RootFs};
 
 use crate::protocol::MountStep;
 
@@ -35,11 +35,17 @@ pub enum PlanError {
 /// The mount(2) data limit (one page).
 const MOUNT_DATA_MAX: usize = 4095;
 
-/// Plans the mounts for `root`. `host_dev` is the host's `/dev`; `tmp_size_mb` bounds `/tmp`.
+/// Plans the mounts for `root` with `volumes` on top of everything. `host_dev` is the host's
+/// `/dev`; `tmp_size_mb` bounds `/tmp`.
 ///
 /// # Errors
 /// [`PlanError`] for a root that cannot be mounted as given.
-pub fn plan(root: &RootFs, host_dev: &Path, tmp_size_mb: u32) -> Result<Vec<MountStep>, PlanError> {
+pub fn plan(
+    root: &RootFs,
+    volumes: &[BindMount],
+    host_dev: &Path,
+    tmp_size_mb: u32,
+) -> Result<Vec<MountStep>, PlanError> {
     let mut steps = Vec::new();
     let binds = match root {
         RootFs::Overlay {
@@ -70,6 +76,7 @@ pub fn plan(root: &RootFs, host_dev: &Path, tmp_size_mb: u32) -> Result<Vec<Moun
                 source: path.clone(),
                 target: PathBuf::new(),
                 read_only: false,
+                create_target: false,
             });
             binds
         }
@@ -80,6 +87,7 @@ pub fn plan(root: &RootFs, host_dev: &Path, tmp_size_mb: u32) -> Result<Vec<Moun
             source: bind.source.clone(),
             target,
             read_only: bind.read_only,
+            create_target: false,
         });
     }
     steps.push(MountStep::Proc {
@@ -130,6 +138,15 @@ pub fn plan(root: &RootFs, host_dev: &Path, tmp_size_mb: u32) -> Result<Vec<Moun
         noexec: false,
         nodev: true,
     });
+    // Last, so that no file system of the sandbox's own (e.g. `/tmp`) hides a volume.
+    for volume in volumes {
+        steps.push(MountStep::Bind {
+            source: volume.source.clone(),
+            target: relative_target(&volume.target)?,
+            read_only: volume.read_only,
+            create_target: true,
+        });
+    }
     Ok(steps)
 }
 
@@ -188,14 +205,15 @@ mod tests {
             target: "/usr".into(),
             read_only: true,
         };
-        let steps = plan(&overlay(vec![usr]), Path::new("/dev"), 64).unwrap();
+        let steps = plan(&overlay(vec![usr]), &[], Path::new("/dev"), 64).unwrap();
         assert!(matches!(&steps[0], MountStep::Overlay { .. }));
         assert_eq!(
             steps[1],
             MountStep::Bind {
                 source: "/usr".into(),
                 target: "usr".into(),
-                read_only: true
+                read_only: true,
+                create_target: false,
             }
         );
         assert_eq!(
@@ -217,8 +235,33 @@ mod tests {
     }
 
     #[test]
+    fn test_plan_mounts_volumes_last_creating_their_targets() {
+        let volume = BindMount {
+            source: "/data/volumes/v1".into(),
+            target: "/tmp/cache".into(),
+            read_only: false,
+        };
+        let steps = plan(&overlay(Vec::new()), &[volume], Path::new("/dev"), 64).unwrap();
+        assert_eq!(
+            steps.last(),
+            Some(&MountStep::Bind {
+                source: "/data/volumes/v1".into(),
+                target: "tmp/cache".into(),
+                read_only: false,
+                create_target: true,
+            })
+        );
+        let escaping = BindMount {
+            source: "/x".into(),
+            target: "/mnt/../../etc".into(),
+            read_only: false,
+        };
+        assert!(plan(&overlay(Vec::new()), &[escaping], Path::new("/dev"), 64).is_err());
+    }
+
+    #[test]
     fn test_plan_devpts_comes_before_ptmx_link() {
-        let steps = plan(&overlay(Vec::new()), Path::new("/dev"), 64).unwrap();
+        let steps = plan(&overlay(Vec::new()), &[], Path::new("/dev"), 64).unwrap();
         let devpts = steps
             .iter()
             .position(|s| matches!(s, MountStep::Devpts { .. }))
@@ -241,7 +284,7 @@ mod tests {
                 read_only: true,
             };
             assert!(matches!(
-                plan(&overlay(vec![bind]), Path::new("/dev"), 64),
+                plan(&overlay(vec![bind]), &[], Path::new("/dev"), 64),
                 Err(PlanError::BadTarget { .. })
             ));
         }
@@ -256,7 +299,7 @@ mod tests {
             binds: Vec::new(),
         };
         assert_eq!(
-            plan(&root, Path::new("/dev"), 64),
+            plan(&root, &[], Path::new("/dev"), 64),
             Err(PlanError::NoLowerLayer)
         );
     }
@@ -273,7 +316,7 @@ mod tests {
             binds: Vec::new(),
         };
         assert!(matches!(
-            plan(&root, Path::new("/dev"), 64),
+            plan(&root, &[], Path::new("/dev"), 64),
             Err(PlanError::OptionsTooLong { .. })
         ));
     }

@@ -100,6 +100,9 @@ pub enum MountStep {
         target: PathBuf,
         /// Remount read-only (and nosuid, nodev).
         read_only: bool,
+        /// Create the target directory (and its parents) when missing, as for a volume.
+        #[serde(default)]
+        create_target: bool,
     },
     /// A character device bound from the host's `/dev` onto an empty file.
     DevNode {

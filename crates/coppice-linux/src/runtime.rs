@@ -185,7 +185,7 @@ impl<S: NsSys> NamespaceRuntime<S> {
         let dir = self.sandbox_dir(id);
         let mount_point = dir.join(ROOT_MOUNT_POINT);
         let tmp_mb = spec.memory_mb.min(MAX_TMP_MB);
-        let mounts = mount_plan::plan(root, &self.config.host_dev, tmp_mb)?;
+        let mounts = mount_plan::plan(root, &spec.volumes, &self.config.host_dev, tmp_mb)?;
         let cgroups = self.cgroups(id)?;
         fs::create_dir_all(&mount_point).map_err(|source| LinuxError::RunDir {
             op: "create",
@@ -535,6 +535,14 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
             op: "list",
             source: Box::new(error),
         })
+    }
+
+    fn id_map(&self) -> coppice_core::volume::IdMap {
+        coppice_core::volume::IdMap {
+            uid_base: self.config.id_map.host_uid_base,
+            gid_base: self.config.id_map.host_gid_base,
+            count: self.config.id_map.count,
+        }
     }
 }
 

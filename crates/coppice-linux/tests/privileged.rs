@@ -88,6 +88,7 @@ impl Host {
             max_pids,
             env: vec![("SANDBOX_VAR".into(), "present".into())],
             network: NetAttachment::LoopbackOnly,
+            volumes: Vec::new(),
         };
         self.runtime.create(&id, &spec, &root).unwrap();
         self.runtime.start(&id).unwrap();

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use coppice_core::storage::{BindMount, RootFs, Storage, StorageError, TemplateInfo};
-use coppice_core::{SandboxId, TemplateId};
+use coppice_core::{SandboxId, TemplateId, VolumeId};
 
 use crate::base::{self, HostIds};
 use crate::config::OverlayConfig;
@@ -506,6 +506,22 @@ impl Storage for OverlayStorage {
     fn delete_template(&self, id: &TemplateId) -> std::result::Result<(), StorageError> {
         OverlayStorage::delete_template(self, id).map_err(|err| err.into_storage("delete template"))
     }
+
+    fn create_volume(
+        &self,
+        id: &VolumeId,
+        owner: (u32, u32),
+    ) -> std::result::Result<PathBuf, StorageError> {
+        self.create_volume_dir(id, owner)
+    }
+
+    fn volume_path(&self, id: &VolumeId) -> std::result::Result<PathBuf, StorageError> {
+        self.existing_volume_dir(id)
+    }
+
+    fn delete_volume(&self, id: &VolumeId) -> std::result::Result<(), StorageError> {
+        self.remove_volume_dir(id)
+    }
 }
 
 /// The id of the base template, parsed; `path` is where its metadata lives, for the error.
@@ -542,3 +558,4 @@ fn is_damage(err: &OverlayError) -> bool {
 mod snapshot;
 #[cfg(test)]
 mod tests;
+mod volumes;

@@ -1,7 +1,7 @@
 //! The error every manager operation returns, classified by kind for the frontends.
 
 use crate::error::ErrorKind;
-use crate::id::{SandboxId, TemplateId};
+use crate::id::{SandboxId, TemplateId, VolumeId};
 use crate::net::NetError;
 use crate::runtime::RuntimeError;
 use crate::spec::SpecError;
@@ -74,6 +74,32 @@ pub enum ManagerError {
     /// The state database failed.
     #[error("state database failed")]
     Store(#[from] StoreError),
+    /// No volume with that id or name.
+    #[error("volume {volume} not found")]
+    VolumeNotFound {
+        /// The id or name asked for.
+        volume: String,
+    },
+    /// A volume with that name exists already.
+    #[error("a volume named {name} already exists")]
+    VolumeNameTaken {
+        /// The name.
+        name: String,
+    },
+    /// The volume is mounted by a sandbox that has not been killed.
+    #[error("volume {id} is mounted by sandbox {sandbox}; kill the sandbox first")]
+    VolumeInUse {
+        /// The volume.
+        id: VolumeId,
+        /// One sandbox that mounts it.
+        sandbox: SandboxId,
+    },
+    /// A missing or wrong volume token.
+    #[error("the token does not grant access to volume {id}")]
+    VolumeToken {
+        /// The volume.
+        id: VolumeId,
+    },
     /// An id that does not parse.
     #[error("invalid id")]
     InvalidId {
@@ -122,8 +148,14 @@ impl ManagerError {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Self::InvalidSpec(_) | Self::InvalidId { .. } => ErrorKind::Invalid,
-            Self::SandboxNotFound { .. } | Self::TemplateNotFound { .. } => ErrorKind::NotFound,
-            Self::InvalidState { .. } | Self::NotRunning { .. } => ErrorKind::Conflict,
+            Self::SandboxNotFound { .. }
+            | Self::TemplateNotFound { .. }
+            | Self::VolumeNotFound { .. } => ErrorKind::NotFound,
+            Self::InvalidState { .. } | Self::NotRunning { .. } | Self::VolumeInUse { .. } => {
+                ErrorKind::Conflict
+            }
+            Self::VolumeNameTaken { .. } => ErrorKind::AlreadyExists,
+            Self::VolumeToken { .. } => ErrorKind::Unauthenticated,
             Self::Runtime { source, .. } => source.kind(),
             Self::Storage { source, .. } => source.kind(),
             Self::Net { source, .. } => source.kind(),

@@ -324,12 +324,14 @@ impl Inner {
             .storage
             .rootfs(id)
             .map_err(|source| ManagerError::from_storage("find rootfs", source))?;
+        let volumes = self.volume_binds(&paused.spec)?;
         match boot_blocking(
             &self.backends,
             id,
             &paused.spec,
             self.config.limits.max_pids,
             &root,
+            volumes,
         ) {
             Ok(endpoints) => {
                 resumed.endpoints = Some(endpoints);

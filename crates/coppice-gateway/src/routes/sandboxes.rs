@@ -14,6 +14,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use coppice_core::manager::{ListFilter, ResumeOptions, ResumeOutcome};
+use coppice_core::volume::VolumeMount;
 use coppice_core::{PauseMode, Sandbox, SandboxId, SandboxSpec, SandboxState, TimeoutAction};
 use serde::Deserialize;
 
@@ -45,7 +46,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v2/sandboxes/{id}/logs", get(logs))
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(super) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(value)| value)
         .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
 }
@@ -119,6 +120,15 @@ async fn create(
     spec.auto_resume = request.auto_resume.is_some_and(|auto| auto.enabled);
     if let Some(allow) = request.allow_internet_access {
         spec.network.allow_internet = allow;
+    }
+    for mount in request.volume_mounts.unwrap_or_default() {
+        spec.volume_mounts.push(VolumeMount {
+            name: mount
+                .name
+                .parse()
+                .map_err(|e| ApiError::bad_request(format!("volume name {:?}: {e}", mount.name)))?,
+            path: mount.path.into(),
+        });
     }
     // envd keeps the token (across its own restarts); until it has it, no traffic is let in.
     let sandbox = lifecycle::hand_out(&state, state.manager.create(spec).await?).await?;

@@ -56,6 +56,7 @@ fn spec() -> RuntimeSpec {
         max_pids: 64,
         env: vec![("A".into(), "1".into())],
         network: NetAttachment::LoopbackOnly,
+        volumes: Vec::new(),
     }
 }
 

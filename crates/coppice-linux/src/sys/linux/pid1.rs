@@ -112,8 +112,13 @@ fn apply(config: &InitConfig, step: &MountStep) -> Result<(), String> {
             source,
             target,
             read_only,
+            create_target,
         } => {
-            let target = safe_target(root, target)?;
+            let target = if *create_target {
+                make_dirs(root, target)?
+            } else {
+                safe_target(root, target)?
+            };
             mount_bind(source, &target)
                 .map_err(|e| format!("bind {} on {}: {e}", source.display(), target.display()))?;
             if *read_only {
@@ -214,6 +219,16 @@ fn make_dir(root: &Path, relative: &Path) -> Result<PathBuf, String> {
         }
         Err(error) => Err(format!("create {}: {error}", target.display())),
     }
+}
+
+/// `make_dir` for every component of `relative` in turn, so that no component is a symlink.
+fn make_dirs(root: &Path, relative: &Path) -> Result<PathBuf, String> {
+    let mut partial = PathBuf::new();
+    for component in relative.components() {
+        partial.push(component);
+        make_dir(root, &partial)?;
+    }
+    safe_target(root, relative)
 }
 
 /// mount(2) with string data; empty data passes NULL.

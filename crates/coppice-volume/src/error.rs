@@ -1,0 +1,95 @@
+//! What can go wrong inside a volume, classified for the API's status codes.
+
+use std::io;
+
+/// The class of a [`VolumeFsError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VolumeFsErrorKind {
+    /// The path or an owner is not acceptable.
+    Invalid,
+    /// Nothing at that path.
+    NotFound,
+    /// Something is there that does not fit (a file where a directory is needed, an
+    /// existing directory).
+    Conflict,
+    /// The disk is full or a quota is reached.
+    OutOfSpace,
+    /// A failure of the host.
+    Internal,
+}
+
+/// A volume file operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeFsError {
+    /// A path that cannot name anything inside a volume.
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath {
+        /// The path as given (truncated).
+        path: String,
+        /// Why.
+        reason: String,
+    },
+    /// A symlink where a directory was to be walked through.
+    #[error("{path} passes through a symlink, which volume paths may not follow")]
+    Symlink {
+        /// The path.
+        path: String,
+    },
+    /// An owner or mode out of range.
+    #[error("{what} {value} is not allowed: {reason}")]
+    Attribute {
+        /// `uid`, `gid` or `mode`.
+        what: &'static str,
+        /// The value.
+        value: u32,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Nothing at that path.
+    #[error("{path} does not exist")]
+    NotFound {
+        /// The path.
+        path: String,
+    },
+    /// The path names something of the wrong kind, or something already there.
+    #[error("{path}: {reason}")]
+    Conflict {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// A system call failed.
+    #[error("cannot {op} {path}")]
+    Io {
+        /// What was being done.
+        op: &'static str,
+        /// The path.
+        path: String,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl VolumeFsError {
+    /// The class of the error.
+    pub fn kind(&self) -> VolumeFsErrorKind {
+        match self {
+            Self::InvalidPath { .. } | Self::Symlink { .. } | Self::Attribute { .. } => {
+                VolumeFsErrorKind::Invalid
+            }
+            Self::NotFound { .. } => VolumeFsErrorKind::NotFound,
+            Self::Conflict { .. } => VolumeFsErrorKind::Conflict,
+            Self::Io { source, .. } => match source.raw_os_error() {
+                Some(libc_enospc) if libc_enospc == rustix::io::Errno::NOSPC.raw_os_error() => {
+                    VolumeFsErrorKind::OutOfSpace
+                }
+                Some(edquot) if edquot == rustix::io::Errno::DQUOT.raw_os_error() => {
+                    VolumeFsErrorKind::OutOfSpace
+                }
+                _ => VolumeFsErrorKind::Internal,
+            },
+        }
+    }
+}
