@@ -6,6 +6,7 @@
 mod files;
 mod output;
 mod shell;
+mod storage;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -85,6 +86,12 @@ pub enum Command {
         /// The sandbox.
         id: String,
     },
+    /// Persistent volumes: create, list, delete.
+    #[command(subcommand)]
+    Volume(storage::VolumeCommand),
+    /// Directory snapshots: create, list, restore, download, delete.
+    #[command(subcommand)]
+    DirSnapshot(storage::DirSnapshotCommand),
 }
 
 /// `coppice sandbox …`.
@@ -233,6 +240,12 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
             return shell::run(&client, id, user.as_deref()).await;
         }
         Command::Files(command) => files::run(&client, command, cli.json, &mut stdout).await?,
+        Command::Volume(command) => {
+            storage::volume(&client, command, cli.json, &mut stdout).await?
+        }
+        Command::DirSnapshot(command) => {
+            storage::dir_snapshot(&client, command, cli.json, &mut stdout).await?;
+        }
         Command::Logs { id } => {
             let logs = client.logs(id).await?;
             if cli.json {

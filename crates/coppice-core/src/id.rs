@@ -135,40 +135,58 @@ impl FromStr for TemplateId {
 
 formatted_as_its_text!(TemplateId);
 
-/// Longest accepted volume id.
-const VOLUME_ID_MAX_LEN: usize = 64;
+/// Longest accepted volume or directory snapshot id.
+const GENERATED_ID_MAX_LEN: usize = 64;
 /// Longest accepted volume name.
 const VOLUME_NAME_MAX_LEN: usize = 63;
 
-/// The identity of one persistent volume: lowercase ASCII letters and digits.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct VolumeId(String);
+/// A random identifier in the alphabet and length of sandbox ids, parsed as lowercase
+/// letters and digits.
+macro_rules! random_lowercase_id {
+    ($(#[$meta:meta])* $name:ident, $kind:literal) => {
+        $(#[$meta])*
+        #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(String);
 
-impl VolumeId {
-    /// Generates a new random id, in the same alphabet and length as sandbox ids.
-    ///
-    /// # Errors
-    /// Fails only if the OS entropy source fails.
-    pub fn generate() -> Result<Self, getrandom::Error> {
-        Ok(Self(SandboxId::generate()?.0))
-    }
+        impl $name {
+            /// Generates a new random id.
+            ///
+            /// # Errors
+            /// Fails only if the OS entropy source fails.
+            pub fn generate() -> Result<Self, getrandom::Error> {
+                Ok(Self(SandboxId::generate()?.0))
+            }
 
-    /// The id as a string slice.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
+            /// The id as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ParseIdError;
+
+            fn from_str(value: &str) -> Result<Self, Self::Err> {
+                check_lowercase_alphanumeric($kind, value, GENERATED_ID_MAX_LEN)?;
+                Ok(Self(value.to_owned()))
+            }
+        }
+
+        formatted_as_its_text!($name);
+    };
 }
 
-impl FromStr for VolumeId {
-    type Err = ParseIdError;
+random_lowercase_id!(
+    /// The identity of one persistent volume.
+    VolumeId,
+    "volume"
+);
 
-    fn from_str(value: &str) -> Result<Self, Self::Err> {
-        check_lowercase_alphanumeric("volume", value, VOLUME_ID_MAX_LEN)?;
-        Ok(Self(value.to_owned()))
-    }
-}
-
-formatted_as_its_text!(VolumeId);
+random_lowercase_id!(
+    /// The identity of one directory snapshot.
+    DirSnapshotId,
+    "directory snapshot"
+);
 
 /// The name a volume is mounted by: letters, digits, `-`, `_` and `.`, starting with a letter
 /// or digit. Names are unique.

@@ -35,7 +35,7 @@ pub mod testing;
 pub mod volume;
 
 pub use error::ErrorKind;
-pub use id::{ParseIdError, SandboxId, TemplateId, VolumeId, VolumeName};
+pub use id::{DirSnapshotId, ParseIdError, SandboxId, TemplateId, VolumeId, VolumeName};
 pub use manager::{ManagerConfig, ManagerError, SandboxManager};
 pub use sandbox::{AccessToken, Sandbox};
 pub use spec::{Limits, NetworkSpec, SandboxSpec, SpecError, TimeoutAction};

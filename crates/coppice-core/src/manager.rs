@@ -9,6 +9,7 @@
 //! `Stopping` before any is released, so [`reconcile`] can finish or undo either after a crash.
 
 mod background;
+mod dir_snapshots;
 mod error;
 mod lifecycle;
 mod reconcile;
@@ -776,6 +777,8 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
+#[cfg(test)]
+mod dir_snapshot_tests;
 #[cfg(test)]
 mod lifecycle_tests;
 #[cfg(test)]

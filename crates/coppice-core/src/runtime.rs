@@ -110,6 +110,19 @@ pub trait Runtime: Send + Sync + 'static {
     /// A backend failure; the call can be retried.
     fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
 
+    /// A host path that is the running sandbox's root directory as its processes see it
+    /// (its own mounts included), for reading and writing its files from the host without
+    /// following anything below it.
+    ///
+    /// # Errors
+    /// `NotFound` when the sandbox has no running init; `Unsupported`.
+    fn root_dir(&self, id: &SandboxId) -> Result<PathBuf, RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported {
+            what: "reaching a sandbox's files from the host",
+        })
+    }
+
     /// How sandbox ids map to host ids, for files the host writes on a sandbox's behalf
     /// (volumes). The default is the identity: the sandbox shares the host's ids.
     fn id_map(&self) -> IdMap {

@@ -1,10 +1,11 @@
 //! The `Storage` trait: templates and the per-sandbox root filesystems made from them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use crate::error::ErrorKind;
-use crate::id::{SandboxId, TemplateId, VolumeId};
+use crate::id::{DirSnapshotId, SandboxId, TemplateId, VolumeId};
+use crate::volume::{ArchiveInfo, IdMap};
 
 /// A template as storage knows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +148,65 @@ pub trait Storage: Send + Sync + 'static {
         Err(StorageError::Unsupported { what: "volumes" })
     }
 
+    /// Writes directory `path` (absolute, inside the sandbox) of the sandbox whose root
+    /// directory is `root` as directory snapshot `id`. Nothing below `root` is followed.
+    ///
+    /// # Errors
+    /// `Invalid` for a path that is not a directory; `Exhausted`; `Unsupported`.
+    fn create_dir_snapshot(
+        &self,
+        id: &DirSnapshotId,
+        root: &Path,
+        path: &str,
+        ids: IdMap,
+    ) -> Result<ArchiveInfo, StorageError> {
+        let _ = (id, root, path, ids);
+        Err(StorageError::Unsupported {
+            what: "directory snapshots",
+        })
+    }
+
+    /// Writes directory snapshot `id` back below directory `path` of the sandbox whose root
+    /// directory is `root`, after checking all of it.
+    ///
+    /// # Errors
+    /// `Invalid` for an archive that would leave the directory (nothing is written);
+    /// `DirSnapshotNotFound`; `Exhausted`; `Unsupported`.
+    fn restore_dir_snapshot(
+        &self,
+        id: &DirSnapshotId,
+        root: &Path,
+        path: &str,
+        ids: IdMap,
+    ) -> Result<u64, StorageError> {
+        let _ = (id, root, path, ids);
+        Err(StorageError::Unsupported {
+            what: "directory snapshots",
+        })
+    }
+
+    /// The tar of directory snapshot `id`.
+    ///
+    /// # Errors
+    /// `DirSnapshotNotFound`; `Unsupported`.
+    fn dir_snapshot_file(&self, id: &DirSnapshotId) -> Result<PathBuf, StorageError> {
+        let _ = id;
+        Err(StorageError::Unsupported {
+            what: "directory snapshots",
+        })
+    }
+
+    /// Deletes directory snapshot `id`; deleting an absent one succeeds.
+    ///
+    /// # Errors
+    /// A backend failure; `Unsupported`.
+    fn delete_dir_snapshot(&self, id: &DirSnapshotId) -> Result<(), StorageError> {
+        let _ = id;
+        Err(StorageError::Unsupported {
+            what: "directory snapshots",
+        })
+    }
+
     /// Deletes volume `id` and everything in it. Deleting an absent volume succeeds, so that
     /// a deletion can be retried.
     ///
@@ -184,6 +244,12 @@ pub enum StorageError {
     VolumeNotFound {
         /// The volume.
         id: VolumeId,
+    },
+    /// No such directory snapshot.
+    #[error("directory snapshot {id} not found in storage")]
+    DirSnapshotNotFound {
+        /// The snapshot.
+        id: DirSnapshotId,
     },
     /// A volume with that id already exists.
     #[error("volume {id} already exists in storage")]
@@ -233,9 +299,10 @@ impl StorageError {
     /// The kind of failure.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::TemplateNotFound { .. } | Self::NotFound { .. } | Self::VolumeNotFound { .. } => {
-                ErrorKind::NotFound
-            }
+            Self::TemplateNotFound { .. }
+            | Self::NotFound { .. }
+            | Self::VolumeNotFound { .. }
+            | Self::DirSnapshotNotFound { .. } => ErrorKind::NotFound,
             Self::AlreadyExists { .. }
             | Self::TemplateExists { .. }
             | Self::VolumeExists { .. } => ErrorKind::AlreadyExists,

@@ -21,6 +21,7 @@ use crate::spec::{NetworkSpec, SandboxSpec, TimeoutAction};
 use crate::state::{PauseMode, SandboxState};
 use crate::volume::VolumeMount;
 
+mod dir_snapshots;
 mod volumes;
 
 /// The record format written today.
@@ -245,6 +246,10 @@ CREATE TABLE IF NOT EXISTS events (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS events_by_sandbox ON events (sandbox_id, seq);
+CREATE TABLE IF NOT EXISTS dir_snapshots (
+    id TEXT PRIMARY KEY,
+    record TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS volumes (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,

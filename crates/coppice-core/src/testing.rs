@@ -5,16 +5,17 @@
 //! told to fail its next call of a given operation.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, UNIX_EPOCH};
 
 use crate::exec::{ExecOutcome, ExecRequest, ExitStatus};
-use crate::id::{SandboxId, TemplateId, VolumeId};
+use crate::id::{DirSnapshotId, SandboxId, TemplateId, VolumeId};
 use crate::net::{NetAttachment, NetError, NetPolicy};
 use crate::runtime::{Probe, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints};
 use crate::spec::NetworkSpec;
 use crate::storage::{BindMount, RootFs, Storage, StorageError, TemplateInfo};
+use crate::volume::{ArchiveInfo, IdMap};
 
 /// Fails the test unless privileged tests were asked for and the process is root.
 ///
@@ -209,6 +210,13 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
+    fn root_dir(&self, id: &SandboxId) -> Result<PathBuf, RuntimeError> {
+        if lock(&self.created).get(id) != Some(&true) {
+            return Err(RuntimeError::NotFound { id: id.clone() });
+        }
+        Ok(PathBuf::from(format!("/fake/{id}/root")))
+    }
+
     fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         lock(&self.calls).push(FakeCall::Freeze(id.clone()));
         self.injected("freeze", id)?;
@@ -247,6 +255,8 @@ pub struct FakeStorage {
     snapshots: Mutex<BTreeMap<TemplateId, SandboxId>>,
     rootfs: Mutex<BTreeSet<SandboxId>>,
     volumes: Mutex<BTreeSet<VolumeId>>,
+    /// Directory snapshots: id -> (root, path) they were taken of.
+    dir_snapshots: Mutex<BTreeMap<DirSnapshotId, (PathBuf, String)>>,
     calls: Mutex<Vec<FakeCall>>,
     fail_next: Mutex<BTreeSet<&'static str>>,
 }
@@ -259,6 +269,7 @@ impl FakeStorage {
             snapshots: Mutex::new(BTreeMap::new()),
             rootfs: Mutex::new(BTreeSet::new()),
             volumes: Mutex::new(BTreeSet::new()),
+            dir_snapshots: Mutex::new(BTreeMap::new()),
             calls: Mutex::new(Vec::new()),
             fail_next: Mutex::new(BTreeSet::new()),
         }
@@ -304,6 +315,11 @@ impl FakeStorage {
             default_workdir: "/home/user".into(),
             snapshot_of: lock(&self.snapshots).get(id).cloned(),
         }
+    }
+
+    /// The root and path directory snapshot `id` was taken of, if it is kept.
+    pub fn dir_snapshot_source(&self, id: &DirSnapshotId) -> Option<(PathBuf, String)> {
+        lock(&self.dir_snapshots).get(id).cloned()
     }
 
     /// Whether volume `id`'s directory exists.
@@ -372,6 +388,49 @@ impl Storage for FakeStorage {
             return Err(StorageError::TemplateNotFound { id: id.clone() });
         }
         lock(&self.snapshots).remove(id);
+        Ok(())
+    }
+
+    fn create_dir_snapshot(
+        &self,
+        id: &DirSnapshotId,
+        root: &Path,
+        path: &str,
+        _ids: IdMap,
+    ) -> Result<ArchiveInfo, StorageError> {
+        self.injected("create_dir_snapshot")?;
+        lock(&self.dir_snapshots).insert(id.clone(), (root.to_owned(), path.to_owned()));
+        Ok(ArchiveInfo {
+            sha256: "0".repeat(64),
+            size_bytes: 10_240,
+            entries: 1,
+        })
+    }
+
+    fn restore_dir_snapshot(
+        &self,
+        id: &DirSnapshotId,
+        _root: &Path,
+        _path: &str,
+        _ids: IdMap,
+    ) -> Result<u64, StorageError> {
+        if lock(&self.dir_snapshots).contains_key(id) {
+            Ok(1)
+        } else {
+            Err(StorageError::DirSnapshotNotFound { id: id.clone() })
+        }
+    }
+
+    fn dir_snapshot_file(&self, id: &DirSnapshotId) -> Result<PathBuf, StorageError> {
+        if lock(&self.dir_snapshots).contains_key(id) {
+            Ok(PathBuf::from(format!("/fake/dir-snapshots/{id}.tar")))
+        } else {
+            Err(StorageError::DirSnapshotNotFound { id: id.clone() })
+        }
+    }
+
+    fn delete_dir_snapshot(&self, id: &DirSnapshotId) -> Result<(), StorageError> {
+        lock(&self.dir_snapshots).remove(id);
         Ok(())
     }
 

@@ -1,10 +1,11 @@
-//! Persistent volumes: named directories that outlive sandboxes, mounted into them at create
-//! and reached from outside through a per-volume token.
+//! Persistent volumes (named directories that outlive sandboxes, mounted into them at create
+//! and reached from outside through a per-volume token) and directory snapshots (one
+//! directory of a sandbox kept as a tar, restorable into any sandbox).
 
 use std::path::{Component, Path, PathBuf};
 use std::time::SystemTime;
 
-use crate::id::{VolumeId, VolumeName};
+use crate::id::{DirSnapshotId, SandboxId, VolumeId, VolumeName};
 use crate::sandbox::AccessToken;
 
 /// Most volumes one sandbox mounts.
@@ -21,6 +22,36 @@ pub struct Volume {
     pub token: AccessToken,
     /// When it was created.
     pub created_at: SystemTime,
+}
+
+/// One directory of a sandbox, kept as a tar.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirSnapshot {
+    /// Its id.
+    pub id: DirSnapshotId,
+    /// The sandbox it was taken of.
+    pub sandbox: SandboxId,
+    /// The directory, as an absolute path inside that sandbox.
+    pub path: String,
+    /// SHA-256 of the tar, lowercase hex.
+    pub sha256: String,
+    /// Size of the tar in bytes.
+    pub size_bytes: u64,
+    /// Files, directories and links in it.
+    pub entries: u64,
+    /// When it was taken.
+    pub created_at: SystemTime,
+}
+
+/// What storage reports about a directory snapshot it has written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArchiveInfo {
+    /// SHA-256 of the tar, lowercase hex.
+    pub sha256: String,
+    /// Size of the tar in bytes.
+    pub size_bytes: u64,
+    /// Files, directories and links in it.
+    pub entries: u64,
 }
 
 /// A volume mounted into a sandbox, as asked for at create.

@@ -4,6 +4,8 @@
 
 use std::collections::BTreeMap;
 
+mod storage;
+
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;
 use http_body_util::{BodyExt, BodyStream, Full};

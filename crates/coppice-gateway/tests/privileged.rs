@@ -101,6 +101,13 @@ fn test_e2b_python_sdk_keeps_volume_data_across_sandboxes() {
 }
 
 #[test]
+#[ignore = "privileged: starts coppiced and sandboxes; needs the E2B SDK venv (COPPICE_E2B_PYTHON)"]
+fn test_directory_snapshots_are_captured_downloaded_and_restored() {
+    coppice_core::require_privileged!();
+    run_python_suite("dir_snapshots_sdk.py");
+}
+
+#[test]
 #[ignore = "privileged: starts coppiced and sandboxes; needs the E2B JS SDK in tests/sdk/node_modules"]
 fn test_e2b_js_sdk_runs_against_coppiced() {
     coppice_core::require_privileged!();
@@ -287,6 +294,78 @@ fn test_coppice_cli_end_to_end() {
             .success()
     );
     assert_eq!(std::fs::read_to_string(&back).unwrap(), "from the host\n");
+
+    let snapshot = coppice(
+        port,
+        &["dir-snapshot", "create", &id, "/home/user/cli"],
+        b"",
+    );
+    assert!(snapshot.status.success(), "{}", text(&snapshot.stderr));
+    let snapshot_id = text(&snapshot.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let restored = coppice(
+        port,
+        &[
+            "dir-snapshot",
+            "restore",
+            &snapshot_id,
+            &id,
+            "--path",
+            "/home/user/cli-copy",
+        ],
+        b"",
+    );
+    assert_eq!(
+        text(&restored.stdout),
+        format!("restored 1 entries into {id}\n"),
+        "{}",
+        text(&restored.stderr)
+    );
+    let copy = coppice(
+        port,
+        &["files", "cat", &id, "/home/user/cli-copy/x.txt"],
+        b"",
+    );
+    assert_eq!(text(&copy.stdout), "from the host\n");
+    let tar = dir.path().join("cli.tar");
+    let download = coppice(
+        port,
+        &[
+            "dir-snapshot",
+            "download",
+            &snapshot_id,
+            tar.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(download.status.success(), "{}", text(&download.stderr));
+    assert!(std::fs::metadata(&tar).unwrap().len() >= 1024);
+    assert!(
+        coppice(port, &["dir-snapshot", "delete", &snapshot_id], b"")
+            .status
+            .success()
+    );
+    let volume = coppice(port, &["volume", "create", "cli-vol"], b"");
+    assert!(volume.status.success(), "{}", text(&volume.stderr));
+    let volume_id = text(&volume.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    let volumes = coppice(port, &["volume", "list"], b"");
+    assert!(
+        text(&volumes.stdout).contains("cli-vol"),
+        "{}",
+        text(&volumes.stdout)
+    );
+    assert!(
+        coppice(port, &["volume", "delete", &volume_id], b"")
+            .status
+            .success()
+    );
 
     let shell = coppice(port, &["shell", &id], b"echo shell-$((6*7)); exit 3\n");
     assert_eq!(shell.status.code(), Some(3), "{}", text(&shell.stderr));

@@ -537,6 +537,22 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
         })
     }
 
+    fn root_dir(&self, id: &SandboxId) -> Result<PathBuf, RuntimeError> {
+        let state = self
+            .read_state(id)
+            .map_err(|error| backend("find the root of", id, error))?
+            .ok_or_else(|| RuntimeError::NotFound { id: id.clone() })?;
+        if !self
+            .init_alive(&state)
+            .map_err(|error| backend("find the root of", id, error))?
+        {
+            return Err(RuntimeError::NotFound { id: id.clone() });
+        }
+        // PID 1's root is the sandbox's root, with every mount of the sandbox in it. Its pid
+        // was checked against its start time just now.
+        Ok(PathBuf::from(format!("/proc/{}/root", state.pid)))
+    }
+
     fn id_map(&self) -> coppice_core::volume::IdMap {
         coppice_core::volume::IdMap {
             uid_base: self.config.id_map.host_uid_base,

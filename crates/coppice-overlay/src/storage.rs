@@ -22,7 +22,8 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
 use coppice_core::storage::{BindMount, RootFs, Storage, StorageError, TemplateInfo};
-use coppice_core::{SandboxId, TemplateId, VolumeId};
+use coppice_core::volume::{ArchiveInfo, IdMap};
+use coppice_core::{DirSnapshotId, SandboxId, TemplateId, VolumeId};
 
 use crate::base::{self, HostIds};
 use crate::config::OverlayConfig;
@@ -522,6 +523,34 @@ impl Storage for OverlayStorage {
     fn delete_volume(&self, id: &VolumeId) -> std::result::Result<(), StorageError> {
         self.remove_volume_dir(id)
     }
+
+    fn create_dir_snapshot(
+        &self,
+        id: &DirSnapshotId,
+        root: &Path,
+        path: &str,
+        ids: IdMap,
+    ) -> std::result::Result<ArchiveInfo, StorageError> {
+        self.write_dir_snapshot(id, root, path, ids)
+    }
+
+    fn restore_dir_snapshot(
+        &self,
+        id: &DirSnapshotId,
+        root: &Path,
+        path: &str,
+        ids: IdMap,
+    ) -> std::result::Result<u64, StorageError> {
+        self.read_dir_snapshot(id, root, path, ids)
+    }
+
+    fn dir_snapshot_file(&self, id: &DirSnapshotId) -> std::result::Result<PathBuf, StorageError> {
+        self.existing_dir_snapshot(id)
+    }
+
+    fn delete_dir_snapshot(&self, id: &DirSnapshotId) -> std::result::Result<(), StorageError> {
+        self.remove_dir_snapshot(id)
+    }
 }
 
 /// The id of the base template, parsed; `path` is where its metadata lives, for the error.
@@ -555,6 +584,7 @@ fn is_damage(err: &OverlayError) -> bool {
     )
 }
 
+mod dir_snapshots;
 mod snapshot;
 #[cfg(test)]
 mod tests;

@@ -59,6 +59,12 @@ pub enum VolumeFsError {
         /// Why.
         reason: &'static str,
     },
+    /// A tar that cannot be restored; nothing of it was written.
+    #[error("the archive is refused: {reason}")]
+    InvalidArchive {
+        /// Why.
+        reason: String,
+    },
     /// A system call failed.
     #[error("cannot {op} {path}")]
     Io {
@@ -76,9 +82,10 @@ impl VolumeFsError {
     /// The class of the error.
     pub fn kind(&self) -> VolumeFsErrorKind {
         match self {
-            Self::InvalidPath { .. } | Self::Symlink { .. } | Self::Attribute { .. } => {
-                VolumeFsErrorKind::Invalid
-            }
+            Self::InvalidPath { .. }
+            | Self::Symlink { .. }
+            | Self::Attribute { .. }
+            | Self::InvalidArchive { .. } => VolumeFsErrorKind::Invalid,
             Self::NotFound { .. } => VolumeFsErrorKind::NotFound,
             Self::Conflict { .. } => VolumeFsErrorKind::Conflict,
             Self::Io { source, .. } => match source.raw_os_error() {

@@ -15,8 +15,10 @@ use crate::entry::Entry;
 use crate::error::VolumeFsError;
 use crate::path::VolumePath;
 
+pub use archive::ArchiveSummary;
+
 /// Sandbox uid and gid that new entries get unless the request names others: the templates'
-/// `user`.
+/// `user` (when mapped).
 const DEFAULT_OWNER: u32 = 1000;
 /// Permission bits of new directories unless the request names others.
 const DEFAULT_DIR_MODE: u32 = 0o755;
@@ -56,17 +58,19 @@ pub struct VolumeFs {
 
 impl VolumeFs {
     /// Opens the volume whose directory is `root`; `ids` maps sandbox ids to host ids.
+    /// `root` itself is the host's choice and may be a symlink (a sandbox's
+    /// `/proc/<pid>/root`); nothing below it is followed.
     ///
     /// # Errors
     /// [`VolumeFsError::Io`] when the directory cannot be opened.
     pub fn open(root: &Path, ids: IdMap) -> Result<Self, VolumeFsError> {
-        let root_fd = rustix::fs::open(root, dir_flags(), Mode::empty()).map_err(|errno| {
-            VolumeFsError::Io {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let root_fd =
+            rustix::fs::open(root, flags, Mode::empty()).map_err(|errno| VolumeFsError::Io {
                 op: "open the volume at",
                 path: root.display().to_string(),
                 source: errno.into(),
-            }
-        })?;
+            })?;
         Ok(Self { root: root_fd, ids })
     }
 
@@ -350,6 +354,17 @@ impl VolumeFs {
         ))
     }
 
+    /// The sandbox id new entries get by default: the templates' `user` when the id map has
+    /// it, else the map's first id.
+    fn default_owner(&self) -> u32 {
+        if self.ids.host_uid(DEFAULT_OWNER).is_some() && self.ids.host_gid(DEFAULT_OWNER).is_some()
+        {
+            DEFAULT_OWNER
+        } else {
+            0
+        }
+    }
+
     fn host_uid(&self, uid: u32) -> Result<u32, VolumeFsError> {
         self.ids.host_uid(uid).ok_or(VolumeFsError::Attribute {
             what: "uid",
@@ -377,12 +392,12 @@ impl VolumeFs {
         let uid = match (ownership.uid, existing) {
             (Some(uid), _) => self.host_uid(uid)?,
             (None, Some(stat)) => stat.st_uid,
-            (None, None) => self.host_uid(DEFAULT_OWNER)?,
+            (None, None) => self.host_uid(self.default_owner())?,
         };
         let gid = match (ownership.gid, existing) {
             (Some(gid), _) => self.host_gid(gid)?,
             (None, Some(stat)) => stat.st_gid,
-            (None, None) => self.host_gid(DEFAULT_OWNER)?,
+            (None, None) => self.host_gid(self.default_owner())?,
         };
         let mode = match (ownership.mode, existing) {
             (Some(mode), _) => check_mode(mode)?,
@@ -589,5 +604,27 @@ fn io_error(op: &'static str, path: &VolumePath, errno: Errno) -> VolumeFsError 
     }
 }
 
+mod archive;
+mod links;
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_support {
+    //! Helpers shared by the tests of this module and its children.
+    use coppice_core::volume::IdMap;
+
+    use crate::path::VolumePath;
+
+    /// The caller's ids as sandbox ids 0..1 (so "uid 0" is whoever runs the test).
+    pub fn own_ids() -> IdMap {
+        IdMap {
+            uid_base: rustix::process::geteuid().as_raw(),
+            gid_base: rustix::process::getegid().as_raw(),
+            count: 1,
+        }
+    }
+
+    pub fn path(raw: &str) -> VolumePath {
+        VolumePath::parse(raw).unwrap()
+    }
+}

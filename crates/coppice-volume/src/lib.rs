@@ -19,5 +19,5 @@ mod path;
 
 pub use entry::{Entry, EntryKind};
 pub use error::{VolumeFsError, VolumeFsErrorKind};
-pub use fs::{Ownership, PendingWrite, VolumeFs};
+pub use fs::{ArchiveSummary, Ownership, PendingWrite, VolumeFs};
 pub use path::VolumePath;

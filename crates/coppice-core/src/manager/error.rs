@@ -1,7 +1,7 @@
 //! The error every manager operation returns, classified by kind for the frontends.
 
 use crate::error::ErrorKind;
-use crate::id::{SandboxId, TemplateId, VolumeId};
+use crate::id::{DirSnapshotId, SandboxId, TemplateId, VolumeId};
 use crate::net::NetError;
 use crate::runtime::RuntimeError;
 use crate::spec::SpecError;
@@ -74,6 +74,20 @@ pub enum ManagerError {
     /// The state database failed.
     #[error("state database failed")]
     Store(#[from] StoreError),
+    /// No directory snapshot with that id.
+    #[error("directory snapshot {id} not found")]
+    DirSnapshotNotFound {
+        /// The snapshot.
+        id: DirSnapshotId,
+    },
+    /// A directory that cannot be captured or restored into.
+    #[error("directory {path:?} cannot be used: {reason}")]
+    BadDirectory {
+        /// The path.
+        path: String,
+        /// Why.
+        reason: String,
+    },
     /// No volume with that id or name.
     #[error("volume {volume} not found")]
     VolumeNotFound {
@@ -147,10 +161,13 @@ impl ManagerError {
     /// The kind of failure, for picking a status code.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidSpec(_) | Self::InvalidId { .. } => ErrorKind::Invalid,
+            Self::InvalidSpec(_) | Self::InvalidId { .. } | Self::BadDirectory { .. } => {
+                ErrorKind::Invalid
+            }
             Self::SandboxNotFound { .. }
             | Self::TemplateNotFound { .. }
-            | Self::VolumeNotFound { .. } => ErrorKind::NotFound,
+            | Self::VolumeNotFound { .. }
+            | Self::DirSnapshotNotFound { .. } => ErrorKind::NotFound,
             Self::InvalidState { .. } | Self::NotRunning { .. } | Self::VolumeInUse { .. } => {
                 ErrorKind::Conflict
             }

@@ -193,21 +193,9 @@ impl Inner {
             Some(name) => name,
             None => generated_template_id("snap")?,
         };
-        // A memory-paused sandbox is frozen already; a filesystem-paused one runs nothing.
-        let freeze = sandbox.state == SandboxState::Running;
-        if freeze {
-            self.backends
-                .runtime
-                .freeze(id)
-                .map_err(|source| ManagerError::from_runtime("freeze", source))?;
-        }
-        let captured = self.backends.storage.snapshot_rootfs(id, &name);
-        if freeze {
-            self.backends
-                .runtime
-                .thaw(id)
-                .map_err(|source| ManagerError::from_runtime("thaw", source))?;
-        }
+        let captured = self.still_while(&sandbox, || {
+            self.backends.storage.snapshot_rootfs(id, &name)
+        })?;
         let info = captured.map_err(|source| ManagerError::from_storage("snapshot", source))?;
         let event = self.event(
             id,
@@ -219,6 +207,33 @@ impl Inner {
             tracing::warn!(sandbox_id = %id, error = %super::error_chain(&error), "cannot record snapshot");
         }
         Ok(info)
+    }
+}
+
+impl Inner {
+    /// Runs `work` with `sandbox`'s processes still: a running sandbox is frozen for its
+    /// duration; a memory-paused one is frozen already and a filesystem-paused one runs
+    /// nothing.
+    pub(super) fn still_while<T>(
+        &self,
+        sandbox: &Sandbox,
+        work: impl FnOnce() -> T,
+    ) -> Result<T, ManagerError> {
+        let freeze = sandbox.state == SandboxState::Running;
+        if freeze {
+            self.backends
+                .runtime
+                .freeze(&sandbox.id)
+                .map_err(|source| ManagerError::from_runtime("freeze", source))?;
+        }
+        let result = work();
+        if freeze {
+            self.backends
+                .runtime
+                .thaw(&sandbox.id)
+                .map_err(|source| ManagerError::from_runtime("thaw", source))?;
+        }
+        Ok(result)
     }
 }
 

@@ -51,7 +51,7 @@ impl Harness {
 
 /// A storage over a tempdir, with a fake host `/usr` (bin, lib, sbin; no lib64) and a fake
 /// host `/etc`.
-fn harness() -> Harness {
+pub(super) fn harness() -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let host_usr = dir.path().join("host/usr");
     for sub in ["bin", "lib", "sbin"] {

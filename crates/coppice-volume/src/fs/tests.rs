@@ -7,14 +7,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use super::*;
 use crate::{EntryKind, VolumeFsErrorKind};
 
-/// The caller's ids as sandbox ids 0..1 (so "uid 0" is whoever runs the test).
-fn own_ids() -> IdMap {
-    IdMap {
-        uid_base: rustix::process::geteuid().as_raw(),
-        gid_base: rustix::process::getegid().as_raw(),
-        count: 1,
-    }
-}
+use super::tests_support::{own_ids, path};
 
 fn own() -> Ownership {
     Ownership {
@@ -22,10 +15,6 @@ fn own() -> Ownership {
         gid: Some(0),
         mode: None,
     }
-}
-
-fn path(raw: &str) -> VolumePath {
-    VolumePath::parse(raw).unwrap()
 }
 
 fn volume() -> (tempfile::TempDir, VolumeFs) {
