@@ -29,6 +29,34 @@ pub struct RuntimeSpec {
     pub volumes: Vec<BindMount>,
 }
 
+/// A sandbox's root directory on the host: a path, and whatever keeps that path naming the
+/// sandbox's root (such as an open descriptor that the path refers to).
+#[derive(Debug)]
+pub struct RootDir {
+    path: PathBuf,
+    _hold: Option<std::os::fd::OwnedFd>,
+}
+
+impl RootDir {
+    /// A root directory that `path` names by itself.
+    pub fn at(path: PathBuf) -> Self {
+        Self { path, _hold: None }
+    }
+
+    /// A root directory that `path` names while `hold` is open.
+    pub fn held(path: PathBuf, hold: std::os::fd::OwnedFd) -> Self {
+        Self {
+            path,
+            _hold: Some(hold),
+        }
+    }
+
+    /// The path.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
 /// How the host reaches a running sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxEndpoints {
@@ -110,13 +138,13 @@ pub trait Runtime: Send + Sync + 'static {
     /// A backend failure; the call can be retried.
     fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError>;
 
-    /// A host path that is the running sandbox's root directory as its processes see it
-    /// (its own mounts included), for reading and writing its files from the host without
-    /// following anything below it.
+    /// The running sandbox's root directory as its processes see it (its own mounts
+    /// included), for reading and writing its files from the host without following anything
+    /// below it. It stays the sandbox's for as long as the returned value lives.
     ///
     /// # Errors
     /// `NotFound` when the sandbox has no running init; `Unsupported`.
-    fn root_dir(&self, id: &SandboxId) -> Result<PathBuf, RuntimeError> {
+    fn root_dir(&self, id: &SandboxId) -> Result<RootDir, RuntimeError> {
         let _ = id;
         Err(RuntimeError::Unsupported {
             what: "reaching a sandbox's files from the host",

@@ -12,7 +12,9 @@ use std::time::{Duration, UNIX_EPOCH};
 use crate::exec::{ExecOutcome, ExecRequest, ExitStatus};
 use crate::id::{DirSnapshotId, SandboxId, TemplateId, VolumeId};
 use crate::net::{NetAttachment, NetError, NetPolicy};
-use crate::runtime::{Probe, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints};
+use crate::runtime::{
+    Probe, RootDir, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints,
+};
 use crate::spec::NetworkSpec;
 use crate::storage::{BindMount, RootFs, Storage, StorageError, TemplateInfo};
 use crate::volume::{ArchiveInfo, IdMap};
@@ -210,11 +212,11 @@ impl Runtime for FakeRuntime {
         Ok(())
     }
 
-    fn root_dir(&self, id: &SandboxId) -> Result<PathBuf, RuntimeError> {
+    fn root_dir(&self, id: &SandboxId) -> Result<RootDir, RuntimeError> {
         if lock(&self.created).get(id) != Some(&true) {
             return Err(RuntimeError::NotFound { id: id.clone() });
         }
-        Ok(PathBuf::from(format!("/fake/{id}/root")))
+        Ok(RootDir::at(PathBuf::from(format!("/fake/{id}/root"))))
     }
 
     fn freeze(&self, id: &SandboxId) -> Result<(), RuntimeError> {

@@ -18,7 +18,7 @@ use coppice_core::SandboxId;
 use coppice_core::exec::{ExecOutcome, ExecRequest};
 use coppice_core::net::NetAttachment;
 use coppice_core::runtime::{
-    Probe, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints,
+    Probe, RootDir, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints,
 };
 use coppice_core::storage::RootFs;
 use serde::{Deserialize, Serialize};
@@ -537,20 +537,30 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
         })
     }
 
-    fn root_dir(&self, id: &SandboxId) -> Result<PathBuf, RuntimeError> {
+    fn root_dir(&self, id: &SandboxId) -> Result<RootDir, RuntimeError> {
         let state = self
             .read_state(id)
             .map_err(|error| backend("find the root of", id, error))?
             .ok_or_else(|| RuntimeError::NotFound { id: id.clone() })?;
+        // PID 1's root is the sandbox's root, with every mount of the sandbox in it. It is
+        // opened first and the pid checked after: a process with the recorded start time that
+        // lives after the open was PID 1 during it, so the descriptor is its root and never
+        // that of a process that took the pid over.
+        let root = self
+            .sys
+            .open_root(state.pid)
+            .map_err(|_| RuntimeError::NotFound { id: id.clone() })?;
         if !self
             .init_alive(&state)
             .map_err(|error| backend("find the root of", id, error))?
         {
             return Err(RuntimeError::NotFound { id: id.clone() });
         }
-        // PID 1's root is the sandbox's root, with every mount of the sandbox in it. Its pid
-        // was checked against its start time just now.
-        Ok(PathBuf::from(format!("/proc/{}/root", state.pid)))
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&root);
+        Ok(RootDir::held(
+            PathBuf::from(format!("/proc/self/fd/{fd}")),
+            root,
+        ))
     }
 
     fn id_map(&self) -> coppice_core::volume::IdMap {

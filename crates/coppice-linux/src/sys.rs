@@ -71,4 +71,11 @@ pub trait NsSys: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// The `prctl` failure.
     fn become_subreaper(&self) -> io::Result<()>;
+
+    /// Opens the root directory of process `pid` (its `/proc/<pid>/root`) as a path-only
+    /// descriptor.
+    ///
+    /// # Errors
+    /// `NotFound` when the process is gone; permission failures.
+    fn open_root(&self, pid: i32) -> io::Result<std::os::fd::OwnedFd>;
 }

@@ -88,15 +88,18 @@ impl VolumeFsError {
             | Self::InvalidArchive { .. } => VolumeFsErrorKind::Invalid,
             Self::NotFound { .. } => VolumeFsErrorKind::NotFound,
             Self::Conflict { .. } => VolumeFsErrorKind::Conflict,
-            Self::Io { source, .. } => match source.raw_os_error() {
-                Some(libc_enospc) if libc_enospc == rustix::io::Errno::NOSPC.raw_os_error() => {
-                    VolumeFsErrorKind::OutOfSpace
+            Self::Io { source, .. } => {
+                use rustix::io::Errno;
+                match source.raw_os_error().map(Errno::from_raw_os_error) {
+                    Some(Errno::NOSPC | Errno::DQUOT) => VolumeFsErrorKind::OutOfSpace,
+                    // What a sandbox changed under the call: something is in the way.
+                    Some(Errno::NOTEMPTY | Errno::ISDIR | Errno::NOTDIR | Errno::EXIST) => {
+                        VolumeFsErrorKind::Conflict
+                    }
+                    Some(Errno::NAMETOOLONG) => VolumeFsErrorKind::Invalid,
+                    _ => VolumeFsErrorKind::Internal,
                 }
-                Some(edquot) if edquot == rustix::io::Errno::DQUOT.raw_os_error() => {
-                    VolumeFsErrorKind::OutOfSpace
-                }
-                _ => VolumeFsErrorKind::Internal,
-            },
+            }
         }
     }
 }

@@ -26,6 +26,9 @@ const DEFAULT_DIR_MODE: u32 = 0o755;
 const DEFAULT_FILE_MODE: u32 = 0o644;
 /// The permission bits a request may set: no setuid or setgid.
 const ALLOWED_MODE_BITS: u32 = 0o1777;
+/// Deepest directory nesting that listing, removal and snapshots walk: each level holds a
+/// descriptor, and a hostile sandbox can nest directories cheaply.
+pub(crate) const MAX_DEPTH: u32 = 256;
 /// Uploads are written under this prefix and renamed into place when complete.
 const UPLOAD_PREFIX: &str = ".coppice-upload-";
 
@@ -101,7 +104,7 @@ impl VolumeFs {
     pub fn list(&self, path: &VolumePath, depth: u32) -> Result<Vec<Entry>, VolumeFsError> {
         let dir = self.walk(path.components(), path, None)?;
         let mut entries = Vec::new();
-        self.list_into(dir.as_fd(), path, depth.max(1), &mut entries)?;
+        self.list_into(dir.as_fd(), path, depth.clamp(1, MAX_DEPTH), &mut entries)?;
         Ok(entries)
     }
 
@@ -114,13 +117,20 @@ impl VolumeFs {
     ) -> Result<(), VolumeFsError> {
         for name in child_names(dir, path, false)? {
             let child_path = path.join(&name.to_string_lossy());
-            let entry = self.entry_at(dir, &name, &child_path)?;
+            let entry = match self.entry_at(dir, &name, &child_path) {
+                // Gone since the directory was read: not an error of the listing.
+                Err(VolumeFsError::NotFound { .. }) => continue,
+                other => other?,
+            };
             let descend = depth > 1 && entry.kind == crate::EntryKind::Directory;
             entries.push(entry);
             if descend {
                 // Opened without following: if it was swapped for a symlink meanwhile, the
                 // walk stops with an error instead of leaving the volume.
-                let child = open_dir_at(dir, &name, &child_path)?;
+                let child = match open_dir_at(dir, &name, &child_path) {
+                    Err(VolumeFsError::NotFound { .. }) => continue,
+                    other => other?,
+                };
                 self.list_into(child.as_fd(), &child_path, depth - 1, entries)?;
             }
         }
@@ -172,6 +182,7 @@ impl VolumeFs {
             Ok(file) => file,
             Err(Errno::LOOP) => return Err(conflict(path, "it is a symlink")),
             Err(Errno::NOENT) => return Err(not_found(path)),
+            Err(Errno::NXIO) => return Err(conflict(path, "it is not a regular file")),
             Err(errno) => return Err(io_error("open", path, errno)),
         };
         let stat = rustix::fs::fstat(&file).map_err(|e| io_error("stat", path, e))?;
@@ -206,7 +217,7 @@ impl VolumeFs {
             return Err(conflict(path, "it is a directory"));
         };
         let parent_owner = if parents {
-            Some(self.host_ownership(ownership, DEFAULT_DIR_MODE, None)?)
+            Some(self.parent_ownership(ownership)?)
         } else {
             None
         };
@@ -292,7 +303,7 @@ impl VolumeFs {
             return Err(conflict(path, "the volume's root cannot be removed"));
         };
         let parent = self.walk(parent_components, path, None)?;
-        remove_at(parent.as_fd(), name, path)
+        remove_at(parent.as_fd(), name, path, 0)
     }
 
     /// Opens directory `components` (of `shown`, for messages) from the root, one component
@@ -311,12 +322,15 @@ impl VolumeFs {
             let name = OsStr::new(component.as_str());
             dir = match open_dir_at(dir.as_fd(), name, &walked) {
                 Err(VolumeFsError::NotFound { .. }) if create.is_some() => {
-                    match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)) {
-                        Ok(()) | Err(Errno::EXIST) => {}
-                        Err(errno) => return Err(io_error("create directory", &walked, errno)),
-                    }
+                    // Someone else's directory (made meanwhile) keeps its owner and mode.
+                    let made_here =
+                        match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o700)) {
+                            Ok(()) => true,
+                            Err(Errno::EXIST) => false,
+                            Err(errno) => return Err(io_error("create directory", &walked, errno)),
+                        };
                     let made = open_dir_at(dir.as_fd(), name, &walked)?;
-                    if let Some(owner) = create {
+                    if let (true, Some(owner)) = (made_here, create) {
                         apply(made.as_fd(), owner, &walked)?;
                     }
                     made
@@ -352,6 +366,16 @@ impl VolumeFs {
             &self.ids,
             target,
         ))
+    }
+
+    /// The owner and mode of parent directories made on the way to an entry: the entry's
+    /// owner, the default directory mode (the entry's own mode is no directory's).
+    fn parent_ownership(&self, ownership: &Ownership) -> Result<HostOwnership, VolumeFsError> {
+        let owner = self.host_ownership(ownership, DEFAULT_DIR_MODE, None)?;
+        Ok(HostOwnership {
+            mode: DEFAULT_DIR_MODE,
+            ..owner
+        })
     }
 
     /// The sandbox id new entries get by default: the templates' `user` when the id map has
@@ -511,17 +535,29 @@ fn child_names(
     Ok(names)
 }
 
-fn remove_at(parent: BorrowedFd<'_>, name: &OsStr, path: &VolumePath) -> Result<(), VolumeFsError> {
+fn remove_at(
+    parent: BorrowedFd<'_>,
+    name: &OsStr,
+    path: &VolumePath,
+    depth: u32,
+) -> Result<(), VolumeFsError> {
     let stat = match rustix::fs::statat(parent, name, AtFlags::SYMLINK_NOFOLLOW) {
         Ok(stat) => stat,
         Err(Errno::NOENT) => return Err(not_found(path)),
         Err(errno) => return Err(io_error("stat", path, errno)),
     };
     if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+        if depth >= MAX_DEPTH {
+            return Err(too_deep(path));
+        }
         let dir = open_dir_at(parent, name, path)?;
         for child in child_names(dir.as_fd(), path, true)? {
             let child_path = path.join(&child.to_string_lossy());
-            remove_at(dir.as_fd(), &child, &child_path)?;
+            match remove_at(dir.as_fd(), &child, &child_path, depth + 1) {
+                // Removed meanwhile by someone else: just as good.
+                Err(VolumeFsError::NotFound { .. }) | Ok(()) => {}
+                Err(error) => return Err(error),
+            }
         }
         rustix::fs::unlinkat(parent, name, AtFlags::REMOVEDIR)
             .map_err(|e| io_error("remove", path, e))
@@ -581,6 +617,10 @@ fn temp_name(path: &VolumePath) -> Result<OsString, VolumeFsError> {
     })?;
     let suffix: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     Ok(OsString::from(format!("{UPLOAD_PREFIX}{suffix}")))
+}
+
+fn too_deep(path: &VolumePath) -> VolumeFsError {
+    conflict(path, "directories are nested too deep (256 levels at most)")
 }
 
 fn not_found(path: &VolumePath) -> VolumeFsError {

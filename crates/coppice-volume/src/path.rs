@@ -7,6 +7,8 @@ use crate::error::VolumeFsError;
 
 /// Longest accepted path, in bytes.
 const MAX_PATH_BYTES: usize = 4096;
+/// Longest accepted component, in bytes (what file systems take).
+const MAX_NAME_BYTES: usize = 255;
 
 /// A path inside a volume: `/` is its root; `.` and empty components are dropped; `..` and
 /// NUL are refused.
@@ -36,6 +38,9 @@ impl VolumePath {
             match part {
                 "" | "." => {}
                 ".." => return Err(invalid("'..' is not allowed")),
+                name if name.len() > MAX_NAME_BYTES => {
+                    return Err(invalid("a component is longer than 255 bytes"));
+                }
                 name => components.push(name.to_owned()),
             }
         }
@@ -110,5 +115,6 @@ mod tests {
             );
         }
         assert!(VolumePath::parse(&"a/".repeat(3000)).is_err());
+        assert!(VolumePath::parse(&"x".repeat(256)).is_err());
     }
 }

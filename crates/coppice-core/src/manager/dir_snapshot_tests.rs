@@ -33,7 +33,7 @@ async fn test_capture_freezes_only_for_its_duration_and_is_kept_and_restored() {
     assert!(freeze.is_some() && thaw > freeze, "{calls:?}");
     assert!(!harness.runtime.is_frozen(&source.id));
     let (root, path) = harness.storage.dir_snapshot_source(&snapshot.id).unwrap();
-    assert_eq!(root, harness.runtime.root_dir(&source.id).unwrap());
+    assert_eq!(root, harness.runtime.root_dir(&source.id).unwrap().path());
     assert_eq!(path, "/home/user/work");
     assert_eq!(
         manager.dir_snapshots().await.unwrap(),

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use super::{Inner, ManagerError, SandboxManager, blocking};
 use crate::id::{DirSnapshotId, SandboxId};
+use crate::runtime::RootDir;
 use crate::sandbox::Sandbox;
 use crate::state::{PauseMode, SandboxState};
 use crate::volume::{DirSnapshot, check_mount_path};
@@ -114,7 +115,7 @@ impl SandboxManager {
                 inner
                     .backends
                     .storage
-                    .restore_dir_snapshot(&snapshot.id, &root, &path, ids)
+                    .restore_dir_snapshot(&snapshot.id, root.path(), &path, ids)
                     .map_err(|source| {
                         ManagerError::from_storage("restore directory snapshot", source)
                     })
@@ -161,7 +162,7 @@ impl Inner {
         let captured = self.still_while(&sandbox, || {
             self.backends.storage.create_dir_snapshot(
                 &snapshot_id,
-                &root,
+                root.path(),
                 path,
                 self.backends.runtime.id_map(),
             )
@@ -200,7 +201,7 @@ impl Inner {
         Ok(sandbox)
     }
 
-    fn root_dir(&self, id: &SandboxId) -> Result<PathBuf, ManagerError> {
+    fn root_dir(&self, id: &SandboxId) -> Result<RootDir, ManagerError> {
         self.backends
             .runtime
             .root_dir(id)

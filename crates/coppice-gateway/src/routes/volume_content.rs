@@ -226,8 +226,9 @@ async fn make_dir(content: Content) -> Result<Response, ApiError> {
 async fn read_file(content: Content) -> Result<Response, ApiError> {
     let Content { access, path, .. } = content;
     let (file, entry) = on_volume(access, move |volume| volume.open_file(&path)).await?;
-    let stream =
-        tokio_util::io::ReaderStream::with_capacity(tokio::fs::File::from_std(file), 256 * 1024);
+    // No more than the length announced, whatever the file does meanwhile.
+    let content = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), entry.size);
+    let stream = tokio_util::io::ReaderStream::with_capacity(content, 256 * 1024);
     Ok((
         [
             (header::CONTENT_TYPE, "application/octet-stream".to_owned()),

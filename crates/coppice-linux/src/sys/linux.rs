@@ -135,6 +135,16 @@ impl NsSys for RealNsSys {
     fn become_subreaper(&self) -> io::Result<()> {
         Ok(set_child_subreaper(Some(rustix::process::getpid()))?)
     }
+
+    fn open_root(&self, pid: i32) -> io::Result<std::os::fd::OwnedFd> {
+        use rustix::fs::{Mode, OFlags};
+        let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        Ok(rustix::fs::open(
+            format!("/proc/{pid}/root"),
+            flags,
+            Mode::empty(),
+        )?)
+    }
 }
 
 fn timespec(duration: Duration) -> Timespec {

@@ -47,7 +47,7 @@ impl OverlayStorage {
             let summary = source
                 .archive(&path, &mut out)
                 .map_err(|e| fs_error(op, e))?;
-            let file = out.into_inner().map_err(|e| backend(op, e.into_error()))?;
+            let file = out.into_inner().map_err(|e| classify(op, e.into_error()))?;
             file.sync_all().map_err(|e| classify(op, e))?;
             std::fs::rename(&partial, &tar).map_err(|e| backend(op, e))?;
             Ok(summary)
@@ -125,7 +125,10 @@ fn fs_error(op: &'static str, error: VolumeFsError) -> StorageError {
 }
 
 fn classify(op: &'static str, error: std::io::Error) -> StorageError {
-    if error.kind() == std::io::ErrorKind::StorageFull {
+    if matches!(
+        error.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    ) {
         StorageError::Exhausted {
             op,
             source: Box::new(error),

@@ -16,10 +16,38 @@ use std::os::fd::{AsFd, BorrowedFd};
 use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use sha2::{Digest, Sha256};
 
-use super::{Ownership, VolumeFs, child_names, io_error, open_dir_at};
+use super::{MAX_DEPTH, Ownership, VolumeFs, child_names, io_error, open_dir_at};
 use crate::entry::raw_mode;
 use crate::error::VolumeFsError;
 use crate::path::VolumePath;
+
+/// Most bytes of file content one snapshot holds (sizes as `stat` reports them, so a sparse
+/// file counts in full, as the tar stores it).
+const MAX_ARCHIVE_BYTES: u64 = 16 << 30;
+/// Most entries one snapshot holds.
+const MAX_ARCHIVE_ENTRIES: u64 = 1_000_000;
+
+/// What an archive holds so far, against its limits.
+#[derive(Debug, Default)]
+struct Tally {
+    entries: u64,
+    bytes: u64,
+}
+
+impl Tally {
+    fn count(&mut self, stat: &rustix::fs::Stat, path: &VolumePath) -> Result<(), VolumeFsError> {
+        self.bytes = self
+            .bytes
+            .saturating_add(u64::try_from(stat.st_size).unwrap_or(0));
+        if self.bytes > MAX_ARCHIVE_BYTES || self.entries >= MAX_ARCHIVE_ENTRIES {
+            return Err(VolumeFsError::Conflict {
+                path: path.to_string(),
+                reason: "the directory holds more than a snapshot may (16 GiB, 1,000,000 entries)",
+            });
+        }
+        Ok(())
+    }
+}
 
 /// What was written.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,12 +74,12 @@ impl VolumeFs {
     ) -> Result<ArchiveSummary, VolumeFsError> {
         let dir = self.walk(path.components(), path, None)?;
         let mut builder = tar::Builder::new(HashingWriter::new(out));
-        let mut entries = 0;
-        self.append_children(&mut builder, dir.as_fd(), path, "", &mut entries)?;
+        let mut tally = Tally::default();
+        self.append_children(&mut builder, dir.as_fd(), path, "", &mut tally, 0)?;
         let writer = builder
             .into_inner()
             .map_err(|e| archive_error("finish the archive of", path, e))?;
-        Ok(writer.summary(entries))
+        Ok(writer.summary(tally.entries))
     }
 
     fn append_children<W: Write>(
@@ -60,8 +88,12 @@ impl VolumeFs {
         dir: BorrowedFd<'_>,
         path: &VolumePath,
         prefix: &str,
-        entries: &mut u64,
+        tally: &mut Tally,
+        depth: u32,
     ) -> Result<(), VolumeFsError> {
+        if depth >= MAX_DEPTH {
+            return Err(super::too_deep(path));
+        }
         for name in child_names(dir, path, false)? {
             let Some(text) = name.to_str() else {
                 // Tar names are stored as they are, but restore works on UTF-8 paths only.
@@ -69,8 +101,13 @@ impl VolumeFs {
             };
             let child_path = path.join(text);
             let relative = format!("{prefix}{text}");
-            let stat = rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)
-                .map_err(|e| io_error("stat", &child_path, e))?;
+            let stat = match rustix::fs::statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(stat) => stat,
+                // Gone since the directory was read.
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(errno) => return Err(io_error("stat", &child_path, errno)),
+            };
+            tally.count(&stat, &child_path)?;
             let mut header = tar::Header::new_gnu();
             header.set_mode(raw_mode(&stat) & 0o7777);
             header.set_uid(u64::from(
@@ -93,7 +130,8 @@ impl VolumeFs {
                         child.as_fd(),
                         &child_path,
                         &format!("{relative}/"),
-                        entries,
+                        tally,
+                        depth + 1,
                     )?;
                     true
                 }
@@ -129,7 +167,7 @@ impl VolumeFs {
                 _ => false,
             };
             if written {
-                *entries += 1;
+                tally.entries += 1;
             }
         }
         Ok(())
@@ -165,8 +203,16 @@ impl VolumeFs {
             if skipped(entry.header().entry_type()) {
                 continue;
             }
-            let Some(planned) = plan.get(index) else {
-                return Err(refused("the archive changed while it was restored"));
+            // The same entries `plan` kept, in the same order, or the file changed under us.
+            let components = entry_components(&entry.path_bytes()).unwrap_or_default();
+            if components.is_empty() {
+                continue;
+            }
+            let Some(planned) = plan.get(index).filter(|p| p.components == components) else {
+                return Err(VolumeFsError::Conflict {
+                    path: into.to_string(),
+                    reason: "the snapshot's file changed while it was restored",
+                });
             };
             index += 1;
             let target = join(into, &planned.components);
@@ -183,10 +229,12 @@ impl VolumeFs {
                     }
                 }
                 PlannedKind::File => {
+                    self.clear_special(&target)?;
                     let mut pending = self.begin_write(&target, &ownership, true)?;
-                    let mut file = pending
-                        .take_file()
-                        .ok_or_else(|| refused("the upload file was taken twice"))?;
+                    let mut file = pending.take_file().ok_or(VolumeFsError::Conflict {
+                        path: target.to_string(),
+                        reason: "the file being restored was taken twice",
+                    })?;
                     io::copy(&mut entry, &mut file)
                         .map_err(|e| archive_error("restore", &target, e))?;
                     pending.commit(file)?;
@@ -215,6 +263,14 @@ impl VolumeFs {
     }
 }
 
+/// What a path of the archive is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Directory,
+    File,
+    Symlink,
+}
+
 /// One checked entry.
 #[derive(Debug)]
 struct Planned {
@@ -234,7 +290,9 @@ enum PlannedKind {
 fn plan<R: Read>(archive: &mut R) -> Result<Vec<Planned>, VolumeFsError> {
     let mut reader = tar::Archive::new(archive);
     let mut planned = Vec::new();
-    let mut kinds: BTreeMap<Vec<String>, bool> = BTreeMap::new(); // path -> is a symlink
+    // What each path is, for entries and for the directories they imply.
+    let mut kinds: BTreeMap<Vec<String>, Kind> = BTreeMap::new();
+    let mut named = BTreeSet::new();
     let mut files = BTreeSet::new();
     let entries = reader
         .entries()
@@ -253,13 +311,26 @@ fn plan<R: Read>(archive: &mut R) -> Result<Vec<Planned>, VolumeFsError> {
             // `./`, the extraction directory itself.
             continue;
         }
-        if kinds.contains_key(&components) {
+        if !named.insert(components.clone()) {
             return Err(refused(&format!("entry {shown:?} appears twice")));
         }
-        if (1..components.len()).any(|n| kinds.get(&components[..n]) == Some(&true)) {
-            return Err(refused(&format!(
-                "entry {shown:?} lies below a symlink of the archive"
-            )));
+        for n in 1..components.len() {
+            match kinds.get(&components[..n]) {
+                Some(Kind::Symlink) => {
+                    return Err(refused(&format!(
+                        "entry {shown:?} lies below a symlink of the archive"
+                    )));
+                }
+                Some(Kind::File) => {
+                    return Err(refused(&format!(
+                        "entry {shown:?} lies below a file of the archive"
+                    )));
+                }
+                Some(Kind::Directory) => {}
+                None => {
+                    kinds.insert(components[..n].to_vec(), Kind::Directory);
+                }
+            }
         }
         let kind = match entry_type {
             tar::EntryType::Directory => PlannedKind::Directory,
@@ -283,7 +354,17 @@ fn plan<R: Read>(archive: &mut R) -> Result<Vec<Planned>, VolumeFsError> {
                 )));
             }
         };
-        kinds.insert(components.clone(), matches!(kind, PlannedKind::Symlink(_)));
+        let this = match kind {
+            PlannedKind::Directory => Kind::Directory,
+            PlannedKind::Symlink(_) => Kind::Symlink,
+            PlannedKind::File | PlannedKind::Hardlink(_) => Kind::File,
+        };
+        if this != Kind::Directory && kinds.get(&components) == Some(&Kind::Directory) {
+            return Err(refused(&format!(
+                "entry {shown:?} would replace a directory of the archive"
+            )));
+        }
+        kinds.insert(components.clone(), this);
         if matches!(kind, PlannedKind::File) {
             files.insert(components.clone());
         }

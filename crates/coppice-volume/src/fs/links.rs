@@ -26,7 +26,11 @@ impl VolumeFs {
             return Err(conflict(path, "the root cannot be a symlink"));
         };
         let owner = self.host_ownership(ownership, super::DEFAULT_DIR_MODE, None)?;
-        let parent = self.walk(parent_components, path, Some(owner))?;
+        let parent = self.walk(
+            parent_components,
+            path,
+            Some(self.parent_ownership(ownership)?),
+        )?;
         self.clear_non_directory(parent.as_fd(), name, path)?;
         rustix::fs::symlinkat(target, &parent, name)
             .map_err(|e| io_error("create symlink", path, e))?;
@@ -49,8 +53,7 @@ impl VolumeFs {
         else {
             return Err(conflict(path, "the root cannot be a hard link"));
         };
-        let owner =
-            self.host_ownership(&super::Ownership::default(), super::DEFAULT_DIR_MODE, None)?;
+        let owner = self.parent_ownership(&super::Ownership::default())?;
         let source_parent = self.walk(source_components, existing, None)?;
         let parent = self.walk(parent_components, path, Some(owner))?;
         self.clear_non_directory(parent.as_fd(), name, path)?;
@@ -58,6 +61,31 @@ impl VolumeFs {
             Ok(()) => Ok(()),
             Err(Errno::NOENT) => Err(super::not_found(existing)),
             Err(errno) => Err(io_error("create hard link", path, errno)),
+        }
+    }
+
+    /// Removes a symlink, FIFO, socket or device at `path` so that a file can take its
+    /// place; a file, a directory or nothing is left alone.
+    pub(crate) fn clear_special(&self, path: &VolumePath) -> Result<(), VolumeFsError> {
+        let Some((parent_components, name)) = path.split_last() else {
+            return Ok(());
+        };
+        let parent = match self.walk(parent_components, path, None) {
+            Err(VolumeFsError::NotFound { .. }) => return Ok(()),
+            other => other?,
+        };
+        match rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW) {
+            Ok(stat)
+                if !matches!(
+                    FileType::from_raw_mode(stat.st_mode),
+                    FileType::RegularFile | FileType::Directory
+                ) =>
+            {
+                rustix::fs::unlinkat(&parent, name, AtFlags::empty())
+                    .map_err(|e| io_error("replace", path, e))
+            }
+            Ok(_) | Err(Errno::NOENT) => Ok(()),
+            Err(errno) => Err(io_error("stat", path, errno)),
         }
     }
 

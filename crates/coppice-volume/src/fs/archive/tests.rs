@@ -119,6 +119,14 @@ fn test_escaping_archives_are_refused_whole() {
             ],
         ),
         (
+            "below one of its files",
+            vec![good, ("a", Regular, "", b"x"), ("a/b", Regular, "", b"y")],
+        ),
+        (
+            "a file over one of its directories",
+            vec![good, ("a/b", Regular, "", b"y"), ("a", Regular, "", b"x")],
+        ),
+        (
             "through its own symlink",
             vec![
                 good,
@@ -189,4 +197,53 @@ fn test_escaping_archives_are_refused_whole() {
     let mut garbage = Cursor::new(b"not a tar at all".repeat(100));
     garbage.write_all(b"").unwrap();
     assert!(fs.extract(&mut garbage, &path("/other")).is_err());
+}
+
+#[test]
+fn test_dot_entries_and_special_files_in_the_way_are_handled() {
+    use tar::EntryType::{Directory, Regular};
+    let (dir, fs) = root();
+    std::fs::create_dir_all(dir.path().join("into")).unwrap();
+    symlink("/etc/passwd", dir.path().join("into/f")).unwrap();
+    let tar = crafted(&[
+        ("./", Directory, "", b""),
+        ("./f", Regular, "", b"mine"),
+        ("./d/g", Regular, "", b"implied parent"),
+    ]);
+    assert_eq!(
+        fs.extract(&mut Cursor::new(&tar), &path("/into")).unwrap(),
+        2
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("into/f")).unwrap(),
+        "mine"
+    );
+    assert!(
+        !std::fs::symlink_metadata(dir.path().join("into/f"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("into/d/g")).unwrap(),
+        "implied parent"
+    );
+}
+
+#[test]
+fn test_too_deep_a_directory_is_refused_not_overflowed() {
+    let (dir, fs) = root();
+    let mut deep = dir.path().join("top");
+    for _ in 0..=super::super::MAX_DEPTH {
+        deep.push("d");
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    let error = fs.archive(&path("/top"), std::io::sink()).unwrap_err();
+    assert!(matches!(error, VolumeFsError::Conflict { .. }), "{error}");
+    let error = fs.remove(&path("/top")).unwrap_err();
+    assert!(matches!(error, VolumeFsError::Conflict { .. }), "{error}");
+    assert_eq!(
+        fs.list(&path("/top"), u32::MAX).unwrap().len(),
+        super::super::MAX_DEPTH as usize
+    );
 }
