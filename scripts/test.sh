@@ -16,6 +16,8 @@ missing=()
 command -v bwrap >/dev/null || missing+=(bubblewrap)
 command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+# btrfs-progs: volumes are btrfs subvolumes where the data dir is btrfs; a test makes one.
+command -v mkfs.btrfs >/dev/null || missing+=(btrfs-progs)
 if ((${#missing[@]})); then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"

@@ -21,8 +21,9 @@
 //! - [`error`](OverlayError): [`OverlayError`] and its mapping onto core's `StorageError`.
 //!
 //! The crate compiles on every Unix; off Linux, [`OverlayStorage::new`] returns
-//! [`OverlayError::Unsupported`]. It contains no `unsafe` code.
-#![forbid(unsafe_code)]
+//! [`OverlayError::Unsupported`]. Its only `unsafe` is the btrfs subvolume `ioctl` in
+//! `sys/linux.rs`.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod base;

@@ -14,6 +14,7 @@ use crate::error::OverlayError;
 #[cfg(test)]
 mod fake;
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)]
 mod linux;
 
 #[cfg(test)]
@@ -33,6 +34,11 @@ pub(crate) trait OverlaySys: Send + Sync + fmt::Debug + 'static {
     /// Copies every extended attribute of `src` to `dst` (overlayfs keeps its opaque and
     /// redirect marks there), following neither if it is a symlink.
     fn copy_xattrs(&self, src: &Path, dst: &Path) -> io::Result<()>;
+
+    /// Makes directory `name` in `parent`: a btrfs subvolume where `parent` is on btrfs (so
+    /// that it can be snapshotted and given a quota on its own), a plain directory elsewhere.
+    /// Returns whether it is a subvolume. Either is removed like a directory.
+    fn make_volume_dir(&self, parent: &Path, name: &str) -> io::Result<bool>;
 }
 
 /// The real implementation for this host.

@@ -250,3 +250,71 @@ fn test_snapshot_keeps_deletions_opaque_dirs_and_owners_for_its_forks() {
         "the fork has its own machine-id"
     );
 }
+
+/// A btrfs file system in an image file, loop-mounted at `mount` until dropped.
+struct BtrfsMount {
+    mount: PathBuf,
+}
+
+impl BtrfsMount {
+    fn new(dir: &Path) -> Self {
+        let image = dir.join("btrfs.img");
+        let file = fs::File::create(&image).unwrap();
+        // 256 MiB: below that mkfs.btrfs makes a mixed layout that some kernels mount slowly.
+        file.set_len(256 << 20).unwrap();
+        drop(file);
+        let made = std::process::Command::new("mkfs.btrfs")
+            .args(["-q", "-f"])
+            .arg(&image)
+            .status()
+            .expect("mkfs.btrfs (btrfs-progs; scripts/test.sh installs it)");
+        assert!(made.success(), "mkfs.btrfs failed");
+        let mount = dir.join("btrfs");
+        fs::create_dir(&mount).unwrap();
+        let mounted = std::process::Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&image)
+            .arg(&mount)
+            .status()
+            .unwrap();
+        assert!(mounted.success(), "loop-mounting the btrfs image failed");
+        Self { mount }
+    }
+}
+
+impl Drop for BtrfsMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.mount)
+            .status();
+    }
+}
+
+#[test]
+#[ignore = "privileged: makes and loop-mounts a btrfs file system"]
+fn test_volumes_are_btrfs_subvolumes_on_btrfs_and_directories_elsewhere() {
+    coppice_core::require_privileged!();
+    let dir = tempfile::tempdir().unwrap();
+    let btrfs = BtrfsMount::new(dir.path());
+    let on_btrfs = open_storage(&btrfs.mount);
+    let id: coppice_core::VolumeId = "btrfsvolume".parse().unwrap();
+    let path = on_btrfs.create_volume(&id, (201_000, 201_000)).unwrap();
+    let meta = fs::metadata(&path).unwrap();
+    // A subvolume's root directory is inode 256 on a device of its own.
+    assert_eq!(meta.ino(), 256, "not a subvolume");
+    assert_ne!(
+        meta.dev(),
+        fs::metadata(path.parent().unwrap()).unwrap().dev()
+    );
+    assert_eq!(owner(&path), (201_000, 201_000));
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o755);
+    fs::write(path.join("kept.txt"), "data").unwrap();
+    on_btrfs.delete_volume(&id).unwrap();
+    assert!(!path.exists(), "the subvolume is removed with its files");
+
+    let elsewhere = open_storage(dir.path());
+    let plain = elsewhere.create_volume(&id, (201_000, 201_000)).unwrap();
+    assert_ne!(fs::metadata(&plain).unwrap().ino(), 256);
+    elsewhere.delete_volume(&id).unwrap();
+    drop(btrfs);
+}

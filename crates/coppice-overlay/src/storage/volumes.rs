@@ -28,8 +28,13 @@ impl OverlayStorage {
         let op = "create volume";
         fsutil::create_dir_all(&self.config.root.join(VOLUMES_DIR))
             .map_err(|err| err.into_storage(op))?;
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
+        match self
+            .sys
+            .make_volume_dir(&self.config.root.join(VOLUMES_DIR), id.as_str())
+        {
+            Ok(subvolume) => {
+                tracing::debug!(volume_id = %id, subvolume, "volume directory made");
+            }
             Err(source) if source.kind() == std::io::ErrorKind::AlreadyExists => {
                 return Err(StorageError::VolumeExists { id: id.clone() });
             }

@@ -18,6 +18,8 @@ pub(crate) enum SysCall {
     Whiteout { path: PathBuf },
     /// `copy_xattrs(src, dst)`.
     CopyXattrs { src: PathBuf, dst: PathBuf },
+    /// `make_volume_dir(parent, name)`.
+    VolumeDir { parent: PathBuf, name: String },
 }
 
 /// Which operation an injected failure applies to.
@@ -27,6 +29,7 @@ pub(crate) enum SysOp {
     FillRandom,
     Whiteout,
     CopyXattrs,
+    VolumeDir,
 }
 
 #[derive(Debug, Default)]
@@ -119,6 +122,16 @@ impl OverlaySys for FakeOverlaySys {
                 .wrapping_add(u8::try_from(index % 256).unwrap_or(0));
         }
         Ok(())
+    }
+
+    fn make_volume_dir(&self, parent: &Path, name: &str) -> io::Result<bool> {
+        let mut state = self.state();
+        state.calls.push(SysCall::VolumeDir {
+            parent: parent.to_owned(),
+            name: name.to_owned(),
+        });
+        Self::take_failure(&mut state, SysOp::VolumeDir)?;
+        std::fs::create_dir(parent.join(name)).map(|()| false)
     }
 }
 
