@@ -210,7 +210,7 @@ pub enum SpecError {
         name: String,
     },
     /// A volume mount path that cannot be used.
-    #[error(transparent)]
+    #[error("volume mount {0}")]
     MountPath(#[from] MountPathError),
     /// Two volumes on one path, or a volume inside another volume.
     #[error("volume mount paths {first:?} and {second:?} overlap")]

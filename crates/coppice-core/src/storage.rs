@@ -130,12 +130,13 @@ pub trait Storage: Send + Sync + 'static {
         })
     }
 
-    /// Makes the empty directory of volume `id`, its root owned by `owner` (host uid, gid).
+    /// Makes the empty directory of volume `id`, its root owned by the sandboxes' default
+    /// user, so that their processes can write to it.
     ///
     /// # Errors
     /// `VolumeExists`; `Exhausted`; `Unsupported` where the backend has no volumes.
-    fn create_volume(&self, id: &VolumeId, owner: (u32, u32)) -> Result<PathBuf, StorageError> {
-        let _ = (id, owner);
+    fn create_volume(&self, id: &VolumeId) -> Result<PathBuf, StorageError> {
+        let _ = id;
         Err(StorageError::Unsupported { what: "volumes" })
     }
 

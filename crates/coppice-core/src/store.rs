@@ -452,10 +452,7 @@ impl Store {
 
 fn upsert(connection: &Connection, sandbox: &Sandbox) -> Result<(), StoreError> {
     let record = SandboxRecord::from_domain(sandbox);
-    let json = serde_json::to_string(&record).map_err(|source| StoreError::Record {
-        id: sandbox.id.to_string(),
-        source: source.into(),
-    })?;
+    let json = encode(sandbox.id.as_str(), &record)?;
     connection
         .execute(
             "INSERT INTO sandboxes (id, state, created_at_ms, record) VALUES (?1, ?2, ?3, ?4)
@@ -486,11 +483,28 @@ fn insert_event(connection: &Connection, event: &LifecycleEvent) -> Result<(), S
 }
 
 fn decode(id: &str, json: &str) -> Result<Sandbox, StoreError> {
-    serde_json::from_str::<SandboxRecord>(json)
+    decode_record(id, json, SandboxRecord::into_domain)
+}
+
+/// The JSON of record `record`, whose key is `key`.
+fn encode<R: Serialize>(key: &str, record: &R) -> Result<String, StoreError> {
+    serde_json::to_string(record).map_err(|source| StoreError::Record {
+        id: key.to_owned(),
+        source: source.into(),
+    })
+}
+
+/// The domain value of the JSON record `json`, whose key is `key`.
+fn decode_record<R: serde::de::DeserializeOwned, T>(
+    key: &str,
+    json: &str,
+    into_domain: fn(R) -> Result<T, RecordError>,
+) -> Result<T, StoreError> {
+    serde_json::from_str::<R>(json)
         .map_err(RecordError::from)
-        .and_then(SandboxRecord::into_domain)
+        .and_then(into_domain)
         .map_err(|source| StoreError::Record {
-            id: id.to_owned(),
+            id: key.to_owned(),
             source,
         })
 }

@@ -436,7 +436,7 @@ impl Storage for FakeStorage {
         Ok(())
     }
 
-    fn create_volume(&self, id: &VolumeId, _owner: (u32, u32)) -> Result<PathBuf, StorageError> {
+    fn create_volume(&self, id: &VolumeId) -> Result<PathBuf, StorageError> {
         self.injected("create_volume")?;
         if !lock(&self.volumes).insert(id.clone()) {
             return Err(StorageError::VolumeExists { id: id.clone() });

@@ -109,17 +109,17 @@ impl IdMap {
     }
 }
 
-/// Why a mount path is refused.
+/// Why a path is refused as a volume's mount point or a directory snapshot's directory.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MountPathError {
     /// Not absolute, or holding `.`, `..` or an empty component.
-    #[error("volume mount path {path:?} must be absolute and normalised (no '.' or '..')")]
+    #[error("path {path:?} must be absolute and normalised (no '.' or '..')")]
     NotNormal {
         /// The path.
         path: String,
     },
     /// `/` itself or a directory the sandbox's own file systems occupy.
-    #[error("volume mount path {path:?} is reserved (/, /proc, /dev, /sys, /run)")]
+    #[error("path {path:?} is reserved (/, /proc, /dev, /sys, /run)")]
     Reserved {
         /// The path.
         path: String,

@@ -508,12 +508,8 @@ impl Storage for OverlayStorage {
         OverlayStorage::delete_template(self, id).map_err(|err| err.into_storage("delete template"))
     }
 
-    fn create_volume(
-        &self,
-        id: &VolumeId,
-        owner: (u32, u32),
-    ) -> std::result::Result<PathBuf, StorageError> {
-        self.create_volume_dir(id, owner)
+    fn create_volume(&self, id: &VolumeId) -> std::result::Result<PathBuf, StorageError> {
+        self.create_volume_dir(id)
     }
 
     fn volume_path(&self, id: &VolumeId) -> std::result::Result<PathBuf, StorageError> {

@@ -298,7 +298,7 @@ fn test_volumes_are_btrfs_subvolumes_on_btrfs_and_directories_elsewhere() {
     let btrfs = BtrfsMount::new(dir.path());
     let on_btrfs = open_storage(&btrfs.mount);
     let id: coppice_core::VolumeId = "btrfsvolume".parse().unwrap();
-    let path = on_btrfs.create_volume(&id, (201_000, 201_000)).unwrap();
+    let path = on_btrfs.create_volume(&id).unwrap();
     let meta = fs::metadata(&path).unwrap();
     // A subvolume's root directory is inode 256 on a device of its own.
     assert_eq!(meta.ino(), 256, "not a subvolume");
@@ -313,7 +313,7 @@ fn test_volumes_are_btrfs_subvolumes_on_btrfs_and_directories_elsewhere() {
     assert!(!path.exists(), "the subvolume is removed with its files");
 
     let elsewhere = open_storage(dir.path());
-    let plain = elsewhere.create_volume(&id, (201_000, 201_000)).unwrap();
+    let plain = elsewhere.create_volume(&id).unwrap();
     assert_ne!(fs::metadata(&plain).unwrap().ino(), 256);
     elsewhere.delete_volume(&id).unwrap();
     drop(btrfs);

@@ -4,16 +4,14 @@
 use std::path::PathBuf;
 use std::sync::{Arc, MutexGuard, PoisonError};
 
+use subtle::ConstantTimeEq;
+
 use super::{Inner, ManagerError, SandboxManager, blocking};
 use crate::id::{VolumeId, VolumeName};
 use crate::sandbox::AccessToken;
 use crate::spec::SandboxSpec;
 use crate::storage::BindMount;
 use crate::volume::{IdMap, Volume};
-
-/// Sandbox uid and gid of a fresh volume's root: the templates' `user`, so that processes
-/// running as the default user can write to it.
-const VOLUME_OWNER: u32 = 1000;
 
 /// What the content API needs to serve one volume.
 #[derive(Debug, Clone)]
@@ -80,7 +78,7 @@ impl SandboxManager {
         token: &str,
     ) -> Result<VolumeAccess, ManagerError> {
         let volume = self.volume(id).await?;
-        if !constant_time_eq(volume.token.expose().as_bytes(), token.as_bytes()) {
+        if !bool::from(volume.token.expose().as_bytes().ct_eq(token.as_bytes())) {
             return Err(ManagerError::VolumeToken { id: id.clone() });
         }
         let inner = Arc::clone(&self.inner);
@@ -118,15 +116,10 @@ impl Inner {
                 name: volume.name.to_string(),
             });
         }
-        let ids = self.backends.runtime.id_map();
-        let owner = (
-            ids.host_uid(VOLUME_OWNER).unwrap_or(ids.uid_base),
-            ids.host_gid(VOLUME_OWNER).unwrap_or(ids.gid_base),
-        );
         // The directory first: a record never names a volume that has no directory.
         self.backends
             .storage
-            .create_volume(&volume.id, owner)
+            .create_volume(&volume.id)
             .map_err(|source| ManagerError::from_storage("create volume", source))?;
         let inserted = self.store.insert_volume(&volume);
         if !matches!(inserted, Ok(true)) {
@@ -201,14 +194,4 @@ impl Inner {
             })
             .collect()
     }
-}
-
-/// Compares two secrets in time independent of where they differ.
-fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    left.len() == right.len()
-        && left
-            .iter()
-            .zip(right)
-            .fold(0u8, |differ, (a, b)| differ | (a ^ b))
-            == 0
 }

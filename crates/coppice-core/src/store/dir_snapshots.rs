@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::{RecordError, Store, StoreError};
+use super::{RecordError, Store, StoreError, decode_record, encode};
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::id::{DirSnapshotId, SandboxId};
 use crate::volume::DirSnapshot;
@@ -65,13 +65,10 @@ impl Store {
     /// # Errors
     /// [`StoreError`].
     pub fn put_dir_snapshot(&self, snapshot: &DirSnapshot) -> Result<(), StoreError> {
-        let json =
-            serde_json::to_string(&DirSnapshotRecord::from_domain(snapshot)).map_err(|e| {
-                StoreError::Record {
-                    id: snapshot.id.to_string(),
-                    source: RecordError::from(e),
-                }
-            })?;
+        let json = encode(
+            snapshot.id.as_str(),
+            &DirSnapshotRecord::from_domain(snapshot),
+        )?;
         self.connection()
             .execute(
                 "INSERT OR REPLACE INTO dir_snapshots (id, record) VALUES (?1, ?2)",
@@ -147,13 +144,7 @@ impl Store {
 }
 
 fn decode(key: &str, json: &str) -> Result<DirSnapshot, StoreError> {
-    serde_json::from_str::<DirSnapshotRecord>(json)
-        .map_err(RecordError::from)
-        .and_then(DirSnapshotRecord::into_domain)
-        .map_err(|source| StoreError::Record {
-            id: key.to_owned(),
-            source,
-        })
+    decode_record(key, json, DirSnapshotRecord::into_domain)
 }
 
 #[cfg(test)]

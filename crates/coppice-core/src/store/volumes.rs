@@ -3,7 +3,7 @@
 use rusqlite::{OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 
-use super::{RecordError, Store, StoreError};
+use super::{RecordError, Store, StoreError, decode_record, encode};
 use crate::clock::{from_unix_millis, to_unix_millis};
 use crate::id::{VolumeId, VolumeName};
 use crate::sandbox::AccessToken;
@@ -52,13 +52,7 @@ impl VolumeRecord {
 }
 
 fn decode(key: &str, json: &str) -> Result<Volume, StoreError> {
-    serde_json::from_str::<VolumeRecord>(json)
-        .map_err(RecordError::from)
-        .and_then(VolumeRecord::into_domain)
-        .map_err(|source| StoreError::Record {
-            id: key.to_owned(),
-            source,
-        })
+    decode_record(key, json, VolumeRecord::into_domain)
 }
 
 impl Store {
@@ -67,11 +61,7 @@ impl Store {
     /// # Errors
     /// [`StoreError`].
     pub fn insert_volume(&self, volume: &Volume) -> Result<bool, StoreError> {
-        let record = VolumeRecord::from_domain(volume);
-        let json = serde_json::to_string(&record).map_err(|e| StoreError::Record {
-            id: volume.id.to_string(),
-            source: RecordError::from(e),
-        })?;
+        let json = encode(volume.id.as_str(), &VolumeRecord::from_domain(volume))?;
         let inserted = self
             .connection()
             .execute(

@@ -11,6 +11,8 @@ use coppice_core::volume::{ArchiveInfo, IdMap};
 use coppice_volume::{VolumeFs, VolumeFsError, VolumeFsErrorKind, VolumePath};
 
 use super::OverlayStorage;
+use crate::error::OverlayError;
+use crate::fsutil;
 
 /// The directory under the storage root that holds the tars.
 const DIR_SNAPSHOTS_DIR: &str = "dir-snapshots";
@@ -36,20 +38,34 @@ impl OverlayStorage {
     ) -> Result<ArchiveInfo, StorageError> {
         let op = "directory snapshot";
         let dir = self.config.root.join(DIR_SNAPSHOTS_DIR);
-        std::fs::create_dir_all(&dir).map_err(|e| backend(op, e))?;
+        fsutil::create_dir_all(&dir).map_err(|e| e.into_storage(op))?;
         let tar = self.dir_snapshot_tar(id);
         let partial = tar.with_extension(format!("tar{PARTIAL_SUFFIX}"));
         let written = (|| {
             let source = VolumeFs::open(root, ids).map_err(|e| fs_error(op, e))?;
             let path = VolumePath::parse(path).map_err(|e| fs_error(op, e))?;
-            let file = File::create_new(&partial).map_err(|e| backend(op, e))?;
+            let write_error = |source| {
+                OverlayError::WriteFile {
+                    path: partial.clone(),
+                    source,
+                }
+                .into_storage(op)
+            };
+            let file = File::create_new(&partial).map_err(write_error)?;
             let mut out = BufWriter::new(file);
             let summary = source
                 .archive(&path, &mut out)
                 .map_err(|e| fs_error(op, e))?;
-            let file = out.into_inner().map_err(|e| classify(op, e.into_error()))?;
-            file.sync_all().map_err(|e| classify(op, e))?;
-            std::fs::rename(&partial, &tar).map_err(|e| backend(op, e))?;
+            let file = out.into_inner().map_err(|e| write_error(e.into_error()))?;
+            file.sync_all().map_err(write_error)?;
+            std::fs::rename(&partial, &tar).map_err(|source| {
+                OverlayError::Rename {
+                    from: partial.clone(),
+                    to: tar.clone(),
+                    source,
+                }
+                .into_storage(op)
+            })?;
             Ok(summary)
         })();
         match written {
@@ -74,9 +90,14 @@ impl OverlayStorage {
         ids: IdMap,
     ) -> Result<u64, StorageError> {
         let op = "restore directory snapshot";
-        let mut tar = File::open(self.dir_snapshot_tar(id)).map_err(|e| match e.kind() {
+        let tar_path = self.dir_snapshot_tar(id);
+        let mut tar = File::open(&tar_path).map_err(|source| match source.kind() {
             std::io::ErrorKind::NotFound => StorageError::DirSnapshotNotFound { id: id.clone() },
-            _ => backend(op, e),
+            _ => OverlayError::ReadFile {
+                path: tar_path.clone(),
+                source,
+            }
+            .into_storage(op),
         })?;
         let target = VolumeFs::open(root, ids).map_err(|e| fs_error(op, e))?;
         let path = VolumePath::parse(path).map_err(|e| fs_error(op, e))?;
@@ -98,11 +119,9 @@ impl OverlayStorage {
 
     /// Removes snapshot `id`'s tar; an absent one is fine.
     pub(crate) fn remove_dir_snapshot(&self, id: &DirSnapshotId) -> Result<(), StorageError> {
-        match std::fs::remove_file(self.dir_snapshot_tar(id)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(backend("delete directory snapshot", e)),
-        }
+        fsutil::remove_tree(&self.dir_snapshot_tar(id))
+            .map(drop)
+            .map_err(|err| err.into_storage("delete directory snapshot"))
     }
 }
 
@@ -121,27 +140,6 @@ fn fs_error(op: &'static str, error: VolumeFsError) -> StorageError {
             op,
             source: Box::new(error),
         },
-    }
-}
-
-fn classify(op: &'static str, error: std::io::Error) -> StorageError {
-    if matches!(
-        error.kind(),
-        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
-    ) {
-        StorageError::Exhausted {
-            op,
-            source: Box::new(error),
-        }
-    } else {
-        backend(op, error)
-    }
-}
-
-fn backend(op: &'static str, error: std::io::Error) -> StorageError {
-    StorageError::Backend {
-        op,
-        source: Box::new(error),
     }
 }
 

@@ -18,12 +18,8 @@ impl OverlayStorage {
         self.config.root.join(VOLUMES_DIR).join(id.as_str())
     }
 
-    /// Makes volume `id`'s empty directory, mode 0755, owned by `owner`.
-    pub(crate) fn create_volume_dir(
-        &self,
-        id: &VolumeId,
-        owner: (u32, u32),
-    ) -> Result<PathBuf, StorageError> {
+    /// Makes volume `id`'s empty directory, mode 0755, owned by the sandbox user.
+    pub(crate) fn create_volume_dir(&self, id: &VolumeId) -> Result<PathBuf, StorageError> {
         let dir = self.volume_dir(id);
         let op = "create volume";
         fsutil::create_dir_all(&self.config.root.join(VOLUMES_DIR))
@@ -42,16 +38,8 @@ impl OverlayStorage {
                 return Err(OverlayError::CreateDir { path: dir, source }.into_storage(op));
             }
         }
-        let finish = fsutil::set_mode(&dir, 0o755).and_then(|()| {
-            self.sys
-                .lchown(&dir, owner.0, owner.1)
-                .map_err(|source| OverlayError::Chown {
-                    path: dir.clone(),
-                    uid: owner.0,
-                    gid: owner.1,
-                    source,
-                })
-        });
+        let finish = fsutil::set_mode(&dir, 0o755)
+            .and_then(|()| self.ids.user.apply(self.sys.as_ref(), &dir));
         if let Err(err) = finish {
             let _ = fsutil::remove_tree(&dir);
             return Err(err.into_storage(op));

@@ -224,11 +224,12 @@ fn make_dir(root: &Path, relative: &Path) -> Result<PathBuf, String> {
 /// `make_dir` for every component of `relative` in turn, so that no component is a symlink.
 fn make_dirs(root: &Path, relative: &Path) -> Result<PathBuf, String> {
     let mut partial = PathBuf::new();
+    let mut target = safe_target(root, &partial)?;
     for component in relative.components() {
         partial.push(component);
-        make_dir(root, &partial)?;
+        target = make_dir(root, &partial)?;
     }
-    safe_target(root, relative)
+    Ok(target)
 }
 
 /// mount(2) with string data; empty data passes NULL.
