@@ -18,6 +18,11 @@ command -v python3 >/dev/null || missing+=(python3)
 python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
 # btrfs-progs: volumes are btrfs subvolumes where the data dir is btrfs; a test makes one.
 command -v mkfs.btrfs >/dev/null || missing+=(btrfs-progs)
+# Sandbox networking: nftables for the egress rules, conntrack to drop a sandbox's flows,
+# iproute2 for veths and addresses.
+command -v nft >/dev/null || missing+=(nftables)
+command -v conntrack >/dev/null || missing+=(conntrack)
+command -v ip >/dev/null || missing+=(iproute2)
 if ((${#missing[@]})); then
     apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
@@ -46,8 +51,9 @@ echo "== privileged tests, for real"
 cargo build --locked -p coppice-cli
 export COPPICE_PRIVILEGED_TESTS=1
 # The lifecycle suite prints its seed; rerun a failure with COPPICE_SUITE_SEED=<seed>.
-for target in coppice-linux:privileged coppice-overlay:privileged coppice-gateway:privileged \
-    coppice-gateway:lifecycle_suite coppice-tests:privileged coppice-tests:envd; do
+for target in coppice-linux:privileged coppice-overlay:privileged coppice-net:privileged \
+    coppice-gateway:privileged coppice-gateway:network coppice-gateway:lifecycle_suite \
+    coppice-tests:privileged coppice-tests:envd; do
     package=${target%%:*}
     test=${target##*:}
     log=$(mktemp)
@@ -69,6 +75,9 @@ echo "== envd harness (Process/Start p50/p95 beside spawn and bwrap; /files thro
 
 echo "== API harness (create + Process/Start over HTTP, sequential and bursts; proxy overhead)"
 ./target/release/coppice-api-bench --iterations 100 --burst 20 --bursts 5
+
+echo "== network harness (create with and without the bridge network side by side; air-gap flip)"
+./target/release/coppice-net-bench --iterations 200
 
 echo "== pause harness (in-memory pause/resume p50/p95 beside the raw freezer; filesystem pause and reboot)"
 ./target/release/coppice-pause-bench --iterations 200 --resident-mib 50

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use coppice_core::SandboxManager;
 use coppice_core::clock::SystemClock;
 use coppice_core::manager::{Backends, ManagerConfig};
+use coppice_core::net::NetPolicy;
 use coppice_core::store::Store;
 use coppice_linux::cgroup::{CgroupConfig, SandboxCgroups};
 use coppice_linux::{
@@ -22,7 +23,7 @@ const NETNS_POOL_SIZE: usize = 24;
 static NEXT_GROUP: AtomicUsize = AtomicUsize::new(0);
 
 /// Where a harness keeps its state.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct HarnessPaths {
     /// Root of everything.
     pub data_dir: PathBuf,
@@ -30,6 +31,19 @@ pub struct HarnessPaths {
     pub group: String,
     /// envd for every sandbox, when set.
     pub envd: Option<EnvdSettings>,
+    /// The network backend, when not loopback-only.
+    pub net: Option<Arc<dyn NetPolicy>>,
+}
+
+impl std::fmt::Debug for HarnessPaths {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HarnessPaths")
+            .field("data_dir", &self.data_dir)
+            .field("group", &self.group)
+            .field("envd", &self.envd)
+            .field("net", &self.net.as_ref().map(|_| "custom"))
+            .finish()
+    }
 }
 
 impl HarnessPaths {
@@ -49,7 +63,15 @@ impl HarnessPaths {
             data_dir: data_dir.to_owned(),
             group,
             envd: None,
+            net: None,
         }
+    }
+
+    /// These paths with `net` connecting the sandboxes.
+    #[must_use]
+    pub fn with_net(mut self, net: Arc<dyn NetPolicy>) -> Self {
+        self.net = Some(net);
+        self
     }
 
     /// These paths with envd started in every sandbox.
@@ -98,7 +120,10 @@ impl HarnessPaths {
         let backends = Backends {
             runtime: Arc::clone(&runtime) as Arc<dyn coppice_core::runtime::Runtime>,
             storage: Arc::new(storage),
-            net: Arc::new(LoopbackOnly::pooled(NETNS_POOL_SIZE)),
+            net: self
+                .net
+                .clone()
+                .unwrap_or_else(|| Arc::new(LoopbackOnly::pooled(NETNS_POOL_SIZE))),
         };
         Ok((backends, runtime))
     }

@@ -56,7 +56,7 @@ pub struct Cli {
 pub enum Command {
     /// Checks that the gateway answers `GET /health`.
     Health,
-    /// Sandboxes: create, list, info, kill, timeout.
+    /// Sandboxes: create, list, info, kill, timeout, network.
     #[command(subcommand)]
     Sandbox(SandboxCommand),
     /// Runs a command in a sandbox, streaming its output; exits with its exit code.
@@ -176,6 +176,21 @@ pub enum SandboxCommand {
         id: String,
         /// Seconds from now.
         seconds: u64,
+    },
+    /// Replaces a sandbox's egress policy, at once (open connections the new policy denies
+    /// are cut). Omitted lists are cleared.
+    Network {
+        /// The sandbox.
+        id: String,
+        /// A CIDR or address always reachable (repeatable; also opens a host service).
+        #[arg(long = "allow-out")]
+        allow_out: Vec<String>,
+        /// A CIDR or address never reachable unless allowed (repeatable).
+        #[arg(long = "deny-out")]
+        deny_out: Vec<String>,
+        /// Air-gap: nothing but `--allow-out` entries is reachable.
+        #[arg(long)]
+        no_internet: bool,
     },
 }
 
@@ -350,6 +365,23 @@ async fn sandbox(
         SandboxCommand::Timeout { id, seconds } => {
             client.set_timeout(id, *seconds).await?;
             writeln!(out, "{id} now ends in {seconds} s")?;
+        }
+        SandboxCommand::Network {
+            id,
+            allow_out,
+            deny_out,
+            no_internet,
+        } => {
+            client
+                .update_network(id, !*no_internet, allow_out, deny_out)
+                .await?;
+            let internet = if *no_internet { "off" } else { "on" };
+            writeln!(
+                out,
+                "{id}: internet {internet}, {} allowed, {} denied",
+                allow_out.len(),
+                deny_out.len()
+            )?;
         }
     }
     Ok(())

@@ -29,6 +29,8 @@ pub enum EventKind {
     Resumed,
     /// A snapshot of the sandbox's filesystem was taken.
     Snapshotted,
+    /// The network policy was replaced.
+    NetworkChanged,
 }
 
 impl EventKind {
@@ -46,6 +48,7 @@ impl EventKind {
             Self::Paused => "paused",
             Self::Resumed => "resumed",
             Self::Snapshotted => "snapshotted",
+            Self::NetworkChanged => "network_changed",
         }
     }
 
@@ -63,6 +66,7 @@ impl EventKind {
             "paused" => Self::Paused,
             "resumed" => Self::Resumed,
             "snapshotted" => Self::Snapshotted,
+            "network_changed" => Self::NetworkChanged,
             _ => return None,
         };
         Some(kind)

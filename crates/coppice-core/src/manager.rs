@@ -12,6 +12,7 @@ mod background;
 mod dir_snapshots;
 mod error;
 mod lifecycle;
+mod network;
 mod reconcile;
 mod snapshot;
 mod volumes;
@@ -571,6 +572,11 @@ impl Inner {
         let id = SandboxId::generate().map_err(|source| ManagerError::Entropy { source })?;
         let access_token =
             AccessToken::generate().map_err(|source| ManagerError::Entropy { source })?;
+        // Every sandbox made private gets its own token, forks included.
+        let traffic_token = (!spec.public_traffic)
+            .then(AccessToken::generate)
+            .transpose()
+            .map_err(|source| ManagerError::Entropy { source })?;
         let now = self.clock.now();
         let mut sandbox = Sandbox {
             id: id.clone(),
@@ -581,6 +587,7 @@ impl Inner {
             endpoints: None,
             pause_mode: None,
             access_token: Some(access_token),
+            traffic_token,
         };
         self.store.put(&sandbox)?;
         let volumes = {
@@ -781,6 +788,8 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 mod dir_snapshot_tests;
 #[cfg(test)]
 mod lifecycle_tests;
+#[cfg(test)]
+mod network_tests;
 #[cfg(test)]
 mod snapshot_tests;
 #[cfg(test)]

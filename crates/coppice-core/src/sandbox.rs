@@ -27,6 +27,8 @@ pub struct Sandbox {
     /// The secret its in-sandbox services (envd) require from callers; `None` only for
     /// sandboxes recorded before tokens existed.
     pub access_token: Option<AccessToken>,
+    /// What requests to its exposed ports must bear when its spec keeps them private.
+    pub traffic_token: Option<AccessToken>,
 }
 
 /// A per-sandbox secret: 32 random bytes, hex-encoded. Its `Debug` never shows it.

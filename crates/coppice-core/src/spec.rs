@@ -34,6 +34,9 @@ pub struct SandboxSpec {
     pub network: NetworkSpec,
     /// Persistent volumes mounted into the sandbox.
     pub volume_mounts: Vec<VolumeMount>,
+    /// Whether its exposed ports answer anyone who can reach the gateway; when false they
+    /// answer only requests bearing the sandbox's traffic token.
+    pub public_traffic: bool,
 }
 
 impl SandboxSpec {
@@ -52,6 +55,7 @@ impl SandboxSpec {
             auto_resume: false,
             network: NetworkSpec::default(),
             volume_mounts: Vec::new(),
+            public_traffic: true,
         }
     }
 }

@@ -110,6 +110,10 @@ struct SandboxRecord {
     /// Volumes mounted at create: `(name, path)`.
     #[serde(default)]
     volume_mounts: Vec<(String, PathBuf)>,
+    #[serde(default = "default_true")]
+    public_traffic: bool,
+    #[serde(default)]
+    traffic_token: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -148,6 +152,11 @@ impl SandboxRecord {
             envd_socket: sandbox.endpoints.as_ref().map(|e| e.envd_socket.clone()),
             access_token: sandbox
                 .access_token
+                .as_ref()
+                .map(|token| token.expose().to_owned()),
+            public_traffic: spec.public_traffic,
+            traffic_token: sandbox
+                .traffic_token
                 .as_ref()
                 .map(|token| token.expose().to_owned()),
         }
@@ -213,6 +222,7 @@ impl SandboxRecord {
                     deny_out: self.deny_out,
                 },
                 volume_mounts,
+                public_traffic: self.public_traffic,
             },
             state,
             created_at: from_unix_millis(self.created_at_ms),
@@ -220,6 +230,7 @@ impl SandboxRecord {
             endpoints,
             pause_mode,
             access_token: self.access_token.map(AccessToken::from_persisted),
+            traffic_token: self.traffic_token.map(AccessToken::from_persisted),
         })
     }
 }
@@ -530,6 +541,7 @@ mod tests {
             }),
             pause_mode: None,
             access_token: Some(AccessToken::from_persisted("t0k".into())),
+            traffic_token: None,
         }
     }
 
@@ -547,6 +559,16 @@ mod tests {
             store.put(&original).unwrap();
             assert_eq!(store.get(&original.id).unwrap(), Some(original));
         }
+    }
+
+    #[test]
+    fn test_store_round_trips_private_traffic_and_its_token() {
+        let store = Store::in_memory().unwrap();
+        let mut private = sandbox("private", SandboxState::Running);
+        private.spec.public_traffic = false;
+        private.traffic_token = Some(AccessToken::from_persisted("tr4ff1c".into()));
+        store.put(&private).unwrap();
+        assert_eq!(store.get(&private.id).unwrap(), Some(private));
     }
 
     #[test]

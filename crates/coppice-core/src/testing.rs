@@ -511,6 +511,11 @@ impl FakeNetPolicy {
         lock(&self.attached).contains_key(id)
     }
 
+    /// The policy the sandbox is attached with.
+    pub fn spec_of(&self, id: &SandboxId) -> Option<NetworkSpec> {
+        lock(&self.attached).get(id).cloned()
+    }
+
     /// Every call so far.
     pub fn calls(&self) -> Vec<FakeCall> {
         lock(&self.calls).clone()

@@ -1,9 +1,10 @@
-//! envd's plain HTTP routes: `/health`, `/init` (host side only), `/envs`, `/metrics`, and
-//! `/files` (in `files`).
+//! envd's plain HTTP routes: `/health`, `/init` and `/tunnel/{port}` (host side only),
+//! `/envs`, `/metrics`, and `/files` (in `files`).
 
 mod drain;
 pub mod files;
 mod metrics;
+pub mod tunnel;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

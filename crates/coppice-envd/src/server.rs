@@ -20,9 +20,9 @@ pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
 /// Who reaches a listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exposure {
-    /// The host (the Unix socket): everything, including `/init`.
+    /// The host (the Unix socket): everything, including `/init` and `/tunnel`.
     Host,
-    /// Anything in the sandbox's network (TCP 49983): everything but `/init`.
+    /// Anything in the sandbox's network (TCP 49983): everything but `/init` and `/tunnel`.
     Sandbox,
 }
 
@@ -52,7 +52,9 @@ pub fn router(envd: &Arc<Envd>, exposure: Exposure) -> Router {
         .route("/metrics", get(http::metrics))
         .merge(files);
     if exposure == Exposure::Host {
-        app = app.route("/init", post(http::init));
+        app = app
+            .route("/init", post(http::init))
+            .route("/tunnel/{port}", get(http::tunnel::open));
     }
     app.fallback_service(rpc)
         .layer(axum::middleware::from_fn_with_state(

@@ -497,3 +497,57 @@ async fn test_chunked_multipart_upload_is_answered_and_keeps_the_connection() {
         "{health}"
     );
 }
+
+#[tokio::test]
+async fn test_tunnel_splices_to_a_local_port_and_refuses_a_closed_one() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let envd = common::start().await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let (mut peer, _) = listener.accept().await.unwrap();
+        let mut greeting = [0u8; 5];
+        peer.read_exact(&mut greeting).await.unwrap();
+        peer.write_all(&greeting).await.unwrap();
+        peer.write_all(b"!").await.unwrap();
+    });
+    let open = |port: u16, upgrade: bool| {
+        let upgrade = if upgrade {
+            "Connection: upgrade\r\nUpgrade: coppice-tunnel\r\n"
+        } else {
+            ""
+        };
+        format!("GET /tunnel/{port} HTTP/1.1\r\nHost: envd\r\n{upgrade}\r\n")
+    };
+
+    let mut stream = tokio::net::UnixStream::connect(&envd.socket).await.unwrap();
+    stream.write_all(open(port, true).as_bytes()).await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 101"), "{answer}");
+    stream.write_all(b"hello").await.unwrap();
+    let mut echoed = [0u8; 6];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"hello!");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut stream = tokio::net::UnixStream::connect(&envd.socket).await.unwrap();
+    stream
+        .write_all(open(closed, true).as_bytes())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(answer.contains("nothing accepts connections"), "{answer}");
+
+    let mut stream = tokio::net::UnixStream::connect(&envd.socket).await.unwrap();
+    stream
+        .write_all(open(port, false).as_bytes())
+        .await
+        .unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+}

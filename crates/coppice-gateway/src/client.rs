@@ -308,6 +308,26 @@ impl Client {
         Self::whole(self.send(request).await?).await.map(drop)
     }
 
+    /// Replaces a sandbox's egress policy.
+    ///
+    /// # Errors
+    /// [`ClientError`] (400 for an entry that is not a CIDR or address).
+    pub async fn update_network(
+        &self,
+        id: &str,
+        allow_internet: bool,
+        allow_out: &[String],
+        deny_out: &[String],
+    ) -> Result<(), ClientError> {
+        let body = serde_json::json!({
+            "allow_internet_access": allow_internet,
+            "allowOut": allow_out,
+            "denyOut": deny_out,
+        });
+        let request = self.api("PUT", &format!("/sandboxes/{id}/network"), Some(body))?;
+        Self::whole(self.send(request).await?).await.map(drop)
+    }
+
     /// Pauses a sandbox, keeping its memory or (`keep_memory` false) only its filesystem.
     ///
     /// # Errors

@@ -4,7 +4,8 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
+use ipnet::{Ipv4Net, Ipv6Net};
 
 /// Default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/coppice";
@@ -23,6 +24,24 @@ pub struct Cli {
     /// Where state, templates and sandbox files live.
     #[arg(long, env = "COPPICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
+    /// How sandboxes are networked: `bridge` (own addresses on a host bridge, NAT to the
+    /// outside, egress policy) or `loopback` (nothing beyond loopback).
+    #[arg(long, env = "COPPICE_NETWORK", value_enum, default_value_t = NetworkMode::Bridge)]
+    pub network: NetworkMode,
+    /// The host bridge of the sandboxes (at most 9 characters; also names the nftables table
+    /// `coppice_<bridge>`). One bridge per daemon.
+    #[arg(long, env = "COPPICE_NET_BRIDGE", default_value = "coppice0")]
+    pub net_bridge: String,
+    /// Sandbox IPv4 prefix; its first address is the bridge's.
+    #[arg(long, env = "COPPICE_NET_IPV4", default_value = "10.213.0.0/16")]
+    pub net_ipv4: Ipv4Net,
+    /// Sandbox IPv6 prefix; its first address is the bridge's.
+    #[arg(long, env = "COPPICE_NET_IPV6", default_value = "fd00:c0:ffee::/64")]
+    pub net_ipv6: Ipv6Net,
+    /// Where the sandboxes' resolver forwards queries (default: the host's first
+    /// `nameserver`).
+    #[arg(long, env = "COPPICE_NET_DNS_UPSTREAM")]
+    pub net_dns_upstream: Option<SocketAddr>,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     #[arg(long, env = "COPPICE_LOG")]
     pub log_filter: Option<String>,
@@ -42,6 +61,32 @@ pub struct GatewayConfig {
     pub listen: SocketAddr,
     /// Absolute data directory.
     pub data_dir: PathBuf,
+    /// How sandboxes are networked.
+    pub network: NetworkSettings,
+}
+
+/// Which network backend connects sandboxes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NetworkMode {
+    /// A host bridge with NAT and per-sandbox egress policy.
+    Bridge,
+    /// Loopback only.
+    Loopback,
+}
+
+/// The network settings of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// The backend.
+    pub mode: NetworkMode,
+    /// The bridge's name.
+    pub bridge: String,
+    /// Sandbox IPv4 prefix.
+    pub ipv4: Ipv4Net,
+    /// Sandbox IPv6 prefix.
+    pub ipv6: Ipv6Net,
+    /// The resolver's upstream, if not the host's.
+    pub dns_upstream: Option<SocketAddr>,
 }
 
 /// Why the configuration is not usable.
@@ -77,6 +122,13 @@ impl GatewayConfig {
         Ok(Self {
             listen: cli.listen,
             data_dir,
+            network: NetworkSettings {
+                mode: cli.network,
+                bridge: cli.net_bridge.clone(),
+                ipv4: cli.net_ipv4,
+                ipv6: cli.net_ipv6,
+                dns_upstream: cli.net_dns_upstream,
+            },
         })
     }
 
@@ -88,6 +140,11 @@ impl GatewayConfig {
     /// Templates, layers and sandbox root filesystems.
     pub fn storage_dir(&self) -> PathBuf {
         self.data_dir.join("storage")
+    }
+
+    /// Network attachments of live sandboxes.
+    pub fn net_dir(&self) -> PathBuf {
+        self.data_dir.join("net")
     }
 
     /// Per-sandbox runtime state (sockets, init config).
@@ -106,6 +163,25 @@ mod tests {
         let config = GatewayConfig::from_cli(&cli).unwrap();
         assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
+        assert_eq!(config.network.mode, NetworkMode::Bridge);
+        assert_eq!(config.network.ipv4, "10.213.0.0/16".parse().unwrap());
+    }
+
+    #[test]
+    fn test_network_flags_are_parsed_and_bad_prefixes_refused() {
+        let cli = Cli::try_parse_from([
+            "coppiced",
+            "--network",
+            "loopback",
+            "--net-ipv4",
+            "10.50.0.0/24",
+        ])
+        .unwrap();
+        let config = GatewayConfig::from_cli(&cli).unwrap();
+        assert_eq!(config.network.mode, NetworkMode::Loopback);
+        assert_eq!(config.network.ipv4, "10.50.0.0/24".parse().unwrap());
+        assert!(Cli::try_parse_from(["coppiced", "--net-ipv4", "10.0.0.0/99"]).is_err());
+        assert!(Cli::try_parse_from(["coppiced", "--network", "wifi"]).is_err());
     }
 
     #[test]

@@ -81,19 +81,85 @@ fn unreachable(
 /// [`EnvdCallError::Unreachable`].
 pub async fn forward(
     socket: &Path,
-    mut request: Request<Body>,
+    request: Request<Body>,
 ) -> Result<Response<Body>, EnvdCallError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| unreachable(socket, e))?;
+    forward_over(socket, TokioIo::new(stream), request).await
+}
+
+/// The `Upgrade` token of envd's tunnels.
+const TUNNEL_PROTOCOL: &str = "coppice-tunnel";
+
+/// Sends `request` to `port` on the sandbox's loopback, through a tunnel envd at `socket`
+/// opens (authorised by the sandbox's `token`); the answer streams back as from
+/// [`forward`].
+///
+/// # Errors
+/// [`EnvdCallError::Status`] when envd cannot reach the port (nothing listens there);
+/// [`EnvdCallError::Unreachable`] when envd or the tunnel fails.
+pub async fn forward_to_port(
+    socket: &Path,
+    token: Option<&str>,
+    port: u16,
+    request: Request<Body>,
+) -> Result<Response<Body>, EnvdCallError> {
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|e| unreachable(socket, e))?;
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| unreachable(socket, e))?;
+    tokio::spawn(connection.with_upgrades());
+    let mut open = Request::get(format!("/tunnel/{port}"))
+        .header(header::HOST, "envd")
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, TUNNEL_PROTOCOL);
+    if let Some(token) = token {
+        open = open.header("x-access-token", token);
+    }
+    let open = open
+        .body(Body::empty())
+        .map_err(|e| unreachable(socket, e))?;
+    let mut response = sender
+        .send_request(open)
+        .await
+        .map_err(|e| unreachable(socket, e))?;
+    if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
+        let status = response.status().as_u16();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|body| String::from_utf8_lossy(&body.to_bytes()).into_owned())
+            .unwrap_or_default();
+        return Err(EnvdCallError::Status { status, body });
+    }
+    let tunnel = hyper::upgrade::on(&mut response)
+        .await
+        .map_err(|e| unreachable(socket, e))?;
+    forward_over(socket, tunnel, request).await
+}
+
+/// Sends `request` over `io` (a connection to envd, or a tunnel through it).
+async fn forward_over<I>(
+    socket: &Path,
+    io: I,
+    mut request: Request<Body>,
+) -> Result<Response<Body>, EnvdCallError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     // Taken before the request moves on: the client's side of a protocol switch.
     let client_upgrade = request
         .headers()
         .contains_key(header::UPGRADE)
         .then(|| hyper::upgrade::on(&mut request));
-    let stream = tokio::net::UnixStream::connect(socket)
-        .await
-        .map_err(|e| unreachable(socket, e))?;
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
         .max_buf_size(4 << 20)
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await
         .map_err(|e| unreachable(socket, e))?;
     tokio::spawn(connection.with_upgrades());

@@ -51,6 +51,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::snapshots::routes())
         .merge(routes::volumes::routes())
         .merge(routes::dir_snapshots::routes())
+        .merge(routes::network::routes())
         .fallback(|| async { error::ApiError::not_found("no such endpoint") })
         .layer(axum::middleware::from_fn_with_state(
             state.api_keys.clone(),

@@ -1,6 +1,8 @@
 //! Sandbox traffic: a request naming a sandbox (`E2b-Sandbox-Id` / `E2b-Sandbox-Port`
 //! headers, or a `{port}-{id}.…` Host) goes to that sandbox; everything else is control
-//! plane. Port 49983 is envd, reached over its Unix socket; envd checks its own token.
+//! plane. Port 49983 is envd, reached over its Unix socket; envd checks its own token. Any
+//! other port is reached through an envd tunnel to the sandbox's loopback; a sandbox created
+//! with `allowPublicTraffic: false` answers there only with its traffic token.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -119,7 +121,9 @@ pub async fn route_sandbox_traffic(
             return crate::error::ApiError::bad_request(message).into_response();
         }
     };
-    if INTERNAL_PATHS.contains(&request.uri().path()) {
+    let path = request.uri().path();
+    if target.port == ENVD_PORT && (INTERNAL_PATHS.contains(&path) || path.starts_with("/tunnel/"))
+    {
         return crate::error::ApiError::new(
             StatusCode::FORBIDDEN,
             format!("{} is internal to coppice", request.uri().path()),
@@ -134,18 +138,15 @@ pub async fn route_sandbox_traffic(
     else {
         return bad_gateway(&target.sandbox, "The sandbox was not found");
     };
-    // Checked before any resume: a request no port answers must not wake the sandbox.
-    if target.port != ENVD_PORT {
-        return bad_gateway(
-            &target.sandbox,
-            &format!(
-                "The sandbox is running but port is not open: {}",
-                target.port
-            ),
-        );
+    // Checked before any resume: a request without the traffic token must not wake the
+    // sandbox either.
+    if target.port != ENVD_PORT
+        && let Some(refusal) = traffic_refusal(&found, request.headers())
+    {
+        return refusal;
     }
     if found.state == coppice_core::SandboxState::Running {
-        return forward_to_envd(found, request).await;
+        return forward_to_port(found, target.port, request).await;
     }
     let sandbox = match crate::lifecycle::running_for_traffic(&state, &found.id).await {
         Ok(sandbox) => sandbox,
@@ -154,7 +155,55 @@ pub async fn route_sandbox_traffic(
         }
         Err(error) => return bad_gateway(&target.sandbox, &error.message),
     };
-    forward_to_envd(sandbox, request).await
+    forward_to_port(sandbox, target.port, request).await
+}
+
+/// The header that carries a private sandbox's traffic token.
+const TRAFFIC_TOKEN_HEADER: &str = "e2b-traffic-access-token";
+
+/// The refusal of a request without the traffic token of a sandbox whose ports are private.
+fn traffic_refusal(sandbox: &coppice_core::Sandbox, headers: &HeaderMap) -> Option<Response> {
+    let expected = sandbox.traffic_token.as_ref()?;
+    let given = headers
+        .get(TRAFFIC_TOKEN_HEADER)
+        .map(|value| value.as_bytes())
+        .unwrap_or_default();
+    if bool::from(subtle::ConstantTimeEq::ct_eq(
+        given,
+        expected.expose().as_bytes(),
+    )) {
+        return None;
+    }
+    let message = if given.is_empty() {
+        "this sandbox's ports are private: send its trafficAccessToken in the E2B-Traffic-Access-Token header"
+    } else {
+        "the E2B-Traffic-Access-Token header does not match this sandbox's trafficAccessToken"
+    };
+    Some(crate::error::ApiError::new(StatusCode::FORBIDDEN, message).into_response())
+}
+
+/// envd's own port goes to envd; any other through an envd tunnel to that port on the
+/// sandbox's loopback, WebSockets included.
+async fn forward_to_port(sandbox: coppice_core::Sandbox, port: u16, request: Request) -> Response {
+    if port == ENVD_PORT {
+        return forward_to_envd(sandbox, request).await;
+    }
+    let Some(endpoints) = &sandbox.endpoints else {
+        return bad_gateway(sandbox.id.as_str(), "The sandbox was not found");
+    };
+    let (parts, body) = request.into_parts();
+    let mut upstream = Request::from_parts(parts, Body::new(body));
+    for name in ["e2b-sandbox-id", "e2b-sandbox-port", TRAFFIC_TOKEN_HEADER] {
+        upstream.headers_mut().remove(name);
+    }
+    let token = sandbox.access_token.as_ref().map(|token| token.expose());
+    match envd::forward_to_port(&endpoints.envd_socket, token, port, upstream).await {
+        Ok(response) => response,
+        Err(error) => bad_gateway(
+            sandbox.id.as_str(),
+            &format!("The sandbox is running but port is not open: {port}: {error}"),
+        ),
+    }
 }
 
 async fn forward_to_envd(sandbox: coppice_core::Sandbox, request: Request) -> Response {

@@ -2,6 +2,7 @@
 
 pub mod dir_snapshots;
 pub mod health;
+pub mod network;
 pub mod sandboxes;
 pub mod snapshots;
 pub mod templates;

@@ -40,6 +40,50 @@ pub struct NewSandbox {
     /// Persistent volumes to mount, by name.
     #[serde(default)]
     pub volume_mounts: Option<Vec<VolumeMount>>,
+    /// Egress lists and the other network settings.
+    #[serde(default)]
+    pub network: Option<NetworkConfig>,
+}
+
+/// `network` of create, and the body of `PUT /sandboxes/{id}/network` (which also carries
+/// `allow_internet_access`). Fields coppice cannot honour are kept so that a request using
+/// them is refused by name, never silently weakened.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkConfig {
+    /// CIDRs or addresses always reachable.
+    #[serde(default)]
+    pub allow_out: Option<Vec<String>>,
+    /// CIDRs or addresses never reachable unless also allowed.
+    #[serde(default)]
+    pub deny_out: Option<Vec<String>>,
+    /// Internet access (update only; snake case on the wire).
+    #[serde(default, rename = "allow_internet_access")]
+    pub allow_internet_access: Option<bool>,
+    /// Whether exposed ports need the traffic token.
+    #[serde(default)]
+    pub allow_public_traffic: Option<bool>,
+    /// Host header rewriting for exposed ports.
+    #[serde(default)]
+    pub mask_request_host: Option<String>,
+    /// Resolvers of the sandbox (not supported).
+    #[serde(default)]
+    pub dns_servers: Option<Vec<String>>,
+    /// A proxy for all egress (not supported).
+    #[serde(default)]
+    pub egress_proxy: Option<serde_json::Value>,
+    /// Per-host request transforms (not supported).
+    #[serde(default)]
+    pub rules: Option<serde_json::Value>,
+}
+
+/// `network` of get-info.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkInfo {
+    allow_out: Vec<String>,
+    deny_out: Vec<String>,
+    allow_public_traffic: bool,
 }
 
 /// One entry of `volumeMounts`, in create and in get-info.
@@ -181,7 +225,10 @@ impl CreatedSandbox {
             client_id: CLIENT_ID,
             envd_version,
             envd_access_token: exposed_token(sandbox),
-            traffic_access_token: None,
+            traffic_access_token: sandbox
+                .traffic_token
+                .as_ref()
+                .map(|token| token.expose().to_owned()),
             domain: None,
         }
     }
@@ -217,6 +264,8 @@ pub struct ListedSandbox {
     pause_mode: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     volume_mounts: Option<Vec<VolumeMount>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    network: Option<NetworkInfo>,
 }
 
 impl ListedSandbox {
@@ -236,6 +285,11 @@ impl ListedSandbox {
             envd_version,
             envd_access_token: detail.then(|| exposed_token(sandbox)).flatten(),
             allow_internet_access: detail.then_some(sandbox.spec.network.allow_internet),
+            network: detail.then(|| NetworkInfo {
+                allow_out: sandbox.spec.network.allow_out.clone(),
+                deny_out: sandbox.spec.network.deny_out.clone(),
+                allow_public_traffic: sandbox.spec.public_traffic,
+            }),
             lifecycle: detail.then(|| {
                 let on_timeout = match sandbox.spec.on_timeout {
                     TimeoutAction::Kill => "kill",

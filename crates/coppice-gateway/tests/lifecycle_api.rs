@@ -116,7 +116,8 @@ async fn test_lifecycle_options_are_kept_and_reported() {
         serde_json::json!({"autoResume": true, "onTimeout": "pause"})
     );
     assert_eq!(info["pauseMode"], "filesystem");
-    // Traffic no port answers does not wake an auto-resume sandbox.
+    // Traffic to any of its ports wakes an auto-resume sandbox (nothing listens on this
+    // one, so the answer is still a 502).
     assert_eq!(
         call(&app, "POST", &format!("/sandboxes/{id}/pause"), &[], "")
             .await
@@ -132,7 +133,7 @@ async fn test_lifecycle_options_are_kept_and_reported() {
         StatusCode::BAD_GATEWAY
     );
     let (_, _, info) = call(&app, "GET", &format!("/sandboxes/{id}"), &[], "").await;
-    assert_eq!(info["state"], "paused");
+    assert_eq!(info["state"], "running");
 
     let worded = create(
         &app,

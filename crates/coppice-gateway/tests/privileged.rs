@@ -11,7 +11,10 @@ use std::process::{Command, Stdio};
 
 mod daemon;
 
-use daemon::{API_KEY, free_port, kill_all_sandboxes, start, wait_healthy};
+use daemon::{
+    API_KEY, e2b_python, free_port, kill_all_sandboxes, passed_suite, sdk_dir, sdk_env, start,
+    wait_healthy,
+};
 
 #[test]
 #[ignore = "privileged: starts coppiced, which builds a template and checks cgroups"]
@@ -51,32 +54,11 @@ fn test_coppiced_restart_reuses_the_base_template() {
     );
 }
 
-/// The three variables that point an unmodified E2B SDK at coppiced.
-fn sdk_env(url: &str) -> [(&'static str, String); 4] {
-    [
-        ("E2B_API_KEY", API_KEY.to_owned()),
-        ("E2B_API_URL", url.to_owned()),
-        ("E2B_SANDBOX_URL", url.to_owned()),
-        ("E2B_VOLUME_API_URL", url.to_owned()),
-    ]
-}
-
-/// The Python that has the pinned e2b SDK (`scripts/test.sh` makes its venv).
-fn e2b_python() -> std::ffi::OsString {
-    std::env::var_os("COPPICE_E2B_PYTHON").expect(
-        "COPPICE_E2B_PYTHON must name a Python with the pinned e2b SDK (scripts/test.sh sets it up)",
-    )
-}
-
 /// Runs the Python SDK suite `script` (in `tests/sdk`) against a fresh coppiced.
 fn run_python_suite(script: &str) {
     let mut command = Command::new(e2b_python());
     command.arg(sdk_dir().join(script));
     run_suite_against_coppiced(command);
-}
-
-fn sdk_dir() -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk")
 }
 
 #[test]
@@ -135,15 +117,7 @@ fn run_suite_against_coppiced(mut command: Command) {
     // Sandboxes outlive the daemon by design: a failed run must not leave any behind.
     kill_all_sandboxes(port);
     drop(daemon);
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && text.contains("ALL PASSED"),
-        "{text}"
-    );
+    passed_suite(&output);
 }
 
 #[test]
@@ -248,6 +222,34 @@ fn test_coppice_cli_end_to_end() {
     let listed = coppice(port, &["--json", "sandbox", "list"], b"");
     let json: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(json[0]["sandboxID"], id.as_str());
+
+    let network = coppice(
+        port,
+        &[
+            "sandbox",
+            "network",
+            &id,
+            "--deny-out",
+            "192.0.2.0/24",
+            "--no-internet",
+        ],
+        b"",
+    );
+    assert!(network.status.success(), "{}", text(&network.stderr));
+    assert!(text(&network.stdout).contains("internet off, 0 allowed, 1 denied"));
+    let refused = coppice(
+        port,
+        &["sandbox", "network", &id, "--allow-out", "no/such"],
+        b"",
+    );
+    assert!(!refused.status.success());
+    assert!(
+        text(&refused.stderr).contains("allowOut"),
+        "{}",
+        text(&refused.stderr)
+    );
+    let reopened = coppice(port, &["sandbox", "network", &id], b"");
+    assert!(reopened.status.success(), "{}", text(&reopened.stderr));
 
     let exec = coppice(
         port,

@@ -51,6 +51,10 @@ pub struct InitConfig {
     /// The in-sandbox daemon PID 1 starts and keeps running, if any.
     #[serde(default)]
     pub envd: Option<EnvdLaunch>,
+    /// Written to the root's `/etc/resolv.conf` before the sandbox starts, unless the
+    /// sandbox made that path a link or a directory.
+    #[serde(default)]
+    pub resolv_conf: Option<String>,
 }
 
 /// How PID 1 runs envd: the host binary is opened before `pivot_root` and executed from that

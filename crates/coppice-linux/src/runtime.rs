@@ -193,9 +193,11 @@ impl<S: NsSys> NamespaceRuntime<S> {
             source,
         })?;
         cgroups.create(&limit_writes(spec.memory_mb, spec.max_pids, spec.vcpus))?;
-        let network = match &spec.network {
-            NetAttachment::LoopbackOnly => NetworkSetup::Loopback,
-            NetAttachment::Namespace { path, .. } => NetworkSetup::Join { path: path.clone() },
+        let (network, resolv_conf) = match &spec.network {
+            NetAttachment::LoopbackOnly => (NetworkSetup::Loopback, None),
+            NetAttachment::Namespace { path, dns, .. } => {
+                (NetworkSetup::Join { path: path.clone() }, resolv_conf(dns))
+            }
         };
         let init = InitConfig {
             version: INIT_CONFIG_VERSION,
@@ -206,6 +208,7 @@ impl<S: NsSys> NamespaceRuntime<S> {
             cgroup_procs: cgroups.procs_files(),
             control_socket: dir.join(CONTROL_SOCKET),
             network,
+            resolv_conf,
             host_uid_base: self.config.id_map.host_uid_base,
             host_gid_base: self.config.id_map.host_gid_base,
             id_count: self.config.id_map.count,
@@ -574,3 +577,16 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
 
 #[cfg(test)]
 mod tests;
+
+/// The resolver configuration for `dns`, or `None` to leave the root's own file alone.
+fn resolv_conf(dns: &[std::net::IpAddr]) -> Option<String> {
+    if dns.is_empty() {
+        return None;
+    }
+    let mut text = String::from("# Written by coppice at every boot of this sandbox.\n");
+    for server in dns {
+        text.push_str(&format!("nameserver {server}\n"));
+    }
+    text.push_str("options edns0\n");
+    Some(text)
+}

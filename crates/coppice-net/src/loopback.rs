@@ -8,7 +8,7 @@ use coppice_core::SandboxId;
 use coppice_core::net::{NetAttachment, NetError, NetPolicy};
 use coppice_core::spec::NetworkSpec;
 
-use crate::pool::NetnsPool;
+use crate::pool::Pool;
 use crate::sys::NetnsSys;
 
 /// A policy that isolates every sandbox completely: its network namespace has loopback only.
@@ -19,7 +19,7 @@ use crate::sys::NetnsSys;
 /// so after a daemon restart `list` is empty and nothing needs cleaning.
 #[derive(Debug, Default)]
 pub struct LoopbackOnly {
-    pool: Option<(NetnsPool, Arc<dyn NetnsSys>)>,
+    pool: Option<(Pool<OwnedFd>, Arc<dyn NetnsSys>)>,
     attached: Mutex<BTreeMap<SandboxId, Attached>>,
 }
 
@@ -35,7 +35,13 @@ impl LoopbackOnly {
     /// Keeps `size` namespaces ready, made through `sys`.
     pub fn with_pool(sys: Arc<dyn NetnsSys>, size: usize) -> Self {
         Self {
-            pool: Some((NetnsPool::start(Arc::clone(&sys), size), sys)),
+            pool: Some((
+                Pool::start("netns-pool", size, {
+                    let sys = Arc::clone(&sys);
+                    move || sys.new_namespace()
+                }),
+                sys,
+            )),
             attached: Mutex::default(),
         }
     }

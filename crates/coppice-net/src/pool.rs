@@ -1,44 +1,47 @@
-//! A warm pool of network namespaces, refilled by a background thread, so that creating one
-//! (the slowest namespace, with a long tail) happens off the sandbox create path.
+//! A warm pool of prepared items (network namespaces, or whole endpoints), refilled by a
+//! background thread, so that making one (network namespaces have a long tail) happens off
+//! the sandbox create path.
 
-use std::os::fd::OwnedFd;
+use std::io;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
-
-use crate::sys::NetnsSys;
 
 /// Pause after a failed creation before the refill thread tries again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
-struct State {
-    ready: Vec<OwnedFd>,
+struct State<T> {
+    ready: Vec<T>,
     stopping: bool,
 }
 
 #[derive(Debug)]
-struct Shared {
-    state: Mutex<State>,
+struct Shared<T> {
+    state: Mutex<State<T>>,
     changed: Condvar,
     target: usize,
 }
 
-impl Shared {
-    fn state(&self) -> MutexGuard<'_, State> {
+impl<T> Shared<T> {
+    fn state(&self) -> MutexGuard<'_, State<T>> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// Ready namespaces; dropping the pool stops its thread and frees them.
+/// Ready items; dropping the pool stops its thread and drops them.
 #[derive(Debug)]
-pub(crate) struct NetnsPool {
-    shared: Arc<Shared>,
+pub(crate) struct Pool<T> {
+    shared: Arc<Shared<T>>,
 }
 
-impl NetnsPool {
-    /// Starts a pool that keeps `target` namespaces ready.
-    pub(crate) fn start(sys: Arc<dyn NetnsSys>, target: usize) -> Self {
+impl<T: Send + 'static> Pool<T> {
+    /// Starts a pool that keeps `target` items made by `make` ready.
+    pub(crate) fn start(
+        name: &str,
+        target: usize,
+        make: impl Fn() -> io::Result<T> + Send + 'static,
+    ) -> Self {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 ready: Vec::with_capacity(target),
@@ -49,36 +52,36 @@ impl NetnsPool {
         });
         let refill = Arc::clone(&shared);
         let started = thread::Builder::new()
-            .name("netns-pool".into())
-            .spawn(move || refill_loop(&*sys, &refill));
+            .name(name.into())
+            .spawn(move || refill_loop(&make, &refill));
         if let Err(error) = started {
-            tracing::warn!(error = %error, "network namespace pool not started; sandboxes create their own");
+            tracing::warn!(pool = name, error = %error, "pool not started; items are made on demand");
         }
         Self { shared }
     }
 
-    /// A ready namespace, if the pool has one; the refill thread replaces it.
-    pub(crate) fn take(&self) -> Option<OwnedFd> {
+    /// A ready item, if the pool has one; the refill thread replaces it.
+    pub(crate) fn take(&self) -> Option<T> {
         let taken = self.shared.state().ready.pop();
         self.shared.changed.notify_all();
         taken
     }
 
-    /// How many namespaces are ready now.
+    /// How many items are ready now.
     #[cfg(test)]
     pub(crate) fn ready(&self) -> usize {
         self.shared.state().ready.len()
     }
 }
 
-impl Drop for NetnsPool {
+impl<T> Drop for Pool<T> {
     fn drop(&mut self) {
         self.shared.state().stopping = true;
         self.shared.changed.notify_all();
     }
 }
 
-fn refill_loop(sys: &dyn NetnsSys, shared: &Shared) {
+fn refill_loop<T>(make: &dyn Fn() -> io::Result<T>, shared: &Shared<T>) {
     loop {
         {
             let mut state = shared.state();
@@ -93,13 +96,18 @@ fn refill_loop(sys: &dyn NetnsSys, shared: &Shared) {
                 return;
             }
         }
-        match sys.new_namespace() {
-            Ok(namespace) => {
-                shared.state().ready.push(namespace);
+        match make() {
+            Ok(item) => {
+                let mut state = shared.state();
+                if state.stopping {
+                    return;
+                }
+                state.ready.push(item);
+                drop(state);
                 shared.changed.notify_all();
             }
             Err(error) => {
-                tracing::warn!(error = %error, "cannot create a network namespace for the pool");
+                tracing::warn!(error = %error, "cannot prepare an item for the pool");
                 let state = shared.state();
                 let _ = shared.changed.wait_timeout(state, RETRY_AFTER);
             }
@@ -112,7 +120,7 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::sys::FakeNetnsSys;
+    use crate::sys::{FakeNetnsSys, NetnsSys};
 
     fn wait_for(condition: impl Fn() -> bool) {
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -125,7 +133,8 @@ mod tests {
     #[test]
     fn test_pool_fills_to_target_and_refills_after_take() {
         let sys = Arc::new(FakeNetnsSys::default());
-        let pool = NetnsPool::start(sys.clone(), 3);
+        let maker = Arc::clone(&sys);
+        let pool = Pool::start("test", 3, move || maker.new_namespace());
         wait_for(|| pool.ready() == 3);
 
         assert!(pool.take().is_some());
@@ -135,10 +144,10 @@ mod tests {
     }
 
     #[test]
-    fn test_pool_with_failing_sys_hands_out_nothing() {
+    fn test_pool_with_failing_maker_hands_out_nothing() {
         let sys = Arc::new(FakeNetnsSys::default());
         sys.fail();
-        let pool = NetnsPool::start(sys, 2);
+        let pool = Pool::start("test", 2, move || sys.new_namespace());
         assert!(pool.take().is_none());
     }
 }

@@ -1,15 +1,15 @@
-//! The only place that knows the OS: creating network namespaces.
+//! The only place that knows the OS: network namespaces, links, nftables, sysctls.
 
 use std::fmt;
 use std::io;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-mod fake;
+pub(crate) mod fake;
 #[cfg(target_os = "linux")]
 mod linux;
 
-pub use fake::FakeNetnsSys;
+pub use fake::{FakeBridgeSys, FakeNetnsSys};
 #[cfg(target_os = "linux")]
 pub use linux::RealNetnsSys;
 
@@ -24,4 +24,48 @@ pub trait NetnsSys: Send + Sync + fmt::Debug + 'static {
     /// A path another process can open to join the namespace behind `fd` while this process
     /// holds `fd`.
     fn path_of(&self, fd: &OwnedFd) -> PathBuf;
+}
+
+/// What the bridge network needs of the host besides namespaces. Scripts are rendered by
+/// `bridge::script`; this seam only runs them.
+pub trait BridgeSys: NetnsSys {
+    /// Whether a link of that name exists in the host's namespace.
+    fn link_exists(&self, name: &str) -> bool;
+
+    /// The names of every link in the host's namespace.
+    ///
+    /// # Errors
+    /// The list cannot be read.
+    fn links(&self) -> io::Result<Vec<String>>;
+
+    /// Runs `ip -batch` lines, in the namespace at `netns` when given.
+    ///
+    /// # Errors
+    /// `ip` failed; the error carries its message.
+    fn ip_batch(&self, netns: Option<&Path>, script: &str) -> io::Result<()>;
+
+    /// The table `inet <table>` as `nft -j -a list` prints it (rule handles included).
+    ///
+    /// # Errors
+    /// `nft` failed.
+    fn nft_listing(&self, table: &str) -> io::Result<String>;
+
+    /// Applies an `nft -f` script as one transaction.
+    ///
+    /// # Errors
+    /// `nft` refused the script; nothing of it applied.
+    fn nft(&self, script: &str) -> io::Result<()>;
+
+    /// Deletes every conntrack entry whose original source is `address`.
+    ///
+    /// # Errors
+    /// The entries could not be listed or deleted.
+    fn forget_flows(&self, address: std::net::IpAddr) -> io::Result<()>;
+
+    /// Turns on IPv4 and IPv6 forwarding, keeping router advertisements accepted where the
+    /// host relied on them.
+    ///
+    /// # Errors
+    /// A sysctl could not be written.
+    fn enable_forwarding(&self) -> io::Result<()>;
 }

@@ -354,6 +354,7 @@ fn store_with_half_created(harness: &Harness, id: &SandboxId) -> Store {
         endpoints: None,
         pause_mode: None,
         access_token: None,
+        traffic_token: None,
     };
     store.put(&sandbox).unwrap();
     store

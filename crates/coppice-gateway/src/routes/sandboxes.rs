@@ -46,7 +46,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v2/sandboxes/{id}/logs", get(logs))
 }
 
-pub(super) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+pub(crate) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     body.map(|Json(value)| value)
         .map_err(|rejection| ApiError::bad_request(rejection.body_text()))
 }
@@ -61,7 +61,7 @@ pub(super) fn optional_body<T: Default + serde::de::DeserializeOwned>(
     serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("bad JSON body: {e}")))
 }
 
-pub(super) fn sandbox_id(raw: &str) -> Result<SandboxId, ApiError> {
+pub(crate) fn sandbox_id(raw: &str) -> Result<SandboxId, ApiError> {
     raw.parse()
         .map_err(|_| ApiError::bad_request(format!("{raw:?} is not a sandbox id")))
 }
@@ -118,9 +118,12 @@ async fn create(
         TimeoutAction::Kill
     };
     spec.auto_resume = request.auto_resume.is_some_and(|auto| auto.enabled);
-    if let Some(allow) = request.allow_internet_access {
-        spec.network.allow_internet = allow;
-    }
+    spec.public_traffic = request
+        .network
+        .as_ref()
+        .and_then(|network| network.allow_public_traffic)
+        .unwrap_or(true);
+    spec.network = super::network::spec(request.allow_internet_access, request.network)?;
     for mount in request.volume_mounts.unwrap_or_default() {
         spec.volume_mounts.push(VolumeMount {
             name: mount

@@ -33,10 +33,16 @@ pub const API_KEY: &str = "coppice-test-key";
 
 /// Starts coppiced with the test key on `port` over `data_dir`.
 pub fn start(data_dir: &Path, port: u16) -> Daemon {
+    start_with(data_dir, port, &[])
+}
+
+/// [`start`] with more flags.
+pub fn start_with(data_dir: &Path, port: u16, flags: &[&str]) -> Daemon {
     let child = Command::new(env!("CARGO_BIN_EXE_coppiced"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(flags)
         .env("COPPICE_API_KEY", API_KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -90,4 +96,40 @@ pub fn kill_all_sandboxes(port: u16) {
             call(port, "DELETE", &format!("/sandboxes/{id}"));
         }
     }
+}
+
+/// The variables that point an unmodified E2B SDK at coppiced.
+pub fn sdk_env(url: &str) -> [(&'static str, String); 4] {
+    [
+        ("E2B_API_KEY", API_KEY.to_owned()),
+        ("E2B_API_URL", url.to_owned()),
+        ("E2B_SANDBOX_URL", url.to_owned()),
+        ("E2B_VOLUME_API_URL", url.to_owned()),
+    ]
+}
+
+/// The Python that has the pinned e2b SDK (`scripts/test.sh` makes its venv).
+pub fn e2b_python() -> std::ffi::OsString {
+    std::env::var_os("COPPICE_E2B_PYTHON").expect(
+        "COPPICE_E2B_PYTHON must name a Python with the pinned e2b SDK (scripts/test.sh sets it up)",
+    )
+}
+
+/// An SDK suite's stdout and stderr, once it is checked to have passed whole.
+pub fn passed_suite(output: &std::process::Output) -> String {
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.status.success() && text.contains("ALL PASSED"),
+        "{text}"
+    );
+    text
+}
+
+/// Where the SDK suites live.
+pub fn sdk_dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk")
 }

@@ -1,18 +1,20 @@
-//! A fake `NetnsSys`: "namespaces" are descriptors of `/dev/null`, counted.
+//! Fakes of the OS seams: namespaces are descriptors of `/dev/null`; scripts are recorded.
 
+use std::collections::BTreeSet;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use super::NetnsSys;
+use super::{BridgeSys, NetnsSys};
 
 /// Counts the namespaces it pretends to create; can be told to fail.
 #[derive(Debug, Default)]
 pub struct FakeNetnsSys {
     created: AtomicUsize,
-    failing: std::sync::atomic::AtomicBool,
+    failing: AtomicBool,
 }
 
 impl FakeNetnsSys {
@@ -38,5 +40,150 @@ impl NetnsSys for FakeNetnsSys {
 
     fn path_of(&self, fd: &OwnedFd) -> PathBuf {
         PathBuf::from(format!("/fake/fd/{}", fd.as_raw_fd()))
+    }
+}
+
+/// One script the fake was asked to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ran {
+    /// `ip -batch`, in a namespace or on the host.
+    Ip {
+        /// The namespace, if any.
+        netns: Option<PathBuf>,
+        /// The lines.
+        script: String,
+    },
+    /// `nft -f`.
+    Nft(String),
+    /// Conntrack entries from this source deleted.
+    ForgetFlows(std::net::IpAddr),
+}
+
+/// Records every script, keeps a set of host links that `link add` / `link del` lines
+/// change, and fails `nft` on request.
+#[derive(Debug, Default)]
+pub struct FakeBridgeSys {
+    netns: FakeNetnsSys,
+    ran: Mutex<Vec<Ran>>,
+    links: Mutex<BTreeSet<String>>,
+    fail_nft: AtomicBool,
+    forwarding: AtomicBool,
+    listing: Mutex<String>,
+}
+
+impl FakeBridgeSys {
+    /// Everything run so far.
+    pub fn ran(&self) -> Vec<Ran> {
+        lock(&self.ran).clone()
+    }
+
+    /// The `nft` scripts run so far.
+    pub fn nft_scripts(&self) -> Vec<String> {
+        self.ran()
+            .into_iter()
+            .filter_map(|ran| match ran {
+                Ran::Nft(script) => Some(script),
+                Ran::Ip { .. } | Ran::ForgetFlows(_) => None,
+            })
+            .collect()
+    }
+
+    /// Host links that exist now.
+    pub fn links(&self) -> BTreeSet<String> {
+        lock(&self.links).clone()
+    }
+
+    /// Pretends a link exists (e.g. left by an earlier daemon).
+    pub fn add_link(&self, name: &str) {
+        lock(&self.links).insert(name.to_owned());
+    }
+
+    /// What `nft_listing` answers from now on (nft's JSON).
+    pub fn set_listing(&self, json: &str) {
+        *lock(&self.listing) = json.to_owned();
+    }
+
+    /// Makes every further `nft` call fail.
+    pub fn fail_nft(&self) {
+        self.fail_nft.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether forwarding was turned on.
+    pub fn forwarding(&self) -> bool {
+        self.forwarding.load(Ordering::SeqCst)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl NetnsSys for FakeBridgeSys {
+    fn new_namespace(&self) -> io::Result<OwnedFd> {
+        self.netns.new_namespace()
+    }
+
+    fn path_of(&self, fd: &OwnedFd) -> PathBuf {
+        self.netns.path_of(fd)
+    }
+}
+
+impl BridgeSys for FakeBridgeSys {
+    fn link_exists(&self, name: &str) -> bool {
+        lock(&self.links).contains(name)
+    }
+
+    fn links(&self) -> io::Result<Vec<String>> {
+        Ok(lock(&self.links).iter().cloned().collect())
+    }
+
+    fn ip_batch(&self, netns: Option<&Path>, script: &str) -> io::Result<()> {
+        if netns.is_none() {
+            let mut links = lock(&self.links);
+            for line in script.lines() {
+                let words: Vec<&str> = line.split_whitespace().collect();
+                match words.as_slice() {
+                    ["link", "add", name, ..] if !links.insert((*name).to_owned()) => {
+                        return Err(io::Error::other(format!("{name}: File exists")));
+                    }
+                    ["link", "del", name] if !links.remove(*name) => {
+                        return Err(io::Error::other(format!("{name}: Cannot find device")));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        lock(&self.ran).push(Ran::Ip {
+            netns: netns.map(Path::to_path_buf),
+            script: script.to_owned(),
+        });
+        Ok(())
+    }
+
+    fn nft_listing(&self, _table: &str) -> io::Result<String> {
+        let listing = lock(&self.listing).clone();
+        Ok(if listing.is_empty() {
+            r#"{"nftables": []}"#.to_owned()
+        } else {
+            listing
+        })
+    }
+
+    fn nft(&self, script: &str) -> io::Result<()> {
+        if self.fail_nft.load(Ordering::SeqCst) {
+            return Err(io::Error::other("nft: injected failure"));
+        }
+        lock(&self.ran).push(Ran::Nft(script.to_owned()));
+        Ok(())
+    }
+
+    fn forget_flows(&self, address: std::net::IpAddr) -> io::Result<()> {
+        lock(&self.ran).push(Ran::ForgetFlows(address));
+        Ok(())
+    }
+
+    fn enable_forwarding(&self) -> io::Result<()> {
+        self.forwarding.store(true, Ordering::SeqCst);
+        Ok(())
     }
 }

@@ -83,6 +83,7 @@ fn set_up(
     for step in &config.mounts {
         apply(config, step)?;
     }
+    write_resolv_conf(config)?;
     rustix::system::sethostname(config.hostname.as_bytes())
         .map_err(|e| format!("sethostname: {e}"))?;
     // Joined namespaces come from a pool that only creates them; loopback is brought up here
@@ -183,6 +184,44 @@ fn apply(config: &InitConfig, step: &MountStep) -> Result<(), String> {
                 .map_err(|e| format!("symlink {}: {e}", link.display()))
         }
     }
+}
+
+/// Writes the sandbox's resolver configuration into its root, owned by sandbox root. A
+/// sandbox that replaced the file with a link (or any of `/etc` with one) keeps what it made:
+/// nothing is ever written through a link.
+fn write_resolv_conf(config: &InitConfig) -> Result<(), String> {
+    let Some(text) = &config.resolv_conf else {
+        return Ok(());
+    };
+    let Ok(path) = safe_target(&config.rootfs, Path::new("etc/resolv.conf")) else {
+        return Ok(());
+    };
+    let opened = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o644)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
+        .open(&path);
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(error)
+            if error.kind() == std::io::ErrorKind::NotFound
+                || error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
+                || error.raw_os_error() == Some(rustix::io::Errno::ISDIR.raw_os_error()) =>
+        {
+            return Ok(());
+        }
+        Err(error) => return Err(format!("write {}: {error}", path.display())),
+    };
+    file.write_all(text.as_bytes())
+        .map_err(|e| format!("write {}: {e}", path.display()))?;
+    std::os::unix::fs::fchown(
+        &file,
+        Some(config.host_uid_base),
+        Some(config.host_gid_base),
+    )
+    .map_err(|e| format!("chown {}: {e}", path.display()))
 }
 
 /// Resolves `relative` under `root`, refusing `..` and any symlink on the way: the upper layer

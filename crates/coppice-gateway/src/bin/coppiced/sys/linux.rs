@@ -9,8 +9,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use coppice_core::manager::Backends;
 use coppice_gateway::config::GatewayConfig;
+use coppice_gateway::config::NetworkMode;
 use coppice_linux::{EnvdSettings, IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig};
-use coppice_net::LoopbackOnly;
+use coppice_net::{BridgeConfig, BridgeNetwork, LoopbackOnly, RealNetnsSys};
 use coppice_overlay::{OverlayConfig, OverlayStorage};
 
 /// Network namespaces kept ready, so that creating one stays off the create path (enough
@@ -89,15 +90,33 @@ pub(crate) fn backends(config: &GatewayConfig) -> anyhow::Result<Backends> {
     runtime_config.envd = Some(envd_settings()?);
     let runtime =
         NamespaceRuntime::new(runtime_config).context("starting the namespace runtime")?;
+    let (net, network): (Arc<dyn coppice_core::net::NetPolicy>, _) = match config.network.mode {
+        NetworkMode::Loopback => (
+            Arc::new(LoopbackOnly::pooled(NETNS_POOL_SIZE)),
+            "loopback-only",
+        ),
+        NetworkMode::Bridge => {
+            let settings = &config.network;
+            let mut bridge = BridgeConfig::new(&settings.bridge, config.net_dir());
+            bridge.ipv4 = settings.ipv4;
+            bridge.ipv6 = settings.ipv6;
+            bridge.pool_size = NETNS_POOL_SIZE;
+            bridge.dns_upstream = settings.dns_upstream;
+            let network = BridgeNetwork::start(bridge, Arc::new(RealNetnsSys)).context(
+                "setting up the sandbox bridge network (or start with --network loopback)",
+            )?;
+            (Arc::new(network), "bridge")
+        }
+    };
     tracing::info!(
         runtime = "linux-namespaces",
         storage = "overlayfs",
-        network = "loopback-only",
+        network,
         "backends chosen"
     );
     Ok(Backends {
         runtime: Arc::new(runtime),
         storage: Arc::new(storage),
-        net: Arc::new(LoopbackOnly::pooled(NETNS_POOL_SIZE)),
+        net,
     })
 }

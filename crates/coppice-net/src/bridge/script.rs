@@ -1,0 +1,208 @@
+//! The text of every `ip -batch` and `nft -f` script the bridge network runs (pure, so the
+//! exact rules are unit-tested without a kernel).
+//!
+//! The nftables table holds three base chains. `forward` and `input` send each packet from
+//! a sandbox whose policy is not the default through that sandbox's own chain (`sbx_<index>`,
+//! found by source address in a verdict map; see `rules`): its allowed CIDRs accept, its
+//! denied ones and, when air-gapped, everything else reject. The chain is consulted for every
+//! packet, not only for new flows, so a policy change cuts connections that are already open
+//! (a TCP packet is answered with a reset). A sandbox on the default policy has no chain (or
+//! one that returns at once): from `forward` it is accepted (and masqueraded in
+//! `postrouting`), from `input` refused, so the host and its services (the gateway's ports
+//! among them) stay out of reach unless an allow entry names them; the resolver on the
+//! bridge's port 53 is the one exception.
+
+use std::fmt::Write;
+use std::path::Path;
+
+use super::config::BridgeConfig;
+
+/// `ip -batch` lines that give the (existing) bridge its addresses and bring it up.
+pub(crate) fn bridge_addresses(config: &BridgeConfig, create: bool) -> String {
+    let bridge = &config.bridge;
+    let mut script = String::new();
+    if create {
+        let _ = writeln!(script, "link add {bridge} type bridge");
+    }
+    let _ = writeln!(
+        script,
+        "addr replace {}/{} dev {bridge}",
+        config.bridge_v4(),
+        config.ipv4.prefix_len()
+    );
+    let _ = writeln!(
+        script,
+        "addr replace {}/{} dev {bridge} nodad",
+        config.bridge_v6(),
+        config.ipv6.prefix_len()
+    );
+    let _ = writeln!(script, "link set {bridge} up");
+    script
+}
+
+/// Host-side `ip -batch` lines for the endpoint at `index`: a veth pair whose inner end,
+/// `eth0`, lands in the namespace at `netns`, and whose outer end joins the bridge as an
+/// isolated port (no frames to other isolated ports, i.e. other sandboxes).
+pub(crate) fn endpoint_host(config: &BridgeConfig, index: u32, netns: &Path) -> String {
+    let link = config.host_link(index);
+    format!(
+        "link add {link} type veth peer name eth0 netns {}\n\
+         link set {link} master {bridge} up\n\
+         link set dev {link} type bridge_slave isolated on\n",
+        netns.display(),
+        bridge = config.bridge,
+    )
+}
+
+/// `ip -batch` lines run inside the endpoint's namespace: loopback, both addresses (no
+/// duplicate detection: the address is ours alone), default routes through the bridge.
+pub(crate) fn endpoint_inside(config: &BridgeConfig, index: u32) -> String {
+    let (v4, v6) = config.sandbox_addresses(index);
+    format!(
+        "link set lo up\n\
+         addr add {v4}/{v4len} dev eth0\n\
+         addr add {v6}/{v6len} dev eth0 nodad\n\
+         link set eth0 up\n\
+         route add default via {gw4}\n\
+         route add default via {gw6}\n",
+        v4len = config.ipv4.prefix_len(),
+        v6len = config.ipv6.prefix_len(),
+        gw4 = config.bridge_v4(),
+        gw6 = config.bridge_v6(),
+    )
+}
+
+/// `ip -batch` line that removes the endpoint at `index` (both ends of the pair go at once).
+pub(crate) fn endpoint_removal(config: &BridgeConfig, index: u32) -> String {
+    format!("link del {}\n", config.host_link(index))
+}
+
+/// An `nft -f` script that replaces the whole table in one transaction, with the chains of
+/// the sandboxes in `policies` already in place.
+pub(crate) fn table(config: &BridgeConfig, policies: &[super::rules::ChainChange<'_>]) -> String {
+    let t = format!("inet {}", config.table());
+    let bridge = &config.bridge;
+    let mut s = String::new();
+    // `add` first so that `delete` never fails on a host where the table is new.
+    let _ = writeln!(s, "add table {t}");
+    let _ = writeln!(s, "delete table {t}");
+    let _ = writeln!(s, "add table {t}");
+    let _ = writeln!(s, "add map {t} egress_v4 {{ type ipv4_addr : verdict ; }}");
+    let _ = writeln!(s, "add map {t} egress_v6 {{ type ipv6_addr : verdict ; }}");
+    let _ = writeln!(
+        s,
+        "add chain {t} forward {{ type filter hook forward priority filter ; policy accept ; }}"
+    );
+    let _ = writeln!(
+        s,
+        "add chain {t} input {{ type filter hook input priority filter ; policy accept ; }}"
+    );
+    let _ = writeln!(
+        s,
+        "add chain {t} postrouting {{ type nat hook postrouting priority srcnat ; policy accept ; }}"
+    );
+    let from = format!("add rule {t} forward iifname \"{bridge}\"");
+    let _ = writeln!(s, "{from} oifname \"{bridge}\" drop");
+    let _ = writeln!(s, "{from} ip saddr != {} drop", config.ipv4);
+    let _ = writeln!(s, "{from} ip6 saddr != {} drop", config.ipv6);
+    let _ = writeln!(s, "{from} ip saddr vmap @egress_v4");
+    let _ = writeln!(s, "{from} ip6 saddr vmap @egress_v6");
+    let _ = writeln!(s, "{from} accept");
+    let to = format!("add rule {t} forward oifname \"{bridge}\"");
+    let _ = writeln!(s, "{to} ct state established,related accept");
+    let _ = writeln!(s, "{to} drop");
+    let input = format!("add rule {t} input iifname \"{bridge}\"");
+    let _ = writeln!(s, "{input} ct state established,related accept");
+    let _ = writeln!(
+        s,
+        "{input} ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
+        config.bridge_v4()
+    );
+    let _ = writeln!(
+        s,
+        "{input} ip6 daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
+        config.bridge_v6()
+    );
+    let _ = writeln!(
+        s,
+        "{input} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} accept"
+    );
+    let _ = writeln!(s, "{input} ip saddr vmap @egress_v4");
+    let _ = writeln!(s, "{input} ip6 saddr vmap @egress_v6");
+    let _ = writeln!(s, "{input} meta l4proto tcp reject with tcp reset");
+    let _ = writeln!(s, "{input} reject with icmpx admin-prohibited");
+    let nat = format!("add rule {t} postrouting");
+    let _ = writeln!(
+        s,
+        "{nat} ip saddr {} oifname != \"{bridge}\" masquerade",
+        config.ipv4
+    );
+    let _ = writeln!(
+        s,
+        "{nat} ip6 saddr {} oifname != \"{bridge}\" masquerade",
+        config.ipv6
+    );
+    for change in policies {
+        s.push_str(&super::rules::policy_change(config, change));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use coppice_core::spec::NetworkSpec;
+
+    use super::super::rules::ChainChange;
+    use super::*;
+    use crate::egress::EgressPolicy;
+
+    fn config() -> BridgeConfig {
+        BridgeConfig::new("cpn0", "/state")
+    }
+
+    fn policy(internet: bool, allow: &[&str], deny: &[&str]) -> EgressPolicy {
+        EgressPolicy::from_spec(&NetworkSpec {
+            allow_internet: internet,
+            allow_out: allow.iter().map(|s| (*s).to_owned()).collect(),
+            deny_out: deny.iter().map(|s| (*s).to_owned()).collect(),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn test_endpoint_scripts_name_the_index_addresses() {
+        let config = config();
+        let host = endpoint_host(&config, 7, Path::new("/proc/1/fd/9"));
+        assert!(host.starts_with("link add cpn0-7 type veth peer name eth0 netns /proc/1/fd/9\n"));
+        assert!(host.contains("master cpn0 up"));
+        assert!(host.contains("isolated on"));
+        let inside = endpoint_inside(&config, 7);
+        assert!(inside.contains("addr add 10.213.0.8/16 dev eth0\n"));
+        assert!(inside.contains("addr add fd00:c0:ffee::8/64 dev eth0 nodad\n"));
+        assert!(inside.contains("route add default via 10.213.0.1\n"));
+        assert_eq!(endpoint_removal(&config, 7), "link del cpn0-7\n");
+    }
+
+    #[test]
+    fn test_table_replaces_atomically_and_keeps_known_policies() {
+        let airgapped = policy(false, &[], &[]);
+        let open = policy(true, &[], &[]);
+        let change = |index, policy| ChainChange {
+            index,
+            had_chain: false,
+            policy,
+            generation: 1,
+            pins: 1,
+        };
+        let script = table(&config(), &[change(5, &airgapped), change(6, &open)]);
+        assert!(
+            script.starts_with("add table inet coppice_cpn0\ndelete table inet coppice_cpn0\n")
+        );
+        assert!(script.contains("masquerade"));
+        assert!(script.contains("sbx_5"));
+        assert!(!script.contains("sbx_6"));
+        assert!(
+            script.contains("ip daddr 10.213.0.1 meta l4proto { tcp, udp } th dport 53 accept")
+        );
+    }
+}

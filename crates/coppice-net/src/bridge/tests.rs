@@ -1,0 +1,237 @@
+//! `BridgeNetwork` over the fake host: endpoints, policies, release, restart adoption.
+
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::sys::FakeBridgeSys;
+use crate::sys::fake::Ran;
+
+fn id(name: &str) -> SandboxId {
+    name.parse().unwrap()
+}
+
+fn config(dir: &Path, pool_size: usize) -> BridgeConfig {
+    let mut config = BridgeConfig::new("cpt0", dir.join("net"));
+    config.pool_size = pool_size;
+    config.dns_upstream = None;
+    config
+}
+
+fn start(dir: &Path, sys: &Arc<FakeBridgeSys>, pool_size: usize) -> BridgeNetwork {
+    BridgeNetwork::start(
+        config(dir, pool_size),
+        Arc::clone(sys) as Arc<dyn BridgeSys>,
+    )
+    .unwrap()
+}
+
+fn airgapped() -> NetworkSpec {
+    NetworkSpec {
+        allow_internet: false,
+        allow_out: vec!["10.99.0.0/16".into()],
+        deny_out: Vec::new(),
+    }
+}
+
+fn wait_for(what: &str, condition: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !condition() {
+        assert!(Instant::now() < deadline, "{what} not reached");
+        thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn test_start_makes_the_bridge_turns_on_forwarding_and_installs_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let _network = start(dir.path(), &sys, 0);
+    assert!(sys.forwarding());
+    assert!(sys.links().contains("cpt0"));
+    let scripts = sys.nft_scripts();
+    assert_eq!(scripts.len(), 1);
+    assert!(scripts[0].contains("delete table inet coppice_cpt0"));
+}
+
+#[test]
+fn test_default_attach_gives_addresses_and_runs_no_nft() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = start(dir.path(), &sys, 0);
+
+    let attachment = network.attach(&id("a"), &NetworkSpec::default()).unwrap();
+
+    let NetAttachment::Namespace { addresses, dns, .. } = attachment else {
+        panic!("expected a namespace");
+    };
+    assert_eq!(
+        addresses,
+        vec![
+            "10.213.0.2".parse::<IpAddr>().unwrap(),
+            "fd00:c0:ffee::2".parse().unwrap()
+        ]
+    );
+    assert_eq!(dns, vec!["10.213.0.1".parse::<IpAddr>().unwrap()]);
+    assert_eq!(sys.nft_scripts().len(), 1, "only the table at start");
+    assert!(sys.links().contains("cpt0-1"));
+    assert_eq!(network.list().unwrap(), vec![id("a")]);
+}
+
+#[test]
+fn test_policy_attach_update_and_detach_manage_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = start(dir.path(), &sys, 0);
+    // What the kernel would list once a generation "g1" and a rule without a tag exist.
+    sys.set_listing(
+        r#"{"nftables": [{"chain": {"name": "sbx_1"}},
+            {"rule": {"chain": "sbx_1", "handle": 4, "comment": "g1"}},
+            {"rule": {"chain": "sbx_1", "handle": 3}}]}"#,
+    );
+
+    network.attach(&id("a"), &airgapped()).unwrap();
+    network.update(&id("a"), &NetworkSpec::default()).unwrap();
+    network.update(&id("a"), &airgapped()).unwrap();
+    wait_for("shadowed rules collected", || {
+        sys.nft_scripts()
+            .iter()
+            .any(|script| script.contains("delete rule inet coppice_cpt0 sbx_1 handle 4"))
+    });
+    network.detach(&id("a")).unwrap();
+
+    wait_for("release", || !sys.links().contains("cpt0-1"));
+    wait_for("flows forgotten", || {
+        sys.ran()
+            .contains(&Ran::ForgetFlows("fd00:c0:ffee::2".parse().unwrap()))
+    });
+    let scripts = sys.nft_scripts();
+    assert!(
+        scripts[1].contains("add element inet coppice_cpt0 egress_v4 { 10.213.0.2 : jump sbx_1 }")
+    );
+    // Changes are additions only: a new generation on top, ending in a return.
+    assert!(scripts[2].contains("insert rule inet coppice_cpt0 sbx_1 return comment"));
+    assert!(!scripts[2].contains("delete"));
+    assert!(scripts[3].contains("sbx_1 reject"));
+    assert!(!scripts[3].contains("add element") && !scripts[3].contains("delete"));
+    wait_for("chain removal", || {
+        sys.nft_scripts()
+            .last()
+            .is_some_and(|last| last.contains("delete chain inet coppice_cpt0 sbx_1"))
+    });
+    assert!(network.list().unwrap().is_empty());
+}
+
+#[test]
+fn test_released_index_is_reused_and_addresses_stay_unique() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = start(dir.path(), &sys, 0);
+    network.attach(&id("a"), &NetworkSpec::default()).unwrap();
+    network.attach(&id("b"), &NetworkSpec::default()).unwrap();
+    network.detach(&id("a")).unwrap();
+    wait_for("release", || !sys.links().contains("cpt0-1"));
+
+    network.attach(&id("c"), &NetworkSpec::default()).unwrap();
+
+    assert_eq!(
+        sys.links(),
+        ["cpt0", "cpt0-1", "cpt0-2"]
+            .iter()
+            .map(|s| (*s).to_owned())
+            .collect()
+    );
+}
+
+#[test]
+fn test_bad_policy_is_invalid_and_takes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = start(dir.path(), &sys, 0);
+    let bad = NetworkSpec {
+        allow_internet: true,
+        allow_out: vec!["not an address".into()],
+        deny_out: Vec::new(),
+    };
+    assert!(matches!(
+        network.attach(&id("a"), &bad),
+        Err(NetError::Invalid { .. })
+    ));
+    assert_eq!(sys.links().len(), 1, "only the bridge");
+}
+
+#[test]
+fn test_failed_nft_on_attach_releases_the_endpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = start(dir.path(), &sys, 0);
+    sys.fail_nft();
+    assert!(matches!(
+        network.attach(&id("a"), &airgapped()),
+        Err(NetError::Backend { .. })
+    ));
+    wait_for("release", || sys.links().len() == 1);
+    assert!(network.list().unwrap().is_empty());
+}
+
+#[test]
+fn test_update_of_unknown_sandbox_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = start(dir.path(), &sys, 0);
+    assert!(matches!(
+        network.update(&id("a"), &NetworkSpec::default()),
+        Err(NetError::NotFound { .. })
+    ));
+    network.detach(&id("a")).unwrap();
+}
+
+#[test]
+fn test_restart_adopts_recorded_sandboxes_and_removes_stale_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    {
+        let network = start(dir.path(), &sys, 0);
+        network.attach(&id("a"), &NetworkSpec::default()).unwrap();
+        network.attach(&id("b"), &airgapped()).unwrap();
+    }
+    // A link an earlier run had pooled but not handed out.
+    sys.add_link("cpt0-9");
+
+    let network = start(dir.path(), &sys, 0);
+
+    assert_eq!(network.list().unwrap(), vec![id("a"), id("b")]);
+    assert!(!sys.links().contains("cpt0-9"));
+    let table = sys.nft_scripts().last().cloned().unwrap();
+    assert!(table.contains("delete table"));
+    assert!(table.contains("10.213.0.3 : jump sbx_2"), "{table}");
+    // New sandboxes get an index no survivor holds.
+    network.attach(&id("c"), &NetworkSpec::default()).unwrap();
+    assert!(sys.links().contains("cpt0-3"));
+    network.detach(&id("b")).unwrap();
+    wait_for("release of an adopted endpoint", || {
+        !sys.links().contains("cpt0-2")
+    });
+}
+
+#[test]
+fn test_pool_prepares_endpoints_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = start(dir.path(), &sys, 2);
+    wait_for("pool filled", || sys.links().len() == 3);
+    let inside_before = sys
+        .ran()
+        .iter()
+        .filter(|ran| matches!(ran, Ran::Ip { netns: Some(_), .. }))
+        .count();
+
+    network.attach(&id("a"), &NetworkSpec::default()).unwrap();
+
+    let inside_after = sys
+        .ran()
+        .iter()
+        .filter(|ran| matches!(ran, Ran::Ip { netns: Some(_), .. }))
+        .count();
+    assert!(inside_after >= inside_before);
+    assert_eq!(network.list().unwrap(), vec![id("a")]);
+}
