@@ -129,8 +129,8 @@ pub async fn forward_to_port(
         .map_err(|e| unreachable(socket, e))?;
     if response.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
         let status = response.status().as_u16();
-        let body = response
-            .into_body()
+        // envd's refusals are short; a sandbox cannot make the gateway hold more.
+        let body = http_body_util::Limited::new(response.into_body(), 64 << 10)
             .collect()
             .await
             .map(|body| String::from_utf8_lossy(&body.to_bytes()).into_owned())

@@ -45,6 +45,8 @@ struct Endpoint {
 struct Attached {
     endpoint: Endpoint,
     policy: EgressPolicy,
+    /// What `policy` was parsed from, as recorded.
+    spec: NetworkSpec,
     /// The tag of its current rules.
     generation: u32,
     /// Its current pin sets, and the conntrack mark of flows opened through them.
@@ -121,7 +123,8 @@ impl Inner {
     fn make_endpoint(&self) -> Result<Endpoint, NetError> {
         let index = self.allocate()?;
         let made = self.configure(index);
-        if made.is_err() {
+        // A half-made pair that cannot be removed keeps its index taken.
+        if made.is_err() && self.remove_link(index) {
             self.free(index);
         }
         made
@@ -136,13 +139,12 @@ impl Inner {
         self.sys
             .ip_batch(None, &script::endpoint_host(&self.config, index, &path))
             .map_err(|error| backend("create veth", error))?;
-        if let Err(error) = self
-            .sys
+        self.sys
+            .nft(&script::endpoint_guard(&self.config, index))
+            .map_err(|error| backend("guard sandbox port", error))?;
+        self.sys
             .ip_batch(Some(&path), &script::endpoint_inside(&self.config, index))
-        {
-            self.remove_link(index);
-            return Err(backend("configure sandbox interface", error));
-        }
+            .map_err(|error| backend("configure sandbox interface", error))?;
         Ok(Endpoint {
             index,
             netns: Some(netns),
@@ -191,20 +193,23 @@ impl Inner {
 
     fn release(&self, endpoint: Endpoint) {
         let index = endpoint.index;
-        let rules_gone = self.remove_rules(index);
+        // The link first: until it is gone the sandbox keeps its policy, however strict.
         let link_gone = self.remove_link(index);
+        let rules_gone = link_gone && self.remove_rules(index);
         drop(endpoint.netns);
         // Before the index is free: a new sandbox with these addresses must not inherit
         // its flows.
         let (v4, v6) = self.config.sandbox_addresses(index);
+        let mut flows_gone = true;
         for address in [IpAddr::V4(v4), IpAddr::V6(v6)] {
             if let Err(error) = self.sys.forget_flows(address) {
                 tracing::warn!(%address, error = %error, "cannot delete a sandbox's conntrack entries");
+                flows_gone = false;
             }
         }
-        // An index whose link or rules may remain stays taken: reusing it would hand a new
-        // sandbox the old one's leftovers.
-        if rules_gone && link_gone {
+        // An index whose link, rules or flows may remain stays taken: reusing it would hand
+        // a new sandbox the old one's leftovers.
+        if link_gone && rules_gone && flows_gone {
             self.free(index);
         }
     }
@@ -250,30 +255,46 @@ impl Inner {
 }
 
 impl resolver::Directory for Inner {
-    fn verdict(&self, client: IpAddr, name: &str) -> NameVerdict {
+    /// The ticket is the generation of the sandbox's rules: a pin is added only while it is
+    /// still current, so an answer that arrives after a change (or after the index went to
+    /// another sandbox) opens nothing.
+    fn verdict(&self, client: IpAddr, name: &str) -> (NameVerdict, u64) {
         let Some(index) = self.config.index_of_address(client) else {
-            return NameVerdict::Refuse;
+            return (NameVerdict::Refuse, 0);
         };
         lock(&self.attached)
             .values()
             .find(|attached| attached.endpoint.index == index)
-            .map_or(NameVerdict::Refuse, |attached| {
-                attached.policy.verdict(name)
+            .map_or((NameVerdict::Refuse, 0), |attached| {
+                (
+                    attached.policy.verdict(name),
+                    u64::from(attached.generation),
+                )
             })
     }
 
-    fn pin(&self, client: IpAddr, addresses: &[(IpAddr, u32)]) -> std::io::Result<()> {
+    fn pin(
+        &self,
+        client: IpAddr,
+        name: &str,
+        ticket: u64,
+        addresses: &[(IpAddr, u32)],
+    ) -> std::io::Result<()> {
         let Some(index) = self.config.index_of_address(client) else {
             return Ok(());
         };
-        let pins = lock(&self.attached)
-            .values()
-            .find(|a| a.endpoint.index == index && !a.policy.allow_domains.is_empty())
-            .map(|a| a.pins);
-        let Some(pins) = pins else {
+        // Held through the transaction, so no change of the sandbox's policy slips between
+        // the check and the pin.
+        let attached = lock(&self.attached);
+        let current = attached.values().find(|a| {
+            a.endpoint.index == index
+                && u64::from(a.generation) == ticket
+                && a.policy.verdict(name) == NameVerdict::Pin
+        });
+        let Some(current) = current else {
             return Ok(());
         };
-        let script = rules::pin(&self.config, index, pins, addresses);
+        let script = rules::pin(&self.config, index, current.pins, addresses);
         if script.is_empty() {
             return Ok(());
         }
@@ -331,7 +352,9 @@ pub struct BridgeNetwork {
     inner: Arc<Inner>,
     pool: Option<Pool<Endpoint>>,
     work: Mutex<mpsc::Sender<Work>>,
-    _resolver: Option<resolver::Resolver>,
+    _resolver: resolver::Resolver,
+    /// The bridge's host-wide lock.
+    _lock: OwnedFd,
 }
 
 impl BridgeNetwork {
@@ -344,6 +367,18 @@ impl BridgeNetwork {
         config.validate().map_err(|error| NetError::Invalid {
             reason: error.to_string(),
         })?;
+        let bridge_lock = sys.lock_bridge(&config.bridge).map_err(|error| {
+            if error.kind() == std::io::ErrorKind::WouldBlock {
+                NetError::Invalid {
+                    reason: format!(
+                        "bridge {} is in use by another coppiced on this host; give each daemon its own bridge and prefixes",
+                        config.bridge
+                    ),
+                }
+            } else {
+                backend("lock bridge", error)
+            }
+        })?;
         let state = StateDir::open(&config.state_dir)
             .map_err(|error| backend("open network state", error))?;
         sys.enable_forwarding()
@@ -351,6 +386,9 @@ impl BridgeNetwork {
         let create = !sys.link_exists(&config.bridge);
         sys.ip_batch(None, &script::bridge_addresses(&config, create))
             .map_err(|error| backend("set up bridge", error))?;
+        // Releases need conntrack; better to refuse now than to leak every address later.
+        sys.forget_flows(IpAddr::V4(config.bridge_v4()))
+            .map_err(|error| backend("check conntrack (install conntrack)", error))?;
 
         let next_generation = AtomicU32::new(first_generation());
         let fresh = || loop {
@@ -380,6 +418,7 @@ impl BridgeNetwork {
                             },
                             has_chain: !policy.is_default(),
                             policy,
+                            spec: recorded.spec,
                             generation,
                             // Kept, so flows opened through the old pins stay open.
                             pins: if recorded.mark == 0 {
@@ -406,24 +445,16 @@ impl BridgeNetwork {
                 let _ = sys.ip_batch(None, &script::endpoint_removal(&config, index));
             }
         }
-        let policies: Vec<ChainChange<'_>> = attached
-            .values()
-            .map(|a| ChainChange {
-                index: a.endpoint.index,
-                had_chain: false,
-                policy: &a.policy,
-                generation: a.generation,
-                pins: a.pins,
-            })
-            .collect();
-        sys.nft(&script::table(&config, &policies))
-            .map_err(|error| backend("install nftables rules", error))?;
-
-        let resolver_upstream = config.dns_upstream.or_else(|| {
+        let upstream = config.dns_upstream.or_else(|| {
             std::fs::read_to_string("/etc/resolv.conf")
                 .ok()
                 .and_then(|text| resolver::upstream_from_resolv_conf(&text))
         });
+        if upstream.is_none() {
+            tracing::warn!(
+                "no upstream resolver known; sandbox names outside the host do not resolve"
+            );
+        }
         let listen = [
             SocketAddr::new(IpAddr::V4(config.bridge_v4()), 53),
             SocketAddr::new(IpAddr::V6(config.bridge_v6()), 53),
@@ -437,17 +468,34 @@ impl BridgeNetwork {
             state,
             next_generation,
         });
-        let resolver = match resolver_upstream {
-            Some(upstream) => Some(resolver::Resolver::start(
-                &listen,
-                upstream,
-                &(Arc::clone(&inner) as Arc<dyn resolver::Directory>),
-            )),
-            None => {
-                tracing::warn!("no upstream resolver known; sandboxes cannot resolve names");
-                None
-            }
-        };
+        let resolver = resolver::Resolver::start(
+            &listen,
+            upstream,
+            &(Arc::clone(&inner) as Arc<dyn resolver::Directory>),
+        );
+        // The resolver's port is opened only where it listens: anything else answering on
+        // the bridge's port 53 must not become a way around the name policy.
+        let dns = (
+            resolver.listens_on(listen[0]),
+            resolver.listens_on(listen[1]),
+        );
+        {
+            let attached = lock(&inner.attached);
+            let policies: Vec<ChainChange<'_>> = attached
+                .values()
+                .map(|a| ChainChange {
+                    index: a.endpoint.index,
+                    had_chain: false,
+                    policy: &a.policy,
+                    generation: a.generation,
+                    pins: a.pins,
+                })
+                .collect();
+            inner
+                .sys
+                .nft(&script::table(&inner.config, &policies, dns))
+                .map_err(|error| backend("install nftables rules", error))?;
+        }
         let (work, queue) = mpsc::channel::<Work>();
         let worker = Arc::clone(&inner);
         thread::Builder::new()
@@ -465,6 +513,7 @@ impl BridgeNetwork {
             pool,
             work: Mutex::new(work),
             _resolver: resolver,
+            _lock: bridge_lock,
         })
     }
 
@@ -524,6 +573,7 @@ impl NetPolicy for BridgeNetwork {
                 endpoint,
                 has_chain: !rules.is_empty(),
                 policy,
+                spec: spec.clone(),
                 generation,
                 pins: generation,
             },
@@ -560,22 +610,33 @@ impl NetPolicy for BridgeNetwork {
                 pins,
             },
         );
-        if !rules.is_empty() {
-            self.inner
-                .sys
-                .nft(&rules)
-                .map_err(|error| backend("apply egress policy", error))?;
+        // Recorded first: a restart must never bring back a policy the kernel left.
+        self.inner
+            .state
+            .write(id, index, spec, pins)
+            .map_err(|error| backend("record network state", error))?;
+        if !rules.is_empty()
+            && let Err(error) = self.inner.sys.nft(&rules)
+        {
+            if let Err(undo) = self
+                .inner
+                .state
+                .write(id, index, &current.spec, current.pins)
+            {
+                tracing::warn!(sandbox_id = %id, error = %undo, "cannot restore a network record");
+            }
+            return Err(backend("apply egress policy", error));
         }
         current.has_chain |= !rules.is_empty();
         current.policy = policy;
+        current.spec = spec.clone();
         current.generation = generation;
         current.pins = pins;
-        let recorded = self.inner.state.write(id, index, spec, pins);
         drop(attached);
         if had_chain {
             self.queue(Work::Collect(index));
         }
-        recorded.map_err(|error| backend("record network state", error))
+        Ok(())
     }
 
     fn detach(&self, id: &SandboxId) -> Result<(), NetError> {

@@ -29,6 +29,13 @@ pub trait NetnsSys: Send + Sync + fmt::Debug + 'static {
 /// What the bridge network needs of the host besides namespaces. Scripts are rendered by
 /// `bridge::script`; this seam only runs them.
 pub trait BridgeSys: NetnsSys {
+    /// Takes the host-wide lock of `bridge`, held as long as the descriptor is open: two
+    /// daemons on one bridge would rebuild each other's rules.
+    ///
+    /// # Errors
+    /// `WouldBlock` while another process holds it.
+    fn lock_bridge(&self, bridge: &str) -> io::Result<OwnedFd>;
+
     /// Whether a link of that name exists in the host's namespace.
     fn link_exists(&self, name: &str) -> bool;
 

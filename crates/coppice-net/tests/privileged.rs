@@ -511,3 +511,91 @@ fn test_domains_resolve_only_when_allowed_and_open_their_addresses() {
     lab.update("gapped", &spec(false, &[], &[]));
     assert!(!reaches(&gapped, target), "after the domain was removed");
 }
+
+/// Sends one UDP datagram from inside `path` to `target`, from `source` (bound with
+/// FREEBIND when it is not the sandbox's own address, as any unprivileged process may).
+fn send_from(path: &Path, source: SocketAddr, target: SocketAddr) -> std::io::Result<()> {
+    let netns = File::open(path)?;
+    thread::spawn(move || {
+        move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network))?;
+        let domain = if source.is_ipv4() {
+            rustix::net::AddressFamily::INET
+        } else {
+            rustix::net::AddressFamily::INET6
+        };
+        let socket = rustix::net::socket(domain, rustix::net::SocketType::DGRAM, None)?;
+        if source.is_ipv4() {
+            rustix::net::sockopt::set_ip_freebind(&socket, true)?;
+        } else {
+            rustix::net::sockopt::set_ipv6_freebind(&socket, true)?;
+        }
+        rustix::net::bind(&socket, &source)?;
+        rustix::net::sendto(&socket, b"spoof", rustix::net::SendFlags::empty(), &target)?;
+        Ok(())
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+#[ignore = "privileged: creates bridges, veths, namespaces and nftables tables"]
+fn test_a_sandbox_cannot_send_from_an_address_that_is_not_its_own() {
+    let lab = Lab::new(6);
+    // A UDP listener in the upstream namespace that reports every sender.
+    let netns = lab.upstream.try_clone().unwrap();
+    let (received_tx, received) = std::sync::mpsc::channel();
+    let (ready_tx, ready) = std::sync::mpsc::channel();
+    thread::spawn(move || {
+        move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network)).unwrap();
+        let socket = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 9999)).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut buffer = [0u8; 16];
+        while let Ok((_, from)) = socket.recv_from(&mut buffer) {
+            let _ = received_tx.send(from);
+        }
+    });
+    ready.recv().unwrap();
+    let gapped = lab.attach("gapped", &spec(false, &[], &[]));
+    let config = lab.network().config().clone();
+    // An index nobody holds: its address has no rules, so it would be let through.
+    let (free_v4, free_v6) = config.sandbox_addresses(200);
+    let upstream_v4 = SocketAddr::new(IpAddr::V4(lab.upstream_v4), 9999);
+    let upstream_v6 = SocketAddr::new(IpAddr::V6(lab.upstream_v6), 9999);
+
+    let sent_v6 = send_from(&gapped, SocketAddr::new(free_v6.into(), 5000), upstream_v6);
+    let sent_v4 = send_from(&gapped, SocketAddr::new(free_v4.into(), 5000), upstream_v4);
+
+    assert!(
+        sent_v6.is_ok(),
+        "the spoofed datagram must leave the sandbox: {sent_v6:?}"
+    );
+    let got = received.recv_timeout(Duration::from_millis(500));
+    assert!(
+        got.is_err(),
+        "a spoofed datagram arrived from {got:?} (IPv4 send: {sent_v4:?})"
+    );
+
+    // The same path works for an open sandbox sending from its own address.
+    let open = lab.attach("open", &NetworkSpec::default());
+    let index = (1..=config.capacity())
+        .find(|index| {
+            let (v4, _) = config.sandbox_addresses(*index);
+            reaches_source(&open, v4)
+        })
+        .unwrap();
+    let (_, v6) = config.sandbox_addresses(index);
+    send_from(&open, SocketAddr::new(v6.into(), 5001), upstream_v6).unwrap();
+    let from = received.recv_timeout(Duration::from_secs(2)).unwrap();
+    assert_eq!(from.port(), 5001, "NAT keeps the port of a real sender");
+}
+
+/// Whether `address` is the IPv4 address of the namespace at `path`.
+fn reaches_source(path: &Path, address: Ipv4Addr) -> bool {
+    let netns = File::open(path).unwrap();
+    thread::spawn(move || {
+        move_into_link_name_space(netns.as_fd(), Some(LinkNameSpaceType::Network)).unwrap();
+        UdpSocket::bind((address, 0)).is_ok()
+    })
+    .join()
+    .unwrap()
+}

@@ -130,6 +130,13 @@ impl BridgeConfig {
         (1..=self.capacity()).contains(&index).then_some(index)
     }
 
+    /// The MAC address of the sandbox at `index` (locally administered, unique on its
+    /// bridge): the host's neighbour entries for its addresses are fixed to it.
+    pub fn sandbox_mac(&self, index: u32) -> String {
+        let [_, _, high, low] = index.to_be_bytes();
+        format!("02:c0:ff:ee:{high:02x}:{low:02x}")
+    }
+
     /// The host end of the veth of the sandbox at `index`.
     pub fn host_link(&self, index: u32) -> String {
         format!("{}-{index}", self.bridge)
@@ -199,6 +206,7 @@ mod tests {
     fn test_link_names_round_trip() {
         let config = config();
         assert_eq!(config.host_link(42), "cpn0-42");
+        assert_eq!(config.sandbox_mac(300), "02:c0:ff:ee:01:2c");
         assert_eq!(config.index_of_link("cpn0-42"), Some(42));
         assert_eq!(config.index_of_link("cpn0-0"), None);
         assert_eq!(config.index_of_link("cpn1-42"), None);

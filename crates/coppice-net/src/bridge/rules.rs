@@ -72,9 +72,15 @@ pub(crate) fn policy_change(config: &BridgeConfig, change: &ChainChange<'_>) -> 
     }
     let mut rules = Vec::new();
     if !policy.allow_domains.is_empty() {
+        // Pins open the outside only: a name that resolves to one of the host's own
+        // addresses (DNS rebinding) opens nothing on the host.
         rules.push(format!("ct mark {pins} accept"));
-        rules.push(format!("ip daddr @{pins_v4} ct mark set {pins} accept"));
-        rules.push(format!("ip6 daddr @{pins_v6} ct mark set {pins} accept"));
+        rules.push(format!(
+            "fib daddr type != local ip daddr @{pins_v4} ct mark set {pins} accept"
+        ));
+        rules.push(format!(
+            "fib daddr type != local ip6 daddr @{pins_v6} ct mark set {pins} accept"
+        ));
     }
     let allow_v4 = Ipv4Net::aggregate(&policy.allow_v4());
     let allow_v6 = Ipv6Net::aggregate(&policy.allow_v6());
@@ -373,7 +379,7 @@ mod tests {
         assert_eq!(rules[0], "ct mark 77 accept comment \"g77\"");
         assert_eq!(
             rules[1],
-            "ip daddr @pins4_3_77 ct mark set 77 accept comment \"g77\""
+            "fib daddr type != local ip daddr @pins4_3_77 ct mark set 77 accept comment \"g77\""
         );
     }
 

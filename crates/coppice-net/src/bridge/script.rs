@@ -41,16 +41,37 @@ pub(crate) fn bridge_addresses(config: &BridgeConfig, create: bool) -> String {
 }
 
 /// Host-side `ip -batch` lines for the endpoint at `index`: a veth pair whose inner end,
-/// `eth0`, lands in the namespace at `netns`, and whose outer end joins the bridge as an
-/// isolated port (no frames to other isolated ports, i.e. other sandboxes).
+/// `eth0` with the index's MAC, lands in the namespace at `netns`, and whose outer end joins
+/// the bridge as an isolated port (no frames to other isolated ports, i.e. other sandboxes).
+/// The host's neighbour entries for the sandbox's addresses are fixed to that MAC, so no
+/// ARP or neighbour advertisement of another sandbox can redirect them.
 pub(crate) fn endpoint_host(config: &BridgeConfig, index: u32, netns: &Path) -> String {
     let link = config.host_link(index);
+    let mac = config.sandbox_mac(index);
+    let (v4, v6) = config.sandbox_addresses(index);
     format!(
-        "link add {link} type veth peer name eth0 netns {}\n\
+        "link add {link} type veth peer name eth0 address {mac} netns {}\n\
          link set {link} master {bridge} up\n\
-         link set dev {link} type bridge_slave isolated on\n",
+         link set dev {link} type bridge_slave isolated on\n\
+         neigh replace {v4} lladdr {mac} dev {bridge} nud permanent\n\
+         neigh replace {v6} lladdr {mac} dev {bridge} nud permanent\n",
         netns.display(),
         bridge = config.bridge,
+    )
+}
+
+/// An `nft -f` script that lets the port of the endpoint at `index` send only from its own
+/// MAC and addresses. The elements name the index, not the sandbox, so they are right for
+/// every sandbox that ever gets it and are never deleted.
+pub(crate) fn endpoint_guard(config: &BridgeConfig, index: u32) -> String {
+    let t = format!("bridge {}", config.table());
+    let link = config.host_link(index);
+    let mac = config.sandbox_mac(index);
+    let (v4, v6) = config.sandbox_addresses(index);
+    format!(
+        "add element {t} ports_mac {{ \"{link}\" . {mac} }}\n\
+         add element {t} ports_v4 {{ \"{link}\" . {v4} }}\n\
+         add element {t} ports_v6 {{ \"{link}\" . {v6} }}\n"
     )
 }
 
@@ -77,13 +98,52 @@ pub(crate) fn endpoint_removal(config: &BridgeConfig, index: u32) -> String {
     format!("link del {}\n", config.host_link(index))
 }
 
-/// An `nft -f` script that replaces the whole table in one transaction, with the chains of
-/// the sandboxes in `policies` already in place.
-pub(crate) fn table(config: &BridgeConfig, policies: &[super::rules::ChainChange<'_>]) -> String {
-    let t = format!("inet {}", config.table());
+/// An `nft -f` script that replaces both tables in one transaction, with the chains and
+/// port guards of the sandboxes in `policies` already in place; the resolver's port is open
+/// for the families in `dns` (IPv4, IPv6) whose listener is up.
+///
+/// The `bridge` table drops, before the bridge learns anything from it, every frame a
+/// sandbox port sends from a MAC or an address that is not its own (IPv6 link-local and
+/// unspecified sources aside, which neighbour discovery needs): the per-sandbox rules in
+/// the `inet` table pick a sandbox by source address, so that address must be its own.
+pub(crate) fn table(
+    config: &BridgeConfig,
+    policies: &[super::rules::ChainChange<'_>],
+    dns: (bool, bool),
+) -> String {
     let bridge = &config.bridge;
     let mut s = String::new();
+    let b = format!("bridge {}", config.table());
     // `add` first so that `delete` never fails on a host where the table is new.
+    let _ = writeln!(s, "add table {b}");
+    let _ = writeln!(s, "delete table {b}");
+    let _ = writeln!(s, "add table {b}");
+    let _ = writeln!(s, "add set {b} ports_mac {{ type ifname . ether_addr ; }}");
+    let _ = writeln!(s, "add set {b} ports_v4 {{ type ifname . ipv4_addr ; }}");
+    let _ = writeln!(s, "add set {b} ports_v6 {{ type ifname . ipv6_addr ; }}");
+    let _ = writeln!(
+        s,
+        "add chain {b} prerouting {{ type filter hook prerouting priority -300 ; policy accept ; }}"
+    );
+    let port = format!("add rule {b} prerouting iifname \"{bridge}-*\"");
+    let _ = writeln!(s, "{port} iifname . ether saddr != @ports_mac drop");
+    let _ = writeln!(
+        s,
+        "{port} ether type ip iifname . ip saddr != @ports_v4 drop"
+    );
+    let _ = writeln!(
+        s,
+        "{port} ether type arp iifname . arp saddr ip != @ports_v4 drop"
+    );
+    let _ = writeln!(
+        s,
+        "{port} ether type ip6 ip6 saddr != {{ fe80::/10, ::/128 }} iifname . ip6 saddr != @ports_v6 drop"
+    );
+    for change in policies {
+        s.push_str(&endpoint_guard(config, change.index));
+    }
+
+    let t = format!("inet {}", config.table());
     let _ = writeln!(s, "add table {t}");
     let _ = writeln!(s, "delete table {t}");
     let _ = writeln!(s, "add table {t}");
@@ -111,18 +171,23 @@ pub(crate) fn table(config: &BridgeConfig, policies: &[super::rules::ChainChange
     let to = format!("add rule {t} forward oifname \"{bridge}\"");
     let _ = writeln!(s, "{to} ct state established,related accept");
     let _ = writeln!(s, "{to} drop");
+    // No "established" shortcut here: nothing on the host opens connections into a
+    // sandbox, and a flow to a host service must end when the policy that allowed it does.
     let input = format!("add rule {t} input iifname \"{bridge}\"");
-    let _ = writeln!(s, "{input} ct state established,related accept");
-    let _ = writeln!(
-        s,
-        "{input} ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
-        config.bridge_v4()
-    );
-    let _ = writeln!(
-        s,
-        "{input} ip6 daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
-        config.bridge_v6()
-    );
+    if dns.0 {
+        let _ = writeln!(
+            s,
+            "{input} ip daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
+            config.bridge_v4()
+        );
+    }
+    if dns.1 {
+        let _ = writeln!(
+            s,
+            "{input} ip6 daddr {} meta l4proto {{ tcp, udp }} th dport 53 accept",
+            config.bridge_v6()
+        );
+    }
     let _ = writeln!(
         s,
         "{input} icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit }} accept"
@@ -173,7 +238,17 @@ mod tests {
     fn test_endpoint_scripts_name_the_index_addresses() {
         let config = config();
         let host = endpoint_host(&config, 7, Path::new("/proc/1/fd/9"));
-        assert!(host.starts_with("link add cpn0-7 type veth peer name eth0 netns /proc/1/fd/9\n"));
+        assert!(host.starts_with(
+            "link add cpn0-7 type veth peer name eth0 address 02:c0:ff:ee:00:07 netns /proc/1/fd/9\n"
+        ));
+        assert!(
+            host.contains(
+                "neigh replace 10.213.0.8 lladdr 02:c0:ff:ee:00:07 dev cpn0 nud permanent"
+            )
+        );
+        assert!(
+            endpoint_guard(&config, 7).contains("ports_mac { \"cpn0-7\" . 02:c0:ff:ee:00:07 }")
+        );
         assert!(host.contains("master cpn0 up"));
         assert!(host.contains("isolated on"));
         let inside = endpoint_inside(&config, 7);
@@ -194,15 +269,32 @@ mod tests {
             generation: 1,
             pins: 1,
         };
-        let script = table(&config(), &[change(5, &airgapped), change(6, &open)]);
-        assert!(
-            script.starts_with("add table inet coppice_cpn0\ndelete table inet coppice_cpn0\n")
+        let script = table(
+            &config(),
+            &[change(5, &airgapped), change(6, &open)],
+            (true, false),
         );
+        assert!(
+            script.starts_with("add table bridge coppice_cpn0\ndelete table bridge coppice_cpn0\n")
+        );
+        assert!(script.contains("add table inet coppice_cpn0\ndelete table inet coppice_cpn0\n"));
         assert!(script.contains("masquerade"));
         assert!(script.contains("sbx_5"));
         assert!(!script.contains("sbx_6"));
         assert!(
             script.contains("ip daddr 10.213.0.1 meta l4proto { tcp, udp } th dport 53 accept")
         );
+        assert!(!script.contains("ip6 daddr fd00:c0:ffee::1 meta l4proto"));
+        assert!(
+            !script
+                .lines()
+                .any(|line| line.contains(" input ") && line.contains("ct state")),
+            "no established shortcut into the host"
+        );
+        // Port guards for the survivors, spoofing dropped before the bridge learns.
+        assert!(
+            script.contains("add element bridge coppice_cpn0 ports_v4 { \"cpn0-5\" . 10.213.0.6 }")
+        );
+        assert!(script.contains("iifname . ip saddr != @ports_v4 drop"));
     }
 }

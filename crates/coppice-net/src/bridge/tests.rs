@@ -33,6 +33,14 @@ fn airgapped() -> NetworkSpec {
     }
 }
 
+/// The `nft` scripts run, without the port guards every endpoint gets.
+fn policy_scripts(sys: &FakeBridgeSys) -> Vec<String> {
+    sys.nft_scripts()
+        .into_iter()
+        .filter(|script| !script.starts_with("add element bridge"))
+        .collect()
+}
+
 fn wait_for(what: &str, condition: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !condition() {
@@ -54,6 +62,24 @@ fn test_start_makes_the_bridge_turns_on_forwarding_and_installs_the_table() {
 }
 
 #[test]
+fn test_a_second_network_on_the_same_bridge_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let _first = start(dir.path(), &sys, 0);
+
+    let second = BridgeNetwork::start(
+        config(dir.path(), 0),
+        Arc::clone(&sys) as Arc<dyn BridgeSys>,
+    );
+
+    let error = second.unwrap_err();
+    assert!(
+        error.to_string().contains("in use by another coppiced"),
+        "{error}"
+    );
+}
+
+#[test]
 fn test_default_attach_gives_addresses_and_runs_no_nft() {
     let dir = tempfile::tempdir().unwrap();
     let sys = Arc::new(FakeBridgeSys::default());
@@ -72,7 +98,13 @@ fn test_default_attach_gives_addresses_and_runs_no_nft() {
         ]
     );
     assert_eq!(dns, vec!["10.213.0.1".parse::<IpAddr>().unwrap()]);
-    assert_eq!(sys.nft_scripts().len(), 1, "only the table at start");
+    assert_eq!(policy_scripts(&sys).len(), 1, "only the table at start");
+    assert!(
+        sys.nft_scripts()
+            .iter()
+            .any(|script| script.contains("ports_v4 { \"cpt0-1\" . 10.213.0.2 }")),
+        "the port is guarded"
+    );
     assert!(sys.links().contains("cpt0-1"));
     assert_eq!(network.list().unwrap(), vec![id("a")]);
 }
@@ -104,7 +136,7 @@ fn test_policy_attach_update_and_detach_manage_the_chain() {
         sys.ran()
             .contains(&Ran::ForgetFlows("fd00:c0:ffee::2".parse().unwrap()))
     });
-    let scripts = sys.nft_scripts();
+    let scripts = policy_scripts(&sys);
     assert!(
         scripts[1].contains("add element inet coppice_cpt0 egress_v4 { 10.213.0.2 : jump sbx_1 }")
     );
@@ -196,6 +228,7 @@ fn test_restart_adopts_recorded_sandboxes_and_removes_stale_links() {
     }
     // A link an earlier run had pooled but not handed out.
     sys.add_link("cpt0-9");
+    sys.unlock("cpt0");
 
     let network = start(dir.path(), &sys, 0);
 
@@ -234,4 +267,58 @@ fn test_pool_prepares_endpoints_ahead() {
         .count();
     assert!(inside_after >= inside_before);
     assert_eq!(network.list().unwrap(), vec![id("a")]);
+}
+
+#[test]
+fn test_an_answer_that_arrives_after_a_policy_change_pins_nothing() {
+    use super::resolver::Directory;
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = start(dir.path(), &sys, 0);
+    let allowed = NetworkSpec {
+        allow_internet: false,
+        allow_out: vec!["pypi.org".into(), "files.test".into()],
+        deny_out: Vec::new(),
+    };
+    network.attach(&id("a"), &allowed).unwrap();
+    let client: IpAddr = "10.213.0.2".parse().unwrap();
+    let answer = [("192.0.2.10".parse().unwrap(), 300)];
+
+    let (verdict, ticket) = network.inner.verdict(client, "pypi.org.");
+    assert_eq!(verdict, NameVerdict::Pin);
+    // pypi.org is revoked while its answer is on the way.
+    let revoked = NetworkSpec {
+        allow_out: vec!["files.test".into()],
+        ..allowed.clone()
+    };
+    network.update(&id("a"), &revoked).unwrap();
+    let before = sys.nft_scripts().len();
+    network
+        .inner
+        .pin(client, "pypi.org.", ticket, &answer)
+        .unwrap();
+    assert_eq!(
+        sys.nft_scripts().len(),
+        before,
+        "a stale answer must open nothing"
+    );
+
+    let (verdict, ticket) = network.inner.verdict(client, "files.test.");
+    assert_eq!(verdict, NameVerdict::Pin);
+    network
+        .inner
+        .pin(client, "files.test.", ticket, &answer)
+        .unwrap();
+    assert!(
+        sys.nft_scripts()
+            .last()
+            .unwrap()
+            .contains("192.0.2.10 timeout 300s")
+    );
+    // Nobody at an address: refused, and nothing pinned for it.
+    let stranger: IpAddr = "10.213.0.99".parse().unwrap();
+    assert_eq!(
+        network.inner.verdict(stranger, "files.test.").0,
+        NameVerdict::Refuse
+    );
 }

@@ -69,6 +69,7 @@ pub struct FakeBridgeSys {
     fail_nft: AtomicBool,
     forwarding: AtomicBool,
     listing: Mutex<String>,
+    locked: Mutex<BTreeSet<String>>,
 }
 
 impl FakeBridgeSys {
@@ -103,6 +104,11 @@ impl FakeBridgeSys {
         *lock(&self.listing) = json.to_owned();
     }
 
+    /// Lets `lock_bridge` take `bridge` again (its holder went away).
+    pub fn unlock(&self, bridge: &str) {
+        lock(&self.locked).remove(bridge);
+    }
+
     /// Makes every further `nft` call fail.
     pub fn fail_nft(&self) {
         self.fail_nft.store(true, Ordering::SeqCst);
@@ -129,6 +135,13 @@ impl NetnsSys for FakeBridgeSys {
 }
 
 impl BridgeSys for FakeBridgeSys {
+    fn lock_bridge(&self, bridge: &str) -> io::Result<OwnedFd> {
+        if !lock(&self.locked).insert(bridge.to_owned()) {
+            return Err(io::Error::from(io::ErrorKind::WouldBlock));
+        }
+        Ok(OwnedFd::from(File::open("/dev/null")?))
+    }
+
     fn link_exists(&self, name: &str) -> bool {
         lock(&self.links).contains(name)
     }

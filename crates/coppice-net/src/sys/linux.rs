@@ -45,7 +45,21 @@ impl NetnsSys for RealNetnsSys {
     }
 }
 
+/// Where the bridges' locks live.
+const LOCK_DIR: &str = "/run/coppice";
+
 impl BridgeSys for RealNetnsSys {
+    fn lock_bridge(&self, bridge: &str) -> io::Result<OwnedFd> {
+        fs::create_dir_all(LOCK_DIR)?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(Path::new(LOCK_DIR).join(format!("bridge-{bridge}.lock")))?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive)?;
+        Ok(OwnedFd::from(file))
+    }
+
     fn link_exists(&self, name: &str) -> bool {
         Path::new("/sys/class/net").join(name).exists()
     }

@@ -187,8 +187,9 @@ fn apply(config: &InitConfig, step: &MountStep) -> Result<(), String> {
 }
 
 /// Writes the sandbox's resolver configuration into its root, owned by sandbox root. A
-/// sandbox that replaced the file with a link (or any of `/etc` with one) keeps what it made:
-/// nothing is ever written through a link.
+/// sandbox that replaced the file with a link (or any of `/etc` with one), or with anything
+/// but a regular file, keeps what it made: nothing is ever written through a link, and a
+/// FIFO planted there cannot block the open.
 fn write_resolv_conf(config: &InitConfig) -> Result<(), String> {
     let Some(text) = &config.resolv_conf else {
         return Ok(());
@@ -201,19 +202,20 @@ fn write_resolv_conf(config: &InitConfig) -> Result<(), String> {
         .create(true)
         .truncate(true)
         .mode(0o644)
-        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits().cast_signed())
+        .custom_flags(
+            (rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK)
+                .bits()
+                .cast_signed(),
+        )
         .open(&path);
-    let mut file = match opened {
-        Ok(file) => file,
-        Err(error)
-            if error.kind() == std::io::ErrorKind::NotFound
-                || error.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error())
-                || error.raw_os_error() == Some(rustix::io::Errno::ISDIR.raw_os_error()) =>
-        {
-            return Ok(());
-        }
-        Err(error) => return Err(format!("write {}: {error}", path.display())),
+    // A link (ELOOP), a directory, a FIFO without a reader (ENXIO) or anything else the
+    // sandbox left there that cannot be opened is its own business, never a failed boot.
+    let Ok(mut file) = opened else {
+        return Ok(());
     };
+    if !file.metadata().is_ok_and(|metadata| metadata.is_file()) {
+        return Ok(());
+    }
     file.write_all(text.as_bytes())
         .map_err(|e| format!("write {}: {e}", path.display()))?;
     std::os::unix::fs::fchown(
