@@ -25,8 +25,9 @@ pub struct Cli {
     #[arg(long, env = "COPPICE_DATA_DIR", default_value = DEFAULT_DATA_DIR)]
     pub data_dir: PathBuf,
     /// How sandboxes are networked: `bridge` (own addresses on a host bridge, NAT to the
-    /// outside, egress policy) or `loopback` (nothing beyond loopback).
-    #[arg(long, env = "COPPICE_NETWORK", value_enum, default_value_t = NetworkMode::Bridge)]
+    /// outside, egress policy), `loopback` (nothing beyond loopback), or `auto` (the bridge,
+    /// or loopback with a logged error when the host cannot set it up).
+    #[arg(long, env = "COPPICE_NETWORK", value_enum, default_value_t = NetworkMode::Auto)]
     pub network: NetworkMode,
     /// The host bridge of the sandboxes (at most 9 characters; also names the nftables table
     /// `coppice_<bridge>`). One bridge per daemon.
@@ -68,6 +69,8 @@ pub struct GatewayConfig {
 /// Which network backend connects sandboxes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum NetworkMode {
+    /// The bridge where the host allows it (tools present, root), else loopback only.
+    Auto,
     /// A host bridge with NAT and per-sandbox egress policy.
     Bridge,
     /// Loopback only.
@@ -163,7 +166,7 @@ mod tests {
         let config = GatewayConfig::from_cli(&cli).unwrap();
         assert_eq!(config.listen, "127.0.0.1:3000".parse().unwrap());
         assert_eq!(config.data_dir, PathBuf::from(DEFAULT_DATA_DIR));
-        assert_eq!(config.network.mode, NetworkMode::Bridge);
+        assert_eq!(config.network.mode, NetworkMode::Auto);
         assert_eq!(config.network.ipv4, "10.213.0.0/16".parse().unwrap());
     }
 

@@ -381,14 +381,15 @@ impl BridgeNetwork {
         })?;
         let state = StateDir::open(&config.state_dir)
             .map_err(|error| backend("open network state", error))?;
+        // Releases need conntrack; better to refuse now, before the host is touched, than to
+        // leak every address later.
+        sys.forget_flows(IpAddr::V4(config.bridge_v4()))
+            .map_err(|error| backend("check conntrack (install conntrack)", error))?;
         sys.enable_forwarding()
             .map_err(|error| backend("enable forwarding", error))?;
         let create = !sys.link_exists(&config.bridge);
         sys.ip_batch(None, &script::bridge_addresses(&config, create))
             .map_err(|error| backend("set up bridge", error))?;
-        // Releases need conntrack; better to refuse now than to leak every address later.
-        sys.forget_flows(IpAddr::V4(config.bridge_v4()))
-            .map_err(|error| backend("check conntrack (install conntrack)", error))?;
 
         let next_generation = AtomicU32::new(first_generation());
         let fresh = || loop {

@@ -64,6 +64,17 @@ fn init_command() -> anyhow::Result<InitCommand> {
     })
 }
 
+/// The bridge network as configured.
+fn bridge_network(config: &GatewayConfig) -> Result<BridgeNetwork, coppice_core::net::NetError> {
+    let settings = &config.network;
+    let mut bridge = BridgeConfig::new(&settings.bridge, config.net_dir());
+    bridge.ipv4 = settings.ipv4;
+    bridge.ipv6 = settings.ipv6;
+    bridge.pool_size = NETNS_POOL_SIZE;
+    bridge.dns_upstream = settings.dns_upstream;
+    BridgeNetwork::start(bridge, Arc::new(RealNetnsSys))
+}
+
 fn private_dir(path: &Path) -> anyhow::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -90,23 +101,35 @@ pub(crate) fn backends(config: &GatewayConfig) -> anyhow::Result<Backends> {
     runtime_config.envd = Some(envd_settings()?);
     let runtime =
         NamespaceRuntime::new(runtime_config).context("starting the namespace runtime")?;
-    let (net, network): (Arc<dyn coppice_core::net::NetPolicy>, _) = match config.network.mode {
-        NetworkMode::Loopback => (
+    let loopback = || -> (Arc<dyn coppice_core::net::NetPolicy>, &'static str) {
+        (
             Arc::new(LoopbackOnly::pooled(NETNS_POOL_SIZE)),
             "loopback-only",
-        ),
-        NetworkMode::Bridge => {
-            let settings = &config.network;
-            let mut bridge = BridgeConfig::new(&settings.bridge, config.net_dir());
-            bridge.ipv4 = settings.ipv4;
-            bridge.ipv6 = settings.ipv6;
-            bridge.pool_size = NETNS_POOL_SIZE;
-            bridge.dns_upstream = settings.dns_upstream;
-            let network = BridgeNetwork::start(bridge, Arc::new(RealNetnsSys)).context(
+        )
+    };
+    let (net, network) = match config.network.mode {
+        NetworkMode::Loopback => loopback(),
+        NetworkMode::Bridge => (
+            Arc::new(bridge_network(config).context(
                 "setting up the sandbox bridge network (or start with --network loopback)",
-            )?;
-            (Arc::new(network), "bridge")
-        }
+            )?) as Arc<dyn coppice_core::net::NetPolicy>,
+            "bridge",
+        ),
+        NetworkMode::Auto => match bridge_network(config) {
+            Ok(network) => (
+                Arc::new(network) as Arc<dyn coppice_core::net::NetPolicy>,
+                "bridge",
+            ),
+            Err(error) => {
+                tracing::error!(
+                    error = %coppice_core::manager::error_chain(&error),
+                    "cannot set up the sandbox bridge network; sandboxes get loopback only \
+                     (install iproute2, nftables and conntrack, or pass --network bridge to \
+                     make this fatal)"
+                );
+                loopback()
+            }
+        },
     };
     tracing::info!(
         runtime = "linux-namespaces",
