@@ -95,9 +95,11 @@ mod linux {
         drop(bridge);
         loopback_paths.remove_groups();
         bridge_paths.remove_groups();
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &format!("coppice_{BRIDGE}")])
-            .status();
+        for family in ["inet", "bridge"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &format!("coppice_{BRIDGE}")])
+                .status();
+        }
         let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
         result
     }

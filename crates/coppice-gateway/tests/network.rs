@@ -138,9 +138,11 @@ fn run_network_suite(script: &str, extra_env: &[(&str, &str)]) {
         .unwrap();
     kill_all_sandboxes(port);
     drop(daemon);
-    let _ = Command::new("nft")
-        .args(["delete", "table", "inet", &format!("coppice_{BRIDGE}")])
-        .status();
+    for family in ["inet", "bridge"] {
+        let _ = Command::new("nft")
+            .args(["delete", "table", family, &format!("coppice_{BRIDGE}")])
+            .status();
+    }
     let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
     println!("{}", passed_suite(&output));
 }

@@ -231,14 +231,16 @@ impl Drop for Lab {
         let _ = Command::new("ip")
             .args(["link", "del", &self.upstream_link])
             .status();
-        let _ = Command::new("nft")
-            .args([
-                "delete",
-                "table",
-                "inet",
-                &format!("coppice_{}", self.bridge),
-            ])
-            .status();
+        for family in ["inet", "bridge"] {
+            let _ = Command::new("nft")
+                .args([
+                    "delete",
+                    "table",
+                    family,
+                    &format!("coppice_{}", self.bridge),
+                ])
+                .status();
+        }
         let _ = Command::new("ip")
             .args(["link", "del", &self.bridge])
             .status();
