@@ -164,15 +164,7 @@ fn test_sandboxes_survive_sigkill_of_coppiced_mid_stream() {
         .unwrap();
     kill_all_sandboxes(port);
     drop(restarted);
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        output.status.success() && text.contains("ALL PASSED"),
-        "{text}"
-    );
+    passed_suite(&output);
 }
 
 /// Runs the `coppice` CLI against the gateway at `port`, with `stdin` as its input.

@@ -94,14 +94,19 @@ fn first_generation() -> u32 {
     u32::try_from(seconds % u64::from(u32::MAX)).unwrap_or(1) | 1
 }
 
+/// The counter's next value, skipping 0 (which marks no flow).
+fn next_nonzero(counter: &AtomicU32) -> u32 {
+    loop {
+        let value = counter.fetch_add(1, Ordering::Relaxed);
+        if value != 0 {
+            return value;
+        }
+    }
+}
+
 impl Inner {
     fn fresh_generation(&self) -> u32 {
-        loop {
-            let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
-            if generation != 0 {
-                return generation;
-            }
-        }
+        next_nonzero(&self.next_generation)
     }
 
     fn allocate(&self) -> Result<u32, NetError> {
@@ -392,12 +397,7 @@ impl BridgeNetwork {
             .map_err(|error| backend("set up bridge", error))?;
 
         let next_generation = AtomicU32::new(first_generation());
-        let fresh = || loop {
-            let generation = next_generation.fetch_add(1, Ordering::Relaxed);
-            if generation != 0 {
-                return generation;
-            }
-        };
+        let fresh = || next_nonzero(&next_generation);
         let mut attached = BTreeMap::new();
         for recorded in state
             .load()

@@ -231,7 +231,7 @@ fn parse_domain(entry: &str) -> Option<DomainPattern> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn spec(internet: bool, allow: &[&str], deny: &[&str]) -> NetworkSpec {
@@ -240,6 +240,11 @@ mod tests {
             allow_out: allow.iter().map(|s| (*s).to_owned()).collect(),
             deny_out: deny.iter().map(|s| (*s).to_owned()).collect(),
         }
+    }
+
+    /// A policy from literal lists (the other modules' tests use it too).
+    pub(crate) fn test_policy(internet: bool, allow: &[&str], deny: &[&str]) -> EgressPolicy {
+        EgressPolicy::from_spec(&spec(internet, allow, deny)).unwrap()
     }
 
     #[test]

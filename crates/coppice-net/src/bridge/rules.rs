@@ -275,21 +275,11 @@ fn set<T: std::fmt::Display>(nets: &[T]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use coppice_core::spec::NetworkSpec;
-
     use super::*;
+    use crate::egress::tests::test_policy as policy;
 
     fn config() -> BridgeConfig {
         BridgeConfig::new("cpn0", "/state")
-    }
-
-    fn policy(internet: bool, allow: &[&str], deny: &[&str]) -> EgressPolicy {
-        EgressPolicy::from_spec(&NetworkSpec {
-            allow_internet: internet,
-            allow_out: allow.iter().map(|s| (*s).to_owned()).collect(),
-            deny_out: deny.iter().map(|s| (*s).to_owned()).collect(),
-        })
-        .unwrap()
     }
 
     fn change(index: u32, had_chain: bool, policy: &EgressPolicy) -> String {

@@ -215,23 +215,12 @@ pub(crate) fn table(
 
 #[cfg(test)]
 mod tests {
-    use coppice_core::spec::NetworkSpec;
-
     use super::super::rules::ChainChange;
     use super::*;
-    use crate::egress::EgressPolicy;
+    use crate::egress::tests::test_policy;
 
     fn config() -> BridgeConfig {
         BridgeConfig::new("cpn0", "/state")
-    }
-
-    fn policy(internet: bool, allow: &[&str], deny: &[&str]) -> EgressPolicy {
-        EgressPolicy::from_spec(&NetworkSpec {
-            allow_internet: internet,
-            allow_out: allow.iter().map(|s| (*s).to_owned()).collect(),
-            deny_out: deny.iter().map(|s| (*s).to_owned()).collect(),
-        })
-        .unwrap()
     }
 
     #[test]
@@ -260,8 +249,8 @@ mod tests {
 
     #[test]
     fn test_table_replaces_atomically_and_keeps_known_policies() {
-        let airgapped = policy(false, &[], &[]);
-        let open = policy(true, &[], &[]);
+        let airgapped = test_policy(false, &[], &[]);
+        let open = test_policy(true, &[], &[]);
         let change = |index, policy| ChainChange {
             index,
             had_chain: false,
