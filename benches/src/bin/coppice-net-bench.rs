@@ -185,6 +185,17 @@ mod linux {
             });
             wait.recv_timeout(Duration::from_secs(10))
                 .context("the upstream server did not start")?;
+            // A veth that has just come up may drop or hold its first packets until the
+            // kernel activates its queue, which can take a second, longer than one probe.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let target = SocketAddr::new(UPSTREAM.into(), PORT);
+            while TcpStream::connect_timeout(&target, Duration::from_millis(500)).is_err() {
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "the upstream did not answer the host within 10 s"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
             Ok(Self { _netns: netns })
         }
     }
@@ -235,10 +246,15 @@ mod linux {
         };
         let mut close = Vec::with_capacity(iterations);
         let mut open = Vec::with_capacity(iterations);
-        anyhow::ensure!(
-            reaches(&path)?,
-            "the upstream is not reachable before the flip"
-        );
+        // The first flow also resolves the sandbox's gateway, so it gets a few tries.
+        let mut ready = false;
+        for _ in 0..5 {
+            ready = reaches(&path)?;
+            if ready {
+                break;
+            }
+        }
+        anyhow::ensure!(ready, "the upstream is not reachable before the flip");
         for _ in 0..iterations {
             let started = Instant::now();
             bridge.update(&id, &air_gapped)?;

@@ -82,6 +82,25 @@ impl Upstream {
             .read_line(&mut ready)
             .unwrap();
         assert_eq!(ready.trim(), "ready");
+        // A veth that has just come up may hold its first packets until the kernel activates
+        // its queue, which can take longer than the scripts' first probe; wait that out here.
+        for address in [UPSTREAM_V4, UPSTREAM_V6] {
+            let target =
+                std::net::SocketAddr::new(address.parse().unwrap(), UPSTREAM_PORT.parse().unwrap());
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::net::TcpStream::connect_timeout(
+                &target,
+                std::time::Duration::from_millis(500),
+            )
+            .is_err()
+            {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the upstream {target} did not answer the host within 10 s"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
         Self {
             netns,
             link,

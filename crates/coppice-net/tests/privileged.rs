@@ -125,6 +125,19 @@ impl Lab {
     /// Serves `PORT` on both upstream addresses: each connection gets a byte every 20 ms.
     fn serve_upstream(&self) {
         serve_in(self.upstream.try_clone().unwrap(), PORT);
+        // A veth that has just come up may hold its first packets until the kernel activates
+        // its queue, which can take longer than one probe; the host waits that out first.
+        for v6 in [false, true] {
+            let target = self.upstream(v6);
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while TcpStream::connect_timeout(&target, Duration::from_millis(500)).is_err() {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the upstream {target} did not answer the host within 10 s"
+                );
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 
     /// Answers every A question with the upstream's IPv4 address and every AAAA question

@@ -6,17 +6,55 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, Weak};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
-/// A running coppiced; killed when dropped.
-pub struct Daemon(pub Child);
+/// A running coppiced; killed when dropped. The last daemon on the shared test bridge to go
+/// removes that bridge.
+pub struct Daemon(pub Child, Option<Arc<TestBridge>>);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// The bridge test daemons use unless a test names its own, so that no test builds or
+/// leaves behind the host's default `coppice0`.
+pub const TEST_BRIDGE: &str = "cpgwt0";
+
+/// Removes [`TEST_BRIDGE`] and its tables when the last daemon holding it is dropped. A
+/// daemon restarted in place is started before the old one is dropped, so its sandboxes keep
+/// their links across the restart.
+pub struct TestBridge;
+
+impl Drop for TestBridge {
+    fn drop(&mut self) {
+        for family in ["inet", "bridge"] {
+            let _ = Command::new("nft")
+                .args(["delete", "table", family, &format!("coppice_{TEST_BRIDGE}")])
+                .stderr(Stdio::null())
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", TEST_BRIDGE])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+fn shared_test_bridge() -> Arc<TestBridge> {
+    static SHARED: Mutex<Weak<TestBridge>> = Mutex::new(Weak::new());
+    let mut shared = SHARED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    shared.upgrade().unwrap_or_else(|| {
+        let bridge = Arc::new(TestBridge);
+        *shared = Arc::downgrade(&bridge);
+        bridge
+    })
 }
 
 /// A port nobody listens on right now.
@@ -37,18 +75,36 @@ pub fn start(data_dir: &Path, port: u16) -> Daemon {
 }
 
 /// [`start`] with more flags.
+/// Without `--network` or `--net-bridge` among `flags`, the daemon runs on [`TEST_BRIDGE`].
 pub fn start_with(data_dir: &Path, port: u16, flags: &[&str]) -> Daemon {
+    let own_network = flags
+        .iter()
+        .any(|flag| *flag == "--network" || *flag == "--net-bridge");
+    let bridge = (!own_network).then(shared_test_bridge);
+    let network_flags: &[&str] = if own_network {
+        &[]
+    } else {
+        &[
+            "--net-bridge",
+            TEST_BRIDGE,
+            "--net-ipv4",
+            "10.214.0.0/20",
+            "--net-ipv6",
+            "fd00:c0:214::/64",
+        ]
+    };
     let child = Command::new(env!("CARGO_BIN_EXE_coppiced"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data_dir)
+        .args(network_flags)
         .args(flags)
         .env("COPPICE_API_KEY", API_KEY)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Daemon(child)
+    Daemon(child, bridge)
 }
 
 /// `GET /health`, the whole answer, if anyone answers.
