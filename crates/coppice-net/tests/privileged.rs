@@ -95,7 +95,7 @@ impl Lab {
             .write_all(inside.as_bytes())
             .unwrap();
         assert!(child.wait().unwrap().success());
-        Self {
+        let lab = Self {
             network: Some(network),
             bridge,
             upstream_link,
@@ -103,6 +103,24 @@ impl Lab {
             upstream_v4: format!("10.24{n}.0.2").parse().unwrap(),
             upstream_v6: format!("fd24:{n}::2").parse().unwrap(),
             _state: state,
+        };
+        // Flows of an earlier run with the same addresses and ports would skip this run's NAT.
+        lab.forget_upstream_flows();
+        lab.serve_upstream();
+        lab
+    }
+
+    /// Deletes the conntrack entries of every flow to this lab's upstream.
+    fn forget_upstream_flows(&self) {
+        for (family, address) in [
+            ("ipv4", self.upstream_v4.to_string()),
+            ("ipv6", self.upstream_v6.to_string()),
+        ] {
+            let _ = Command::new("conntrack")
+                .args(["-D", "-f", family, "-d", &address])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
         }
     }
 
@@ -122,11 +140,12 @@ impl Lab {
         self.network().update(&id, spec).unwrap();
     }
 
-    /// Serves `PORT` on both upstream addresses: each connection gets a byte every 20 ms.
+    /// Serves `PORT` on both upstream addresses (each connection gets a byte every 20 ms) and
+    /// waits until the host reaches both. A link that has just come up can lose the host's
+    /// first neighbour solicitations to it, which would otherwise delay a test's first
+    /// packet by a second or two.
     fn serve_upstream(&self) {
         serve_in(self.upstream.try_clone().unwrap(), PORT);
-        // A veth that has just come up may hold its first packets until the kernel activates
-        // its queue, which can take longer than one probe; the host waits that out first.
         for v6 in [false, true] {
             let target = self.upstream(v6);
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -181,11 +200,16 @@ impl Lab {
         let answer = inside(path, move || {
             let socket = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).unwrap();
             socket
-                .set_read_timeout(Some(Duration::from_secs(5)))
+                .set_read_timeout(Some(Duration::from_secs(2)))
                 .unwrap();
-            socket.send_to(&bytes, resolver).unwrap();
+            // Asks up to three times, as a stub resolver does over UDP.
             let mut buffer = [0u8; 512];
-            let len = socket.recv(&mut buffer).unwrap();
+            let len = (0..3)
+                .find_map(|_| {
+                    socket.send_to(&bytes, resolver).unwrap();
+                    socket.recv(&mut buffer).ok()
+                })
+                .expect("the sandbox resolver did not answer in three tries");
             Message::from_vec(&buffer[..len]).unwrap()
         });
         let addresses: Vec<Ipv4Addr> = answer
@@ -241,6 +265,7 @@ impl Lab {
 impl Drop for Lab {
     fn drop(&mut self) {
         drop(self.network.take());
+        self.forget_upstream_flows();
         let _ = Command::new("ip")
             .args(["link", "del", &self.upstream_link])
             .status();
@@ -295,10 +320,12 @@ fn inside<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static
     .unwrap()
 }
 
-/// Whether a connection from inside `path` to `target` gets its first tick.
+/// Whether a connection from inside `path` to `target` gets its first tick. Refusals are
+/// resets or ICMP errors and end an attempt at once; the timeout leaves room for the SYN
+/// retransmissions (at 1 s and 3 s) a client makes when a first packet is lost on a busy host.
 fn reaches(path: &Path, target: SocketAddr) -> bool {
     inside(path, move || {
-        let Ok(mut stream) = TcpStream::connect_timeout(&target, Duration::from_secs(2)) else {
+        let Ok(mut stream) = TcpStream::connect_timeout(&target, Duration::from_secs(5)) else {
             return false;
         };
         stream
@@ -321,7 +348,6 @@ fn spec(internet: bool, allow: &[String], deny: &[String]) -> NetworkSpec {
 #[ignore = "privileged: creates bridges, veths, namespaces and nftables tables"]
 fn test_default_sandbox_reaches_upstream_on_both_families_but_not_the_host() {
     let lab = Lab::new(1);
-    lab.serve_upstream();
     // A host service on the bridge's own address, where sandboxes must not get.
     let bridge_v4 = lab.network().config().bridge_v4();
     let host = TcpListener::bind((bridge_v4, 0)).unwrap();
@@ -346,7 +372,6 @@ fn test_default_sandbox_reaches_upstream_on_both_families_but_not_the_host() {
 #[ignore = "privileged: creates bridges, veths, namespaces and nftables tables"]
 fn test_air_gap_and_cidr_lists() {
     let lab = Lab::new(2);
-    lab.serve_upstream();
     let upstream_v4 = format!("{}/32", lab.upstream_v4);
 
     let airgapped = lab.attach("gapped", &spec(false, &[], &[]));
@@ -382,7 +407,6 @@ fn test_air_gap_and_cidr_lists() {
 #[ignore = "privileged: creates bridges, veths, namespaces and nftables tables"]
 fn test_update_to_deny_cuts_an_open_connection_and_allowing_again_works() {
     let lab = Lab::new(3);
-    lab.serve_upstream();
     let sandbox = lab.attach("a", &NetworkSpec::default());
     let target = lab.upstream(false);
     let (opened_tx, opened_rx) = std::sync::mpsc::channel();
@@ -491,7 +515,6 @@ fn test_sandboxes_cannot_reach_each_other_and_leave_nothing_behind() {
 #[ignore = "privileged: creates bridges, veths, namespaces and nftables tables"]
 fn test_domains_resolve_only_when_allowed_and_open_their_addresses() {
     let lab = Lab::new(5);
-    lab.serve_upstream();
     lab.serve_dns();
     let target = lab.upstream(false);
 
@@ -602,6 +625,11 @@ fn test_a_sandbox_cannot_send_from_an_address_that_is_not_its_own() {
     send_from(&open, SocketAddr::new(v6.into(), 5001), upstream_v6).unwrap();
     let from = received.recv_timeout(Duration::from_secs(2)).unwrap();
     assert_eq!(from.port(), 5001, "NAT keeps the port of a real sender");
+    assert_eq!(
+        from.ip(),
+        "fd24:6::1".parse::<IpAddr>().unwrap(),
+        "the upstream sees the host's address: the sandbox's is masqueraded"
+    );
 }
 
 /// Whether `address` is the IPv4 address of the namespace at `path`.
