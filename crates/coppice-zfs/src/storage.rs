@@ -1,0 +1,300 @@
+//! `ZfsStorage`: coppice's `Storage` over ZFS datasets, clones and snapshots.
+//!
+//! A sandbox's root is a clone of its template's `@template` snapshot, with the sandbox's
+//! disk size as its quota. A snapshot of a sandbox becomes a template by cloning
+//! `<sandbox>@<name>`, snapshotting the clone `@template` and promoting it, so the sandbox
+//! can be destroyed while the template lives on.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use coppice_core::storage::{RootFs, Storage, StorageError, TemplateInfo};
+use coppice_core::{SandboxId, TemplateId, VolumeId};
+
+use crate::command;
+use crate::layout::{DatasetName, InvalidDatasetName, TEMPLATE_SNAPSHOT, ZfsLayout};
+use crate::list::{DatasetRow, parse_list};
+use crate::sys::{ZfsError, ZfsSys};
+
+/// Default user and working directory of a template that does not name its own.
+const DEFAULT_USER: &str = "user";
+const DEFAULT_WORKDIR: &str = "/home/user";
+
+/// `Storage` over the datasets of a [`ZfsLayout`].
+pub struct ZfsStorage {
+    layout: ZfsLayout,
+    sys: Arc<dyn ZfsSys>,
+}
+
+impl std::fmt::Debug for ZfsStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZfsStorage")
+            .field("layout", &self.layout)
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend(op: &'static str, error: ZfsError) -> StorageError {
+    if error.is_out_of_space() {
+        StorageError::Exhausted {
+            op,
+            source: Box::new(error),
+        }
+    } else {
+        StorageError::Backend {
+            op,
+            source: Box::new(error),
+        }
+    }
+}
+
+impl From<InvalidDatasetName> for StorageError {
+    fn from(error: InvalidDatasetName) -> Self {
+        Self::Invalid {
+            reason: error.to_string(),
+        }
+    }
+}
+
+/// The last component of `name` when `name` is a direct child of `parent`.
+fn child_of<'a>(name: &'a str, parent: &DatasetName) -> Option<&'a str> {
+    name.strip_prefix(parent.as_str())?
+        .strip_prefix('/')
+        .filter(|rest| !rest.contains('/'))
+}
+
+impl ZfsStorage {
+    /// Storage over `layout`, reaching ZFS through `sys`.
+    pub fn new(layout: ZfsLayout, sys: Arc<dyn ZfsSys>) -> Self {
+        Self { layout, sys }
+    }
+
+    fn run(&self, op: &'static str, args: &[String]) -> Result<String, StorageError> {
+        self.sys.zfs(args).map_err(|error| backend(op, error))
+    }
+
+    /// Every filesystem under the root; none when the root does not exist yet.
+    fn rows(&self) -> Result<Vec<DatasetRow>, StorageError> {
+        match self.sys.zfs(&command::list(self.layout.root())) {
+            Ok(output) => parse_list(&output).map_err(|error| StorageError::Backend {
+                op: "list datasets",
+                source: Box::new(error),
+            }),
+            Err(error) if error.is_missing() => Ok(Vec::new()),
+            Err(error) => Err(backend("list datasets", error)),
+        }
+    }
+
+    fn row(&self, dataset: &DatasetName) -> Result<Option<DatasetRow>, StorageError> {
+        Ok(self
+            .rows()?
+            .into_iter()
+            .find(|row| row.name == dataset.as_str()))
+    }
+
+    fn template_info(&self, row: &DatasetRow) -> Option<TemplateInfo> {
+        let templates = self.layout.templates().ok()?;
+        let id: TemplateId = child_of(&row.name, &templates)?.parse().ok()?;
+        Some(TemplateInfo {
+            id,
+            created_at: SystemTime::UNIX_EPOCH + Duration::from_secs(row.creation),
+            size_bytes: row.used,
+            default_user: row.user.clone().unwrap_or_else(|| DEFAULT_USER.into()),
+            default_workdir: row
+                .workdir
+                .clone()
+                .unwrap_or_else(|| DEFAULT_WORKDIR.into()),
+            snapshot_of: row.snapshot_of.as_deref().and_then(|s| s.parse().ok()),
+        })
+    }
+
+    fn directory(&self, dataset: &DatasetName, row: &DatasetRow) -> RootFs {
+        RootFs::Directory {
+            path: row
+                .mountpoint
+                .clone()
+                .unwrap_or_else(|| self.layout.mountpoint(dataset)),
+            binds: Vec::new(),
+        }
+    }
+
+    /// Removes what a failed snapshot made; failures here leave names a retry reports.
+    fn undo_snapshot(&self, template: &DatasetName, sandbox_snapshot: &str) {
+        let _ = self.sys.zfs(&command::destroy(template.as_str()));
+        let _ = self.sys.zfs(&command::destroy(sandbox_snapshot));
+    }
+}
+
+impl Storage for ZfsStorage {
+    fn templates(&self) -> Result<Vec<TemplateInfo>, StorageError> {
+        Ok(self
+            .rows()?
+            .iter()
+            .filter_map(|row| self.template_info(row))
+            .collect())
+    }
+
+    fn template(&self, id: &TemplateId) -> Result<TemplateInfo, StorageError> {
+        let dataset = self.layout.template(id)?;
+        self.row(&dataset)?
+            .and_then(|row| self.template_info(&row))
+            .ok_or_else(|| StorageError::TemplateNotFound { id: id.clone() })
+    }
+
+    fn create_rootfs(
+        &self,
+        id: &SandboxId,
+        template: &TemplateId,
+        disk_mb: u32,
+    ) -> Result<RootFs, StorageError> {
+        let dataset = self.layout.sandbox(id)?;
+        let rows = self.rows()?;
+        let template_dataset = self.layout.template(template)?;
+        if !rows.iter().any(|row| row.name == template_dataset.as_str()) {
+            return Err(StorageError::TemplateNotFound {
+                id: template.clone(),
+            });
+        }
+        if rows.iter().any(|row| row.name == dataset.as_str()) {
+            return Err(StorageError::AlreadyExists { id: id.clone() });
+        }
+        let mountpoint = self.layout.mountpoint(&dataset);
+        let origin = self.layout.template_snapshot(template)?;
+        match self.sys.zfs(&command::clone(
+            &origin,
+            &dataset,
+            &mountpoint,
+            Some(disk_mb),
+            &[],
+        )) {
+            Ok(_) => Ok(RootFs::Directory {
+                path: mountpoint,
+                binds: Vec::new(),
+            }),
+            Err(error) if error.is_existing() => {
+                Err(StorageError::AlreadyExists { id: id.clone() })
+            }
+            Err(error) => Err(backend("clone template", error)),
+        }
+    }
+
+    fn rootfs(&self, id: &SandboxId) -> Result<RootFs, StorageError> {
+        let dataset = self.layout.sandbox(id)?;
+        self.row(&dataset)?
+            .map(|row| self.directory(&dataset, &row))
+            .ok_or_else(|| StorageError::NotFound { id: id.clone() })
+    }
+
+    fn destroy_rootfs(&self, id: &SandboxId) -> Result<(), StorageError> {
+        let dataset = self.layout.sandbox(id)?;
+        match self.sys.zfs(&command::destroy(dataset.as_str())) {
+            Err(error) if !error.is_missing() => Err(backend("destroy sandbox dataset", error)),
+            _ => Ok(()),
+        }
+    }
+
+    fn list_rootfs(&self) -> Result<Vec<SandboxId>, StorageError> {
+        let sandboxes = self.layout.sandboxes()?;
+        Ok(self
+            .rows()?
+            .iter()
+            .filter_map(|row| child_of(&row.name, &sandboxes)?.parse().ok())
+            .collect())
+    }
+
+    fn snapshot_rootfs(
+        &self,
+        id: &SandboxId,
+        snapshot: &TemplateId,
+    ) -> Result<TemplateInfo, StorageError> {
+        let sandbox = self.layout.sandbox(id)?;
+        let template = self.layout.template(snapshot)?;
+        let rows = self.rows()?;
+        let Some(sandbox_row) = rows.iter().find(|row| row.name == sandbox.as_str()) else {
+            return Err(StorageError::NotFound { id: id.clone() });
+        };
+        if rows.iter().any(|row| row.name == template.as_str()) {
+            return Err(StorageError::TemplateExists {
+                id: snapshot.clone(),
+            });
+        }
+        // The new template keeps the user and working directory of the sandbox's template.
+        let parent = sandbox_row
+            .origin
+            .as_deref()
+            .and_then(|origin| origin.split('@').next())
+            .and_then(|name| rows.iter().find(|row| row.name == name));
+        let user = parent
+            .and_then(|row| row.user.clone())
+            .unwrap_or_else(|| DEFAULT_USER.into());
+        let workdir = parent
+            .and_then(|row| row.workdir.clone())
+            .unwrap_or_else(|| DEFAULT_WORKDIR.into());
+
+        let sandbox_snapshot = format!("{sandbox}@{snapshot}");
+        self.run("snapshot sandbox", &command::snapshot(&sandbox_snapshot))?;
+        let props = [
+            ("coppice:user", user.as_str()),
+            ("coppice:workdir", workdir.as_str()),
+            ("coppice:snapshot_of", id.as_str()),
+        ];
+        let made = self
+            .run(
+                "clone snapshot into a template",
+                &command::clone(
+                    &sandbox_snapshot,
+                    &template,
+                    &self.layout.mountpoint(&template),
+                    None,
+                    &props,
+                ),
+            )
+            .and_then(|_| {
+                self.run(
+                    "snapshot the new template",
+                    &command::snapshot(&format!("{template}@{TEMPLATE_SNAPSHOT}")),
+                )
+            })
+            .and_then(|_| self.run("promote the new template", &command::promote(&template)));
+        if let Err(error) = made {
+            self.undo_snapshot(&template, &sandbox_snapshot);
+            return Err(error);
+        }
+        self.template(snapshot)
+    }
+
+    fn create_volume(&self, id: &VolumeId) -> Result<PathBuf, StorageError> {
+        let dataset = self.layout.volume(id)?;
+        let mountpoint = self.layout.mountpoint(&dataset);
+        match self.sys.zfs(&command::create(&dataset, &mountpoint, &[])) {
+            Ok(_) => Ok(mountpoint),
+            Err(error) if error.is_existing() => Err(StorageError::VolumeExists { id: id.clone() }),
+            Err(error) => Err(backend("create volume dataset", error)),
+        }
+    }
+
+    fn volume_path(&self, id: &VolumeId) -> Result<PathBuf, StorageError> {
+        let dataset = self.layout.volume(id)?;
+        self.row(&dataset)?
+            .map(|row| {
+                row.mountpoint
+                    .unwrap_or_else(|| self.layout.mountpoint(&dataset))
+            })
+            .ok_or_else(|| StorageError::VolumeNotFound { id: id.clone() })
+    }
+
+    fn delete_volume(&self, id: &VolumeId) -> Result<(), StorageError> {
+        let dataset = self.layout.volume(id)?;
+        match self.sys.zfs(&command::destroy(dataset.as_str())) {
+            Ok(_) => Ok(()),
+            Err(error) if error.is_missing() => {
+                Err(StorageError::VolumeNotFound { id: id.clone() })
+            }
+            Err(error) => Err(backend("destroy volume dataset", error)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

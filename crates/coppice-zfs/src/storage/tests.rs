@@ -1,0 +1,229 @@
+//! `ZfsStorage` over the recording fake of `zfs`: the commands it runs, the errors it
+//! classifies, and that a failure half-way leaves nothing behind.
+
+use std::sync::Arc;
+
+use coppice_core::ErrorKind;
+
+use super::*;
+use crate::sys::fake::FakeZfs;
+
+const BASE: &str = "zroot/coppice/templates/base";
+
+fn storage() -> (ZfsStorage, Arc<FakeZfs>) {
+    let fake = Arc::new(
+        FakeZfs::default()
+            .with_dataset("zroot/coppice", &[("mountpoint", "none")])
+            .with_dataset(
+                BASE,
+                &[
+                    ("mountpoint", "/var/db/coppice/templates/base"),
+                    ("coppice:user", "user"),
+                    ("coppice:workdir", "/home/user"),
+                ],
+            )
+            .with_snapshot(&format!("{BASE}@template")),
+    );
+    let layout = ZfsLayout::new(
+        DatasetName::parse("zroot/coppice").unwrap(),
+        "/var/db/coppice",
+    );
+    (
+        ZfsStorage::new(layout, Arc::clone(&fake) as Arc<dyn ZfsSys>),
+        fake,
+    )
+}
+
+fn sandbox(id: &str) -> SandboxId {
+    id.parse().unwrap()
+}
+
+fn template(id: &str) -> TemplateId {
+    id.parse().unwrap()
+}
+
+#[test]
+fn test_a_sandbox_root_is_a_clone_of_the_template_snapshot_with_its_quota() {
+    let (storage, fake) = storage();
+    let root = storage
+        .create_rootfs(&sandbox("sb1"), &template("base"), 2048)
+        .unwrap();
+    assert_eq!(
+        root,
+        RootFs::Directory {
+            path: "/var/db/coppice/sandboxes/sb1".into(),
+            binds: Vec::new()
+        }
+    );
+    assert!(fake.calls().contains(
+        &"clone -o mountpoint=/var/db/coppice/sandboxes/sb1 -o quota=2048M zroot/coppice/templates/base@template zroot/coppice/sandboxes/sb1".to_owned()
+    ));
+    assert_eq!(storage.list_rootfs().unwrap(), vec![sandbox("sb1")]);
+    assert_eq!(storage.rootfs(&sandbox("sb1")).unwrap(), root);
+
+    storage.destroy_rootfs(&sandbox("sb1")).unwrap();
+    assert!(storage.list_rootfs().unwrap().is_empty());
+    // Destroying an unknown root succeeds, as the trait asks.
+    storage.destroy_rootfs(&sandbox("sb1")).unwrap();
+    assert_eq!(
+        storage.rootfs(&sandbox("sb1")).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn test_create_refuses_an_unknown_template_and_a_second_root_without_running_clone() {
+    let (storage, fake) = storage();
+    let error = storage
+        .create_rootfs(&sandbox("sb1"), &template("nope"), 0)
+        .unwrap_err();
+    assert!(matches!(error, StorageError::TemplateNotFound { .. }));
+    storage
+        .create_rootfs(&sandbox("sb1"), &template("base"), 0)
+        .unwrap();
+    let error = storage
+        .create_rootfs(&sandbox("sb1"), &template("base"), 0)
+        .unwrap_err();
+    assert!(matches!(error, StorageError::AlreadyExists { .. }));
+    let clones = fake
+        .calls()
+        .iter()
+        .filter(|call| call.starts_with("clone"))
+        .count();
+    assert_eq!(clones, 1);
+}
+
+#[test]
+fn test_a_full_pool_is_reported_as_exhausted_and_leaves_nothing() {
+    let (storage, fake) = storage();
+    fake.fail_next(
+        "clone",
+        "cannot create 'zroot/coppice/sandboxes/sb1': out of space",
+    );
+    let error = storage
+        .create_rootfs(&sandbox("sb1"), &template("base"), 0)
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::OutOfSpace);
+    assert!(storage.list_rootfs().unwrap().is_empty());
+}
+
+#[test]
+fn test_templates_carry_their_properties() {
+    let (storage, _) = storage();
+    let templates = storage.templates().unwrap();
+    assert_eq!(templates.len(), 1);
+    let base = &templates[0];
+    assert_eq!(base.id, template("base"));
+    assert_eq!(base.default_user, "user");
+    assert_eq!(base.default_workdir, "/home/user");
+    assert_eq!(base.snapshot_of, None);
+    assert_eq!(storage.template(&template("base")).unwrap(), *base);
+    assert!(matches!(
+        storage.template(&template("other")).unwrap_err(),
+        StorageError::TemplateNotFound { .. }
+    ));
+}
+
+#[test]
+fn test_a_snapshot_becomes_a_template_that_outlives_its_sandbox() {
+    let (storage, fake) = storage();
+    storage
+        .create_rootfs(&sandbox("sb1"), &template("base"), 0)
+        .unwrap();
+    let info = storage
+        .snapshot_rootfs(&sandbox("sb1"), &template("snap1"))
+        .unwrap();
+    assert_eq!(info.id, template("snap1"));
+    assert_eq!(info.snapshot_of, Some(sandbox("sb1")));
+    assert_eq!(info.default_workdir, "/home/user");
+    let calls = fake.calls();
+    let steps: Vec<&str> = calls
+        .iter()
+        .map(String::as_str)
+        .filter(|call| !call.starts_with("list"))
+        .collect();
+    assert_eq!(
+        steps[1..],
+        [
+            "snapshot zroot/coppice/sandboxes/sb1@snap1",
+            "clone -o mountpoint=/var/db/coppice/templates/snap1 -o coppice:user=user -o coppice:workdir=/home/user -o coppice:snapshot_of=sb1 zroot/coppice/sandboxes/sb1@snap1 zroot/coppice/templates/snap1",
+            "snapshot zroot/coppice/templates/snap1@template",
+            "promote zroot/coppice/templates/snap1",
+        ]
+    );
+    // Promotion moved the snapshot to the template, so the sandbox can go.
+    storage.destroy_rootfs(&sandbox("sb1")).unwrap();
+    storage
+        .create_rootfs(&sandbox("sb2"), &template("snap1"), 0)
+        .unwrap();
+    assert_eq!(
+        storage
+            .snapshot_rootfs(&sandbox("sb2"), &template("snap1"))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::AlreadyExists
+    );
+    assert_eq!(
+        storage
+            .snapshot_rootfs(&sandbox("gone"), &template("snap2"))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn test_a_snapshot_failing_half_way_leaves_nothing_behind() {
+    for step in ["clone", "promote"] {
+        let (storage, fake) = storage();
+        storage
+            .create_rootfs(&sandbox("sb1"), &template("base"), 0)
+            .unwrap();
+        let before = (fake.datasets(), fake.snapshots());
+        fake.fail_next(step, "cannot do it: out of space");
+        let error = storage
+            .snapshot_rootfs(&sandbox("sb1"), &template("snap1"))
+            .unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::OutOfSpace, "{step}");
+        assert_eq!((fake.datasets(), fake.snapshots()), before, "{step}");
+        // And the sandbox is still destroyable.
+        storage.destroy_rootfs(&sandbox("sb1")).unwrap();
+    }
+}
+
+#[test]
+fn test_volumes_are_datasets() {
+    let (storage, fake) = storage();
+    let id: VolumeId = "vol1".parse().unwrap();
+    let path = storage.create_volume(&id).unwrap();
+    assert_eq!(path, PathBuf::from("/var/db/coppice/volumes/vol1"));
+    assert!(
+        fake.calls().contains(
+            &"create -p -o mountpoint=/var/db/coppice/volumes/vol1 zroot/coppice/volumes/vol1"
+                .to_owned()
+        )
+    );
+    assert_eq!(storage.volume_path(&id).unwrap(), path);
+    assert_eq!(
+        storage.create_volume(&id).unwrap_err().kind(),
+        ErrorKind::AlreadyExists
+    );
+    storage.delete_volume(&id).unwrap();
+    assert_eq!(
+        storage.delete_volume(&id).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+    assert_eq!(
+        storage.volume_path(&id).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
+}
+
+#[test]
+fn test_a_missing_root_dataset_lists_nothing() {
+    let fake = Arc::new(FakeZfs::default());
+    let layout = ZfsLayout::new(DatasetName::parse("tank/coppice").unwrap(), "/srv");
+    let storage = ZfsStorage::new(layout, fake as Arc<dyn ZfsSys>);
+    assert!(storage.templates().unwrap().is_empty());
+    assert!(storage.list_rootfs().unwrap().is_empty());
+}
