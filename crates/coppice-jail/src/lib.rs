@@ -1,6 +1,13 @@
-//! FreeBSD jail(2) `Runtime` for coppice.
+//! FreeBSD jail(2) runtime for coppice: the portable plan of a sandbox's jail.
 //!
-//! Charter: one mechanism (jail(2) with VNET and rctl limits) implementing
-//! `coppice_core::Runtime`; all `unsafe` under `src/sys/`. The backend itself arrives with the
-//! FreeBSD backends work; until then this crate exports nothing and claims nothing.
+//! What is built: the jail's parameters and their encoding as the name/value pairs
+//! `jail_set(2)` takes ([`params`]), its rctl rules ([`rctl`]), the devfs ruleset it sees
+//! ([`devfs`]), and the host patch-level check ([`release`]). The `Runtime` that issues the
+//! system calls (from a `sys/` module) is not built yet, so this crate does not implement
+//! `coppice_core::Runtime` and `coppiced` does not choose it.
 #![forbid(unsafe_code)]
+
+pub mod devfs;
+pub mod params;
+pub mod rctl;
+pub mod release;

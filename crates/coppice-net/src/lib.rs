@@ -10,12 +10,16 @@
 //!   reachable, whatever the spec allows.
 //!
 //! Both hand out namespaces from a warm pool, so that making one stays off the create path.
+//! [`pf`] renders the same policy as FreeBSD pf anchors and [`epair`] plans the FreeBSD
+//! links; the FreeBSD `NetPolicy` that runs them is not built yet.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod bridge;
 pub mod egress;
+pub mod epair;
 mod loopback;
+pub mod pf;
 mod pool;
 #[allow(unsafe_code)]
 mod sys;
