@@ -1,0 +1,60 @@
+//! The only place that knows the OS: jail(2) calls, and the `mount`, `umount` and `rctl`
+//! commands.
+
+use std::io;
+use std::path::Path;
+
+use crate::params::{EncodedParam, JailName};
+
+#[cfg(test)]
+pub(crate) mod fake;
+#[cfg(target_os = "freebsd")]
+mod freebsd;
+
+#[cfg(target_os = "freebsd")]
+pub use freebsd::HostJailSys;
+
+/// What making and removing a jail needs of the host.
+pub trait JailSys: Send + Sync + 'static {
+    /// `jail_set(JAIL_CREATE)` with `params`; the new jail's id.
+    ///
+    /// # Errors
+    /// The kernel refused a parameter or the jail.
+    fn jail_create(&self, params: &[EncodedParam]) -> io::Result<i32>;
+
+    /// The id of the live jail named `name`, if there is one.
+    ///
+    /// # Errors
+    /// The lookup failed for another reason than the jail's absence.
+    fn jail_id(&self, name: &JailName) -> io::Result<Option<i32>>;
+
+    /// `jail_remove`: kills the jail's processes and removes it.
+    ///
+    /// # Errors
+    /// The kernel refused.
+    fn jail_remove(&self, jid: i32) -> io::Result<()>;
+
+    /// Mounts devfs on `target` with devfs ruleset `ruleset`.
+    ///
+    /// # Errors
+    /// The mount failed.
+    fn mount_devfs(&self, target: &Path, ruleset: u16) -> io::Result<()>;
+
+    /// Unmounts `target`; `false` when nothing was mounted there.
+    ///
+    /// # Errors
+    /// The unmount failed.
+    fn unmount(&self, target: &Path) -> io::Result<bool>;
+
+    /// `rctl -a <rule>`.
+    ///
+    /// # Errors
+    /// rctl refused the rule.
+    fn rctl_add(&self, rule: &str) -> io::Result<()>;
+
+    /// `rctl -r <filter>`: removes every rule the filter matches (none is not an error).
+    ///
+    /// # Errors
+    /// rctl failed.
+    fn rctl_remove(&self, filter: &str) -> io::Result<()>;
+}

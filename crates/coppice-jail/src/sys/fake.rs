@@ -1,0 +1,132 @@
+//! A recording fake of the host: live jails, devfs mounts and rctl rules kept in memory, every
+//! call recorded, and failures injected by operation.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::JailSys;
+use crate::params::{EncodedParam, JailName};
+
+#[derive(Debug, Default)]
+struct State {
+    jails: BTreeMap<String, i32>,
+    next_jid: i32,
+    mounts: BTreeSet<PathBuf>,
+    rules: BTreeSet<String>,
+    calls: Vec<String>,
+    /// Operation → how many more calls succeed before one fails.
+    failures: BTreeMap<&'static str, usize>,
+}
+
+/// The fake host.
+#[derive(Debug, Default)]
+pub(crate) struct FakeJailSys(Mutex<State>);
+
+impl FakeJailSys {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The call of `operation` after `succeed` more successful ones fails.
+    pub(crate) fn fail(&self, operation: &'static str, succeed: usize) {
+        self.state().failures.insert(operation, succeed);
+    }
+
+    pub(crate) fn calls(&self) -> Vec<String> {
+        self.state().calls.clone()
+    }
+
+    /// Everything the fake host holds: jails, mounts, rules.
+    pub(crate) fn held(&self) -> (Vec<String>, Vec<PathBuf>, Vec<String>) {
+        let state = self.state();
+        (
+            state.jails.keys().cloned().collect(),
+            state.mounts.iter().cloned().collect(),
+            state.rules.iter().cloned().collect(),
+        )
+    }
+
+    /// Records `call`; an error if `operation` is due to fail.
+    fn enter(&self, operation: &'static str, call: String) -> io::Result<MutexGuard<'_, State>> {
+        let mut state = self.state();
+        state.calls.push(call);
+        if let Some(left) = state.failures.get_mut(operation) {
+            if *left == 0 {
+                state.failures.remove(operation);
+                return Err(io::Error::other(format!("injected failure of {operation}")));
+            }
+            *left -= 1;
+        }
+        Ok(state)
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes.strip_suffix(b"\0").unwrap_or(bytes)).into_owned()
+}
+
+impl JailSys for FakeJailSys {
+    fn jail_create(&self, params: &[EncodedParam]) -> io::Result<i32> {
+        let name = params
+            .iter()
+            .find(|(key, _)| key == b"name\0")
+            .and_then(|(_, value)| value.as_deref())
+            .map(text)
+            .unwrap_or_default();
+        let mut state = self.enter(
+            "jail_create",
+            format!("jail_create {name} ({} params)", params.len()),
+        )?;
+        if state.jails.contains_key(&name) {
+            return Err(io::Error::from_raw_os_error(libc::EEXIST));
+        }
+        state.next_jid += 1;
+        let jid = state.next_jid;
+        state.jails.insert(name, jid);
+        Ok(jid)
+    }
+
+    fn jail_id(&self, name: &JailName) -> io::Result<Option<i32>> {
+        let state = self.enter("jail_id", format!("jail_id {}", name.as_str()))?;
+        Ok(state.jails.get(name.as_str()).copied())
+    }
+
+    fn jail_remove(&self, jid: i32) -> io::Result<()> {
+        let mut state = self.enter("jail_remove", format!("jail_remove {jid}"))?;
+        let before = state.jails.len();
+        state.jails.retain(|_, id| *id != jid);
+        if state.jails.len() == before {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        Ok(())
+    }
+
+    fn mount_devfs(&self, target: &Path, ruleset: u16) -> io::Result<()> {
+        let mut state = self.enter(
+            "mount_devfs",
+            format!("mount devfs ruleset={ruleset} {}", target.display()),
+        )?;
+        state.mounts.insert(target.to_owned());
+        Ok(())
+    }
+
+    fn unmount(&self, target: &Path) -> io::Result<bool> {
+        let mut state = self.enter("unmount", format!("umount {}", target.display()))?;
+        Ok(state.mounts.remove(target))
+    }
+
+    fn rctl_add(&self, rule: &str) -> io::Result<()> {
+        let mut state = self.enter("rctl_add", format!("rctl -a {rule}"))?;
+        state.rules.insert(rule.to_owned());
+        Ok(())
+    }
+
+    fn rctl_remove(&self, filter: &str) -> io::Result<()> {
+        let mut state = self.enter("rctl_remove", format!("rctl -r {filter}"))?;
+        let prefix = format!("{filter}:");
+        state.rules.retain(|rule| !rule.starts_with(&prefix));
+        Ok(())
+    }
+}
