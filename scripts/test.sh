@@ -28,6 +28,8 @@ if ((${#missing[@]})); then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 rustup target add x86_64-unknown-freebsd >/dev/null
+# libzfs_core and libnvpair for coppice-zfs's `libzfs-core` feature (Debian backports contrib).
+./scripts/install-zfs-dev.sh
 
 # The E2B Python SDK, pinned, in a venv of its own (the envd tests drive envd through it).
 E2B_SDK_VERSION=2.63.0
@@ -45,6 +47,9 @@ command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteracti
 
 echo "== unit and component tests (privileged tests are listed as ignored here)"
 cargo test --workspace --locked
+# The libzfs_core path of coppice-zfs, linked against the real library (no pool here: it
+# checks that a host without /dev/zfs is reported as such).
+cargo test --locked -p coppice-zfs --features libzfs-core
 
 echo "== privileged tests, for real"
 # The CLI's end-to-end test drives the coppice binary.

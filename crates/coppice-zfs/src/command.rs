@@ -1,16 +1,88 @@
-//! The argument lists coppice passes to `zfs`, one function per operation.
+//! The operations coppice asks of ZFS, and the argument lists that carry them to `zfs`.
 
 use std::path::Path;
 
 use crate::layout::DatasetName;
 use crate::list::LIST_COLUMNS;
 
+/// One ZFS operation, as the storage plans it. [`ZfsOp::argv`] is its `zfs` command line;
+/// other implementations of the seam may carry it out another way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ZfsOp<'a> {
+    /// Every filesystem under `root`, in [`LIST_COLUMNS`] order.
+    List {
+        /// The root dataset.
+        root: &'a DatasetName,
+    },
+    /// A new filesystem (and its missing parents).
+    Create {
+        /// The dataset.
+        dataset: &'a DatasetName,
+        /// Where it is mounted.
+        mountpoint: &'a Path,
+        /// User properties to set.
+        props: &'a [(&'a str, &'a str)],
+    },
+    /// A clone of a snapshot.
+    Clone {
+        /// The snapshot (`dataset@name`).
+        origin: &'a str,
+        /// The new dataset.
+        dataset: &'a DatasetName,
+        /// Where it is mounted.
+        mountpoint: &'a Path,
+        /// Its quota in MiB; none for `None` or 0.
+        quota_mb: Option<u32>,
+        /// User properties to set.
+        props: &'a [(&'a str, &'a str)],
+    },
+    /// A snapshot (`dataset@name`).
+    Snapshot {
+        /// Its full name.
+        name: &'a str,
+    },
+    /// Makes a clone independent of its origin.
+    Promote {
+        /// The clone.
+        dataset: &'a DatasetName,
+    },
+    /// Destroys a dataset with its snapshots, or one snapshot.
+    Destroy {
+        /// The dataset or snapshot.
+        name: &'a str,
+    },
+}
+
+impl ZfsOp<'_> {
+    /// The `zfs` command line (without the program name).
+    pub fn argv(&self) -> Vec<String> {
+        match *self {
+            Self::List { root } => list(root),
+            Self::Create {
+                dataset,
+                mountpoint,
+                props,
+            } => create(dataset, mountpoint, props),
+            Self::Clone {
+                origin,
+                dataset,
+                mountpoint,
+                quota_mb,
+                props,
+            } => clone(origin, dataset, mountpoint, quota_mb, props),
+            Self::Snapshot { name } => snapshot(name),
+            Self::Promote { dataset } => promote(dataset),
+            Self::Destroy { name } => destroy(name),
+        }
+    }
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|&arg| arg.to_owned()).collect()
 }
 
 /// `zfs list -Hp -o <columns> -t filesystem -r <root>`: every filesystem under `root`.
-pub(crate) fn list(root: &DatasetName) -> Vec<String> {
+fn list(root: &DatasetName) -> Vec<String> {
     strings(&[
         "list",
         "-Hp",
@@ -24,11 +96,7 @@ pub(crate) fn list(root: &DatasetName) -> Vec<String> {
 }
 
 /// `zfs create -p -o mountpoint=<path> [-o <prop>=<value>]… <dataset>`.
-pub(crate) fn create(
-    dataset: &DatasetName,
-    mountpoint: &Path,
-    props: &[(&str, &str)],
-) -> Vec<String> {
+fn create(dataset: &DatasetName, mountpoint: &Path, props: &[(&str, &str)]) -> Vec<String> {
     let mut args = strings(&["create", "-p", "-o"]);
     args.push(format!("mountpoint={}", mountpoint.display()));
     for (key, value) in props {
@@ -40,7 +108,7 @@ pub(crate) fn create(
 }
 
 /// `zfs clone -o mountpoint=<path> [-o quota=<N>M] [-o <prop>=<value>]… <snapshot> <dataset>`.
-pub(crate) fn clone(
+fn clone(
     snapshot: &str,
     dataset: &DatasetName,
     mountpoint: &Path,
@@ -63,18 +131,18 @@ pub(crate) fn clone(
 }
 
 /// `zfs snapshot <dataset>@<name>`.
-pub(crate) fn snapshot(snapshot: &str) -> Vec<String> {
+fn snapshot(snapshot: &str) -> Vec<String> {
     strings(&["snapshot", snapshot])
 }
 
 /// `zfs promote <dataset>`: the clone takes over its origin snapshot, so the dataset it was
 /// cloned from can be destroyed while the clone lives on.
-pub(crate) fn promote(dataset: &DatasetName) -> Vec<String> {
+fn promote(dataset: &DatasetName) -> Vec<String> {
     strings(&["promote", dataset.as_str()])
 }
 
 /// `zfs destroy -r <dataset or snapshot>`: the dataset and its snapshots.
-pub(crate) fn destroy(name: &str) -> Vec<String> {
+fn destroy(name: &str) -> Vec<String> {
     strings(&["destroy", "-r", name])
 }
 

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 use coppice_core::storage::{RootFs, Storage, StorageError, TemplateInfo};
 use coppice_core::{SandboxId, TemplateId, VolumeId};
 
-use crate::command;
+use crate::command::ZfsOp;
 use crate::layout::{DatasetName, InvalidDatasetName, TEMPLATE_SNAPSHOT, ZfsLayout};
 use crate::list::{DatasetRow, parse_list};
 use crate::sys::{ZfsError, ZfsSys};
@@ -70,13 +70,15 @@ impl ZfsStorage {
         Self { layout, sys }
     }
 
-    fn run(&self, op: &'static str, args: &[String]) -> Result<String, StorageError> {
-        self.sys.zfs(args).map_err(|error| backend(op, error))
+    fn run(&self, what: &'static str, op: &ZfsOp<'_>) -> Result<String, StorageError> {
+        self.sys.zfs(op).map_err(|error| backend(what, error))
     }
 
     /// Every filesystem under the root; none when the root does not exist yet.
     fn rows(&self) -> Result<Vec<DatasetRow>, StorageError> {
-        match self.sys.zfs(&command::list(self.layout.root())) {
+        match self.sys.zfs(&ZfsOp::List {
+            root: self.layout.root(),
+        }) {
             Ok(output) => parse_list(&output).map_err(|error| StorageError::Backend {
                 op: "list datasets",
                 source: Box::new(error),
@@ -121,8 +123,12 @@ impl ZfsStorage {
 
     /// Removes what a failed snapshot made; failures here leave names a retry reports.
     fn undo_snapshot(&self, template: &DatasetName, sandbox_snapshot: &str) {
-        let _ = self.sys.zfs(&command::destroy(template.as_str()));
-        let _ = self.sys.zfs(&command::destroy(sandbox_snapshot));
+        let _ = self.sys.zfs(&ZfsOp::Destroy {
+            name: template.as_str(),
+        });
+        let _ = self.sys.zfs(&ZfsOp::Destroy {
+            name: sandbox_snapshot,
+        });
     }
 }
 
@@ -161,13 +167,13 @@ impl Storage for ZfsStorage {
         }
         let mountpoint = self.layout.mountpoint(&dataset);
         let origin = self.layout.template_snapshot(template)?;
-        match self.sys.zfs(&command::clone(
-            &origin,
-            &dataset,
-            &mountpoint,
-            Some(disk_mb),
-            &[],
-        )) {
+        match self.sys.zfs(&ZfsOp::Clone {
+            origin: &origin,
+            dataset: &dataset,
+            mountpoint: &mountpoint,
+            quota_mb: Some(disk_mb),
+            props: &[],
+        }) {
             Ok(_) => Ok(RootFs::Directory {
                 path: mountpoint,
                 binds: Vec::new(),
@@ -188,7 +194,9 @@ impl Storage for ZfsStorage {
 
     fn destroy_rootfs(&self, id: &SandboxId) -> Result<(), StorageError> {
         let dataset = self.layout.sandbox(id)?;
-        match self.sys.zfs(&command::destroy(dataset.as_str())) {
+        match self.sys.zfs(&ZfsOp::Destroy {
+            name: dataset.as_str(),
+        }) {
             Err(error) if !error.is_missing() => Err(backend("destroy sandbox dataset", error)),
             _ => Ok(()),
         }
@@ -233,7 +241,12 @@ impl Storage for ZfsStorage {
             .unwrap_or_else(|| DEFAULT_WORKDIR.into());
 
         let sandbox_snapshot = format!("{sandbox}@{snapshot}");
-        self.run("snapshot sandbox", &command::snapshot(&sandbox_snapshot))?;
+        self.run(
+            "snapshot sandbox",
+            &ZfsOp::Snapshot {
+                name: &sandbox_snapshot,
+            },
+        )?;
         let props = [
             ("coppice:user", user.as_str()),
             ("coppice:workdir", workdir.as_str()),
@@ -242,21 +255,28 @@ impl Storage for ZfsStorage {
         let made = self
             .run(
                 "clone snapshot into a template",
-                &command::clone(
-                    &sandbox_snapshot,
-                    &template,
-                    &self.layout.mountpoint(&template),
-                    None,
-                    &props,
-                ),
+                &ZfsOp::Clone {
+                    origin: &sandbox_snapshot,
+                    dataset: &template,
+                    mountpoint: &self.layout.mountpoint(&template),
+                    quota_mb: None,
+                    props: &props,
+                },
             )
             .and_then(|_| {
                 self.run(
                     "snapshot the new template",
-                    &command::snapshot(&format!("{template}@{TEMPLATE_SNAPSHOT}")),
+                    &ZfsOp::Snapshot {
+                        name: &format!("{template}@{TEMPLATE_SNAPSHOT}"),
+                    },
                 )
             })
-            .and_then(|_| self.run("promote the new template", &command::promote(&template)));
+            .and_then(|_| {
+                self.run(
+                    "promote the new template",
+                    &ZfsOp::Promote { dataset: &template },
+                )
+            });
         if let Err(error) = made {
             self.undo_snapshot(&template, &sandbox_snapshot);
             return Err(error);
@@ -267,7 +287,11 @@ impl Storage for ZfsStorage {
     fn create_volume(&self, id: &VolumeId) -> Result<PathBuf, StorageError> {
         let dataset = self.layout.volume(id)?;
         let mountpoint = self.layout.mountpoint(&dataset);
-        match self.sys.zfs(&command::create(&dataset, &mountpoint, &[])) {
+        match self.sys.zfs(&ZfsOp::Create {
+            dataset: &dataset,
+            mountpoint: &mountpoint,
+            props: &[],
+        }) {
             Ok(_) => Ok(mountpoint),
             Err(error) if error.is_existing() => Err(StorageError::VolumeExists { id: id.clone() }),
             Err(error) => Err(backend("create volume dataset", error)),
@@ -286,7 +310,9 @@ impl Storage for ZfsStorage {
 
     fn delete_volume(&self, id: &VolumeId) -> Result<(), StorageError> {
         let dataset = self.layout.volume(id)?;
-        match self.sys.zfs(&command::destroy(dataset.as_str())) {
+        match self.sys.zfs(&ZfsOp::Destroy {
+            name: dataset.as_str(),
+        }) {
             Ok(_) => Ok(()),
             Err(error) if error.is_missing() => {
                 Err(StorageError::VolumeNotFound { id: id.clone() })

@@ -5,13 +5,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{ZfsError, ZfsSys};
+use crate::command::ZfsOp;
 
 #[derive(Debug, Default)]
 struct State {
     /// Dataset name → (origin snapshot, user properties).
     datasets: BTreeMap<String, (Option<String>, BTreeMap<String, String>)>,
     snapshots: BTreeSet<String>,
-    calls: Vec<Vec<String>>,
+    calls: Vec<String>,
     /// Subcommand → stderr of its next run.
     failures: BTreeMap<String, String>,
 }
@@ -48,7 +49,7 @@ impl FakeZfs {
     }
 
     pub(crate) fn calls(&self) -> Vec<String> {
-        self.state().calls.iter().map(|c| c.join(" ")).collect()
+        self.state().calls.clone()
     }
 
     pub(crate) fn datasets(&self) -> Vec<String> {
@@ -60,104 +61,137 @@ impl FakeZfs {
     }
 }
 
-fn options(args: &[String]) -> BTreeMap<String, String> {
-    args.windows(2)
-        .filter(|pair| pair[0] == "-o")
-        .filter_map(|pair| pair[1].split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
-}
-
-fn failed(args: &[String], stderr: &str) -> ZfsError {
+fn failed(call: &str, stderr: &str) -> ZfsError {
     ZfsError::Failed {
-        args: args.join(" "),
+        args: call.to_owned(),
         stderr: stderr.to_owned(),
     }
 }
 
+fn user_props(props: &[(&str, &str)], mountpoint: &std::path::Path) -> BTreeMap<String, String> {
+    let mut map: BTreeMap<String, String> = props
+        .iter()
+        .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
+        .collect();
+    map.insert("mountpoint".into(), mountpoint.display().to_string());
+    map
+}
+
+/// Records a new dataset (a clone when it has an origin) unless the name is taken.
+fn insert_new(
+    state: &mut State,
+    call: &str,
+    dataset: &str,
+    origin: Option<&str>,
+    props: &[(&str, &str)],
+    mountpoint: &std::path::Path,
+) -> Result<String, ZfsError> {
+    if state.datasets.contains_key(dataset) || state.snapshots.contains(dataset) {
+        return Err(failed(
+            call,
+            &format!("cannot create '{dataset}': dataset already exists"),
+        ));
+    }
+    state.datasets.insert(
+        dataset.to_owned(),
+        (origin.map(str::to_owned), user_props(props, mountpoint)),
+    );
+    Ok(String::new())
+}
+
 impl ZfsSys for FakeZfs {
-    fn zfs(&self, args: &[String]) -> Result<String, ZfsError> {
+    fn zfs(&self, op: &ZfsOp<'_>) -> Result<String, ZfsError> {
+        let call = op.argv().join(" ");
         let mut state = self.state();
-        state.calls.push(args.to_vec());
-        let subcommand = args.first().cloned().unwrap_or_default();
+        state.calls.push(call.clone());
+        let subcommand = op.argv().first().cloned().unwrap_or_default();
         if let Some(stderr) = state.failures.remove(&subcommand) {
-            return Err(failed(args, &stderr));
+            return Err(failed(&call, &stderr));
         }
-        let last = args.last().cloned().unwrap_or_default();
         let exists = |state: &State, name: &str| {
             state.datasets.contains_key(name) || state.snapshots.contains(name)
         };
-        match subcommand.as_str() {
-            "list" => {
+        match *op {
+            ZfsOp::List { root } => {
+                let root = root.as_str();
                 let mut out = String::new();
                 for (name, (origin, props)) in &state.datasets {
-                    if name != &last && !name.starts_with(&format!("{last}/")) {
+                    if name != root && !name.starts_with(&format!("{root}/")) {
                         continue;
                     }
-                    let prop = |key: &str| props.get(key).cloned().unwrap_or("-".into());
+                    let prop = |key: &str| props.get(key).cloned().unwrap_or_else(|| "-".into());
                     out.push_str(&format!(
                         "{name}\t4096\t1764412800\t{}\t{}\t{}\t{}\t{}\n",
                         prop("mountpoint"),
-                        origin.clone().unwrap_or("-".into()),
+                        origin.clone().unwrap_or_else(|| "-".into()),
                         prop("coppice:user"),
                         prop("coppice:workdir"),
                         prop("coppice:snapshot_of"),
                     ));
                 }
-                if out.is_empty() && !state.datasets.contains_key(&last) {
+                if out.is_empty() {
                     return Err(failed(
-                        args,
-                        &format!("cannot open '{last}': dataset does not exist"),
+                        &call,
+                        &format!("cannot open '{root}': dataset does not exist"),
                     ));
                 }
                 Ok(out)
             }
-            "create" | "clone" => {
-                if exists(&state, &last) {
+            ZfsOp::Create {
+                dataset,
+                mountpoint,
+                props,
+            } => insert_new(&mut state, &call, dataset.as_str(), None, props, mountpoint),
+            ZfsOp::Clone {
+                origin,
+                dataset,
+                mountpoint,
+                props,
+                ..
+            } => {
+                if !state.snapshots.contains(origin) {
                     return Err(failed(
-                        args,
-                        &format!("cannot create '{last}': dataset already exists"),
-                    ));
-                }
-                let origin = (subcommand == "clone").then(|| args[args.len() - 2].clone());
-                if let Some(origin) = &origin
-                    && !state.snapshots.contains(origin)
-                {
-                    return Err(failed(
-                        args,
+                        &call,
                         &format!("cannot open '{origin}': dataset does not exist"),
                     ));
                 }
-                state.datasets.insert(last, (origin, options(args)));
-                Ok(String::new())
+                insert_new(
+                    &mut state,
+                    &call,
+                    dataset.as_str(),
+                    Some(origin),
+                    props,
+                    mountpoint,
+                )
             }
-            "snapshot" => {
-                let dataset = last.split('@').next().unwrap_or_default().to_owned();
-                if !state.datasets.contains_key(&dataset) {
+            ZfsOp::Snapshot { name } => {
+                let dataset = name.split('@').next().unwrap_or_default();
+                if !state.datasets.contains_key(dataset) {
                     return Err(failed(
-                        args,
+                        &call,
                         &format!("cannot open '{dataset}': dataset does not exist"),
                     ));
                 }
-                if !state.snapshots.insert(last.clone()) {
+                if !state.snapshots.insert(name.to_owned()) {
                     return Err(failed(
-                        args,
-                        &format!("cannot create snapshot '{last}': dataset already exists"),
+                        &call,
+                        &format!("cannot create snapshot '{name}': dataset already exists"),
                     ));
                 }
                 Ok(String::new())
             }
-            "promote" => {
-                // The origin snapshot moves to the promoted clone; its old parent
-                // becomes a clone of it.
-                let Some((Some(origin), _)) = state.datasets.get(&last).cloned() else {
-                    return Err(failed(args, "not a cloned filesystem"));
+            ZfsOp::Promote { dataset } => {
+                // The origin snapshot moves to the promoted clone; its old parent becomes a
+                // clone of it.
+                let dataset = dataset.as_str();
+                let Some((Some(origin), _)) = state.datasets.get(dataset).cloned() else {
+                    return Err(failed(&call, "not a cloned filesystem"));
                 };
                 let (parent, snap) = origin.split_once('@').unwrap_or_default();
-                let moved = format!("{last}@{snap}");
+                let moved = format!("{dataset}@{snap}");
                 state.snapshots.remove(&origin);
                 state.snapshots.insert(moved.clone());
-                if let Some(entry) = state.datasets.get_mut(&last) {
+                if let Some(entry) = state.datasets.get_mut(dataset) {
                     entry.0 = None;
                 }
                 if let Some(entry) = state.datasets.get_mut(parent) {
@@ -165,41 +199,30 @@ impl ZfsSys for FakeZfs {
                 }
                 Ok(String::new())
             }
-            "destroy" => {
-                if !exists(&state, &last) {
+            ZfsOp::Destroy { name } => {
+                if !exists(&state, name) {
                     return Err(failed(
-                        args,
-                        &format!(
-                            "could not find any snapshots to destroy; check snapshot names. cannot open '{last}': dataset does not exist"
-                        ),
+                        &call,
+                        &format!("cannot open '{name}': dataset does not exist"),
                     ));
                 }
-                let recursive = args.iter().any(|a| a == "-r");
-                let prefix_snap = format!("{last}@");
+                let prefix_snap = format!("{name}@");
                 let dependents = state.datasets.values().any(|(origin, _)| {
                     origin
                         .as_deref()
-                        .is_some_and(|o| o == last || o.starts_with(&prefix_snap))
+                        .is_some_and(|o| o == name || o.starts_with(&prefix_snap))
                 });
                 if dependents {
                     return Err(failed(
-                        args,
-                        &format!("cannot destroy '{last}': filesystem has dependent clones"),
+                        &call,
+                        &format!("cannot destroy '{name}': filesystem has dependent clones"),
                     ));
                 }
-                let has_snaps = state.snapshots.iter().any(|s| s.starts_with(&prefix_snap));
-                if has_snaps && !recursive {
-                    return Err(failed(
-                        args,
-                        &format!("cannot destroy '{last}': filesystem has children"),
-                    ));
-                }
-                state.datasets.remove(&last);
-                state.snapshots.remove(&last);
+                state.datasets.remove(name);
+                state.snapshots.remove(name);
                 state.snapshots.retain(|s| !s.starts_with(&prefix_snap));
                 Ok(String::new())
             }
-            other => Err(failed(args, &format!("unrecognized command '{other}'"))),
         }
     }
 }
