@@ -21,6 +21,20 @@ pub enum NetAttachment {
         /// Resolvers for `/etc/resolv.conf`.
         dns: Vec<IpAddr>,
     },
+    /// A prepared interface on the host (FreeBSD: an epair's jail end) that the runtime moves
+    /// into the sandbox's own network stack (a VNET jail) and configures there as `eth0`.
+    Vnet {
+        /// The interface's name on the host.
+        interface: String,
+        /// The MAC address it takes.
+        mac: String,
+        /// Its addresses with their prefix lengths.
+        addresses: Vec<(IpAddr, u8)>,
+        /// Default routes, one per family.
+        gateways: Vec<IpAddr>,
+        /// Resolvers for `/etc/resolv.conf`.
+        dns: Vec<IpAddr>,
+    },
 }
 
 /// Connects sandboxes and enforces their egress policy.

@@ -198,6 +198,8 @@ impl<S: NsSys> NamespaceRuntime<S> {
             NetAttachment::Namespace { path, dns, .. } => {
                 (NetworkSetup::Join { path: path.clone() }, resolv_conf(dns))
             }
+            // Refused in `create` before anything is made.
+            NetAttachment::Vnet { .. } => (NetworkSetup::Loopback, None),
         };
         let init = InitConfig {
             version: INIT_CONFIG_VERSION,
@@ -431,6 +433,11 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
         spec: &RuntimeSpec,
         root: &RootFs,
     ) -> Result<(), RuntimeError> {
+        if matches!(spec.network, NetAttachment::Vnet { .. }) {
+            return Err(RuntimeError::Unsupported {
+                what: "a VNET interface (FreeBSD's network attachment)",
+            });
+        }
         let dir = self.sandbox_dir(id);
         // Root-only: the run dir holds the control socket and the init's config.
         match fs::DirBuilder::new().mode(0o700).create(&dir) {

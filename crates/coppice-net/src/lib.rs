@@ -10,8 +10,8 @@
 //!   reachable, whatever the spec allows.
 //!
 //! Both hand out namespaces from a warm pool, so that making one stays off the create path.
-//! [`pf`] renders the same policy as FreeBSD pf anchors and [`epair`] plans the FreeBSD
-//! links; the FreeBSD `NetPolicy` that runs them is not built yet.
+//! - [`PfNetwork`] (FreeBSD): an epair per sandbox on a bridge and a pf anchor per sandbox,
+//!   rendered by [`pf`] from the same policy; [`epair`] plans the links.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -20,12 +20,14 @@ pub mod egress;
 pub mod epair;
 mod loopback;
 pub mod pf;
+mod pfnet;
 mod pool;
 #[allow(unsafe_code)]
 mod sys;
 
 pub use bridge::{BridgeConfig, BridgeNetwork, ConfigError};
 pub use loopback::LoopbackOnly;
+pub use pfnet::{PfNetwork, PfStartError};
 #[cfg(target_os = "linux")]
 pub use sys::RealNetnsSys;
-pub use sys::{BridgeSys, FakeBridgeSys, FakeNetnsSys, NetnsSys};
+pub use sys::{BridgeSys, CommandPfSys, FakeBridgeSys, FakeNetnsSys, NetnsSys, PfSys};

@@ -8,10 +8,14 @@ use std::path::{Path, PathBuf};
 pub(crate) mod fake;
 #[cfg(target_os = "linux")]
 mod linux;
+mod pf;
 
 pub use fake::{FakeBridgeSys, FakeNetnsSys};
 #[cfg(target_os = "linux")]
 pub use linux::RealNetnsSys;
+#[cfg(test)]
+pub(crate) use pf::FakePfSys;
+pub use pf::{CommandPfSys, PfSys};
 
 /// Creates network namespaces and names them for other processes.
 pub trait NetnsSys: Send + Sync + fmt::Debug + 'static {

@@ -131,7 +131,7 @@ impl Lab {
     fn attach(&self, name: &str, spec: &NetworkSpec) -> PathBuf {
         match self.network().attach(&name.parse().unwrap(), spec).unwrap() {
             NetAttachment::Namespace { path, .. } => path,
-            NetAttachment::LoopbackOnly => panic!("expected a namespace"),
+            other => panic!("expected a namespace, got {other:?}"),
         }
     }
 

@@ -65,9 +65,52 @@ fn child_of<'a>(name: &'a str, parent: &DatasetName) -> Option<&'a str> {
 }
 
 impl ZfsStorage {
-    /// Storage over `layout`, reaching ZFS through `sys`.
+    /// Storage over `layout`, reaching ZFS through `sys`; see [`ZfsStorage::open`] for a
+    /// daemon's start.
     pub fn new(layout: ZfsLayout, sys: Arc<dyn ZfsSys>) -> Self {
         Self { layout, sys }
+    }
+
+    /// Storage over `layout` once its pool is known to exist, with the parents of template,
+    /// sandbox and volume datasets made where missing (clones need their parent).
+    ///
+    /// # Errors
+    /// `Invalid` naming the pool when it does not exist; a backend failure otherwise.
+    pub fn open(layout: ZfsLayout, sys: Arc<dyn ZfsSys>) -> Result<Self, StorageError> {
+        let storage = Self::new(layout, sys);
+        let pool = DatasetName::parse(storage.layout.root().pool())?;
+        match storage.sys.zfs(&ZfsOp::List { root: &pool }) {
+            Ok(_) => {}
+            Err(error) if error.is_missing() => {
+                return Err(StorageError::Invalid {
+                    reason: format!(
+                        "ZFS pool {pool} does not exist (`zpool list` shows the pools); coppice \
+                         keeps its datasets under {}",
+                        storage.layout.root()
+                    ),
+                });
+            }
+            Err(error) => return Err(backend("look up the pool", error)),
+        }
+        let rows = storage.rows()?;
+        for parent in [
+            storage.layout.templates()?,
+            storage.layout.sandboxes()?,
+            storage.layout.volumes()?,
+        ] {
+            if rows.iter().any(|row| row.name == parent.as_str()) {
+                continue;
+            }
+            storage.run(
+                "create parent dataset",
+                &ZfsOp::Create {
+                    dataset: &parent,
+                    mountpoint: &storage.layout.mountpoint(&parent),
+                    props: &[],
+                },
+            )?;
+        }
+        Ok(storage)
     }
 
     fn run(&self, what: &'static str, op: &ZfsOp<'_>) -> Result<String, StorageError> {

@@ -187,6 +187,28 @@ fn test_create_bad_root_is_invalid_and_leaves_nothing() {
 }
 
 #[test]
+fn test_a_vnet_interface_is_refused_and_leaves_nothing() {
+    let fixture = fixture();
+    let spec = RuntimeSpec {
+        network: NetAttachment::Vnet {
+            interface: "cpj1".into(),
+            mac: "02:c0:ff:ee:00:01".into(),
+            addresses: Vec::new(),
+            gateways: Vec::new(),
+            dns: Vec::new(),
+        },
+        ..spec()
+    };
+    let err = fixture
+        .runtime
+        .create(&id("a"), &spec, &rootfs())
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err:?}");
+    assert!(!fixture.root.join("run/a").exists());
+    assert!(!fixture.root.join("cg/memory/own/coppice/a").exists());
+}
+
+#[test]
 fn test_start_records_pid_and_probe_sees_it_alive() {
     let fixture = fixture();
     fixture

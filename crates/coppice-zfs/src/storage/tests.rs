@@ -220,6 +220,42 @@ fn test_volumes_are_datasets() {
 }
 
 #[test]
+fn test_open_names_a_missing_pool_and_makes_the_parents_once() {
+    let layout = || ZfsLayout::new(DatasetName::parse("tank/coppice").unwrap(), "/srv");
+    let fake = Arc::new(FakeZfs::default());
+    let error = ZfsStorage::open(layout(), Arc::clone(&fake) as Arc<dyn ZfsSys>).unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Invalid);
+    assert!(
+        error
+            .to_string()
+            .starts_with("ZFS pool tank does not exist"),
+        "{error}"
+    );
+    assert!(fake.datasets().is_empty(), "nothing was made");
+
+    let fake = Arc::new(FakeZfs::default().with_dataset("tank", &[("mountpoint", "/tank")]));
+    ZfsStorage::open(layout(), Arc::clone(&fake) as Arc<dyn ZfsSys>).unwrap();
+    assert_eq!(
+        fake.datasets(),
+        [
+            "tank",
+            "tank/coppice/sandboxes",
+            "tank/coppice/templates",
+            "tank/coppice/volumes"
+        ]
+    );
+    let creates = |fake: &FakeZfs| {
+        fake.calls()
+            .iter()
+            .filter(|call| call.starts_with("create"))
+            .count()
+    };
+    assert_eq!(creates(&fake), 3);
+    ZfsStorage::open(layout(), Arc::clone(&fake) as Arc<dyn ZfsSys>).unwrap();
+    assert_eq!(creates(&fake), 3, "a second open makes nothing");
+}
+
+#[test]
 fn test_a_missing_root_dataset_lists_nothing() {
     let fake = Arc::new(FakeZfs::default());
     let layout = ZfsLayout::new(DatasetName::parse("tank/coppice").unwrap(), "/srv");

@@ -1,4 +1,6 @@
-//! Hosts without a backend yet: the FreeBSD backends arrive with their own work.
+//! Hosts without a backend yet. The FreeBSD pieces (`coppice-jail`'s `JailHost`,
+//! `coppice-zfs`'s `ZfsStorage`, `coppice-net`'s `PfNetwork`) exist, but no jail `Runtime`
+//! starts a sandbox init yet, so coppiced cannot run sandboxes there.
 
 use std::process::ExitCode;
 

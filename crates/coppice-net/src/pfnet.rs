@@ -1,0 +1,301 @@
+//! `PfNetwork`: FreeBSD's `NetPolicy`. Each sandbox gets an epair whose host end is a private
+//! member of the bridge and whose jail end the runtime moves into the sandbox's VNET jail
+//! ([`NetAttachment::Vnet`]); its egress policy is a pf anchor ([`crate::pf`]). Epairs can be
+//! prepared ahead of time ([`PfNetwork::prefill`]), so a create only loads the anchor.
+//!
+//! Not built yet on this side: the sandbox resolver (so domain entries are refused and no
+//! resolver is handed to the sandbox), records that let a restarted daemon adopt its
+//! sandboxes, and a background refill of prepared epairs.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use coppice_core::SandboxId;
+use coppice_core::net::{NetAttachment, NetError, NetPolicy};
+use coppice_core::spec::NetworkSpec;
+
+use crate::egress::EgressPolicy;
+use crate::sys::PfSys;
+use crate::{BridgeConfig, ConfigError, epair, pf};
+
+/// Why the pf network cannot start.
+#[derive(Debug, thiserror::Error)]
+pub enum PfStartError {
+    /// The bridge settings are unusable.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// `pf.conf` does not hook coppice's anchors in.
+    #[error(transparent)]
+    MissingAnchor(#[from] pf::MissingAnchor),
+    /// `pf.conf` cannot be read.
+    #[error("cannot read pf.conf")]
+    PfConf(#[source] std::io::Error),
+    /// A host command failed.
+    #[error("setting up the bridge failed")]
+    Host(#[source] std::io::Error),
+}
+
+#[derive(Debug, Default)]
+struct State {
+    used: BTreeSet<u32>,
+    /// Indexes whose epair is prepared and not yet handed out, oldest first.
+    ready: VecDeque<u32>,
+    attached: BTreeMap<SandboxId, u32>,
+}
+
+/// Sandboxes on a FreeBSD bridge, filtered by pf.
+#[derive(Debug)]
+pub struct PfNetwork {
+    config: BridgeConfig,
+    sys: Arc<dyn PfSys>,
+    state: Mutex<State>,
+}
+
+fn backend(op: &'static str, error: std::io::Error) -> NetError {
+    NetError::Backend {
+        op,
+        source: Box::new(error),
+    }
+}
+
+impl PfNetwork {
+    /// Checks `pf.conf`, turns forwarding and member filtering on, and makes the bridge with
+    /// its addresses unless it exists.
+    ///
+    /// # Errors
+    /// A bad config, a `pf.conf` without the anchor line, or a failed host command.
+    pub fn start(config: BridgeConfig, sys: Arc<dyn PfSys>) -> Result<Self, PfStartError> {
+        config.validate()?;
+        pf::check_pf_conf(&sys.pf_conf().map_err(PfStartError::PfConf)?)?;
+        let run = |program: &str, args: &[&str]| {
+            let args: Vec<String> = args.iter().map(|&arg| arg.to_owned()).collect();
+            sys.run(program, &args, None).map_err(PfStartError::Host)
+        };
+        run(
+            "sysctl",
+            &[
+                "net.inet.ip.forwarding=1",
+                "net.inet6.ip6.forwarding=1",
+                "net.link.bridge.pfil_member=1",
+            ],
+        )?;
+        let bridge = config.bridge.as_str();
+        if run("ifconfig", &[bridge]).is_err() {
+            let created = run("ifconfig", &["bridge", "create"])?;
+            run("ifconfig", &[created.trim(), "name", bridge])?;
+        }
+        let v4 = format!("{}/{}", config.bridge_v4(), config.ipv4.prefix_len());
+        let v6 = config.bridge_v6().to_string();
+        let v6_len = config.ipv6.prefix_len().to_string();
+        run("ifconfig", &[bridge, "inet", &v4, "alias"])?;
+        run(
+            "ifconfig",
+            &[
+                bridge,
+                "inet6",
+                &v6,
+                "prefixlen",
+                &v6_len,
+                "no_dad",
+                "alias",
+            ],
+        )?;
+        run("ifconfig", &[bridge, "up"])?;
+        Ok(Self {
+            config,
+            sys,
+            state: Mutex::new(State::default()),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn run(
+        &self,
+        op: &'static str,
+        command: &[String],
+        stdin: Option<&str>,
+    ) -> Result<String, NetError> {
+        let (program, args) = command.split_first().ok_or(NetError::Invalid {
+            reason: "empty command".into(),
+        })?;
+        self.sys
+            .run(program, args, stdin)
+            .map_err(|error| backend(op, error))
+    }
+
+    fn pfctl(
+        &self,
+        op: &'static str,
+        args: &[String],
+        stdin: Option<&str>,
+    ) -> Result<(), NetError> {
+        self.sys
+            .run("pfctl", args, stdin)
+            .map(drop)
+            .map_err(|error| backend(op, error))
+    }
+
+    fn allocate(&self) -> Result<u32, NetError> {
+        let mut state = self.state();
+        let index = (1..=self.config.capacity())
+            .find(|index| !state.used.contains(index))
+            .ok_or(NetError::Exhausted {
+                what: "sandbox addresses",
+            })?;
+        state.used.insert(index);
+        Ok(index)
+    }
+
+    /// Makes the epair of `index`, named, bridged and up; undone if a step fails.
+    fn prepare(&self, index: u32) -> Result<(), NetError> {
+        let created = self.run("create epair", &epair::create(), None)?;
+        let steps =
+            epair::prepare(&self.config, index, &created).map_err(|error| NetError::Backend {
+                op: "create epair",
+                source: Box::new(error),
+            });
+        let result = steps.and_then(|steps| {
+            steps
+                .iter()
+                .try_for_each(|step| self.run("prepare epair", step, None).map(drop))
+        });
+        if result.is_err() {
+            // The pair has its host name once the first step ran, its created name before.
+            let _ = self.run("destroy epair", &epair::destroy(&self.config, index), None);
+            let _ = self.sys.run(
+                "ifconfig",
+                &[created.trim().to_owned(), "destroy".to_owned()],
+                None,
+            );
+        }
+        result
+    }
+
+    /// Prepares epairs until `count` are ready, off the create path.
+    ///
+    /// # Errors
+    /// Out of addresses, or a host command failed (what was prepared stays ready).
+    pub fn prefill(&self, count: usize) -> Result<(), NetError> {
+        while self.state().ready.len() < count {
+            let index = self.allocate()?;
+            if let Err(error) = self.prepare(index) {
+                self.state().used.remove(&index);
+                return Err(error);
+            }
+            self.state().ready.push_back(index);
+        }
+        Ok(())
+    }
+
+    fn attachment(&self, index: u32) -> NetAttachment {
+        let (v4, v6) = self.config.sandbox_addresses(index);
+        NetAttachment::Vnet {
+            interface: epair::jail_end(index),
+            mac: self.config.sandbox_mac(index),
+            addresses: vec![
+                (IpAddr::V4(v4), self.config.ipv4.prefix_len()),
+                (IpAddr::V6(v6), self.config.ipv6.prefix_len()),
+            ],
+            gateways: vec![
+                IpAddr::V4(self.config.bridge_v4()),
+                IpAddr::V6(self.config.bridge_v6()),
+            ],
+            dns: Vec::new(),
+        }
+    }
+
+    fn load(&self, index: u32, policy: &EgressPolicy) -> Result<(), NetError> {
+        let rules = pf::anchor_rules(&self.config, index, policy);
+        self.pfctl("load pf anchor", &pf::load_anchor(index), Some(&rules))
+    }
+
+    /// Removes everything of `index` and frees it. An index whose anchor or epair could not
+    /// be removed stays taken, so no later sandbox inherits its rules or interface.
+    fn release(&self, index: u32) -> Result<(), NetError> {
+        let flushed = self.pfctl("flush pf anchor", &pf::flush_anchor(index), None);
+        for args in pf::kill_states(&self.config, index) {
+            let _ = self.pfctl("kill states", &args, None);
+        }
+        let destroyed = self
+            .run("destroy epair", &epair::destroy(&self.config, index), None)
+            .map(drop);
+        flushed.and(destroyed)?;
+        self.state().used.remove(&index);
+        Ok(())
+    }
+}
+
+/// The policy of `spec`, refusing what pf cannot enforce yet.
+fn policy_of(spec: &NetworkSpec) -> Result<EgressPolicy, NetError> {
+    let policy = EgressPolicy::from_spec(spec)?;
+    if !policy.allow_domains.is_empty() || !policy.deny_domains.is_empty() {
+        return Err(NetError::Invalid {
+            reason: "domain entries in allowOut and denyOut need the sandbox resolver, which \
+                     coppice does not run on FreeBSD yet; use addresses and CIDRs"
+                .into(),
+        });
+    }
+    Ok(policy)
+}
+
+impl NetPolicy for PfNetwork {
+    fn attach(&self, id: &SandboxId, spec: &NetworkSpec) -> Result<NetAttachment, NetError> {
+        let policy = policy_of(spec)?;
+        if self.state().attached.contains_key(id) {
+            return Err(NetError::Invalid {
+                reason: format!("sandbox {id} is already attached"),
+            });
+        }
+        let pooled = self.state().ready.pop_front();
+        let index = match pooled {
+            Some(index) => index,
+            None => {
+                let index = self.allocate()?;
+                if let Err(error) = self.prepare(index) {
+                    self.state().used.remove(&index);
+                    return Err(error);
+                }
+                index
+            }
+        };
+        if let Err(error) = self.load(index, &policy) {
+            let _ = self.release(index);
+            return Err(error);
+        }
+        self.state().attached.insert(id.clone(), index);
+        Ok(self.attachment(index))
+    }
+
+    fn update(&self, id: &SandboxId, spec: &NetworkSpec) -> Result<(), NetError> {
+        let policy = policy_of(spec)?;
+        let index = *self
+            .state()
+            .attached
+            .get(id)
+            .ok_or_else(|| NetError::NotFound { id: id.clone() })?;
+        self.load(index, &policy)?;
+        // States are judged when made: end the open ones so the new rules apply to them.
+        for args in pf::kill_states(&self.config, index) {
+            self.pfctl("kill states", &args, None)?;
+        }
+        Ok(())
+    }
+
+    fn detach(&self, id: &SandboxId) -> Result<(), NetError> {
+        let Some(index) = self.state().attached.remove(id) else {
+            return Ok(());
+        };
+        self.release(index)
+    }
+
+    fn list(&self) -> Result<Vec<SandboxId>, NetError> {
+        Ok(self.state().attached.keys().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

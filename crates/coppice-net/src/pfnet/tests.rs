@@ -1,0 +1,205 @@
+//! `PfNetwork` over the recording fake of the FreeBSD host.
+
+use super::*;
+use crate::sys::FakePfSys;
+
+const PF_CONF: &str = "set skip on lo0\npass out all\nanchor \"coppice/*\"\n";
+
+fn network() -> (PfNetwork, Arc<FakePfSys>) {
+    let fake = Arc::new(FakePfSys::default().with_pf_conf(PF_CONF));
+    let network = PfNetwork::start(
+        crate::pf::test_config(),
+        Arc::clone(&fake) as Arc<dyn PfSys>,
+    )
+    .unwrap();
+    (network, fake)
+}
+
+fn id(name: &str) -> SandboxId {
+    name.parse().unwrap()
+}
+
+fn spec(internet: bool, allow: &[&str]) -> NetworkSpec {
+    NetworkSpec {
+        allow_internet: internet,
+        allow_out: allow.iter().map(|entry| (*entry).to_owned()).collect(),
+        ..NetworkSpec::default()
+    }
+}
+
+#[test]
+fn test_start_refuses_a_pf_conf_without_the_anchor_and_touches_nothing() {
+    let fake = Arc::new(FakePfSys::default().with_pf_conf("pass all\n"));
+    let error = PfNetwork::start(
+        crate::pf::test_config(),
+        Arc::clone(&fake) as Arc<dyn PfSys>,
+    )
+    .unwrap_err();
+    assert!(matches!(error, PfStartError::MissingAnchor(_)), "{error}");
+    assert!(fake.commands().is_empty());
+}
+
+#[test]
+fn test_start_makes_the_bridge_only_when_it_is_missing() {
+    let (_, fake) = network();
+    assert_eq!(
+        fake.commands(),
+        [
+            "sysctl net.inet.ip.forwarding=1 net.inet6.ip6.forwarding=1 net.link.bridge.pfil_member=1",
+            "ifconfig coppice0",
+            "ifconfig bridge create",
+            "ifconfig bridge1 name coppice0",
+            "ifconfig coppice0 inet 10.213.0.1/16 alias",
+            "ifconfig coppice0 inet6 fd00:c0:ffee::1 prefixlen 64 no_dad alias",
+            "ifconfig coppice0 up",
+        ]
+    );
+    let fake = Arc::new(
+        FakePfSys::default()
+            .with_pf_conf(PF_CONF)
+            .with_interface("coppice0"),
+    );
+    PfNetwork::start(
+        crate::pf::test_config(),
+        Arc::clone(&fake) as Arc<dyn PfSys>,
+    )
+    .unwrap();
+    assert!(!fake.commands().iter().any(|c| c.contains("bridge create")));
+}
+
+#[test]
+fn test_attach_prepares_an_epair_loads_the_anchor_and_hands_over_the_jail_end() {
+    let (network, fake) = network();
+    let attachment = network
+        .attach(&id("a1"), &spec(false, &["192.0.2.0/24"]))
+        .unwrap();
+    assert_eq!(
+        attachment,
+        NetAttachment::Vnet {
+            interface: "cpj1".into(),
+            mac: "02:c0:ff:ee:00:01".into(),
+            addresses: vec![
+                ("10.213.0.2".parse().unwrap(), 16),
+                ("fd00:c0:ffee::2".parse().unwrap(), 64)
+            ],
+            gateways: vec![
+                "10.213.0.1".parse().unwrap(),
+                "fd00:c0:ffee::1".parse().unwrap()
+            ],
+            dns: Vec::new(),
+        }
+    );
+    let anchors = fake.anchors();
+    let rules = &anchors["coppice/sbx_1"];
+    assert_eq!(
+        *rules,
+        crate::pf::anchor_rules(
+            &crate::pf::test_config(),
+            1,
+            &EgressPolicy::from_spec(&spec(false, &["192.0.2.0/24"])).unwrap()
+        )
+    );
+    assert!(rules.ends_with(
+        "block return in quick on \"coppice0\" from { 10.213.0.2 fd00:c0:ffee::2 } to any\n"
+    ));
+    assert!(fake.interfaces().contains(&"coppice0-1".to_owned()));
+    assert!(fake.interfaces().contains(&"cpj1".to_owned()));
+    assert_eq!(network.list().unwrap(), vec![id("a1")]);
+}
+
+#[test]
+fn test_a_prefilled_epair_makes_attach_a_single_pfctl() {
+    let (network, fake) = network();
+    network.prefill(2).unwrap();
+    let before = fake.commands().len();
+    network.attach(&id("a1"), &NetworkSpec::default()).unwrap();
+    let commands = fake.commands();
+    assert_eq!(commands[before..], ["pfctl -a coppice/sbx_1 -f -"]);
+    network.prefill(2).unwrap();
+    assert_eq!(
+        fake.interfaces()
+            .iter()
+            .filter(|name| name.starts_with("cpj"))
+            .count(),
+        3
+    );
+}
+
+#[test]
+fn test_a_failed_attach_leaves_nothing_and_frees_its_index() {
+    for failing in [
+        "ifconfig epair create",
+        "ifconfig coppice0 addm",
+        "pfctl -a coppice/sbx_1 -f",
+    ] {
+        let (network, fake) = network();
+        let interfaces = fake.interfaces();
+        fake.fail_next(failing);
+        let error = network
+            .attach(&id("a1"), &NetworkSpec::default())
+            .unwrap_err();
+        assert!(
+            matches!(error, NetError::Backend { .. }),
+            "{failing}: {error}"
+        );
+        assert_eq!(
+            fake.interfaces(),
+            interfaces,
+            "{failing}: an interface stayed"
+        );
+        assert!(fake.anchors().is_empty(), "{failing}: an anchor stayed");
+        assert!(network.list().unwrap().is_empty());
+        // The index is free again.
+        let NetAttachment::Vnet { interface, .. } =
+            network.attach(&id("a1"), &NetworkSpec::default()).unwrap()
+        else {
+            panic!("not a VNET attachment");
+        };
+        assert_eq!(interface, "cpj1", "{failing}");
+    }
+}
+
+#[test]
+fn test_update_swaps_the_anchor_and_kills_the_sandboxs_states() {
+    let (network, fake) = network();
+    network.attach(&id("a1"), &NetworkSpec::default()).unwrap();
+    let before = fake.commands().len();
+    network.update(&id("a1"), &spec(false, &[])).unwrap();
+    assert_eq!(
+        fake.commands()[before..],
+        [
+            "pfctl -a coppice/sbx_1 -f -",
+            "pfctl -k 10.213.0.2",
+            "pfctl -k fd00:c0:ffee::2"
+        ]
+    );
+    assert!(fake.anchors()["coppice/sbx_1"].ends_with("to any\n"));
+    assert!(matches!(
+        network.update(&id("nobody"), &NetworkSpec::default()),
+        Err(NetError::NotFound { .. })
+    ));
+}
+
+#[test]
+fn test_detach_removes_the_anchor_the_states_and_the_epair() {
+    let (network, fake) = network();
+    let interfaces = fake.interfaces();
+    network.attach(&id("a1"), &NetworkSpec::default()).unwrap();
+    network.detach(&id("a1")).unwrap();
+    assert_eq!(fake.interfaces(), interfaces);
+    assert!(fake.anchors().is_empty());
+    assert!(network.list().unwrap().is_empty());
+    network.detach(&id("a1")).unwrap();
+}
+
+#[test]
+fn test_domain_entries_are_refused_until_the_resolver_exists() {
+    let (network, fake) = network();
+    let before = fake.commands().len();
+    let error = network
+        .attach(&id("a1"), &spec(true, &["example.com"]))
+        .unwrap_err();
+    assert!(matches!(error, NetError::Invalid { .. }), "{error}");
+    assert!(error.to_string().contains("invalid network policy"));
+    assert_eq!(fake.commands().len(), before, "nothing ran");
+}
