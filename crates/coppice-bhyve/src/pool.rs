@@ -42,6 +42,15 @@ pub enum PoolError {
     },
 }
 
+/// What becomes of a VM that finished booting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Booted {
+    /// It waits for a create.
+    Ready,
+    /// The target shrank while it booted: it is to be destroyed.
+    Surplus,
+}
+
 /// How many VMs are in each state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PoolCounts {
@@ -146,14 +155,20 @@ impl WarmPool {
         Ok(())
     }
 
-    /// `vm` finished booting and is held stopped.
+    /// `vm` finished booting: held stopped for a create, or surplus when the target shrank
+    /// meanwhile.
     ///
     /// # Errors
     /// An unknown VM, or one that was not booting.
-    pub fn booted(&mut self, vm: &str) -> Result<(), PoolError> {
+    pub fn booted(&mut self, vm: &str) -> Result<Booted, PoolError> {
+        let other_booting = self.counts().booting.saturating_sub(1);
+        if self.ready.len() + other_booting >= self.target {
+            self.transition(vm, "booted", VmState::Booting, VmState::Destroying)?;
+            return Ok(Booted::Surplus);
+        }
         self.transition(vm, "booted", VmState::Booting, VmState::Ready)?;
         self.ready.push_back(vm.to_owned());
-        Ok(())
+        Ok(Booted::Ready)
     }
 
     /// `vm` failed to boot; it is to be destroyed.
@@ -255,6 +270,21 @@ mod tests {
         assert_eq!(pool.counts(), counts(0, 1, 0, 2));
         assert_eq!(pool.checkout().as_deref(), Some("warm-1"));
         assert_eq!(pool.set_target(1), Vec::<String>::new());
+    }
+
+    #[test]
+    fn test_vms_booting_past_a_shrunk_target_are_surplus() {
+        let mut pool = WarmPool::new("warm-", 3);
+        let booting = pool.to_boot();
+        assert_eq!(
+            pool.set_target(1),
+            Vec::<String>::new(),
+            "booting ones cannot go yet"
+        );
+        assert_eq!(pool.booted(&booting[0]), Ok(Booted::Surplus));
+        assert_eq!(pool.booted(&booting[1]), Ok(Booted::Surplus));
+        assert_eq!(pool.booted(&booting[2]), Ok(Booted::Ready));
+        assert_eq!(pool.counts(), counts(0, 1, 0, 2));
     }
 
     #[test]

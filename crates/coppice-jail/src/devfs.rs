@@ -5,9 +5,10 @@
 use std::fmt::Write as _;
 
 /// The nodes a sandbox sees, as devfs path patterns.
-pub const VISIBLE: [&str; 11] = [
-    "null", "zero", "random", "urandom", "crypto", "stdin", "stdout", "stderr", "fd", "ptmx",
-    "pts/*",
+/// A directory is listed with its entries: hiding it would white out every path below it.
+pub const VISIBLE: [&str; 13] = [
+    "null", "zero", "random", "urandom", "crypto", "stdin", "stdout", "stderr", "fd", "fd/*",
+    "ptmx", "pts", "pts/*",
 ];
 
 /// The ruleset as `/etc/devfs.rules` holds it: a `[name=number]` section.
@@ -54,6 +55,14 @@ mod tests {
         for hidden in ["bpf", "mem", "kmem", "pf", "ada0", "md0"] {
             assert!(!VISIBLE.contains(&hidden), "{hidden}");
         }
+        // A hidden directory would white out what is below it.
+        for path in VISIBLE {
+            if let Some((parent, _)) = path.rsplit_once('/') {
+                assert!(VISIBLE.contains(&parent), "{path} needs {parent}");
+            }
+        }
+        // /dev/stdin and friends point into fd/.
+        assert!(VISIBLE.contains(&"fd/*"));
         let commands: Vec<String> = devfs_commands(4215).iter().map(|c| c.join(" ")).collect();
         assert_eq!(commands[0], "devfs rule -s 4215 delset");
         assert_eq!(commands[1], "devfs rule -s 4215 add hide");

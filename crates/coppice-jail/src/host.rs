@@ -22,6 +22,15 @@ pub enum JailError {
         /// The name.
         name: String,
     },
+    /// The devfs ruleset could not be loaded.
+    #[error("loading devfs ruleset {number} failed")]
+    Ruleset {
+        /// The ruleset.
+        number: u16,
+        /// The host's error.
+        #[source]
+        source: io::Error,
+    },
     /// A parameter cannot be passed to jail(2).
     #[error(transparent)]
     Parameter(#[from] InteriorNul),
@@ -57,6 +66,18 @@ impl JailHost {
     /// A host reached through `sys`.
     pub fn new(sys: Arc<dyn JailSys>) -> Self {
         Self { sys }
+    }
+
+    /// Loads the devfs ruleset `number` ([`crate::devfs`]); once, at start, before any jail
+    /// uses it: mounting devfs with a ruleset that does not exist makes an empty one, which
+    /// hides nothing.
+    ///
+    /// # Errors
+    /// `devfs` refused a rule.
+    pub fn load_devfs_ruleset(&self, number: u16) -> Result<(), JailError> {
+        self.sys
+            .load_devfs_ruleset(number, &crate::devfs::devfs_commands(number))
+            .map_err(|source| JailError::Ruleset { number, source })
     }
 
     fn host_error(step: &'static str, name: &JailName) -> impl FnOnce(io::Error) -> JailError {
@@ -166,7 +187,29 @@ mod tests {
 
     fn host() -> (JailHost, Arc<FakeJailSys>) {
         let fake = Arc::new(FakeJailSys::default());
-        (JailHost::new(Arc::clone(&fake) as Arc<dyn JailSys>), fake)
+        let host = JailHost::new(Arc::clone(&fake) as Arc<dyn JailSys>);
+        host.load_devfs_ruleset(4215).unwrap();
+        (host, fake)
+    }
+
+    #[test]
+    fn test_a_jail_needs_its_devfs_ruleset_loaded_first() {
+        let fake = Arc::new(FakeJailSys::default());
+        let host = JailHost::new(Arc::clone(&fake) as Arc<dyn JailSys>);
+        let error = host.create(&spec(), LIMITS).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                JailError::Host {
+                    step: "mount devfs",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
+        assert_eq!(fake.held(), (vec![], vec![], vec![]));
+        host.load_devfs_ruleset(4215).unwrap();
+        host.create(&spec(), LIMITS).unwrap();
     }
 
     #[test]
@@ -177,6 +220,7 @@ mod tests {
         assert_eq!(
             fake.calls(),
             [
+                "devfs ruleset 4215 (15 commands)",
                 "jail_id sbx-a1",
                 "mount devfs ruleset=4215 /var/db/coppice/sandboxes/a1/dev",
                 "jail_create sbx-a1 (14 params)",
@@ -252,6 +296,6 @@ mod tests {
             host.create(&spec, LIMITS).unwrap_err(),
             JailError::Parameter(_)
         ));
-        assert_eq!(fake.calls(), ["jail_id sbx-a1"]);
+        assert_eq!(fake.calls()[1..], ["jail_id sbx-a1"]);
     }
 }

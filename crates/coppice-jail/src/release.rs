@@ -132,14 +132,35 @@ impl HostRelease {
                 })
             };
         }
-        let newest_fixed = FIXED.iter().map(|(s, _)| *s).max().unwrap_or((0, 0));
-        // Series between the fixed ones (e.g. a 15.x that never shipped) do not exist.
-        if series > newest_fixed {
+        // A series not named by the advisory is newer than the fixed series of its major
+        // version (released with the fix) or older than all of them (unsupported).
+        let oldest_fixed = |major: u32| {
+            FIXED
+                .iter()
+                .filter(|((fixed_major, _), _)| *fixed_major == major)
+                .min_by_key(|((_, minor), _)| *minor)
+                .map(|((major, minor), patch)| format!("{major}.{minor}-RELEASE-p{patch}"))
+        };
+        let newest_major = FIXED
+            .iter()
+            .map(|((major, _), _)| *major)
+            .max()
+            .unwrap_or(0);
+        let newest_minor_of_major = FIXED
+            .iter()
+            .filter(|((major, _), _)| *major == self.major)
+            .map(|((_, minor), _)| *minor)
+            .max();
+        let newer = self.major > newest_major
+            || newest_minor_of_major.is_some_and(|minor| self.minor > minor);
+        if newer {
             Ok(())
         } else {
             Err(ReleaseError::Unpatched {
                 found: self,
-                needed: "14.4-RELEASE-p10".into(),
+                needed: oldest_fixed(self.major)
+                    .or_else(|| oldest_fixed(14))
+                    .unwrap_or_default(),
             })
         }
     }
@@ -159,11 +180,13 @@ mod tests {
             ("14.5-RELEASE-p1", Ok(())),
             ("15.2-RELEASE", Ok(())),
             ("16.0-RELEASE-p2", Ok(())),
+            ("14.6-RELEASE", Ok(())),
             ("15.0-RELEASE-p13", Err("15.0-RELEASE-p14")),
             ("15.1-RELEASE", Err("15.1-RELEASE-p4")),
             ("14.5-RELEASE", Err("14.5-RELEASE-p1")),
             ("14.4-RELEASE-p9", Err("14.4-RELEASE-p10")),
             ("14.3-RELEASE-p20", Err("14.4-RELEASE-p10")),
+            ("15.0-RELEASE", Err("15.0-RELEASE-p14")),
             ("13.5-RELEASE-p8", Err("14.4-RELEASE-p10")),
         ];
         for (text, expected) in cases {

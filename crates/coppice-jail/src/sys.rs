@@ -34,10 +34,18 @@ pub trait JailSys: Send + Sync + 'static {
     /// The kernel refused.
     fn jail_remove(&self, jid: i32) -> io::Result<()>;
 
-    /// Mounts devfs on `target` with devfs ruleset `ruleset`.
+    /// Replaces devfs ruleset `number` with `commands` (`devfs rule -s <number> …` argument
+    /// lists, emptying it first).
     ///
     /// # Errors
-    /// The mount failed.
+    /// `devfs` refused a rule.
+    fn load_devfs_ruleset(&self, number: u16, commands: &[Vec<String>]) -> io::Result<()>;
+
+    /// Mounts devfs on `target` with devfs ruleset `ruleset`. `target` comes from the
+    /// sandbox's files, so it must be a directory itself, not a link to one elsewhere.
+    ///
+    /// # Errors
+    /// `target` is not a plain directory, or the mount failed.
     fn mount_devfs(&self, target: &Path, ruleset: u16) -> io::Result<()>;
 
     /// Unmounts `target`; `false` when nothing was mounted there.

@@ -62,7 +62,8 @@ pub struct NotAnEpair(pub String);
 
 /// Commands that move the jail end of the pair at `index` into `jail` and configure it there:
 /// `eth0` with the index's MAC and addresses (no duplicate detection: the address is the
-/// sandbox's alone), loopback, and default routes through the bridge.
+/// sandbox's alone), loopback with 127.0.0.1 (a new VNET's `lo0` has no address), and default
+/// routes through the bridge.
 pub fn hand_over(config: &BridgeConfig, index: u32, jail: &str) -> Vec<Vec<String>> {
     let (v4, v6) = config.sandbox_addresses(index);
     let v4_address = format!("{v4}/{}", config.ipv4.prefix_len());
@@ -90,7 +91,7 @@ pub fn hand_over(config: &BridgeConfig, index: u32, jail: &str) -> Vec<Vec<Strin
             "no_dad",
         ]),
         command(&["ifconfig", "-j", jail, "eth0", "up"]),
-        command(&["ifconfig", "-j", jail, "lo0", "up"]),
+        command(&["ifconfig", "-j", jail, "lo0", "inet", "127.0.0.1/8", "up"]),
         command(&["route", "-j", jail, "add", "-inet", "default", &gateway4]),
         command(&["route", "-j", jail, "add", "-inet6", "default", &gateway6]),
     ]
@@ -146,7 +147,7 @@ mod tests {
                 "ifconfig -j sbx-abc eth0 inet 10.213.0.8/16",
                 "ifconfig -j sbx-abc eth0 inet6 fd00:c0:ffee::8 prefixlen 64 no_dad",
                 "ifconfig -j sbx-abc eth0 up",
-                "ifconfig -j sbx-abc lo0 up",
+                "ifconfig -j sbx-abc lo0 inet 127.0.0.1/8 up",
                 "route -j sbx-abc add -inet default 10.213.0.1",
                 "route -j sbx-abc add -inet6 default fd00:c0:ffee::1",
             ]

@@ -1,16 +1,22 @@
 //! FreeBSD's side of the egress policy: the pf anchor of one sandbox, rendered from the same
 //! [`EgressPolicy`] and [`BridgeConfig`] as the nftables rules, plus the `pfctl` argument
-//! lists that load it, swap it and kill a sandbox's states, and the check that the host's
-//! `pf.conf` hooks coppice's anchors in.
+//! lists that load it, swap it and kill a sandbox's states, and the lines the host's
+//! `pf.conf` must hold around coppice's anchors.
 //!
 //! pf evaluates every rule and the last match wins, so every rule here is `quick` (the first
 //! match wins), in the order nftables uses: the resolver, allowOut, pinned names, denyOut,
-//! the host itself, other sandboxes, then the outside or the air gap. Refusals are
-//! `block return` (a reset or an ICMP error), so clients fail at once rather than time out.
-//! Each sandbox's anchor also guards its bridge member against sources that are not its
-//! own, which needs `net.link.bridge.pfil_member=1`.
+//! the host itself, then the outside or the air gap. Refusals are `block return` (a reset or
+//! an ICMP error), so clients fail at once rather than time out.
 //!
-//! Nothing here runs a command: the FreeBSD `NetPolicy` feeds these texts to `pfctl`.
+//! What a sandbox anchor cannot express lives in `pf.conf`, after the anchor line (see
+//! [`pf_conf_lines`]): nothing new leaves the host onto the bridge (no sandbox reaches
+//! another, no other host reaches a sandbox; replies travel on the states their requests
+//! made), and a packet from the bridge that no sandbox anchor claimed (a source that is no
+//! sandbox's) is dropped. A sandbox's anchor also holds its member to its own source addresses
+//! (stateless, so the bridge-level rules still judge every packet); that guard needs
+//! `net.link.bridge.pfil_local_phys=1`.
+//!
+//! Nothing here runs a command: [`crate::PfNetwork`] feeds these texts to `pfctl`.
 
 use std::fmt::Write as _;
 
@@ -41,13 +47,12 @@ pub fn anchor_rules(config: &BridgeConfig, index: u32, policy: &EgressPolicy) ->
         let _ = writeln!(rules, "{text}");
     };
     line(format!("table <{PIN_TABLE}> persist"));
-    // Spoofing guard on the member: its own addresses, and link-local for neighbour
-    // discovery; nothing else enters the bridge from this port.
+    // The member guard: its own addresses, and link-local ICMPv6 for neighbour discovery.
     line(format!(
-        "pass in quick on \"{member}\" inet6 proto ipv6-icmp from fe80::/10 to any"
+        "pass in quick on \"{member}\" inet6 proto ipv6-icmp from fe80::/10 to any no state"
     ));
     line(format!(
-        "pass in quick on \"{member}\" from {sources} to any"
+        "pass in quick on \"{member}\" from {sources} to any no state"
     ));
     line(format!("block drop in quick on \"{member}\" all"));
     line(format!(
@@ -69,10 +74,6 @@ pub fn anchor_rules(config: &BridgeConfig, index: u32, policy: &EgressPolicy) ->
         ));
     }
     line(format!("block return {on} from {sources} to self"));
-    line(format!(
-        "block return {on} from {sources} to {{ {} {} }}",
-        config.ipv4, config.ipv6
-    ));
     if policy.internet {
         line(format!("pass {on} from {sources} to any"));
     } else {
@@ -121,37 +122,69 @@ pub fn pin(index: u32, addresses: &[std::net::IpAddr]) -> Vec<String> {
     args
 }
 
-/// The lines the host's `pf.conf` needs for coppice: NAT of both sandbox prefixes out of
-/// `uplink`, and the anchor every sandbox's rules hang from.
-pub fn pf_conf_lines(config: &BridgeConfig, uplink: &str) -> String {
-    format!(
-        "nat on {uplink} inet from {} to any -> ({uplink})\n\
-         nat on {uplink} inet6 from {} to any -> ({uplink})\n\
-         anchor \"{ANCHOR_ROOT}/*\"\n",
-        config.ipv4, config.ipv6
-    )
+/// The lines of the host's `pf.conf` that coppice's isolation depends on, in order, without
+/// the NAT (see [`pf_conf_lines`]).
+fn required_lines(bridge: &str) -> [String; 4] {
+    [
+        format!(
+            "pass quick on \"{bridge}\" inet6 proto ipv6-icmp icmp6-type {{ neighbrsol neighbradv routersol routeradv }} no state"
+        ),
+        format!("anchor \"{ANCHOR_ROOT}/*\""),
+        format!("block return out quick on \"{bridge}\" all"),
+        format!("block drop in quick on \"{bridge}\" all"),
+    ]
 }
 
-/// The host's `pf.conf` does not load coppice's anchors.
+/// What the host's `pf.conf` needs for coppice: NAT of both sandbox prefixes out of `uplink`
+/// (in the translation section), neighbour discovery on the bridge, the anchor every
+/// sandbox's rules hang from, and behind it the blocks of new flows onto the bridge and of
+/// sources no anchor claimed.
+pub fn pf_conf_lines(config: &BridgeConfig, uplink: &str) -> String {
+    let mut text = format!(
+        "nat on {uplink} inet from {} to any -> ({uplink})\n\
+         nat on {uplink} inet6 from {} to any -> ({uplink})\n",
+        config.ipv4, config.ipv6
+    );
+    for line in required_lines(&config.bridge) {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    text
+}
+
+/// The host's `pf.conf` lacks a line coppice's isolation depends on.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error(
-    "pf.conf has no line `anchor \"{ANCHOR_ROOT}/*\"`: sandbox egress rules would never be \
-     evaluated; add it after the host's own filter rules and reload pf"
+    "pf.conf lacks the line `{line}`, without which sandboxes are not isolated; add the lines \
+     coppice needs (docs/freebsd.md lists them) after the host's own filter rules, in order, \
+     and reload pf"
 )]
-pub struct MissingAnchor;
+pub struct MissingPfConfLine {
+    /// The missing line.
+    pub line: String,
+}
 
-/// Checks that `pf_conf` (the text of `/etc/pf.conf`) has the anchor line, ignoring
-/// comments and spacing.
+/// Checks that `pf_conf` (the text of `/etc/pf.conf`) holds the lines coppice needs for the
+/// bridge `bridge`, in order, ignoring comments and spacing.
 ///
 /// # Errors
-/// [`MissingAnchor`] when no uncommented line hooks `coppice/*` in.
-pub fn check_pf_conf(pf_conf: &str) -> Result<(), MissingAnchor> {
-    let wanted = format!("anchor \"{ANCHOR_ROOT}/*\"");
-    let found = pf_conf.lines().any(|line| {
-        let code = line.split('#').next().unwrap_or_default();
-        code.split_whitespace().collect::<Vec<_>>().join(" ") == wanted
-    });
-    if found { Ok(()) } else { Err(MissingAnchor) }
+/// The first line that is missing or out of order.
+pub fn check_pf_conf(pf_conf: &str, bridge: &str) -> Result<(), MissingPfConfLine> {
+    let normalized: Vec<String> = pf_conf
+        .lines()
+        .map(|line| {
+            let code = line.split('#').next().unwrap_or_default();
+            code.split_whitespace().collect::<Vec<_>>().join(" ")
+        })
+        .collect();
+    let mut from = 0;
+    for wanted in required_lines(bridge) {
+        match normalized[from..].iter().position(|line| *line == wanted) {
+            Some(at) => from += at + 1,
+            None => return Err(MissingPfConfLine { line: wanted }),
+        }
+    }
+    Ok(())
 }
 
 /// The default bridge, prefixes and state directory of a FreeBSD host, for tests.
@@ -181,8 +214,8 @@ mod tests {
     }
 
     const HEAD: &str = "table <coppice_pins> persist
-pass in quick on \"coppice0-4\" inet6 proto ipv6-icmp from fe80::/10 to any
-pass in quick on \"coppice0-4\" from { 10.213.0.5 fd00:c0:ffee::5 } to any
+pass in quick on \"coppice0-4\" inet6 proto ipv6-icmp from fe80::/10 to any no state
+pass in quick on \"coppice0-4\" from { 10.213.0.5 fd00:c0:ffee::5 } to any no state
 block drop in quick on \"coppice0-4\" all
 pass in quick on \"coppice0\" proto { tcp udp } from { 10.213.0.5 fd00:c0:ffee::5 } to { 10.213.0.1 fd00:c0:ffee::1 } port 53
 ";
@@ -190,29 +223,26 @@ pass in quick on \"coppice0\" proto { tcp udp } from { 10.213.0.5 fd00:c0:ffee::
     #[test]
     fn test_anchor_rules_for_each_policy_shape() {
         let from = "from { 10.213.0.5 fd00:c0:ffee::5 }";
-        let tail = format!(
-            "block return in quick on \"coppice0\" {from} to self\n\
-             block return in quick on \"coppice0\" {from} to {{ 10.213.0.0/16 fd00:c0:ffee::/64 }}\n"
-        );
+        let host = format!("block return in quick on \"coppice0\" {from} to self\n");
         let pins = format!("pass in quick on \"coppice0\" {from} to <coppice_pins>\n");
         let cases = [
             (
                 "default",
                 policy(true, &[], &[]),
-                format!("{HEAD}{pins}{tail}pass in quick on \"coppice0\" {from} to any\n"),
+                format!("{HEAD}{pins}{host}pass in quick on \"coppice0\" {from} to any\n"),
             ),
             (
                 "air-gap",
                 policy(false, &[], &[]),
-                format!("{HEAD}{pins}{tail}block return in quick on \"coppice0\" {from} to any\n"),
+                format!("{HEAD}{pins}{host}block return in quick on \"coppice0\" {from} to any\n"),
             ),
             (
-                "allow wins over deny and over the air gap",
+                "allow wins over deny, the host and the air gap",
                 policy(false, &["192.0.2.0/24", "2001:db8::/32"], &["192.0.2.7/32"]),
                 format!(
                     "{HEAD}pass in quick on \"coppice0\" {from} to {{ 192.0.2.0/24 2001:db8::/32 }}\n\
                      {pins}block return in quick on \"coppice0\" {from} to {{ 192.0.2.7/32 }}\n\
-                     {tail}block return in quick on \"coppice0\" {from} to any\n"
+                     {host}block return in quick on \"coppice0\" {from} to any\n"
                 ),
             ),
             (
@@ -220,13 +250,28 @@ pass in quick on \"coppice0\" proto { tcp udp } from { 10.213.0.5 fd00:c0:ffee::
                 policy(true, &[], &["198.51.100.0/24"]),
                 format!(
                     "{HEAD}{pins}block return in quick on \"coppice0\" {from} to {{ 198.51.100.0/24 }}\n\
-                     {tail}pass in quick on \"coppice0\" {from} to any\n"
+                     {host}pass in quick on \"coppice0\" {from} to any\n"
                 ),
             ),
         ];
         for (name, policy, expected) in cases {
             assert_eq!(anchor_rules(&config(), 4, &policy), expected, "{name}");
         }
+    }
+
+    #[test]
+    fn test_no_anchor_rule_lets_a_sandbox_reach_another() {
+        // Sandbox-to-sandbox traffic leaves the host onto the bridge, and only pf.conf's
+        // `block return out` judges that direction: an allowOut covering the sandbox prefix
+        // must not hold a rule for it.
+        let rules = anchor_rules(&config(), 4, &policy(true, &["10.0.0.0/8"], &[]));
+        assert!(rules.lines().all(|rule| !rule.contains(" out ")), "{rules}");
+        let lines = pf_conf_lines(&config(), "vtnet0");
+        let anchor = lines.find("anchor \"coppice/*\"").unwrap();
+        let block_out = lines
+            .find("block return out quick on \"coppice0\" all")
+            .unwrap();
+        assert!(anchor < block_out);
     }
 
     #[test]
@@ -249,28 +294,55 @@ pass in quick on \"coppice0\" proto { tcp udp } from { 10.213.0.5 fd00:c0:ffee::
             pf_conf_lines(&config, "vtnet0"),
             "nat on vtnet0 inet from 10.213.0.0/16 to any -> (vtnet0)\n\
              nat on vtnet0 inet6 from fd00:c0:ffee::/64 to any -> (vtnet0)\n\
-             anchor \"coppice/*\"\n"
+             pass quick on \"coppice0\" inet6 proto ipv6-icmp icmp6-type { neighbrsol neighbradv routersol routeradv } no state\n\
+             anchor \"coppice/*\"\n\
+             block return out quick on \"coppice0\" all\n\
+             block drop in quick on \"coppice0\" all\n"
         );
     }
 
     #[test]
-    fn test_pf_conf_must_hook_the_anchor_in() {
-        let present = [
-            "anchor \"coppice/*\"\n",
-            "set skip on lo\npass out all\n  anchor   \"coppice/*\"   # sandboxes\n",
-        ];
-        for text in present {
-            assert_eq!(check_pf_conf(text), Ok(()), "{text:?}");
+    fn test_pf_conf_must_hold_the_required_lines_in_order() {
+        let complete = pf_conf_lines(&config(), "vtnet0");
+        assert_eq!(check_pf_conf(&complete, "coppice0"), Ok(()));
+        let spaced = format!(
+            "set skip on lo\npass out all\n{}",
+            complete.replace(' ', "   ")
+        )
+        .replace(
+            "anchor   \"coppice/*\"",
+            "  anchor \"coppice/*\"  # sandboxes",
+        );
+        assert_eq!(check_pf_conf(&spaced, "coppice0"), Ok(()));
+
+        let lines: Vec<&str> = complete.lines().skip(2).collect();
+        for missing in 0..lines.len() {
+            let text: String = lines
+                .iter()
+                .enumerate()
+                .filter(|(at, _)| *at != missing)
+                .map(|(_, line)| format!("{line}\n"))
+                .collect();
+            assert_eq!(
+                check_pf_conf(&text, "coppice0"),
+                Err(MissingPfConfLine {
+                    line: lines[missing].to_owned()
+                }),
+                "without line {missing}"
+            );
         }
-        let missing = [
-            "",
-            "# anchor \"coppice/*\"\n",
-            "anchor \"coppice\"\n",
-            "anchor \"other/*\"\npass all\n",
-        ];
-        for text in missing {
-            assert_eq!(check_pf_conf(text), Err(MissingAnchor), "{text:?}");
-        }
-        assert!(MissingAnchor.to_string().contains("anchor \"coppice/*\""));
+        let commented = complete.replace("anchor \"coppice/*\"", "# anchor \"coppice/*\"");
+        assert!(check_pf_conf(&commented, "coppice0").is_err());
+        let reversed: String = lines.iter().rev().map(|line| format!("{line}\n")).collect();
+        assert!(
+            check_pf_conf(&reversed, "coppice0").is_err(),
+            "order matters"
+        );
+        assert!(
+            check_pf_conf(&complete, "other0").is_err(),
+            "the bridge is named"
+        );
+        let error = check_pf_conf("", "coppice0").unwrap_err();
+        assert!(error.to_string().contains("docs/freebsd.md"), "{error}");
     }
 }

@@ -25,12 +25,12 @@ pub enum PfStartError {
     /// The bridge settings are unusable.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// `pf.conf` does not hook coppice's anchors in.
+    /// `pf.conf` lacks a line sandbox isolation depends on.
     #[error(transparent)]
-    MissingAnchor(#[from] pf::MissingAnchor),
+    PfConf(#[from] pf::MissingPfConfLine),
     /// `pf.conf` cannot be read.
     #[error("cannot read pf.conf")]
-    PfConf(#[source] std::io::Error),
+    ReadPfConf(#[source] std::io::Error),
     /// A host command failed.
     #[error("setting up the bridge failed")]
     Host(#[source] std::io::Error),
@@ -60,14 +60,17 @@ fn backend(op: &'static str, error: std::io::Error) -> NetError {
 }
 
 impl PfNetwork {
-    /// Checks `pf.conf`, turns forwarding and member filtering on, and makes the bridge with
-    /// its addresses unless it exists.
+    /// Checks `pf.conf`, turns forwarding and the filtering of bridge members on, and makes
+    /// the bridge with its addresses unless it exists.
     ///
     /// # Errors
-    /// A bad config, a `pf.conf` without the anchor line, or a failed host command.
+    /// A bad config, a `pf.conf` without the lines coppice needs, or a failed host command.
     pub fn start(config: BridgeConfig, sys: Arc<dyn PfSys>) -> Result<Self, PfStartError> {
         config.validate()?;
-        pf::check_pf_conf(&sys.pf_conf().map_err(PfStartError::PfConf)?)?;
+        pf::check_pf_conf(
+            &sys.pf_conf().map_err(PfStartError::ReadPfConf)?,
+            &config.bridge,
+        )?;
         let run = |program: &str, args: &[&str]| {
             let args: Vec<String> = args.iter().map(|&arg| arg.to_owned()).collect();
             sys.run(program, &args, None).map_err(PfStartError::Host)
@@ -77,7 +80,7 @@ impl PfNetwork {
             &[
                 "net.inet.ip.forwarding=1",
                 "net.inet6.ip6.forwarding=1",
-                "net.link.bridge.pfil_member=1",
+                "net.link.bridge.pfil_local_phys=1",
             ],
         )?;
         let bridge = config.bridge.as_str();

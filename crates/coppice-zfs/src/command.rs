@@ -9,6 +9,11 @@ use crate::list::LIST_COLUMNS;
 /// other implementations of the seam may carry it out another way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ZfsOp<'a> {
+    /// Whether one dataset exists (its name, or a "does not exist" failure).
+    Exists {
+        /// The dataset.
+        dataset: &'a DatasetName,
+    },
     /// Every filesystem under `root`, in [`LIST_COLUMNS`] order.
     List {
         /// The root dataset.
@@ -57,6 +62,7 @@ impl ZfsOp<'_> {
     /// The `zfs` command line (without the program name).
     pub fn argv(&self) -> Vec<String> {
         match *self {
+            Self::Exists { dataset } => strings(&["list", "-H", "-o", "name", dataset.as_str()]),
             Self::List { root } => list(root),
             Self::Create {
                 dataset,

@@ -79,7 +79,7 @@ impl ZfsStorage {
     pub fn open(layout: ZfsLayout, sys: Arc<dyn ZfsSys>) -> Result<Self, StorageError> {
         let storage = Self::new(layout, sys);
         let pool = DatasetName::parse(storage.layout.root().pool())?;
-        match storage.sys.zfs(&ZfsOp::List { root: &pool }) {
+        match storage.sys.zfs(&ZfsOp::Exists { dataset: &pool }) {
             Ok(_) => {}
             Err(error) if error.is_missing() => {
                 return Err(StorageError::Invalid {
@@ -164,11 +164,24 @@ impl ZfsStorage {
         }
     }
 
+    /// Destroys `dataset` if it is a clone of `origin`: what a failed clone may have left,
+    /// and never a dataset someone else made under that name meanwhile.
+    fn destroy_if_clone_of(&self, dataset: &DatasetName, origin: &str) {
+        let ours = self
+            .row(dataset)
+            .ok()
+            .flatten()
+            .is_some_and(|row| row.origin.as_deref() == Some(origin));
+        if ours {
+            let _ = self.sys.zfs(&ZfsOp::Destroy {
+                name: dataset.as_str(),
+            });
+        }
+    }
+
     /// Removes what a failed snapshot made; failures here leave names a retry reports.
     fn undo_snapshot(&self, template: &DatasetName, sandbox_snapshot: &str) {
-        let _ = self.sys.zfs(&ZfsOp::Destroy {
-            name: template.as_str(),
-        });
+        self.destroy_if_clone_of(template, sandbox_snapshot);
         let _ = self.sys.zfs(&ZfsOp::Destroy {
             name: sandbox_snapshot,
         });
@@ -224,7 +237,11 @@ impl Storage for ZfsStorage {
             Err(error) if error.is_existing() => {
                 Err(StorageError::AlreadyExists { id: id.clone() })
             }
-            Err(error) => Err(backend("clone template", error)),
+            Err(error) => {
+                // `zfs clone` can make the clone and then fail to mount it.
+                self.destroy_if_clone_of(&dataset, &origin);
+                Err(backend("clone template", error))
+            }
         }
     }
 
@@ -259,6 +276,12 @@ impl Storage for ZfsStorage {
         id: &SandboxId,
         snapshot: &TemplateId,
     ) -> Result<TemplateInfo, StorageError> {
+        if snapshot.as_str() == TEMPLATE_SNAPSHOT {
+            // `<sandbox>@template` would collide with the new template's own `@template`.
+            return Err(StorageError::Invalid {
+                reason: format!("{TEMPLATE_SNAPSHOT:?} is reserved and cannot name a snapshot"),
+            });
+        }
         let sandbox = self.layout.sandbox(id)?;
         let template = self.layout.template(snapshot)?;
         let rows = self.rows()?;

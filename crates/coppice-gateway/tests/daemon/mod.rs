@@ -30,8 +30,19 @@ pub const TEST_BRIDGE: &str = "cpgwt0";
 /// their links across the restart.
 pub struct TestBridge;
 
+/// The test bridge of the daemons alive now, if any.
+static SHARED: Mutex<Weak<TestBridge>> = Mutex::new(Weak::new());
+
 impl Drop for TestBridge {
     fn drop(&mut self) {
+        // Holding the lock keeps a daemon from starting on the bridge while it is removed;
+        // if one already took a new handle, the bridge is its to keep.
+        let shared = SHARED
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if shared.upgrade().is_some() {
+            return;
+        }
         for family in ["inet", "bridge"] {
             let _ = Command::new("nft")
                 .args(["delete", "table", family, &format!("coppice_{TEST_BRIDGE}")])
@@ -46,7 +57,6 @@ impl Drop for TestBridge {
 }
 
 fn shared_test_bridge() -> Arc<TestBridge> {
-    static SHARED: Mutex<Weak<TestBridge>> = Mutex::new(Weak::new());
     let mut shared = SHARED
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);

@@ -14,6 +14,7 @@ struct State {
     jails: BTreeMap<String, i32>,
     next_jid: i32,
     mounts: BTreeSet<PathBuf>,
+    rulesets: BTreeSet<u16>,
     rules: BTreeSet<String>,
     calls: Vec<String>,
     /// Operation → how many more calls succeed before one fails.
@@ -103,11 +104,26 @@ impl JailSys for FakeJailSys {
         Ok(())
     }
 
+    fn load_devfs_ruleset(&self, number: u16, commands: &[Vec<String>]) -> io::Result<()> {
+        let mut state = self.enter(
+            "load_devfs_ruleset",
+            format!("devfs ruleset {number} ({} commands)", commands.len()),
+        )?;
+        state.rulesets.insert(number);
+        Ok(())
+    }
+
     fn mount_devfs(&self, target: &Path, ruleset: u16) -> io::Result<()> {
         let mut state = self.enter(
             "mount_devfs",
             format!("mount devfs ruleset={ruleset} {}", target.display()),
         )?;
+        // The kernel would make an empty ruleset, which hides nothing.
+        if !state.rulesets.contains(&ruleset) {
+            return Err(io::Error::other(format!(
+                "devfs ruleset {ruleset} was never loaded"
+            )));
+        }
         state.mounts.insert(target.to_owned());
         Ok(())
     }

@@ -67,14 +67,22 @@ impl JailSys for HostJailSys {
     }
 
     fn jail_id(&self, name: &JailName) -> io::Result<Option<i32>> {
-        let params: [EncodedParam; 1] = [(
-            b"name\0".to_vec(),
-            Some(format!("{}\0", name.as_str()).into_bytes()),
-        )];
-        let mut iov = iovecs(&params);
+        // jail_get copies every parameter's value back, so both buffers are writable.
+        let mut key = b"name\0".to_vec();
+        let mut value = format!("{}\0", name.as_str()).into_bytes();
+        let mut iov = [
+            libc::iovec {
+                iov_base: key.as_mut_ptr().cast::<c_void>(),
+                iov_len: key.len(),
+            },
+            libc::iovec {
+                iov_base: value.as_mut_ptr().cast::<c_void>(),
+                iov_len: value.len(),
+            },
+        ];
         let niov = count(&iov)?;
-        // SAFETY: the iovecs point into `params`, alive for the call; with only a `name` key
-        // jail_get writes nothing back and returns the matching jail's id.
+        // SAFETY: both iovecs point into vectors we own, alive and writable for the call, of
+        // the lengths given; jail_get writes at most that many bytes back into each.
         let jid = unsafe { libc::jail_get(iov.as_mut_ptr(), niov, 0) };
         if jid >= 0 {
             return Ok(Some(jid));
@@ -96,7 +104,26 @@ impl JailSys for HostJailSys {
         }
     }
 
+    fn load_devfs_ruleset(&self, _number: u16, commands: &[Vec<String>]) -> io::Result<()> {
+        for command_line in commands {
+            let (program, args) = command_line
+                .split_first()
+                .ok_or_else(|| io::Error::other("empty devfs command"))?;
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            command(program, &args)?;
+        }
+        Ok(())
+    }
+
     fn mount_devfs(&self, target: &Path, ruleset: u16) -> io::Result<()> {
+        // mount(8) resolves links: a sandbox's `dev -> ../../etc` would put devfs on a host
+        // directory. No process runs in a new jail yet, so this check is not raced.
+        if !std::fs::symlink_metadata(target)?.file_type().is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} is not a plain directory", target.display()),
+            ));
+        }
         let target = target.to_string_lossy();
         let options = format!("ruleset={ruleset}");
         command("mount", &["-t", "devfs", "-o", &options, "devfs", &target]).map(drop)
@@ -124,6 +151,11 @@ impl JailSys for HostJailSys {
     }
 
     fn rctl_remove(&self, filter: &str) -> io::Result<()> {
-        command("rctl", &["-r", filter]).map(drop)
+        match command("rctl", &["-r", filter]) {
+            Ok(_) => Ok(()),
+            // The kernel answers ESRCH when no rule matched: nothing was left to remove.
+            Err(error) if error.to_string().contains("No such process") => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 }

@@ -3,10 +3,15 @@
 use super::*;
 use crate::sys::FakePfSys;
 
-const PF_CONF: &str = "set skip on lo0\npass out all\nanchor \"coppice/*\"\n";
+fn pf_conf() -> String {
+    format!(
+        "set skip on lo0\n{}pass out all\n",
+        crate::pf::pf_conf_lines(&crate::pf::test_config(), "vtnet0")
+    )
+}
 
 fn network() -> (PfNetwork, Arc<FakePfSys>) {
-    let fake = Arc::new(FakePfSys::default().with_pf_conf(PF_CONF));
+    let fake = Arc::new(FakePfSys::default().with_pf_conf(&pf_conf()));
     let network = PfNetwork::start(
         crate::pf::test_config(),
         Arc::clone(&fake) as Arc<dyn PfSys>,
@@ -35,7 +40,7 @@ fn test_start_refuses_a_pf_conf_without_the_anchor_and_touches_nothing() {
         Arc::clone(&fake) as Arc<dyn PfSys>,
     )
     .unwrap_err();
-    assert!(matches!(error, PfStartError::MissingAnchor(_)), "{error}");
+    assert!(matches!(error, PfStartError::PfConf(_)), "{error}");
     assert!(fake.commands().is_empty());
 }
 
@@ -45,7 +50,7 @@ fn test_start_makes_the_bridge_only_when_it_is_missing() {
     assert_eq!(
         fake.commands(),
         [
-            "sysctl net.inet.ip.forwarding=1 net.inet6.ip6.forwarding=1 net.link.bridge.pfil_member=1",
+            "sysctl net.inet.ip.forwarding=1 net.inet6.ip6.forwarding=1 net.link.bridge.pfil_local_phys=1",
             "ifconfig coppice0",
             "ifconfig bridge create",
             "ifconfig bridge1 name coppice0",
@@ -56,7 +61,7 @@ fn test_start_makes_the_bridge_only_when_it_is_missing() {
     );
     let fake = Arc::new(
         FakePfSys::default()
-            .with_pf_conf(PF_CONF)
+            .with_pf_conf(&pf_conf())
             .with_interface("coppice0"),
     );
     PfNetwork::start(

@@ -94,6 +94,49 @@ fn test_create_refuses_an_unknown_template_and_a_second_root_without_running_clo
 }
 
 #[test]
+fn test_a_clone_made_but_not_mounted_is_destroyed() {
+    let (storage, fake) = storage();
+    fake.fail_after(
+        "clone",
+        "filesystem successfully created, but it may only be mounted by root",
+    );
+    let error = storage
+        .create_rootfs(&sandbox("sb1"), &template("base"), 0)
+        .unwrap_err();
+    assert_eq!(error.kind(), ErrorKind::Internal);
+    assert!(
+        storage.list_rootfs().unwrap().is_empty(),
+        "the clone stayed"
+    );
+    storage
+        .create_rootfs(&sandbox("sb1"), &template("base"), 0)
+        .unwrap();
+}
+
+#[test]
+fn test_a_failed_snapshot_never_destroys_a_template_it_did_not_make() {
+    let (storage, fake) = storage();
+    storage
+        .create_rootfs(&sandbox("sb1"), &template("base"), 0)
+        .unwrap();
+    // Another caller's template appears under the name after the existence check; only
+    // a clone of this call's snapshot may be undone.
+    storage.destroy_if_clone_of(
+        &DatasetName::parse(BASE).unwrap(),
+        "zroot/coppice/sandboxes/sb1@snap1",
+    );
+    assert!(fake.datasets().contains(&BASE.to_owned()));
+    assert_eq!(
+        storage
+            .snapshot_rootfs(&sandbox("sb1"), &template("template"))
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Invalid,
+        "the reserved name"
+    );
+}
+
+#[test]
 fn test_a_full_pool_is_reported_as_exhausted_and_leaves_nothing() {
     let (storage, fake) = storage();
     fake.fail_next(
@@ -174,13 +217,23 @@ fn test_a_snapshot_becomes_a_template_that_outlives_its_sandbox() {
 
 #[test]
 fn test_a_snapshot_failing_half_way_leaves_nothing_behind() {
-    for step in ["clone", "promote"] {
+    // Steps fail before doing their work, and a clone also after doing it.
+    for (step, after) in [
+        ("snapshot", false),
+        ("clone", false),
+        ("clone", true),
+        ("promote", false),
+    ] {
         let (storage, fake) = storage();
         storage
             .create_rootfs(&sandbox("sb1"), &template("base"), 0)
             .unwrap();
         let before = (fake.datasets(), fake.snapshots());
-        fake.fail_next(step, "cannot do it: out of space");
+        if after {
+            fake.fail_after(step, "cannot do it: out of space");
+        } else {
+            fake.fail_next(step, "cannot do it: out of space");
+        }
         let error = storage
             .snapshot_rootfs(&sandbox("sb1"), &template("snap1"))
             .unwrap_err();

@@ -15,6 +15,9 @@ struct State {
     calls: Vec<String>,
     /// Subcommand → stderr of its next run.
     failures: BTreeMap<String, String>,
+    /// Subcommand → stderr of its next run, reported after the work was done (as `zfs
+    /// clone` does when the clone is made but cannot be mounted).
+    failures_after: BTreeMap<String, String>,
 }
 
 /// Records every call and keeps enough state to answer `list` truthfully.
@@ -45,6 +48,13 @@ impl FakeZfs {
     pub(crate) fn fail_next(&self, subcommand: &str, stderr: &str) {
         self.state()
             .failures
+            .insert(subcommand.to_owned(), stderr.to_owned());
+    }
+
+    /// The next `zfs <subcommand>` does its work, then fails with `stderr`.
+    pub(crate) fn fail_after(&self, subcommand: &str, stderr: &str) {
+        self.state()
+            .failures_after
             .insert(subcommand.to_owned(), stderr.to_owned());
     }
 
@@ -111,7 +121,17 @@ impl ZfsSys for FakeZfs {
         let exists = |state: &State, name: &str| {
             state.datasets.contains_key(name) || state.snapshots.contains(name)
         };
-        match *op {
+        let done = match *op {
+            ZfsOp::Exists { dataset } => {
+                if state.datasets.contains_key(dataset.as_str()) {
+                    Ok(format!("{dataset}\n"))
+                } else {
+                    Err(failed(
+                        &call,
+                        &format!("cannot open '{dataset}': dataset does not exist"),
+                    ))
+                }
+            }
             ZfsOp::List { root } => {
                 let root = root.as_str();
                 let mut out = String::new();
@@ -223,6 +243,10 @@ impl ZfsSys for FakeZfs {
                 state.snapshots.retain(|s| !s.starts_with(&prefix_snap));
                 Ok(String::new())
             }
+        };
+        if let Some(stderr) = state.failures_after.remove(&subcommand) {
+            return Err(failed(&call, &stderr));
         }
+        done
     }
 }

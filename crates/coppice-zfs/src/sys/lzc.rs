@@ -184,9 +184,10 @@ impl ZfsSys for LzcZfs {
             ZfsOp::Clone { .. } => self.clone_dataset(op),
             ZfsOp::Snapshot { name } => Self::snapshot(name),
             ZfsOp::Promote { dataset } => Self::promote(dataset.as_str()),
-            ZfsOp::List { .. } | ZfsOp::Create { .. } | ZfsOp::Destroy { .. } => {
-                self.command.zfs(op)
-            }
+            ZfsOp::Exists { .. }
+            | ZfsOp::List { .. }
+            | ZfsOp::Create { .. }
+            | ZfsOp::Destroy { .. } => self.command.zfs(op),
         }
     }
 }
