@@ -91,19 +91,21 @@ impl PfNetwork {
         let v4 = format!("{}/{}", config.bridge_v4(), config.ipv4.prefix_len());
         let v6 = config.bridge_v6().to_string();
         let v6_len = config.ipv6.prefix_len().to_string();
-        run("ifconfig", &[bridge, "inet", &v4, "alias"])?;
-        run(
-            "ifconfig",
-            &[
-                bridge,
-                "inet6",
-                &v6,
-                "prefixlen",
-                &v6_len,
-                "no_dad",
-                "alias",
-            ],
-        )?;
+        // A restarted daemon finds its addresses in place: ifconfig says "File exists".
+        let add_address = |args: &[&str]| match run("ifconfig", args) {
+            Err(PfStartError::Host(error)) if error.to_string().contains("File exists") => Ok(()),
+            other => other.map(drop),
+        };
+        add_address(&[bridge, "inet", &v4, "alias"])?;
+        add_address(&[
+            bridge,
+            "inet6",
+            &v6,
+            "prefixlen",
+            &v6_len,
+            "no_dad",
+            "alias",
+        ])?;
         run("ifconfig", &[bridge, "up"])?;
         Ok(Self {
             config,

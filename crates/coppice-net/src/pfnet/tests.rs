@@ -70,6 +70,20 @@ fn test_start_makes_the_bridge_only_when_it_is_missing() {
     )
     .unwrap();
     assert!(!fake.commands().iter().any(|c| c.contains("bridge create")));
+    // A restarted daemon finds the bridge's addresses in place.
+    PfNetwork::start(
+        crate::pf::test_config(),
+        Arc::clone(&fake) as Arc<dyn PfSys>,
+    )
+    .unwrap();
+    fake.fail_next("ifconfig coppice0 up");
+    assert!(matches!(
+        PfNetwork::start(
+            crate::pf::test_config(),
+            Arc::clone(&fake) as Arc<dyn PfSys>
+        ),
+        Err(PfStartError::Host(_))
+    ));
 }
 
 #[test]

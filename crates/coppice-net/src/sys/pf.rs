@@ -86,6 +86,8 @@ mod fake {
     struct State {
         /// Interface → the pair it belongs to (its own number for a bridge).
         interfaces: BTreeMap<String, u32>,
+        /// Addresses added with `alias`, as `<interface> <address>`.
+        addresses: std::collections::BTreeSet<String>,
         next_unit: u32,
         anchors: BTreeMap<String, String>,
         commands: Vec<String>,
@@ -181,6 +183,18 @@ mod fake {
                         .ok_or_else(|| missing(name))?;
                     state.interfaces.retain(|_, u| *u != unit);
                     Ok(String::new())
+                }
+                ("ifconfig", [name, _family, address, .., "alias"]) => {
+                    if !state.interfaces.contains_key(*name) {
+                        return Err(missing(name));
+                    }
+                    if state.addresses.insert(format!("{name} {address}")) {
+                        Ok(String::new())
+                    } else {
+                        Err(io::Error::other(
+                            "ifconfig: ioctl (SIOCAIFADDR): File exists",
+                        ))
+                    }
                 }
                 ("ifconfig", [name, ..]) => {
                     if state.interfaces.contains_key(*name) {
