@@ -24,7 +24,7 @@ mod config;
 mod resolver;
 mod rules;
 mod script;
-mod state;
+pub(crate) mod state;
 #[cfg(test)]
 mod tests;
 

@@ -3,9 +3,12 @@
 //! ([`NetAttachment::Vnet`]); its egress policy is a pf anchor ([`crate::pf`]). Epairs can be
 //! prepared ahead of time ([`PfNetwork::prefill`]), so a create only loads the anchor.
 //!
+//! Each attachment is recorded under the config's state directory, so a restarted daemon
+//! adopts the sandboxes whose epair survived (reloading their anchors), forgets the others,
+//! and destroys epairs nothing owns.
+//!
 //! Not built yet on this side: the sandbox resolver (so domain entries are refused and no
-//! resolver is handed to the sandbox), records that let a restarted daemon adopt its
-//! sandboxes, and a background refill of prepared epairs.
+//! resolver is handed to the sandbox) and a background refill of prepared epairs.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
@@ -15,6 +18,7 @@ use coppice_core::SandboxId;
 use coppice_core::net::{NetAttachment, NetError, NetPolicy};
 use coppice_core::spec::NetworkSpec;
 
+use crate::bridge::state::StateDir;
 use crate::egress::EgressPolicy;
 use crate::sys::PfSys;
 use crate::{BridgeConfig, ConfigError, epair, pf};
@@ -34,6 +38,9 @@ pub enum PfStartError {
     /// A host command failed.
     #[error("setting up the bridge failed")]
     Host(#[source] std::io::Error),
+    /// The records of attachments cannot be read or their directory made.
+    #[error("cannot open the network records")]
+    Records(#[source] std::io::Error),
 }
 
 #[derive(Debug, Default)]
@@ -50,6 +57,7 @@ pub struct PfNetwork {
     config: BridgeConfig,
     sys: Arc<dyn PfSys>,
     state: Mutex<State>,
+    records: StateDir,
 }
 
 fn backend(op: &'static str, error: std::io::Error) -> NetError {
@@ -107,11 +115,56 @@ impl PfNetwork {
             "alias",
         ])?;
         run("ifconfig", &[bridge, "up"])?;
-        Ok(Self {
+        let records = StateDir::open(&config.state_dir).map_err(PfStartError::Records)?;
+        let network = Self {
             config,
             sys,
             state: Mutex::new(State::default()),
-        })
+            records,
+        };
+        network.adopt()?;
+        Ok(network)
+    }
+
+    /// After a restart: takes back the recorded sandboxes whose epair is still there (their
+    /// anchors reloaded from the records), forgets the others, and destroys this bridge's
+    /// epairs that no record owns (prepared ones included).
+    fn adopt(&self) -> Result<(), PfStartError> {
+        let links = self
+            .sys
+            .run("ifconfig", &["-l".to_owned()], None)
+            .map_err(PfStartError::Host)?;
+        let links: BTreeSet<&str> = links.split_whitespace().collect();
+        let mut owned = BTreeSet::new();
+        for recorded in self.records.load().map_err(PfStartError::Records)? {
+            let index = recorded.index;
+            let alive = links.contains(self.config.host_link(index).as_str());
+            let policy = policy_of(&recorded.spec);
+            match (alive, policy) {
+                (true, Ok(policy)) if !owned.contains(&index) => {
+                    if let Err(error) = self.load(index, &policy) {
+                        tracing::warn!(sandbox_id = %recorded.id, error = %error, "reloading a sandbox's pf anchor after a restart");
+                    }
+                    owned.insert(index);
+                    let mut state = self.state();
+                    state.used.insert(index);
+                    state.attached.insert(recorded.id, index);
+                }
+                _ => {
+                    let _ = self.pfctl("flush pf anchor", &pf::flush_anchor(index), None);
+                    let _ = self.records.remove(&recorded.id);
+                }
+            }
+        }
+        for link in links {
+            if let Some(index) = self.config.index_of_link(link)
+                && !owned.contains(&index)
+            {
+                let _ = self.pfctl("flush pf anchor", &pf::flush_anchor(index), None);
+                let _ = self.run("destroy epair", &epair::destroy(&self.config, index), None);
+            }
+        }
+        Ok(())
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -267,7 +320,12 @@ impl NetPolicy for PfNetwork {
                 index
             }
         };
-        if let Err(error) = self.load(index, &policy) {
+        let recorded = self.load(index, &policy).and_then(|()| {
+            self.records
+                .write(id, index, spec, 0)
+                .map_err(|error| backend("record the attachment", error))
+        });
+        if let Err(error) = recorded {
             let _ = self.release(index);
             return Err(error);
         }
@@ -282,6 +340,10 @@ impl NetPolicy for PfNetwork {
             .attached
             .get(id)
             .ok_or_else(|| NetError::NotFound { id: id.clone() })?;
+        // Recorded first: a restart reloads the anchor from the record.
+        self.records
+            .write(id, index, spec, 0)
+            .map_err(|error| backend("record the attachment", error))?;
         self.load(index, &policy)?;
         // States are judged when made: end the open ones so the new rules apply to them.
         for args in pf::kill_states(&self.config, index) {
@@ -294,7 +356,13 @@ impl NetPolicy for PfNetwork {
         let Some(index) = self.state().attached.remove(id) else {
             return Ok(());
         };
-        self.release(index)
+        let released = self.release(index);
+        // A link left behind is destroyed at the next start as one nobody owns.
+        let forgotten = self
+            .records
+            .remove(id)
+            .map_err(|error| backend("forget the attachment", error));
+        released.and(forgotten)
     }
 
     fn list(&self) -> Result<Vec<SandboxId>, NetError> {

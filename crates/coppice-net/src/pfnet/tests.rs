@@ -10,14 +10,18 @@ fn pf_conf() -> String {
     )
 }
 
-fn network() -> (PfNetwork, Arc<FakePfSys>) {
+/// The test config with its records in `dir`.
+fn config(dir: &tempfile::TempDir) -> BridgeConfig {
+    let mut config = crate::pf::test_config();
+    config.state_dir = dir.path().join("net");
+    config
+}
+
+fn network() -> (PfNetwork, Arc<FakePfSys>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakePfSys::default().with_pf_conf(&pf_conf()));
-    let network = PfNetwork::start(
-        crate::pf::test_config(),
-        Arc::clone(&fake) as Arc<dyn PfSys>,
-    )
-    .unwrap();
-    (network, fake)
+    let network = PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap();
+    (network, fake, dir)
 }
 
 fn id(name: &str) -> SandboxId {
@@ -34,19 +38,16 @@ fn spec(internet: bool, allow: &[&str]) -> NetworkSpec {
 
 #[test]
 fn test_start_refuses_a_pf_conf_without_the_anchor_and_touches_nothing() {
+    let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakePfSys::default().with_pf_conf("pass all\n"));
-    let error = PfNetwork::start(
-        crate::pf::test_config(),
-        Arc::clone(&fake) as Arc<dyn PfSys>,
-    )
-    .unwrap_err();
+    let error = PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap_err();
     assert!(matches!(error, PfStartError::PfConf(_)), "{error}");
     assert!(fake.commands().is_empty());
 }
 
 #[test]
 fn test_start_makes_the_bridge_only_when_it_is_missing() {
-    let (_, fake) = network();
+    let (_, fake, dir) = network();
     assert_eq!(
         fake.commands(),
         [
@@ -57,6 +58,7 @@ fn test_start_makes_the_bridge_only_when_it_is_missing() {
             "ifconfig coppice0 inet 10.213.0.1/16 alias",
             "ifconfig coppice0 inet6 fd00:c0:ffee::1 prefixlen 64 no_dad alias",
             "ifconfig coppice0 up",
+            "ifconfig -l",
         ]
     );
     let fake = Arc::new(
@@ -64,31 +66,20 @@ fn test_start_makes_the_bridge_only_when_it_is_missing() {
             .with_pf_conf(&pf_conf())
             .with_interface("coppice0"),
     );
-    PfNetwork::start(
-        crate::pf::test_config(),
-        Arc::clone(&fake) as Arc<dyn PfSys>,
-    )
-    .unwrap();
+    PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap();
     assert!(!fake.commands().iter().any(|c| c.contains("bridge create")));
     // A restarted daemon finds the bridge's addresses in place.
-    PfNetwork::start(
-        crate::pf::test_config(),
-        Arc::clone(&fake) as Arc<dyn PfSys>,
-    )
-    .unwrap();
+    PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap();
     fake.fail_next("ifconfig coppice0 up");
     assert!(matches!(
-        PfNetwork::start(
-            crate::pf::test_config(),
-            Arc::clone(&fake) as Arc<dyn PfSys>
-        ),
+        PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>),
         Err(PfStartError::Host(_))
     ));
 }
 
 #[test]
 fn test_attach_prepares_an_epair_loads_the_anchor_and_hands_over_the_jail_end() {
-    let (network, fake) = network();
+    let (network, fake, _dir) = network();
     let attachment = network
         .attach(&id("a1"), &spec(false, &["192.0.2.0/24"]))
         .unwrap();
@@ -128,7 +119,7 @@ fn test_attach_prepares_an_epair_loads_the_anchor_and_hands_over_the_jail_end() 
 
 #[test]
 fn test_a_prefilled_epair_makes_attach_a_single_pfctl() {
-    let (network, fake) = network();
+    let (network, fake, _dir) = network();
     network.prefill(2).unwrap();
     let before = fake.commands().len();
     network.attach(&id("a1"), &NetworkSpec::default()).unwrap();
@@ -151,7 +142,7 @@ fn test_a_failed_attach_leaves_nothing_and_frees_its_index() {
         "ifconfig coppice0 addm",
         "pfctl -a coppice/sbx_1 -f",
     ] {
-        let (network, fake) = network();
+        let (network, fake, _dir) = network();
         let interfaces = fake.interfaces();
         fake.fail_next(failing);
         let error = network
@@ -180,7 +171,7 @@ fn test_a_failed_attach_leaves_nothing_and_frees_its_index() {
 
 #[test]
 fn test_update_swaps_the_anchor_and_kills_the_sandboxs_states() {
-    let (network, fake) = network();
+    let (network, fake, _dir) = network();
     network.attach(&id("a1"), &NetworkSpec::default()).unwrap();
     let before = fake.commands().len();
     network.update(&id("a1"), &spec(false, &[])).unwrap();
@@ -201,7 +192,7 @@ fn test_update_swaps_the_anchor_and_kills_the_sandboxs_states() {
 
 #[test]
 fn test_detach_removes_the_anchor_the_states_and_the_epair() {
-    let (network, fake) = network();
+    let (network, fake, _dir) = network();
     let interfaces = fake.interfaces();
     network.attach(&id("a1"), &NetworkSpec::default()).unwrap();
     network.detach(&id("a1")).unwrap();
@@ -213,7 +204,7 @@ fn test_detach_removes_the_anchor_the_states_and_the_epair() {
 
 #[test]
 fn test_domain_entries_are_refused_until_the_resolver_exists() {
-    let (network, fake) = network();
+    let (network, fake, _dir) = network();
     let before = fake.commands().len();
     let error = network
         .attach(&id("a1"), &spec(true, &["example.com"]))
@@ -221,4 +212,53 @@ fn test_domain_entries_are_refused_until_the_resolver_exists() {
     assert!(matches!(error, NetError::Invalid { .. }), "{error}");
     assert!(error.to_string().contains("invalid network policy"));
     assert_eq!(fake.commands().len(), before, "nothing ran");
+}
+
+#[test]
+fn test_a_restarted_daemon_adopts_live_sandboxes_and_clears_the_rest() {
+    let (network, fake, dir) = network();
+    network
+        .attach(&id("kept"), &spec(false, &["192.0.2.0/24"]))
+        .unwrap();
+    network
+        .attach(&id("gone"), &NetworkSpec::default())
+        .unwrap();
+    network.prefill(2).unwrap();
+    // The epair of "gone" disappears while the daemon is down; pf forgets every anchor.
+    fake.run("ifconfig", &["coppice0-2".into(), "destroy".into()], None)
+        .unwrap();
+    fake.run(
+        "pfctl",
+        &[
+            "-a".into(),
+            "coppice/sbx_1".into(),
+            "-F".into(),
+            "all".into(),
+        ],
+        None,
+    )
+    .unwrap();
+    drop(network);
+
+    let restarted = PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap();
+    assert_eq!(restarted.list().unwrap(), vec![id("kept")]);
+    // Its anchor is back, from the record.
+    assert!(fake.anchors()["coppice/sbx_1"].contains(
+        "pass in quick on \"coppice0\" from { 10.213.0.2 fd00:c0:ffee::2 } to { 192.0.2.0/24 }"
+    ));
+    // Prepared epairs nobody owns are gone; only the kept sandbox's pair and the bridge stay.
+    assert_eq!(fake.interfaces(), ["coppice0", "coppice0-1", "cpj1"]);
+    // The kept index stays taken, the others are free again.
+    let NetAttachment::Vnet { interface, .. } = restarted
+        .attach(&id("new"), &NetworkSpec::default())
+        .unwrap()
+    else {
+        panic!("not a VNET attachment");
+    };
+    assert_eq!(interface, "cpj2");
+    restarted.update(&id("kept"), &spec(true, &[])).unwrap();
+    restarted.detach(&id("kept")).unwrap();
+    drop(restarted);
+    let again = PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap();
+    assert_eq!(again.list().unwrap(), vec![id("new")]);
 }

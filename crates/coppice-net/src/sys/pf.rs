@@ -155,6 +155,12 @@ mod fake {
             }
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
             match (program, args.as_slice()) {
+                ("ifconfig", ["-l"]) => Ok(state
+                    .interfaces
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(" ")),
                 ("ifconfig", [kind, "create"]) => {
                     state.next_unit += 1;
                     let unit = state.next_unit;
