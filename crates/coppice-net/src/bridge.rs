@@ -78,7 +78,10 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-fn backend(op: &'static str, error: impl std::error::Error + Send + Sync + 'static) -> NetError {
+pub(crate) fn backend(
+    op: &'static str,
+    error: impl std::error::Error + Send + Sync + 'static,
+) -> NetError {
     NetError::Backend {
         op,
         source: Box::new(error),

@@ -8,11 +8,7 @@
 //! pair exists, the host end is named, bridged and up); [`hand_over`] runs once the jail
 //! exists. `ifconfig -j` and `route -j` need FreeBSD 14 or later.
 
-use crate::BridgeConfig;
-
-fn command(args: &[&str]) -> Vec<String> {
-    args.iter().map(|&arg| arg.to_owned()).collect()
-}
+use crate::{BridgeConfig, owned};
 
 /// The name the jail end of the pair has on the host until it is handed over.
 pub fn jail_end(index: u32) -> String {
@@ -21,7 +17,7 @@ pub fn jail_end(index: u32) -> String {
 
 /// `ifconfig epair create`; it prints the `a` end's name (`epairNa`), the `b` end is `epairNb`.
 pub fn create() -> Vec<String> {
-    command(&["ifconfig", "epair", "create"])
+    owned(&["ifconfig", "epair", "create"])
 }
 
 /// Commands that name the pair created as `created_a` (as [`create`] printed it) after the
@@ -43,15 +39,15 @@ pub fn prepare(
     let host = config.host_link(index);
     let bridge = &config.bridge;
     Ok(vec![
-        command(&["ifconfig", &format!("epair{unit}a"), "name", &host]),
-        command(&[
+        owned(&["ifconfig", &format!("epair{unit}a"), "name", &host]),
+        owned(&[
             "ifconfig",
             &format!("epair{unit}b"),
             "name",
             &jail_end(index),
         ]),
-        command(&["ifconfig", bridge, "addm", &host, "private", &host]),
-        command(&["ifconfig", &host, "up"]),
+        owned(&["ifconfig", bridge, "addm", &host, "private", &host]),
+        owned(&["ifconfig", &host, "up"]),
     ])
 }
 
@@ -75,11 +71,11 @@ pub fn hand_over(config: &BridgeConfig, index: u32, jail: &str) -> Vec<Vec<Strin
     );
     let (v6, jail_end) = (v6.to_string(), jail_end(index));
     vec![
-        command(&["ifconfig", &jail_end, "vnet", jail]),
-        command(&["ifconfig", "-j", jail, &jail_end, "name", "eth0"]),
-        command(&["ifconfig", "-j", jail, "eth0", "ether", &mac]),
-        command(&["ifconfig", "-j", jail, "eth0", "inet", &v4_address]),
-        command(&[
+        owned(&["ifconfig", &jail_end, "vnet", jail]),
+        owned(&["ifconfig", "-j", jail, &jail_end, "name", "eth0"]),
+        owned(&["ifconfig", "-j", jail, "eth0", "ether", &mac]),
+        owned(&["ifconfig", "-j", jail, "eth0", "inet", &v4_address]),
+        owned(&[
             "ifconfig",
             "-j",
             jail,
@@ -90,17 +86,17 @@ pub fn hand_over(config: &BridgeConfig, index: u32, jail: &str) -> Vec<Vec<Strin
             &v6_prefix,
             "no_dad",
         ]),
-        command(&["ifconfig", "-j", jail, "eth0", "up"]),
-        command(&["ifconfig", "-j", jail, "lo0", "inet", "127.0.0.1/8", "up"]),
-        command(&["route", "-j", jail, "add", "-inet", "default", &gateway4]),
-        command(&["route", "-j", jail, "add", "-inet6", "default", &gateway6]),
+        owned(&["ifconfig", "-j", jail, "eth0", "up"]),
+        owned(&["ifconfig", "-j", jail, "lo0", "inet", "127.0.0.1/8", "up"]),
+        owned(&["route", "-j", jail, "add", "-inet", "default", &gateway4]),
+        owned(&["route", "-j", jail, "add", "-inet6", "default", &gateway6]),
     ]
 }
 
 /// Destroying the host end destroys the pair, wherever its other end is; a jail that is
 /// removed first gives its end back to the host, where this still finds the pair.
 pub fn destroy(config: &BridgeConfig, index: u32) -> Vec<String> {
-    command(&["ifconfig", &config.host_link(index), "destroy"])
+    owned(&["ifconfig", &config.host_link(index), "destroy"])
 }
 
 #[cfg(test)]

@@ -31,3 +31,8 @@ pub use pfnet::{PfNetwork, PfStartError};
 #[cfg(target_os = "linux")]
 pub use sys::RealNetnsSys;
 pub use sys::{BridgeSys, CommandPfSys, FakeBridgeSys, FakeNetnsSys, NetnsSys, PfSys};
+
+/// An argument list of owned strings, as commands take them.
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|&arg| arg.to_owned()).collect()
+}

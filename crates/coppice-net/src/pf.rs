@@ -22,6 +22,7 @@ use std::fmt::Write as _;
 
 use crate::BridgeConfig;
 use crate::egress::EgressPolicy;
+use crate::owned;
 
 /// The anchor under which every sandbox's anchor lives; `pf.conf` must name it.
 pub const ANCHOR_ROOT: &str = "coppice";
@@ -89,18 +90,14 @@ fn join(nets: &[ipnet::IpNet]) -> String {
         .join(" ")
 }
 
-fn strings(args: &[&str]) -> Vec<String> {
-    args.iter().map(|&arg| arg.to_owned()).collect()
-}
-
 /// `pfctl -a <anchor> -f -`: replaces the anchor's rules with the ones on standard input.
 pub fn load_anchor(index: u32) -> Vec<String> {
-    strings(&["-a", &anchor_name(index), "-f", "-"])
+    owned(&["-a", &anchor_name(index), "-f", "-"])
 }
 
 /// `pfctl -a <anchor> -F all`: empties the anchor (rules and tables) when a sandbox goes.
 pub fn flush_anchor(index: u32) -> Vec<String> {
-    strings(&["-a", &anchor_name(index), "-F", "all"])
+    owned(&["-a", &anchor_name(index), "-F", "all"])
 }
 
 /// `pfctl -k <source>` for both of the sandbox's addresses: ends every state it opened, so
@@ -109,15 +106,15 @@ pub fn flush_anchor(index: u32) -> Vec<String> {
 pub fn kill_states(config: &BridgeConfig, index: u32) -> [Vec<String>; 2] {
     let (v4, v6) = config.sandbox_addresses(index);
     [
-        strings(&["-k", &v4.to_string()]),
-        strings(&["-k", &v6.to_string()]),
+        owned(&["-k", &v4.to_string()]),
+        owned(&["-k", &v6.to_string()]),
     ]
 }
 
 /// `pfctl -a <anchor> -t coppice_pins -T add <address>…`: opens the addresses the resolver
 /// answered for an allowed name.
 pub fn pin(index: u32, addresses: &[std::net::IpAddr]) -> Vec<String> {
-    let mut args = strings(&["-a", &anchor_name(index), "-t", PIN_TABLE, "-T", "add"]);
+    let mut args = owned(&["-a", &anchor_name(index), "-t", PIN_TABLE, "-T", "add"]);
     args.extend(addresses.iter().map(ToString::to_string));
     args
 }

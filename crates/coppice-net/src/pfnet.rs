@@ -18,6 +18,7 @@ use coppice_core::SandboxId;
 use coppice_core::net::{NetAttachment, NetError, NetPolicy};
 use coppice_core::spec::NetworkSpec;
 
+use crate::bridge::backend;
 use crate::bridge::state::StateDir;
 use crate::egress::EgressPolicy;
 use crate::sys::PfSys;
@@ -58,13 +59,6 @@ pub struct PfNetwork {
     sys: Arc<dyn PfSys>,
     state: Mutex<State>,
     records: StateDir,
-}
-
-fn backend(op: &'static str, error: std::io::Error) -> NetError {
-    NetError::Backend {
-        op,
-        source: Box::new(error),
-    }
 }
 
 impl PfNetwork {

@@ -117,6 +117,22 @@ struct Shared {
     admission: Arc<Admission>,
 }
 
+/// Records `address` among those served over `transport` when its thread started; logs why
+/// not otherwise.
+fn note_listener<T>(
+    started: std::io::Result<thread::JoinHandle<T>>,
+    transport: &'static str,
+    address: &SocketAddr,
+    served: &mut Vec<SocketAddr>,
+) {
+    match started {
+        Ok(_) => served.push(*address),
+        Err(error) => {
+            tracing::warn!(%address, transport, error = %error, "sandbox resolver not listening here");
+        }
+    }
+}
+
 impl Resolver {
     /// Listens on each of `listen` (UDP and TCP) and answers for `directory`, relaying to
     /// `upstream` (without one, relayed questions fail). Addresses that cannot be bound are
@@ -138,41 +154,21 @@ impl Resolver {
             udp: Vec::new(),
         };
         for address in listen {
-            match TcpListener::bind(address) {
-                Ok(listener) => {
-                    let (shared, stop) = (shared.clone(), Arc::clone(&stop));
-                    let started = thread::Builder::new()
-                        .name("dns-resolver-tcp".into())
-                        .spawn(move || serve_tcp(&shared, &listener, &stop));
-                    match started {
-                        Ok(_) => resolver.tcp.push(*address),
-                        Err(error) => {
-                            tracing::warn!(%address, error = %error, "sandbox resolver (TCP) not started");
-                        }
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%address, error = %error, "sandbox resolver not listening on TCP here");
-                }
-            }
-            let socket = match UdpSocket::bind(address) {
-                Ok(socket) => socket,
-                Err(error) => {
-                    tracing::warn!(%address, error = %error, "sandbox resolver not listening here");
-                    continue;
-                }
-            };
-            let _ = socket.set_read_timeout(Some(POLL));
-            let (shared, stop) = (shared.clone(), Arc::clone(&stop));
-            let started = thread::Builder::new()
-                .name("dns-resolver".into())
-                .spawn(move || serve_udp(&shared, &socket, &stop));
-            match started {
-                Ok(_) => resolver.udp.push(*address),
-                Err(error) => {
-                    tracing::warn!(%address, error = %error, "sandbox resolver not started");
-                }
-            }
+            let tcp = TcpListener::bind(address).and_then(|listener| {
+                let (shared, stop) = (shared.clone(), Arc::clone(&stop));
+                thread::Builder::new()
+                    .name("dns-resolver-tcp".into())
+                    .spawn(move || serve_tcp(&shared, &listener, &stop))
+            });
+            note_listener(tcp, "TCP", address, &mut resolver.tcp);
+            let udp = UdpSocket::bind(address).and_then(|socket| {
+                let _ = socket.set_read_timeout(Some(POLL));
+                let (shared, stop) = (shared.clone(), Arc::clone(&stop));
+                thread::Builder::new()
+                    .name("dns-resolver".into())
+                    .spawn(move || serve_udp(&shared, &socket, &stop))
+            });
+            note_listener(udp, "UDP", address, &mut resolver.udp);
         }
         resolver
     }
