@@ -2,8 +2,9 @@
 //! `bhyve` itself, and `bhyvectl --destroy`.
 //!
 //! Slot layout: 0 host bridge, 1 LPC (serial console, boot ROM), 2 the disk, 3 the NIC,
-//! 4 the framebuffer, 5 the USB tablet that follows the VNC pointer, 6 and up passed-through
-//! PCI devices. Guests are Windows or not: Windows has no virtio drivers out of the box, so
+//! 4 the framebuffer, 5 the USB tablet that follows the VNC pointer, 6 the seed disk (the
+//! sandbox's identity and network for the guest agent, see [`crate::seed`]), 7 and up
+//! passed-through PCI devices. Guests are Windows or not: Windows has no virtio drivers out of the box, so
 //! it gets an AHCI disk and an e1000 NIC.
 
 use std::fmt;
@@ -47,6 +48,30 @@ pub struct Framebuffer {
     pub wait: bool,
 }
 
+/// Where a VM's network card is plugged in on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NicBackend {
+    /// A tap interface.
+    Tap(String),
+    /// A hook of a netgraph node: the VM's own `ng_bridge`, which the sandbox's link joins
+    /// when it is attached (see [`crate::netgraph`]).
+    Netgraph {
+        /// The node's name.
+        node: String,
+        /// The hook bhyve connects to.
+        hook: String,
+    },
+}
+
+/// A VM's network card.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    /// Where it is plugged in.
+    pub backend: NicBackend,
+    /// Its MAC address.
+    pub mac: String,
+}
+
 /// A PCI device of the host, `bus/slot/function`, passed through (e.g. a GPU).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PciAddress {
@@ -77,10 +102,10 @@ pub struct VmSpec {
     pub memory_mb: u32,
     /// The disk: a zvol clone's device node.
     pub disk: PathBuf,
-    /// The tap interface of its NIC.
-    pub tap: String,
-    /// The NIC's MAC address.
-    pub mac: String,
+    /// The seed disk the guest agent reads its sandbox from, read-only.
+    pub seed: Option<PathBuf>,
+    /// Its network card; none for a VM without network.
+    pub nic: Option<Nic>,
     /// The serial console's nmdm device (host side, `/dev/nmdm<N>A`).
     pub console: PathBuf,
     /// How it boots.
@@ -100,8 +125,8 @@ pub enum VmSpecError {
     /// Windows has no serial console to install from.
     #[error("a Windows guest needs a framebuffer")]
     WindowsNeedsFramebuffer,
-    /// Out of PCI slots (slots 6 to 31).
-    #[error("at most 26 devices can be passed through, not {0}")]
+    /// Out of PCI slots (slots 7 to 31).
+    #[error("at most 25 devices can be passed through, not {0}")]
     TooManyPassthru(usize),
     /// A VM needs at least one vCPU and some memory.
     #[error("a VM needs at least one vCPU and 32 MiB of memory")]
@@ -111,7 +136,8 @@ pub enum VmSpecError {
     BadName(String),
 }
 
-const FIRST_PASSTHRU_SLOT: usize = 6;
+const SEED_SLOT: usize = 6;
+const FIRST_PASSTHRU_SLOT: usize = 7;
 const LAST_SLOT: usize = 31;
 
 fn check(spec: &VmSpec) -> Result<(), VmSpecError> {
@@ -195,8 +221,16 @@ pub fn bhyve(spec: &VmSpec) -> Result<Vec<String>, VmSpecError> {
     } else {
         format!("2,virtio-blk,{disk}")
     });
-    let nic = if windows { "e1000" } else { "virtio-net" };
-    slot(format!("3,{nic},{},mac={}", spec.tap, spec.mac));
+    if let Some(nic) = &spec.nic {
+        let model = if windows { "e1000" } else { "virtio-net" };
+        let backend = match &nic.backend {
+            NicBackend::Tap(tap) => tap.clone(),
+            NicBackend::Netgraph { node, hook } => {
+                format!("netgraph,path={node}:,peerhook={hook}")
+            }
+        };
+        slot(format!("3,{model},{backend},mac={}", nic.mac));
+    }
     if let Some(fb) = &spec.framebuffer {
         let wait = if fb.wait { ",wait" } else { "" };
         slot(format!(
@@ -204,6 +238,9 @@ pub fn bhyve(spec: &VmSpec) -> Result<Vec<String>, VmSpecError> {
             fb.vnc_port, fb.width, fb.height
         ));
         slot("5,xhci,tablet".into());
+    }
+    if let Some(seed) = &spec.seed {
+        slot(format!("{SEED_SLOT},virtio-blk,{},ro", seed.display()));
     }
     for (offset, device) in spec.passthru.iter().enumerate() {
         slot(format!(
@@ -241,8 +278,11 @@ mod tests {
             vcpus: 2,
             memory_mb: 1024,
             disk: "/dev/zvol/zroot/coppice/vms/a1".into(),
-            tap: "tap7".into(),
-            mac: "02:c0:ff:ee:00:07".into(),
+            seed: None,
+            nic: Some(Nic {
+                backend: NicBackend::Tap("tap7".into()),
+                mac: "02:c0:ff:ee:00:07".into(),
+            }),
             console: "/dev/nmdm7A".into(),
             boot: Boot::Uefi {
                 firmware: "/usr/local/share/uefi-firmware/BHYVE_UEFI.fd".into(),
@@ -310,7 +350,7 @@ mod tests {
                 format!(
                     "{HEAD} -S -s 0,hostbridge -s 1,lpc -s 2,virtio-blk,/dev/zvol/zroot/coppice/vms/a1 \
                      -s 3,virtio-net,tap7,mac=02:c0:ff:ee:00:07 \
-                     -s 6:0,passthru,1/0/0 -s 7:0,passthru,1/0/1 {TAIL}"
+                     -s 7:0,passthru,1/0/0 -s 8:0,passthru,1/0/1 {TAIL}"
                 ),
             ),
         ];
@@ -318,6 +358,36 @@ mod tests {
             assert_eq!(bhyve(&spec).unwrap().join(" "), expected, "{name}");
             assert_eq!(bhyveload(&spec).unwrap(), None, "{name}");
         }
+    }
+
+    #[test]
+    fn test_a_sandbox_vm_has_its_netgraph_nic_and_seed_disk() {
+        let spec = VmSpec {
+            seed: Some("/var/db/coppice/run/a1/seed.img".into()),
+            nic: Some(Nic {
+                backend: NicBackend::Netgraph {
+                    node: "cpvm_a1".into(),
+                    hook: "link0".into(),
+                },
+                mac: "02:c0:ff:ee:00:07".into(),
+            }),
+            ..linux()
+        };
+        let argv = bhyve(&spec).unwrap().join(" ");
+        assert!(
+            argv.contains(
+                "-s 3,virtio-net,netgraph,path=cpvm_a1:,peerhook=link0,mac=02:c0:ff:ee:00:07 \
+                 -s 6,virtio-blk,/var/db/coppice/run/a1/seed.img,ro -l com1"
+            ),
+            "{argv}"
+        );
+        let offline = bhyve(&VmSpec {
+            nic: None,
+            ..linux()
+        })
+        .unwrap()
+        .join(" ");
+        assert!(!offline.contains("-s 3,"), "{offline}");
     }
 
     #[test]
@@ -365,11 +435,11 @@ mod tests {
                             slot: 0,
                             function: 0
                         };
-                        27
+                        26
                     ],
                     ..linux()
                 },
-                VmSpecError::TooManyPassthru(27),
+                VmSpecError::TooManyPassthru(26),
             ),
             (
                 VmSpec {

@@ -10,6 +10,10 @@ use crate::net::NetAttachment;
 use crate::storage::{BindMount, RootFs};
 use crate::volume::IdMap;
 
+mod by_root;
+
+pub use by_root::ByRoot;
+
 /// What the runtime needs to know to build a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeSpec {

@@ -56,6 +56,11 @@ pub enum RootFs {
         /// Host directories mounted on top.
         binds: Vec<BindMount>,
     },
+    /// A whole disk the sandbox owns (e.g. a zvol clone), for a virtual machine to boot.
+    Disk {
+        /// Its block device.
+        device: PathBuf,
+    },
 }
 
 /// Holds templates and makes root filesystems from them.

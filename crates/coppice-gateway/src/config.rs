@@ -43,6 +43,17 @@ pub struct Cli {
     /// `nameserver`).
     #[arg(long, env = "COPPICE_NET_DNS_UPSTREAM")]
     pub net_dns_upstream: Option<SocketAddr>,
+    /// FreeBSD: the ZFS dataset under which templates, sandboxes and volumes live (its pool
+    /// must exist; the dataset and its children are made). Unused on Linux.
+    #[arg(long, env = "COPPICE_ZFS_DATASET", default_value = "zroot/coppice")]
+    pub zfs_dataset: String,
+    /// FreeBSD: the VM template (a volume template) whose VMs the warm pool keeps booted
+    /// and held, sized as sandboxes are by default. Unused on Linux.
+    #[arg(long, env = "COPPICE_VM_POOL_TEMPLATE")]
+    pub vm_pool_template: Option<String>,
+    /// FreeBSD: how many VMs the warm pool keeps ready.
+    #[arg(long, env = "COPPICE_VM_POOL_SIZE", default_value_t = 2)]
+    pub vm_pool_size: usize,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     #[arg(long, env = "COPPICE_LOG")]
     pub log_filter: Option<String>,
@@ -64,6 +75,10 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// How sandboxes are networked.
     pub network: NetworkSettings,
+    /// FreeBSD: the ZFS dataset of templates, sandboxes and volumes.
+    pub zfs_dataset: String,
+    /// FreeBSD: the VM template the warm pool boots, and how many it keeps.
+    pub vm_pool: Option<(String, usize)>,
 }
 
 /// Which network backend connects sandboxes.
@@ -132,6 +147,12 @@ impl GatewayConfig {
                 ipv6: cli.net_ipv6,
                 dns_upstream: cli.net_dns_upstream,
             },
+            zfs_dataset: cli.zfs_dataset.clone(),
+            vm_pool: cli
+                .vm_pool_template
+                .clone()
+                .filter(|_| cli.vm_pool_size > 0)
+                .map(|template| (template, cli.vm_pool_size)),
         })
     }
 

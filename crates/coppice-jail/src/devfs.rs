@@ -4,6 +4,10 @@
 
 use std::fmt::Write as _;
 
+/// The ruleset number coppice uses unless configured otherwise (free in a stock
+/// `/etc/defaults/devfs.rules`, which uses 1 to 4).
+pub const DEFAULT_RULESET: u16 = 4215;
+
 /// The nodes a sandbox sees, as devfs path patterns.
 /// A directory is listed with its entries: hiding it would white out every path below it.
 pub const VISIBLE: [&str; 13] = [

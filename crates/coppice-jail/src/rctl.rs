@@ -33,9 +33,65 @@ pub fn removal_filter(jail: &JailName) -> String {
     format!("jail:{}", jail.as_str())
 }
 
+/// `rctl -u jail:<name>`: the jail's resource use.
+pub fn usage_command(jail: &JailName) -> Vec<String> {
+    vec!["rctl".into(), "-u".into(), removal_filter(jail)]
+}
+
+/// What a jail uses now, from [`usage_command`]'s output.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JailUsage {
+    /// Resident memory, in bytes.
+    pub memory_bytes: u64,
+    /// Processes.
+    pub processes: u64,
+}
+
+/// Reads `resource=amount` lines; resources it does not use and malformed lines are skipped
+/// (rctl prints every resource it accounts, and adds new ones between releases).
+pub fn parse_usage(output: &str) -> JailUsage {
+    let mut usage = JailUsage::default();
+    for (resource, amount) in output
+        .lines()
+        .filter_map(|line| line.trim().split_once('='))
+    {
+        let Ok(amount) = amount.parse::<u64>() else {
+            continue;
+        };
+        match resource {
+            "memoryuse" => usage.memory_bytes = amount,
+            "maxproc" => usage.processes = amount,
+            _ => {}
+        }
+    }
+    usage
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_usage_reads_memory_and_processes() {
+        let jail = JailName::parse("sbx-a1").unwrap();
+        assert_eq!(usage_command(&jail), ["rctl", "-u", "jail:sbx-a1"]);
+        let output = "cputime=3\ndatasize=12288\nmemoryuse=52428800\nmaxproc=4\nopenfiles=37\n";
+        assert_eq!(
+            parse_usage(output),
+            JailUsage {
+                memory_bytes: 52_428_800,
+                processes: 4
+            }
+        );
+        assert_eq!(parse_usage(""), JailUsage::default());
+        assert_eq!(
+            parse_usage("memoryuse=lots\nmaxproc\nfuture=1\nmaxproc=2"),
+            JailUsage {
+                memory_bytes: 0,
+                processes: 2
+            }
+        );
+    }
 
     #[test]
     fn test_rules_for_limits() {

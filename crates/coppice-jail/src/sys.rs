@@ -1,7 +1,9 @@
-//! The only place that knows the OS: jail(2) calls, and the `mount`, `umount` and `rctl`
-//! commands.
+//! The only place that knows the OS: jail(2) calls, starting the init inside a jail, and the
+//! `mount`, `umount`, `rctl`, `ifconfig` and `route` commands.
 
+use std::fs::File;
 use std::io;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use crate::params::{EncodedParam, JailName};
@@ -65,4 +67,32 @@ pub trait JailSys: Send + Sync + 'static {
     /// # Errors
     /// rctl failed.
     fn rctl_remove(&self, filter: &str) -> io::Result<()>;
+
+    /// Mounts host directory `source` on `target` with nullfs (read-only when asked).
+    /// `target` comes from the sandbox's files; the caller checked that no link leads there.
+    ///
+    /// # Errors
+    /// The mount failed.
+    fn mount_nullfs(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()>;
+
+    /// Runs one command (program first) to completion; its standard output.
+    ///
+    /// # Errors
+    /// It could not start or exited with a failure (its standard error in the message).
+    fn run(&self, argv: &[String]) -> io::Result<String>;
+
+    /// Starts the open `program` with `argv` inside jail `jid`, with `channel` as its standard
+    /// input and nothing else inherited: a forked child attaches to the jail and changes
+    /// into its root before a second fork executes the program, so the init is never this
+    /// process's child and lives on when the daemon stops.
+    ///
+    /// # Errors
+    /// The fork, the attach or the exec failed.
+    fn start_init(
+        &self,
+        jid: i32,
+        program: &File,
+        argv: &[String],
+        channel: OwnedFd,
+    ) -> io::Result<()>;
 }

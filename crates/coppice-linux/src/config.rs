@@ -71,30 +71,7 @@ pub struct NamespaceRuntimeConfig {
     pub envd: Option<EnvdSettings>,
 }
 
-/// How every sandbox gets its envd.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EnvdSettings {
-    /// The `coppice-envd` executable on the host (or a binary with an envd mode).
-    pub binary: PathBuf,
-    /// Arguments before envd's own (e.g. the envd mode's sub-command).
-    pub leading_args: Vec<String>,
-    /// The TCP port it serves inside the sandbox's network (0: none).
-    pub port: u16,
-    /// The user of requests that name none.
-    pub default_user: String,
-}
-
-impl EnvdSettings {
-    /// envd at `binary`, on E2B's port 49983, defaulting to the `user` account.
-    pub fn new(binary: PathBuf) -> Self {
-        Self {
-            binary,
-            leading_args: Vec::new(),
-            port: 49983,
-            default_user: "user".into(),
-        }
-    }
-}
+pub use coppice_init::settings::EnvdSettings;
 
 impl NamespaceRuntimeConfig {
     /// Defaults for a daemon whose state lives under `run_dir`, starting inits with `init`.

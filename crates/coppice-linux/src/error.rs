@@ -6,6 +6,28 @@ use std::path::PathBuf;
 use crate::cgroup::CgroupError;
 use crate::mount_plan::PlanError;
 
+impl From<coppice_init::records::RecordError> for LinuxError {
+    fn from(error: coppice_init::records::RecordError) -> Self {
+        match error {
+            coppice_init::records::RecordError::Io { op, path, source } => {
+                Self::RunDir { op, path, source }
+            }
+            coppice_init::records::RecordError::Corrupt { path, source } => {
+                Self::Corrupt { path, source }
+            }
+        }
+    }
+}
+
+impl From<coppice_init::client::ControlError> for LinuxError {
+    fn from(error: coppice_init::client::ControlError) -> Self {
+        match error {
+            coppice_init::client::ControlError::Channel(source) => Self::Control(source),
+            coppice_init::client::ControlError::Refused { message } => Self::Refused { message },
+        }
+    }
+}
+
 /// A Linux runtime failure.
 #[derive(Debug, thiserror::Error)]
 pub enum LinuxError {

@@ -28,7 +28,6 @@
 #![warn(missing_docs)]
 
 pub mod cgroup;
-mod client;
 pub mod config;
 mod error;
 pub mod mount_plan;

@@ -16,6 +16,12 @@ pub enum PlanError {
     /// An overlay without layers.
     #[error("overlay root has no lower layer")]
     NoLowerLayer,
+    /// A disk is a virtual machine's root, not something to mount.
+    #[error("a disk {device} cannot be a namespace sandbox's root")]
+    Disk {
+        /// The disk.
+        device: PathBuf,
+    },
     /// A bind target that is not absolute or escapes the root with `..`.
     #[error("bind target {target} must be absolute and must not contain '..'")]
     BadTarget {
@@ -70,6 +76,11 @@ pub fn plan(
                 work: work.clone(),
             });
             binds
+        }
+        RootFs::Disk { device } => {
+            return Err(PlanError::Disk {
+                device: device.clone(),
+            });
         }
         RootFs::Directory { path, binds } => {
             steps.push(MountStep::Bind {

@@ -9,7 +9,7 @@
 use std::fs;
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -23,8 +23,9 @@ use coppice_core::runtime::{
 use coppice_core::storage::RootFs;
 use serde::{Deserialize, Serialize};
 
+use coppice_init::records::{read_json, sandbox_dirs, write_json};
+
 use crate::cgroup::{SandboxCgroups, limit_writes};
-use crate::client;
 use crate::config::NamespaceRuntimeConfig;
 use crate::error::LinuxError;
 use crate::mount_plan;
@@ -149,18 +150,7 @@ impl<S: NsSys> NamespaceRuntime<S> {
     }
 
     fn read_state(&self, id: &SandboxId) -> Result<Option<RunState>, LinuxError> {
-        let path = self.sandbox_dir(id).join(STATE);
-        match fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|source| LinuxError::Corrupt { path, source }),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(source) => Err(LinuxError::RunDir {
-                op: "read",
-                path,
-                source,
-            }),
-        }
+        Ok(read_json(&self.sandbox_dir(id).join(STATE))?)
     }
 
     /// Whether the recorded PID 1 still runs (same pid and start time, not a zombie).
@@ -219,24 +209,10 @@ impl<S: NsSys> NamespaceRuntime<S> {
             envd: self.config.envd.as_ref().map(|envd| EnvdLaunch {
                 binary: envd.binary.clone(),
                 socket: dir.join(ENVD_SOCKET),
-                args: [
-                    envd.leading_args.clone(),
-                    vec![
-                        "--listen-stdin".into(),
-                        "--port".into(),
-                        envd.port.to_string(),
-                        "--default-user".into(),
-                        envd.default_user.clone(),
-                        "--sandbox-id".into(),
-                        id.to_string(),
-                        "--state-file".into(),
-                        ENVD_STATE_FILE.into(),
-                    ],
-                ]
-                .concat(),
+                args: envd.args(id.as_str(), ENVD_STATE_FILE),
             }),
         };
-        write_json(&dir.join(INIT_CONFIG), &init)
+        Ok(write_json(&dir.join(INIT_CONFIG), &init)?)
     }
 
     fn start_impl(&self, id: &SandboxId) -> Result<SandboxEndpoints, LinuxError> {
@@ -368,16 +344,7 @@ impl<S: NsSys> NamespaceRuntime<S> {
     fn list_impl(&self) -> Result<Vec<RuntimeSandbox>, LinuxError> {
         let mut ids = SandboxCgroups::group_dirs(&self.config.cgroup, &self.proc_self_cgroup)?
             .list_sandboxes()?;
-        let entries = fs::read_dir(&self.config.run_dir).map_err(|source| LinuxError::RunDir {
-            op: "list",
-            path: self.config.run_dir.clone(),
-            source,
-        })?;
-        ids.extend(
-            entries
-                .flatten()
-                .filter_map(|entry| entry.file_name().to_str()?.parse::<SandboxId>().ok()),
-        );
+        ids.extend(sandbox_dirs(&self.config.run_dir)?);
         ids.sort();
         ids.dedup();
         let mut found = Vec::with_capacity(ids.len());
@@ -391,21 +358,6 @@ impl<S: NsSys> NamespaceRuntime<S> {
         }
         Ok(found)
     }
-}
-
-fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<(), LinuxError> {
-    let bytes = serde_json::to_vec(value).map_err(|source| LinuxError::Corrupt {
-        path: path.to_owned(),
-        source,
-    })?;
-    let temporary = path.with_extension("tmp");
-    fs::write(&temporary, bytes)
-        .and_then(|()| fs::rename(&temporary, path))
-        .map_err(|source| LinuxError::RunDir {
-            op: "write",
-            path: path.to_owned(),
-            source,
-        })
 }
 
 fn backend(op: &'static str, id: &SandboxId, error: LinuxError) -> RuntimeError {
@@ -436,6 +388,11 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
         if matches!(spec.network, NetAttachment::Vnet { .. }) {
             return Err(RuntimeError::Unsupported {
                 what: "a VNET interface (FreeBSD's network attachment)",
+            });
+        }
+        if matches!(root, RootFs::Disk { .. }) {
+            return Err(RuntimeError::Unsupported {
+                what: "a disk root (a virtual machine's)",
             });
         }
         let dir = self.sandbox_dir(id);
@@ -478,23 +435,17 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
     }
 
     fn exec(&self, id: &SandboxId, request: &ExecRequest) -> Result<ExecOutcome, RuntimeError> {
-        if request.argv.is_empty() {
-            return Err(RuntimeError::Invalid {
-                what: "command",
-                reason: "argv is empty".into(),
-            });
-        }
         match self.read_state(id) {
             Ok(Some(state)) if self.init_alive(&state).unwrap_or(false) => {}
             Ok(_) => return Err(RuntimeError::NotFound { id: id.clone() }),
             Err(error) => return Err(backend("exec", id, error)),
         }
-        client::exec(
+        coppice_init::client::exec_for(
+            id,
             &self.endpoints(id).control_socket,
             request,
             self.config.exec_output_limit,
         )
-        .map_err(|error| backend("exec", id, error))
     }
 
     fn probe(&self, id: &SandboxId) -> Result<Probe, RuntimeError> {

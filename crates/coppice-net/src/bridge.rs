@@ -3,7 +3,7 @@
 //! egress policy and masquerades it to the outside.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -21,7 +21,7 @@ use crate::pool::Pool;
 use crate::sys::BridgeSys;
 
 mod config;
-mod resolver;
+pub(crate) mod resolver;
 mod rules;
 mod script;
 pub(crate) mod state;
@@ -449,20 +449,8 @@ impl BridgeNetwork {
                 let _ = sys.ip_batch(None, &script::endpoint_removal(&config, index));
             }
         }
-        let upstream = config.dns_upstream.or_else(|| {
-            std::fs::read_to_string("/etc/resolv.conf")
-                .ok()
-                .and_then(|text| resolver::upstream_from_resolv_conf(&text))
-        });
-        if upstream.is_none() {
-            tracing::warn!(
-                "no upstream resolver known; sandbox names outside the host do not resolve"
-            );
-        }
-        let listen = [
-            SocketAddr::new(IpAddr::V4(config.bridge_v4()), 53),
-            SocketAddr::new(IpAddr::V6(config.bridge_v6()), 53),
-        ];
+        let upstream = resolver::upstream(config.dns_upstream);
+        let listen = resolver::listen_addresses(&config);
         let pool_size = config.pool_size;
         let inner = Arc::new(Inner {
             config,

@@ -5,8 +5,10 @@
 //!
 //! pf evaluates every rule and the last match wins, so every rule here is `quick` (the first
 //! match wins), in the order nftables uses: the resolver, allowOut, pinned names, denyOut,
-//! the host itself, then the outside or the air gap. Refusals are `block return` (a reset or
-//! an ICMP error), so clients fail at once rather than time out.
+//! the host itself, then the outside or the air gap. One rule has no nftables twin: the
+//! daemon (root, from the bridge's addresses) may open connections to a VM's guest agent and
+//! envd, which a jail serves on host-side Unix sockets instead. Refusals are `block return`
+//! (a reset or an ICMP error), so clients fail at once rather than time out.
 //!
 //! What a sandbox anchor cannot express lives in `pf.conf`, after the anchor line (see
 //! [`pf_conf_lines`]): nothing new leaves the host onto the bridge (no sandbox reaches
@@ -29,6 +31,10 @@ pub const ANCHOR_ROOT: &str = "coppice";
 
 /// The table, inside a sandbox's anchor, of addresses the resolver pinned for allowed names.
 pub const PIN_TABLE: &str = "coppice_pins";
+
+/// The TCP ports of a VM's guest agent and envd, which the host's root reaches over the
+/// bridge (a jail's are reached through Unix sockets instead).
+pub const GUEST_SERVICE_PORTS: [u16; 2] = [49982, 49983];
 
 /// The anchor of the sandbox at `index`.
 pub fn anchor_name(index: u32) -> String {
@@ -56,6 +62,15 @@ pub fn anchor_rules(config: &BridgeConfig, index: u32, policy: &EgressPolicy) ->
         "pass in quick on \"{member}\" from {sources} to any no state"
     ));
     line(format!("block drop in quick on \"{member}\" all"));
+    // The one new flow onto the bridge: the daemon (root) to a VM's agent and envd. `user`
+    // keeps every other local user off those ports.
+    line(format!(
+        "pass out quick on \"{bridge}\" proto tcp from {{ {} {} }} to {sources} port {{ {} {} }} user root",
+        config.bridge_v4(),
+        config.bridge_v6(),
+        GUEST_SERVICE_PORTS[0],
+        GUEST_SERVICE_PORTS[1],
+    ));
     line(format!(
         "pass {on} proto {{ tcp udp }} from {sources} to {{ {} {} }} port 53",
         config.bridge_v4(),
@@ -214,6 +229,7 @@ mod tests {
 pass in quick on \"coppice0-4\" inet6 proto ipv6-icmp from fe80::/10 to any no state
 pass in quick on \"coppice0-4\" from { 10.213.0.5 fd00:c0:ffee::5 } to any no state
 block drop in quick on \"coppice0-4\" all
+pass out quick on \"coppice0\" proto tcp from { 10.213.0.1 fd00:c0:ffee::1 } to { 10.213.0.5 fd00:c0:ffee::5 } port { 49982 49983 } user root
 pass in quick on \"coppice0\" proto { tcp udp } from { 10.213.0.5 fd00:c0:ffee::5 } to { 10.213.0.1 fd00:c0:ffee::1 } port 53
 ";
 
@@ -260,9 +276,20 @@ pass in quick on \"coppice0\" proto { tcp udp } from { 10.213.0.5 fd00:c0:ffee::
     fn test_no_anchor_rule_lets_a_sandbox_reach_another() {
         // Sandbox-to-sandbox traffic leaves the host onto the bridge, and only pf.conf's
         // `block return out` judges that direction: an allowOut covering the sandbox prefix
-        // must not hold a rule for it.
+        // must not hold a rule for it. The one `out` rule is the daemon's own (root's, from
+        // the bridge's addresses, which no sandbox can send from past its member guard) to a
+        // VM's agent and envd.
         let rules = anchor_rules(&config(), 4, &policy(true, &["10.0.0.0/8"], &[]));
-        assert!(rules.lines().all(|rule| !rule.contains(" out ")), "{rules}");
+        let out: Vec<&str> = rules
+            .lines()
+            .filter(|rule| rule.contains(" out "))
+            .collect();
+        assert_eq!(out.len(), 1, "{rules}");
+        assert!(
+            out[0].contains("from { 10.213.0.1 fd00:c0:ffee::1 }")
+                && out[0].ends_with("port { 49982 49983 } user root"),
+            "{rules}"
+        );
         let lines = pf_conf_lines(&config(), "vtnet0");
         let anchor = lines.find("anchor \"coppice/*\"").unwrap();
         let block_out = lines

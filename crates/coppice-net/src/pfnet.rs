@@ -3,15 +3,22 @@
 //! ([`NetAttachment::Vnet`]); its egress policy is a pf anchor ([`crate::pf`]). Epairs can be
 //! prepared ahead of time ([`PfNetwork::prefill`]), so a create only loads the anchor.
 //!
+//! A background thread keeps `pool_size` epairs prepared, refilling after each attach.
+//!
 //! Each attachment is recorded under the config's state directory, so a restarted daemon
 //! adopts the sandboxes whose epair survived (reloading their anchors), forgets the others,
-//! and destroys epairs nothing owns.
+//! and destroys epairs nothing owns (prepared ones left at a stop included).
 //!
-//! Not built yet on this side: the sandbox resolver (so domain entries are refused and no
-//! resolver is handed to the sandbox) and a background refill of prepared epairs.
+//! Domain entries work as on Linux: the sandboxes' resolver (`bridge::resolver`) listens on
+//! the bridge, answers a name the sandbox may not resolve with NXDOMAIN, and adds the
+//! addresses answered for an allowed name to the anchor's pin table before passing the
+//! answer on. pf tables have no per-entry lifetime, so a pin lasts until the sandbox's policy
+//! changes (reloading the anchor empties the table) or the sandbox goes, where Linux drops it
+//! with the answer's TTL.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;
+use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use coppice_core::SandboxId;
@@ -19,8 +26,9 @@ use coppice_core::net::{NetAttachment, NetError, NetPolicy};
 use coppice_core::spec::NetworkSpec;
 
 use crate::bridge::backend;
+use crate::bridge::resolver::{self, Directory, Resolver};
 use crate::bridge::state::StateDir;
-use crate::egress::EgressPolicy;
+use crate::egress::{EgressPolicy, NameVerdict};
 use crate::sys::PfSys;
 use crate::{BridgeConfig, ConfigError, epair, pf};
 
@@ -44,17 +52,42 @@ pub enum PfStartError {
     Records(#[source] std::io::Error),
 }
 
+/// One attached sandbox.
+#[derive(Debug)]
+struct Attached {
+    index: u32,
+    policy: EgressPolicy,
+    /// Bumped at every load of its anchor: a pin asked under an older policy opens nothing.
+    generation: u64,
+}
+
 #[derive(Debug, Default)]
 struct State {
     used: BTreeSet<u32>,
     /// Indexes whose epair is prepared and not yet handed out, oldest first.
     ready: VecDeque<u32>,
-    attached: BTreeMap<SandboxId, u32>,
+    attached: BTreeMap<SandboxId, Attached>,
+    next_generation: u64,
+}
+
+impl State {
+    fn generation(&mut self) -> u64 {
+        self.next_generation += 1;
+        self.next_generation
+    }
 }
 
 /// Sandboxes on a FreeBSD bridge, filtered by pf.
 #[derive(Debug)]
 pub struct PfNetwork {
+    inner: Arc<Inner>,
+    /// Wakes the refill thread; dropping it stops the thread.
+    refill: Mutex<Option<mpsc::Sender<()>>>,
+    resolver: Option<Resolver>,
+}
+
+#[derive(Debug)]
+struct Inner {
     config: BridgeConfig,
     sys: Arc<dyn PfSys>,
     state: Mutex<State>,
@@ -62,12 +95,96 @@ pub struct PfNetwork {
 }
 
 impl PfNetwork {
-    /// Checks `pf.conf`, turns forwarding and the filtering of bridge members on, and makes
-    /// the bridge with its addresses unless it exists.
+    /// Checks `pf.conf`, turns forwarding and the filtering of bridge members on, makes the
+    /// bridge with its addresses unless it exists, adopts recorded sandboxes, and starts the
+    /// resolver and the epair refill.
     ///
     /// # Errors
     /// A bad config, a `pf.conf` without the lines coppice needs, or a failed host command.
     pub fn start(config: BridgeConfig, sys: Arc<dyn PfSys>) -> Result<Self, PfStartError> {
+        Self::start_with(config, sys, true)
+    }
+
+    /// As [`PfNetwork::start`], with the resolver only when `resolver` is set (tests run
+    /// without one: its addresses are not this host's).
+    ///
+    /// # Errors
+    /// As [`PfNetwork::start`].
+    pub(crate) fn start_with(
+        config: BridgeConfig,
+        sys: Arc<dyn PfSys>,
+        with_resolver: bool,
+    ) -> Result<Self, PfStartError> {
+        let inner = Arc::new(Inner::start(config, sys)?);
+        let resolver = with_resolver.then(|| {
+            Resolver::start(
+                &resolver::listen_addresses(&inner.config),
+                resolver::upstream(inner.config.dns_upstream),
+                &(Arc::clone(&inner) as Arc<dyn Directory>),
+            )
+        });
+        let refill = (inner.config.pool_size > 0).then(|| {
+            let (wake, woken) = mpsc::channel::<()>();
+            let refiller = Arc::clone(&inner);
+            let started = std::thread::Builder::new()
+                .name("epair-refill".into())
+                .spawn(move || {
+                    while woken.recv().is_ok() {
+                        if let Err(error) = refiller.prefill(refiller.config.pool_size) {
+                            tracing::warn!(error = %error, "cannot prepare epairs ahead of time");
+                        }
+                    }
+                });
+            match started {
+                Ok(_) => {
+                    let _ = wake.send(());
+                    Some(wake)
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "epair refill not started; epairs are made on demand");
+                    None
+                }
+            }
+        });
+        Ok(Self {
+            inner,
+            refill: Mutex::new(refill.flatten()),
+            resolver,
+        })
+    }
+
+    /// Prepares epairs until `count` are ready, off the create path.
+    ///
+    /// # Errors
+    /// Out of addresses, or a host command failed (what was prepared stays ready).
+    pub fn prefill(&self, count: usize) -> Result<(), NetError> {
+        self.inner.prefill(count)
+    }
+
+    /// The resolvers a sandbox is told about: the bridge's IPv4 address where the resolver
+    /// listens.
+    fn dns(&self) -> Vec<IpAddr> {
+        let [v4, _] = resolver::listen_addresses(&self.inner.config);
+        match &self.resolver {
+            Some(resolver) if resolver.listens_on(v4) => vec![v4.ip()],
+            _ => Vec::new(),
+        }
+    }
+
+    fn wake_refill(&self) {
+        if let Some(wake) = self
+            .refill
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = wake.send(());
+        }
+    }
+}
+
+impl Inner {
+    fn start(config: BridgeConfig, sys: Arc<dyn PfSys>) -> Result<Self, PfStartError> {
         config.validate()?;
         pf::check_pf_conf(
             &sys.pf_conf().map_err(PfStartError::ReadPfConf)?,
@@ -110,14 +227,14 @@ impl PfNetwork {
         ])?;
         run("ifconfig", &[bridge, "up"])?;
         let records = StateDir::open(&config.state_dir).map_err(PfStartError::Records)?;
-        let network = Self {
+        let inner = Self {
             config,
             sys,
             state: Mutex::new(State::default()),
             records,
         };
-        network.adopt()?;
-        Ok(network)
+        inner.adopt()?;
+        Ok(inner)
     }
 
     /// After a restart: takes back the recorded sandboxes whose epair is still there (their
@@ -133,7 +250,7 @@ impl PfNetwork {
         for recorded in self.records.load().map_err(PfStartError::Records)? {
             let index = recorded.index;
             let alive = links.contains(self.config.host_link(index).as_str());
-            let policy = policy_of(&recorded.spec);
+            let policy = EgressPolicy::from_spec(&recorded.spec);
             match (alive, policy) {
                 (true, Ok(policy)) if !owned.contains(&index) => {
                     if let Err(error) = self.load(index, &policy) {
@@ -142,7 +259,15 @@ impl PfNetwork {
                     owned.insert(index);
                     let mut state = self.state();
                     state.used.insert(index);
-                    state.attached.insert(recorded.id, index);
+                    let generation = state.generation();
+                    state.attached.insert(
+                        recorded.id,
+                        Attached {
+                            index,
+                            policy,
+                            generation,
+                        },
+                    );
                 }
                 _ => {
                     let _ = self.pfctl("flush pf anchor", &pf::flush_anchor(index), None);
@@ -231,7 +356,7 @@ impl PfNetwork {
     ///
     /// # Errors
     /// Out of addresses, or a host command failed (what was prepared stays ready).
-    pub fn prefill(&self, count: usize) -> Result<(), NetError> {
+    fn prefill(&self, count: usize) -> Result<(), NetError> {
         while self.state().ready.len() < count {
             let index = self.allocate()?;
             if let Err(error) = self.prepare(index) {
@@ -243,7 +368,7 @@ impl PfNetwork {
         Ok(())
     }
 
-    fn attachment(&self, index: u32) -> NetAttachment {
+    fn attachment(&self, index: u32, dns: Vec<IpAddr>) -> NetAttachment {
         let (v4, v6) = self.config.sandbox_addresses(index);
         NetAttachment::Vnet {
             interface: epair::jail_end(index),
@@ -256,7 +381,7 @@ impl PfNetwork {
                 IpAddr::V4(self.config.bridge_v4()),
                 IpAddr::V6(self.config.bridge_v6()),
             ],
-            dns: Vec::new(),
+            dns,
         }
     }
 
@@ -281,78 +406,137 @@ impl PfNetwork {
     }
 }
 
-/// The policy of `spec`, refusing what pf cannot enforce yet.
-fn policy_of(spec: &NetworkSpec) -> Result<EgressPolicy, NetError> {
-    let policy = EgressPolicy::from_spec(spec)?;
-    if !policy.allow_domains.is_empty() || !policy.deny_domains.is_empty() {
-        return Err(NetError::Invalid {
-            reason: "domain entries in allowOut and denyOut need the sandbox resolver, which \
-                     coppice does not run on FreeBSD yet; use addresses and CIDRs"
-                .into(),
-        });
+impl Directory for Inner {
+    /// The ticket is the generation of the sandbox's anchor: a pin is added only while it is
+    /// still current, so an answer that arrives after a change (or after the index went to
+    /// another sandbox) opens nothing.
+    fn verdict(&self, client: IpAddr, name: &str) -> (NameVerdict, u64) {
+        let Some(index) = self.config.index_of_address(client) else {
+            return (NameVerdict::Refuse, 0);
+        };
+        self.state()
+            .attached
+            .values()
+            .find(|attached| attached.index == index)
+            .map_or((NameVerdict::Refuse, 0), |attached| {
+                (attached.policy.verdict(name), attached.generation)
+            })
     }
-    Ok(policy)
+
+    fn pin(
+        &self,
+        client: IpAddr,
+        name: &str,
+        ticket: u64,
+        addresses: &[(IpAddr, u32)],
+    ) -> std::io::Result<()> {
+        let Some(index) = self.config.index_of_address(client) else {
+            return Ok(());
+        };
+        // Held through the pfctl run, so no change of the sandbox's anchor slips between the
+        // check and the pin.
+        let state = self.state();
+        let current = state.attached.values().any(|a| {
+            a.index == index && a.generation == ticket && a.policy.verdict(name) == NameVerdict::Pin
+        });
+        if !current || addresses.is_empty() {
+            return Ok(());
+        }
+        let addresses: Vec<IpAddr> = addresses.iter().map(|(address, _)| *address).collect();
+        self.sys
+            .run("pfctl", &pf::pin(index, &addresses), None)
+            .map(drop)
+    }
 }
 
 impl NetPolicy for PfNetwork {
     fn attach(&self, id: &SandboxId, spec: &NetworkSpec) -> Result<NetAttachment, NetError> {
-        let policy = policy_of(spec)?;
-        if self.state().attached.contains_key(id) {
+        let inner = &self.inner;
+        let policy = EgressPolicy::from_spec(spec)?;
+        if inner.state().attached.contains_key(id) {
             return Err(NetError::Invalid {
                 reason: format!("sandbox {id} is already attached"),
             });
         }
-        let pooled = self.state().ready.pop_front();
+        let pooled = inner.state().ready.pop_front();
         let index = match pooled {
-            Some(index) => index,
+            Some(index) => {
+                self.wake_refill();
+                index
+            }
             None => {
-                let index = self.allocate()?;
-                if let Err(error) = self.prepare(index) {
-                    self.state().used.remove(&index);
+                let index = inner.allocate()?;
+                if let Err(error) = inner.prepare(index) {
+                    inner.state().used.remove(&index);
                     return Err(error);
                 }
                 index
             }
         };
-        let recorded = self.load(index, &policy).and_then(|()| {
-            self.records
+        let recorded = inner.load(index, &policy).and_then(|()| {
+            inner
+                .records
                 .write(id, index, spec, 0)
                 .map_err(|error| backend("record the attachment", error))
         });
         if let Err(error) = recorded {
-            let _ = self.release(index);
+            let _ = inner.release(index);
             return Err(error);
         }
-        self.state().attached.insert(id.clone(), index);
-        Ok(self.attachment(index))
+        let mut state = inner.state();
+        let generation = state.generation();
+        state.attached.insert(
+            id.clone(),
+            Attached {
+                index,
+                policy,
+                generation,
+            },
+        );
+        drop(state);
+        Ok(inner.attachment(index, self.dns()))
     }
 
     fn update(&self, id: &SandboxId, spec: &NetworkSpec) -> Result<(), NetError> {
-        let policy = policy_of(spec)?;
-        let index = *self
+        let inner = &self.inner;
+        let policy = EgressPolicy::from_spec(spec)?;
+        let index = inner
             .state()
             .attached
             .get(id)
+            .map(|attached| attached.index)
             .ok_or_else(|| NetError::NotFound { id: id.clone() })?;
         // Recorded first: a restart reloads the anchor from the record.
-        self.records
+        inner
+            .records
             .write(id, index, spec, 0)
             .map_err(|error| backend("record the attachment", error))?;
-        self.load(index, &policy)?;
+        {
+            // Under the lock the resolver pins under: no pin of the old policy lands in the
+            // new anchor, and none of the new one is emptied by the load.
+            let mut state = inner.state();
+            let generation = state.generation();
+            if let Some(attached) = state.attached.get_mut(id) {
+                attached.generation = generation;
+                attached.policy = policy.clone();
+            }
+            inner.load(index, &policy)?;
+        }
         // States are judged when made: end the open ones so the new rules apply to them.
-        for args in pf::kill_states(&self.config, index) {
-            self.pfctl("kill states", &args, None)?;
+        for args in pf::kill_states(&inner.config, index) {
+            inner.pfctl("kill states", &args, None)?;
         }
         Ok(())
     }
 
     fn detach(&self, id: &SandboxId) -> Result<(), NetError> {
-        let Some(index) = self.state().attached.remove(id) else {
+        let inner = &self.inner;
+        let Some(attached) = inner.state().attached.remove(id) else {
             return Ok(());
         };
-        let released = self.release(index);
+        let released = inner.release(attached.index);
         // A link left behind is destroyed at the next start as one nobody owns.
-        let forgotten = self
+        let forgotten = inner
             .records
             .remove(id)
             .map_err(|error| backend("forget the attachment", error));
@@ -360,7 +544,7 @@ impl NetPolicy for PfNetwork {
     }
 
     fn list(&self) -> Result<Vec<SandboxId>, NetError> {
-        Ok(self.state().attached.keys().cloned().collect())
+        Ok(self.inner.state().attached.keys().cloned().collect())
     }
 }
 

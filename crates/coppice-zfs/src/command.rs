@@ -34,8 +34,8 @@ pub enum ZfsOp<'a> {
         origin: &'a str,
         /// The new dataset.
         dataset: &'a DatasetName,
-        /// Where it is mounted.
-        mountpoint: &'a Path,
+        /// Where it is mounted; `None` for a volume's clone (a volume is no file system).
+        mountpoint: Option<&'a Path>,
         /// Its quota in MiB; none for `None` or 0.
         quota_mb: Option<u32>,
         /// User properties to set.
@@ -87,7 +87,7 @@ fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|&arg| arg.to_owned()).collect()
 }
 
-/// `zfs list -Hp -o <columns> -t filesystem -r <root>`: every filesystem under `root`.
+/// `zfs list -Hp -o <columns> -t filesystem,volume -r <root>`: every dataset under `root`.
 fn list(root: &DatasetName) -> Vec<String> {
     strings(&[
         "list",
@@ -95,7 +95,7 @@ fn list(root: &DatasetName) -> Vec<String> {
         "-o",
         LIST_COLUMNS,
         "-t",
-        "filesystem",
+        "filesystem,volume",
         "-r",
         root.as_str(),
     ])
@@ -113,16 +113,19 @@ fn create(dataset: &DatasetName, mountpoint: &Path, props: &[(&str, &str)]) -> V
     args
 }
 
-/// `zfs clone -o mountpoint=<path> [-o quota=<N>M] [-o <prop>=<value>]… <snapshot> <dataset>`.
+/// `zfs clone [-o mountpoint=<path>] [-o quota=<N>M] [-o <prop>=<value>]… <snapshot> <dataset>`.
 fn clone(
     snapshot: &str,
     dataset: &DatasetName,
-    mountpoint: &Path,
+    mountpoint: Option<&Path>,
     quota_mb: Option<u32>,
     props: &[(&str, &str)],
 ) -> Vec<String> {
-    let mut args = strings(&["clone", "-o"]);
-    args.push(format!("mountpoint={}", mountpoint.display()));
+    let mut args = strings(&["clone"]);
+    if let Some(mountpoint) = mountpoint {
+        args.push("-o".into());
+        args.push(format!("mountpoint={}", mountpoint.display()));
+    }
     if let Some(quota) = quota_mb.filter(|mb| *mb > 0) {
         args.push("-o".into());
         args.push(format!("quota={quota}M"));
@@ -165,7 +168,7 @@ mod tests {
         let cases: Vec<(Vec<String>, &str)> = vec![
             (
                 list(&DatasetName::parse("zroot/coppice").unwrap()),
-                "list -Hp -o name,used,creation,mountpoint,origin,coppice:user,coppice:workdir,coppice:snapshot_of -t filesystem -r zroot/coppice",
+                "list -Hp -o name,type,used,creation,mountpoint,origin,coppice:user,coppice:workdir,coppice:snapshot_of -t filesystem,volume -r zroot/coppice",
             ),
             (
                 create(&dataset, &mountpoint, &[("coppice:user", "user")]),
@@ -175,7 +178,7 @@ mod tests {
                 clone(
                     "zroot/coppice/templates/base@template",
                     &dataset,
-                    &mountpoint,
+                    Some(&mountpoint),
                     Some(2048),
                     &[],
                 ),
@@ -185,11 +188,21 @@ mod tests {
                 clone(
                     "zroot/coppice/templates/base@template",
                     &dataset,
-                    &mountpoint,
+                    Some(&mountpoint),
                     Some(0),
                     &[],
                 ),
                 "clone -o mountpoint=/var/db/coppice/sandboxes/abc zroot/coppice/templates/base@template zroot/coppice/sandboxes/abc",
+            ),
+            (
+                clone(
+                    "zroot/coppice/templates/debian-vm@template",
+                    &dataset,
+                    None,
+                    None,
+                    &[],
+                ),
+                "clone zroot/coppice/templates/debian-vm@template zroot/coppice/sandboxes/abc",
             ),
             (
                 snapshot("zroot/coppice/sandboxes/abc@s1"),

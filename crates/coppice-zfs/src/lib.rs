@@ -16,7 +16,7 @@ mod sys;
 
 pub use command::ZfsOp;
 pub use layout::{DatasetName, InvalidDatasetName, ZfsLayout};
-pub use list::{DatasetRow, ParseListError, parse_list};
+pub use list::{DatasetKind, DatasetRow, ParseListError, parse_list};
 pub use storage::ZfsStorage;
 #[cfg(feature = "libzfs-core")]
 pub use sys::LzcZfs;

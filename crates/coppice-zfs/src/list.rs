@@ -1,18 +1,29 @@
-//! Parsing `zfs list -Hp -o name,used,creation,mountpoint,origin,<coppice properties>`:
+//! Parsing `zfs list -Hp -o name,type,used,creation,mountpoint,origin,<coppice properties>`:
 //! one dataset per line, fields separated by tabs, sizes in bytes, times in Unix seconds,
-//! `-` for a property that has no value.
+//! `-` for a property that has no value (a volume's mountpoint among them).
 
 use std::path::PathBuf;
 
 /// The columns coppice asks `zfs list` for, in order.
 pub const LIST_COLUMNS: &str =
-    "name,used,creation,mountpoint,origin,coppice:user,coppice:workdir,coppice:snapshot_of";
+    "name,type,used,creation,mountpoint,origin,coppice:user,coppice:workdir,coppice:snapshot_of";
+
+/// What a dataset holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DatasetKind {
+    /// A file system (a jail's root, a volume's files).
+    Filesystem,
+    /// A volume: a block device under `/dev/zvol/` (a virtual machine's disk).
+    Volume,
+}
 
 /// One dataset as `zfs list -Hp` printed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DatasetRow {
     /// Full dataset name.
     pub name: String,
+    /// File system or volume.
+    pub kind: DatasetKind,
     /// Bytes used by the dataset and its descendants.
     pub used: u64,
     /// Creation time, Unix seconds.
@@ -63,6 +74,7 @@ pub fn parse_list(output: &str) -> Result<Vec<DatasetRow>, ParseListError> {
         let fields: Vec<&str> = text.split('\t').collect();
         let [
             name,
+            kind,
             used,
             creation,
             mountpoint,
@@ -72,7 +84,12 @@ pub fn parse_list(output: &str) -> Result<Vec<DatasetRow>, ParseListError> {
             snapshot_of,
         ] = fields.as_slice()
         else {
-            return Err(error("expected 8 tab-separated fields"));
+            return Err(error("expected 9 tab-separated fields"));
+        };
+        let kind = match *kind {
+            "filesystem" => DatasetKind::Filesystem,
+            "volume" => DatasetKind::Volume,
+            _ => return Err(error("type is neither filesystem nor volume")),
         };
         let used = used.parse().map_err(|_| error("size is not a number"))?;
         let creation = creation
@@ -85,6 +102,7 @@ pub fn parse_list(output: &str) -> Result<Vec<DatasetRow>, ParseListError> {
         };
         rows.push(DatasetRow {
             name: (*name).to_owned(),
+            kind,
             used,
             creation,
             mountpoint,
@@ -101,14 +119,14 @@ pub fn parse_list(output: &str) -> Result<Vec<DatasetRow>, ParseListError> {
 mod tests {
     use super::*;
 
-    /// Written in the format `zfs list -Hp -o <LIST_COLUMNS> -t filesystem -r zroot/coppice`
+    /// Written in the format `zfs list -Hp -o <LIST_COLUMNS> -t filesystem,volume -r zroot/coppice`
     /// prints (tabs, bytes, Unix seconds, `-` and `none`); not yet captured on a ZFS host.
     const RECORDED: &str = include_str!("../tests/fixtures/zfs-list.txt");
 
     #[test]
     fn test_parses_recorded_output() {
         let rows = parse_list(RECORDED).unwrap();
-        assert_eq!(rows.len(), 7);
+        assert_eq!(rows.len(), 9);
         let base = rows
             .iter()
             .find(|row| row.name == "zroot/coppice/templates/base")
@@ -131,22 +149,40 @@ mod tests {
             Some("zroot/coppice/templates/base@template")
         );
         assert_eq!(sandbox.user, None);
+        assert_eq!(sandbox.kind, DatasetKind::Filesystem);
         let root = &rows[0];
         assert_eq!(root.mountpoint, None, "mountpoint=none");
+        let vm = rows
+            .iter()
+            .find(|row| row.name == "zroot/coppice/sandboxes/vm7x2p")
+            .unwrap();
+        assert_eq!(vm.kind, DatasetKind::Volume);
+        assert_eq!(vm.mountpoint, None, "a volume has no mountpoint");
+        assert_eq!(
+            vm.origin.as_deref(),
+            Some("zroot/coppice/templates/debian-vm@template")
+        );
     }
 
     #[test]
     fn test_refuses_malformed_lines() {
         let cases = [
-            ("zroot\t1\t2", "expected 8 tab-separated fields"),
-            ("zroot\tlots\t2\t-\t-\t-\t-\t-", "size is not a number"),
+            ("zroot\tfilesystem\t1\t2", "expected 9 tab-separated fields"),
             (
-                "zroot\t1\tyesterday\t-\t-\t-\t-\t-",
+                "zroot\tfilesystem\tlots\t2\t-\t-\t-\t-\t-",
+                "size is not a number",
+            ),
+            (
+                "zroot\tfilesystem\t1\tyesterday\t-\t-\t-\t-\t-",
                 "creation time is not a number",
             ),
             (
-                "zroot\t1\t2\trelative/path\t-\t-\t-\t-",
+                "zroot\tfilesystem\t1\t2\trelative/path\t-\t-\t-\t-",
                 "mountpoint is neither a path nor none/legacy",
+            ),
+            (
+                "zroot\tsnapshot\t1\t2\t-\t-\t-\t-\t-",
+                "type is neither filesystem nor volume",
             ),
         ];
         for (text, reason) in cases {

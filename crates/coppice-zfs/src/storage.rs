@@ -14,7 +14,7 @@ use coppice_core::{SandboxId, TemplateId, VolumeId};
 
 use crate::command::ZfsOp;
 use crate::layout::{DatasetName, InvalidDatasetName, TEMPLATE_SNAPSHOT, ZfsLayout};
-use crate::list::{DatasetRow, parse_list};
+use crate::list::{DatasetKind, DatasetRow, parse_list};
 use crate::sys::{ZfsError, ZfsSys};
 
 /// Default user and working directory of a template that does not name its own.
@@ -154,13 +154,19 @@ impl ZfsStorage {
         })
     }
 
-    fn directory(&self, dataset: &DatasetName, row: &DatasetRow) -> RootFs {
-        RootFs::Directory {
-            path: row
-                .mountpoint
-                .clone()
-                .unwrap_or_else(|| self.layout.mountpoint(dataset)),
-            binds: Vec::new(),
+    /// The root a sandbox's dataset gives: a directory, or a volume's disk.
+    fn root_of(&self, dataset: &DatasetName, row: &DatasetRow) -> RootFs {
+        match row.kind {
+            DatasetKind::Volume => RootFs::Disk {
+                device: ZfsLayout::device(dataset),
+            },
+            DatasetKind::Filesystem => RootFs::Directory {
+                path: row
+                    .mountpoint
+                    .clone()
+                    .unwrap_or_else(|| self.layout.mountpoint(dataset)),
+                binds: Vec::new(),
+            },
         }
     }
 
@@ -213,11 +219,16 @@ impl Storage for ZfsStorage {
         let dataset = self.layout.sandbox(id)?;
         let rows = self.rows()?;
         let template_dataset = self.layout.template(template)?;
-        if !rows.iter().any(|row| row.name == template_dataset.as_str()) {
+        let Some(template_row) = rows
+            .iter()
+            .find(|row| row.name == template_dataset.as_str())
+        else {
             return Err(StorageError::TemplateNotFound {
                 id: template.clone(),
             });
-        }
+        };
+        // A volume's clone is a disk of the template's size: no mountpoint, no quota.
+        let volume = template_row.kind == DatasetKind::Volume;
         if rows.iter().any(|row| row.name == dataset.as_str()) {
             return Err(StorageError::AlreadyExists { id: id.clone() });
         }
@@ -226,10 +237,13 @@ impl Storage for ZfsStorage {
         match self.sys.zfs(&ZfsOp::Clone {
             origin: &origin,
             dataset: &dataset,
-            mountpoint: &mountpoint,
-            quota_mb: Some(disk_mb),
+            mountpoint: (!volume).then_some(mountpoint.as_path()),
+            quota_mb: (!volume).then_some(disk_mb),
             props: &[],
         }) {
+            Ok(_) if volume => Ok(RootFs::Disk {
+                device: ZfsLayout::device(&dataset),
+            }),
             Ok(_) => Ok(RootFs::Directory {
                 path: mountpoint,
                 binds: Vec::new(),
@@ -248,7 +262,7 @@ impl Storage for ZfsStorage {
     fn rootfs(&self, id: &SandboxId) -> Result<RootFs, StorageError> {
         let dataset = self.layout.sandbox(id)?;
         self.row(&dataset)?
-            .map(|row| self.directory(&dataset, &row))
+            .map(|row| self.root_of(&dataset, &row))
             .ok_or_else(|| StorageError::NotFound { id: id.clone() })
     }
 
@@ -324,7 +338,8 @@ impl Storage for ZfsStorage {
                 &ZfsOp::Clone {
                     origin: &sandbox_snapshot,
                     dataset: &template,
-                    mountpoint: &self.layout.mountpoint(&template),
+                    mountpoint: (sandbox_row.kind == DatasetKind::Filesystem)
+                        .then_some(self.layout.mountpoint(&template).as_path()),
                     quota_mb: None,
                     props: &props,
                 },

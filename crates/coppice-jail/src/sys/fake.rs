@@ -1,12 +1,18 @@
-//! A recording fake of the host: live jails, devfs mounts and rctl rules kept in memory, every
-//! call recorded, and failures injected by operation.
+//! A recording fake of the host: live jails, mounts and rctl rules kept in memory, every call
+//! recorded, and failures injected by operation. Its jail init is a thread that reads the
+//! real launch message and answers the control socket in the real protocol: pings, and execs
+//! with `argv` echoed as standard output.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fs::File;
 use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use super::JailSys;
+use crate::launch::{InitReport, JailInitConfig, receive_config, send_report};
 use crate::params::{EncodedParam, JailName};
 
 #[derive(Debug, Default)]
@@ -16,6 +22,12 @@ struct State {
     mounts: BTreeSet<PathBuf>,
     rulesets: BTreeSet<u16>,
     rules: BTreeSet<String>,
+    /// Each started init's launch config, by jail id.
+    inits: BTreeMap<i32, JailInitConfig>,
+    /// The next init reports this failure instead of serving.
+    init_failure: Option<String>,
+    /// `rctl -u` output per jail name.
+    usage: BTreeMap<String, String>,
     calls: Vec<String>,
     /// Operation → how many more calls succeed before one fails.
     failures: BTreeMap<&'static str, usize>,
@@ -23,7 +35,7 @@ struct State {
 
 /// The fake host.
 #[derive(Debug, Default)]
-pub(crate) struct FakeJailSys(Mutex<State>);
+pub(crate) struct FakeJailSys(Arc<Mutex<State>>);
 
 impl FakeJailSys {
     fn state(&self) -> MutexGuard<'_, State> {
@@ -33,6 +45,23 @@ impl FakeJailSys {
     /// The call of `operation` after `succeed` more successful ones fails.
     pub(crate) fn fail(&self, operation: &'static str, succeed: usize) {
         self.state().failures.insert(operation, succeed);
+    }
+
+    /// The next init started reports `error` instead of serving.
+    pub(crate) fn init_fails(&self, error: &str) {
+        self.state().init_failure = Some(error.to_owned());
+    }
+
+    /// What `rctl -u jail:<name>` prints for jail `name`.
+    pub(crate) fn set_usage(&self, name: &str, output: &str) {
+        self.state()
+            .usage
+            .insert(name.to_owned(), output.to_owned());
+    }
+
+    /// The launch config the init of jail `jid` received.
+    pub(crate) fn init_config(&self, jid: i32) -> Option<JailInitConfig> {
+        self.state().inits.get(&jid).cloned()
     }
 
     pub(crate) fn calls(&self) -> Vec<String> {
@@ -145,4 +174,71 @@ impl JailSys for FakeJailSys {
         state.rules.retain(|rule| !rule.starts_with(&prefix));
         Ok(())
     }
+
+    fn mount_nullfs(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+        let mode = if read_only { "ro" } else { "rw" };
+        let mut state = self.enter(
+            "mount_nullfs",
+            format!(
+                "mount nullfs {mode} {} {}",
+                source.display(),
+                target.display()
+            ),
+        )?;
+        state.mounts.insert(target.to_owned());
+        Ok(())
+    }
+
+    fn run(&self, argv: &[String]) -> io::Result<String> {
+        let line = argv.join(" ");
+        let state = self.enter("run", line.clone())?;
+        Ok(match argv {
+            [rctl, flag, filter] if rctl == "rctl" && flag == "-u" => filter
+                .strip_prefix("jail:")
+                .and_then(|name| state.usage.get(name).cloned())
+                .unwrap_or_default(),
+            _ => String::new(),
+        })
+    }
+
+    fn start_init(
+        &self,
+        jid: i32,
+        program: &File,
+        argv: &[String],
+        channel: OwnedFd,
+    ) -> io::Result<()> {
+        let mut state = self.enter("start_init", format!("start_init {jid} {}", argv.join(" ")))?;
+        if !state.jails.values().any(|&live| live == jid) {
+            return Err(io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        program.metadata()?;
+        let failure = state.init_failure.take();
+        drop(state);
+        let shared = Arc::clone(&self.0);
+        std::thread::spawn(move || emulate_init(&shared, jid, &channel, failure));
+        Ok(())
+    }
+}
+
+/// The fake init: reads its launch message, then reports and serves, or reports `failure`.
+fn emulate_init(state: &Mutex<State>, jid: i32, channel: &OwnedFd, failure: Option<String>) {
+    let Ok((config, mut fds)) = receive_config(channel) else {
+        return;
+    };
+    if let Some(error) = failure {
+        let _ = send_report(channel, &InitReport::Failed { error });
+        return;
+    }
+    state
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .inits
+        .insert(jid, config);
+    if fds.is_empty() {
+        return;
+    }
+    let listener = UnixListener::from(fds.remove(0));
+    coppice_init::testing::serve(move || listener.accept().map(|(stream, _)| stream));
+    let _ = send_report(channel, &InitReport::Ready);
 }

@@ -1,9 +1,12 @@
-//! The FreeBSD host: jail(2) through `libc`, and the base system's `mount`, `umount` and
-//! `rctl`. Type-checked from Linux with `--target x86_64-unknown-freebsd`; not yet run on
+//! The FreeBSD host: jail(2) and the init's start (fork, `jail_attach`, `chdir`, fork,
+//! `fexecve`) through `libc`, and the base system's `mount`, `umount`, `rctl`, `ifconfig` and
+//! `route`. Type-checked from Linux with `--target x86_64-unknown-freebsd`; not yet run on
 //! FreeBSD.
 
-use std::ffi::c_void;
+use std::ffi::{CString, c_void};
+use std::fs::File;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::Command;
 
@@ -13,6 +16,90 @@ use crate::params::{EncodedParam, JailName};
 /// The host's jail(2) and commands.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct HostJailSys;
+
+/// Exit codes of the intermediate child: below 256, the errno of a failed `jail_attach`.
+const EXIT_ATTACHED: i32 = 0;
+const EXIT_OTHER_STEP: i32 = 255;
+
+/// What the forked children of [`HostJailSys::start_init`] need, all made before the fork.
+struct Launch<'a> {
+    jid: i32,
+    program: i32,
+    channel: i32,
+    null: i32,
+    argv: &'a [*const libc::c_char],
+    envp: &'a [*const libc::c_char; 1],
+}
+
+impl Launch<'_> {
+    /// In the forked child: enter the jail and its root, fork the init, and exit.
+    fn in_child(&self) -> ! {
+        // SAFETY: jail_attach takes a plain integer; it changes this child's root and jail.
+        if unsafe { libc::jail_attach(self.jid) } != 0 {
+            let errno = io::Error::last_os_error().raw_os_error().unwrap_or(0);
+            exit_now(if errno > 0 && errno < EXIT_OTHER_STEP {
+                errno
+            } else {
+                EXIT_OTHER_STEP
+            });
+        }
+        // SAFETY: a NUL-terminated constant; chdir only reads it.
+        if unsafe { libc::chdir(c"/".as_ptr()) } != 0 {
+            exit_now(EXIT_OTHER_STEP);
+        }
+        // SAFETY: as for the first fork: the grandchild makes system calls only, then execs
+        // or exits.
+        match unsafe { libc::fork() } {
+            -1 => exit_now(EXIT_OTHER_STEP),
+            0 => self.exec_init(),
+            _ => exit_now(EXIT_ATTACHED),
+        }
+    }
+
+    /// In the grandchild: standard streams in place, then the init.
+    fn exec_init(&self) -> ! {
+        for (source, target) in [(self.channel, 0), (self.null, 1), (self.null, 2)] {
+            // SAFETY: both are descriptors this process holds; dup2 clears close-on-exec on
+            // the target, so exactly these three reach the init.
+            if unsafe { libc::dup2(source, target) } < 0 {
+                exit_now(EXIT_OTHER_STEP);
+            }
+        }
+        // SAFETY: `argv` and `envp` are NUL-terminated arrays of pointers to NUL-terminated
+        // strings that outlive the call; `program` is open. It returns only on failure.
+        unsafe { libc::fexecve(self.program, self.argv.as_ptr(), self.envp.as_ptr()) };
+        exit_now(EXIT_OTHER_STEP)
+    }
+}
+
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit ends the process at once, running no handlers or destructors of the
+    // parent's state copied into this child.
+    unsafe { libc::_exit(code) }
+}
+
+/// Collects the intermediate child; its exit code says whether it entered the jail.
+fn wait_attached(child: i32) -> io::Result<()> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid, writable int for the call; `child` is our child.
+        let result = unsafe { libc::waitpid(child, &mut status, 0) };
+        if result >= 0 {
+            break;
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted {
+            return Err(error);
+        }
+    }
+    match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+        (true, EXIT_ATTACHED) => Ok(()),
+        (true, EXIT_OTHER_STEP) | (false, _) => Err(io::Error::other(
+            "the init could not be started inside the jail",
+        )),
+        (true, errno) => Err(io::Error::from_raw_os_error(errno)),
+    }
+}
 
 /// One iovec entry over `bytes` (empty for a flag's absent value).
 fn entry(bytes: Option<&[u8]>) -> libc::iovec {
@@ -148,6 +235,58 @@ impl JailSys for HostJailSys {
 
     fn rctl_add(&self, rule: &str) -> io::Result<()> {
         command("rctl", &["-a", rule]).map(drop)
+    }
+
+    fn mount_nullfs(&self, source: &Path, target: &Path, read_only: bool) -> io::Result<()> {
+        let (source, target) = (source.to_string_lossy(), target.to_string_lossy());
+        let options = if read_only { "ro,nosuid" } else { "rw,nosuid" };
+        command("mount", &["-t", "nullfs", "-o", options, &source, &target]).map(drop)
+    }
+
+    fn run(&self, argv: &[String]) -> io::Result<String> {
+        let (program, args) = argv
+            .split_first()
+            .ok_or_else(|| io::Error::other("empty command"))?;
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = command(program, &args)?;
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn start_init(
+        &self,
+        jid: i32,
+        program: &File,
+        argv: &[String],
+        channel: OwnedFd,
+    ) -> io::Result<()> {
+        // Everything the children use is made before the fork: a child of this threaded
+        // process may only make system calls.
+        let null = File::options().read(true).write(true).open("/dev/null")?;
+        let arguments: Vec<CString> = argv
+            .iter()
+            .map(|arg| CString::new(arg.as_str()))
+            .collect::<Result<_, _>>()
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the argv"))?;
+        let mut argv_pointers: Vec<*const libc::c_char> =
+            arguments.iter().map(|arg| arg.as_ptr()).collect();
+        argv_pointers.push(std::ptr::null());
+        let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+        let launch = Launch {
+            jid,
+            program: program.as_raw_fd(),
+            channel: channel.as_raw_fd(),
+            null: null.as_raw_fd(),
+            argv: &argv_pointers,
+            envp: &envp,
+        };
+        // SAFETY: the child runs only `launch.in_child`, which makes system calls on data
+        // built above and ends in `_exit`; it never returns into Rust code of this process.
+        let pid = unsafe { libc::fork() };
+        match pid {
+            -1 => Err(io::Error::last_os_error()),
+            0 => launch.in_child(),
+            child => wait_attached(child),
+        }
     }
 
     fn rctl_remove(&self, filter: &str) -> io::Result<()> {

@@ -209,6 +209,21 @@ fn test_a_vnet_interface_is_refused_and_leaves_nothing() {
 }
 
 #[test]
+fn test_a_disk_root_is_refused_and_leaves_nothing() {
+    let fixture = fixture();
+    let disk = RootFs::Disk {
+        device: "/dev/zvol/zroot/coppice/sandboxes/a".into(),
+    };
+    let err = fixture
+        .runtime
+        .create(&id("a"), &spec(), &disk)
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::Unsupported { .. }), "{err:?}");
+    assert!(!fixture.root.join("run/a").exists());
+    assert!(!fixture.root.join("cg/memory/own/coppice/a").exists());
+}
+
+#[test]
 fn test_start_records_pid_and_probe_sees_it_alive() {
     let fixture = fixture();
     fixture

@@ -1,10 +1,8 @@
 //! Linux: the real `NsSys` for the daemon side, and the sandbox init (`coppice-init`).
 
-mod envd;
 mod outer;
 mod pid1;
 mod security;
-mod server;
 mod syscalls;
 mod zygote;
 

@@ -34,6 +34,27 @@ const POLL: Duration = Duration::from_millis(200);
 const TCP_IDLE: Duration = Duration::from_secs(10);
 const TCP_LIFETIME: Duration = Duration::from_secs(30);
 
+/// Where relayed questions go: `configured`, or else the host's first `nameserver`.
+pub(crate) fn upstream(configured: Option<SocketAddr>) -> Option<SocketAddr> {
+    let upstream = configured.or_else(|| {
+        std::fs::read_to_string("/etc/resolv.conf")
+            .ok()
+            .and_then(|text| upstream_from_resolv_conf(&text))
+    });
+    if upstream.is_none() {
+        tracing::warn!("no upstream resolver known; sandbox names outside the host do not resolve");
+    }
+    upstream
+}
+
+/// Where the resolver listens: port 53 of both of the bridge's addresses.
+pub(crate) fn listen_addresses(config: &crate::BridgeConfig) -> [SocketAddr; 2] {
+    [
+        SocketAddr::new(IpAddr::V4(config.bridge_v4()), 53),
+        SocketAddr::new(IpAddr::V6(config.bridge_v6()), 53),
+    ]
+}
+
 /// Who may resolve what, and how answers become reachable.
 pub(crate) trait Directory: Send + Sync + 'static {
     /// The verdict for `name` asked by the sandbox at `client` (unknown clients are

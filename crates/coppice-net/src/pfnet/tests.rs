@@ -10,17 +10,23 @@ fn pf_conf() -> String {
     )
 }
 
-/// The test config with its records in `dir`.
+/// The test config with its records in `dir`, and no background refill (tests prepare
+/// epairs themselves, so the fake's command log stays deterministic).
 fn config(dir: &tempfile::TempDir) -> BridgeConfig {
     let mut config = crate::pf::test_config();
     config.state_dir = dir.path().join("net");
+    config.pool_size = 0;
     config
+}
+
+fn start(dir: &tempfile::TempDir, fake: &Arc<FakePfSys>) -> Result<PfNetwork, PfStartError> {
+    PfNetwork::start_with(config(dir), Arc::clone(fake) as Arc<dyn PfSys>, false)
 }
 
 fn network() -> (PfNetwork, Arc<FakePfSys>, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakePfSys::default().with_pf_conf(&pf_conf()));
-    let network = PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap();
+    let network = start(&dir, &fake).unwrap();
     (network, fake, dir)
 }
 
@@ -40,7 +46,7 @@ fn spec(internet: bool, allow: &[&str]) -> NetworkSpec {
 fn test_start_refuses_a_pf_conf_without_the_anchor_and_touches_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let fake = Arc::new(FakePfSys::default().with_pf_conf("pass all\n"));
-    let error = PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap_err();
+    let error = start(&dir, &fake).unwrap_err();
     assert!(matches!(error, PfStartError::PfConf(_)), "{error}");
     assert!(fake.commands().is_empty());
 }
@@ -66,15 +72,12 @@ fn test_start_makes_the_bridge_only_when_it_is_missing() {
             .with_pf_conf(&pf_conf())
             .with_interface("coppice0"),
     );
-    PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap();
+    start(&dir, &fake).unwrap();
     assert!(!fake.commands().iter().any(|c| c.contains("bridge create")));
     // A restarted daemon finds the bridge's addresses in place.
-    PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap();
+    start(&dir, &fake).unwrap();
     fake.fail_next("ifconfig coppice0 up");
-    assert!(matches!(
-        PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>),
-        Err(PfStartError::Host(_))
-    ));
+    assert!(matches!(start(&dir, &fake), Err(PfStartError::Host(_))));
 }
 
 #[test]
@@ -203,15 +206,81 @@ fn test_detach_removes_the_anchor_the_states_and_the_epair() {
 }
 
 #[test]
-fn test_domain_entries_are_refused_until_the_resolver_exists() {
+fn test_the_resolver_pins_allowed_names_under_the_current_policy_only() {
     let (network, fake, _dir) = network();
+    let directory: &dyn Directory = &*network.inner;
+    network
+        .attach(&id("a1"), &spec(false, &["example.com", "10.9.0.0/16"]))
+        .unwrap();
+    let client: IpAddr = "10.213.0.2".parse().unwrap();
+    let (verdict, ticket) = directory.verdict(client, "example.com.");
+    assert_eq!(verdict, NameVerdict::Pin);
+    assert_eq!(
+        directory.verdict(client, "other.org").0,
+        NameVerdict::Refuse
+    );
+    let stranger: IpAddr = "10.213.0.77".parse().unwrap();
+    assert_eq!(
+        directory.verdict(stranger, "example.com").0,
+        NameVerdict::Refuse
+    );
+
+    let answer = [("93.184.215.14".parse().unwrap(), 300)];
+    directory
+        .pin(client, "example.com", ticket, &answer)
+        .unwrap();
+    let pins = "pfctl -a coppice/sbx_1 -t coppice_pins -T add 93.184.215.14";
+    assert_eq!(fake.commands().last().map(String::as_str), Some(pins));
+    assert_eq!(fake.pins("coppice/sbx_1"), ["93.184.215.14"]);
+
+    // The policy changed after the question was asked: the answer opens nothing.
+    network
+        .update(&id("a1"), &spec(true, &["example.com"]))
+        .unwrap();
     let before = fake.commands().len();
-    let error = network
-        .attach(&id("a1"), &spec(true, &["example.com"]))
-        .unwrap_err();
-    assert!(matches!(error, NetError::Invalid { .. }), "{error}");
-    assert!(error.to_string().contains("invalid network policy"));
-    assert_eq!(fake.commands().len(), before, "nothing ran");
+    directory
+        .pin(client, "example.com", ticket, &answer)
+        .unwrap();
+    assert_eq!(fake.commands().len(), before, "a stale ticket pinned");
+    assert!(
+        fake.pins("coppice/sbx_1").is_empty(),
+        "the reload emptied the table"
+    );
+    assert_eq!(
+        directory.verdict(client, "other.org").0,
+        NameVerdict::Forward
+    );
+}
+
+#[test]
+fn test_the_refill_thread_keeps_epairs_prepared() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = Arc::new(FakePfSys::default().with_pf_conf(&pf_conf()));
+    let mut config = config(&dir);
+    config.pool_size = 2;
+    let network =
+        PfNetwork::start_with(config, Arc::clone(&fake) as Arc<dyn PfSys>, false).unwrap();
+    let prepared = || {
+        fake.interfaces()
+            .iter()
+            .filter(|name| name.starts_with("cpj"))
+            .count()
+    };
+    let wait_for = |count: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while prepared() != count {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} prepared, {count} wanted",
+                prepared()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    };
+    wait_for(2);
+    network.attach(&id("a1"), &NetworkSpec::default()).unwrap();
+    // The attached one, and two ready again.
+    wait_for(3);
 }
 
 #[test]
@@ -240,7 +309,7 @@ fn test_a_restarted_daemon_adopts_live_sandboxes_and_clears_the_rest() {
     .unwrap();
     drop(network);
 
-    let restarted = PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap();
+    let restarted = start(&dir, &fake).unwrap();
     assert_eq!(restarted.list().unwrap(), vec![id("kept")]);
     // Its anchor is back, from the record.
     assert!(fake.anchors()["coppice/sbx_1"].contains(
@@ -259,6 +328,6 @@ fn test_a_restarted_daemon_adopts_live_sandboxes_and_clears_the_rest() {
     restarted.update(&id("kept"), &spec(true, &[])).unwrap();
     restarted.detach(&id("kept")).unwrap();
     drop(restarted);
-    let again = PfNetwork::start(config(&dir), Arc::clone(&fake) as Arc<dyn PfSys>).unwrap();
+    let again = start(&dir, &fake).unwrap();
     assert_eq!(again.list().unwrap(), vec![id("new")]);
 }

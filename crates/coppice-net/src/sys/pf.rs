@@ -90,6 +90,8 @@ mod fake {
         addresses: std::collections::BTreeSet<String>,
         next_unit: u32,
         anchors: BTreeMap<String, String>,
+        /// Addresses in each anchor's pin table; loading the anchor empties it, as pf does.
+        pins: BTreeMap<String, Vec<String>>,
         commands: Vec<String>,
         fail_prefixes: Vec<String>,
         pf_conf: String,
@@ -133,6 +135,10 @@ mod fake {
 
         pub(crate) fn anchors(&self) -> BTreeMap<String, String> {
             self.state().anchors.clone()
+        }
+
+        pub(crate) fn pins(&self, anchor: &str) -> Vec<String> {
+            self.state().pins.get(anchor).cloned().unwrap_or_default()
         }
     }
 
@@ -213,10 +219,20 @@ mod fake {
                     state
                         .anchors
                         .insert((*anchor).to_owned(), stdin.unwrap_or_default().to_owned());
+                    state.pins.remove(*anchor);
                     Ok(String::new())
                 }
                 ("pfctl", ["-a", anchor, "-F", "all"]) => {
                     state.anchors.remove(*anchor);
+                    state.pins.remove(*anchor);
+                    Ok(String::new())
+                }
+                ("pfctl", ["-a", anchor, "-t", _table, "-T", "add", addresses @ ..]) => {
+                    if !state.anchors.contains_key(*anchor) {
+                        return Err(io::Error::other(format!("pfctl: anchor {anchor} is empty")));
+                    }
+                    let pins = state.pins.entry((*anchor).to_owned()).or_default();
+                    pins.extend(addresses.iter().map(|&address| address.to_owned()));
                     Ok(String::new())
                 }
                 ("pfctl", ["-k", _]) | ("sysctl", _) => Ok(String::new()),

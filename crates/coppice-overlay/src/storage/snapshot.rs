@@ -124,13 +124,14 @@ mod tests {
         match rootfs {
             RootFs::Overlay { upper, .. } => upper.clone(),
             RootFs::Directory { path, .. } => path.clone(),
+            RootFs::Disk { device } => device.clone(),
         }
     }
 
     fn lower(rootfs: &RootFs) -> Vec<std::path::PathBuf> {
         match rootfs {
             RootFs::Overlay { lower, .. } => lower.clone(),
-            RootFs::Directory { .. } => Vec::new(),
+            RootFs::Directory { .. } | RootFs::Disk { .. } => Vec::new(),
         }
     }
 

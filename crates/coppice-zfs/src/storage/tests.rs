@@ -316,3 +316,52 @@ fn test_a_missing_root_dataset_lists_nothing() {
     assert!(storage.templates().unwrap().is_empty());
     assert!(storage.list_rootfs().unwrap().is_empty());
 }
+
+#[test]
+fn test_a_volume_template_gives_each_sandbox_a_disk_and_snapshots_stay_volumes() {
+    let (_, fake) = storage();
+    let vm = "zroot/coppice/templates/debian-vm";
+    let fake = Arc::new(
+        Arc::try_unwrap(fake)
+            .unwrap()
+            .with_dataset(vm, &[("type", "volume"), ("coppice:user", "root")])
+            .with_snapshot(&format!("{vm}@template")),
+    );
+    let storage = ZfsStorage::new(
+        ZfsLayout::new(
+            DatasetName::parse("zroot/coppice").unwrap(),
+            "/var/db/coppice",
+        ),
+        Arc::clone(&fake) as Arc<dyn ZfsSys>,
+    );
+    let root = storage
+        .create_rootfs(&sandbox("vm1"), &template("debian-vm"), 2048)
+        .unwrap();
+    let disk = RootFs::Disk {
+        device: "/dev/zvol/zroot/coppice/sandboxes/vm1".into(),
+    };
+    assert_eq!(root, disk);
+    assert_eq!(
+        fake.calls().last().map(String::as_str),
+        Some("clone zroot/coppice/templates/debian-vm@template zroot/coppice/sandboxes/vm1"),
+        "a volume's clone has neither mountpoint nor quota"
+    );
+    assert_eq!(storage.rootfs(&sandbox("vm1")).unwrap(), disk);
+
+    let info = storage
+        .snapshot_rootfs(&sandbox("vm1"), &template("vm-snap"))
+        .unwrap();
+    assert_eq!(info.default_user, "root");
+    assert!(fake.calls().contains(
+        &"clone -o coppice:user=root -o coppice:workdir=/home/user -o coppice:snapshot_of=vm1 zroot/coppice/sandboxes/vm1@vm-snap zroot/coppice/templates/vm-snap".to_owned()
+    ));
+    let fork = storage
+        .create_rootfs(&sandbox("vm2"), &template("vm-snap"), 0)
+        .unwrap();
+    assert_eq!(
+        fork,
+        RootFs::Disk {
+            device: "/dev/zvol/zroot/coppice/sandboxes/vm2".into()
+        }
+    );
+}

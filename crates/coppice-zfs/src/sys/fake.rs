@@ -78,12 +78,17 @@ fn failed(call: &str, stderr: &str) -> ZfsError {
     }
 }
 
-fn user_props(props: &[(&str, &str)], mountpoint: &std::path::Path) -> BTreeMap<String, String> {
+fn user_props(
+    props: &[(&str, &str)],
+    mountpoint: Option<&std::path::Path>,
+) -> BTreeMap<String, String> {
     let mut map: BTreeMap<String, String> = props
         .iter()
         .map(|(key, value)| ((*key).to_owned(), (*value).to_owned()))
         .collect();
-    map.insert("mountpoint".into(), mountpoint.display().to_string());
+    if let Some(mountpoint) = mountpoint {
+        map.insert("mountpoint".into(), mountpoint.display().to_string());
+    }
     map
 }
 
@@ -94,7 +99,7 @@ fn insert_new(
     dataset: &str,
     origin: Option<&str>,
     props: &[(&str, &str)],
-    mountpoint: &std::path::Path,
+    mountpoint: Option<&std::path::Path>,
 ) -> Result<String, ZfsError> {
     if state.datasets.contains_key(dataset) || state.snapshots.contains(dataset) {
         return Err(failed(
@@ -102,10 +107,18 @@ fn insert_new(
             &format!("cannot create '{dataset}': dataset already exists"),
         ));
     }
-    state.datasets.insert(
-        dataset.to_owned(),
-        (origin.map(str::to_owned), user_props(props, mountpoint)),
-    );
+    let mut props = user_props(props, mountpoint);
+    // A clone is of its origin's type.
+    let origin_type = origin
+        .and_then(|origin| origin.split('@').next())
+        .and_then(|parent| state.datasets.get(parent))
+        .and_then(|(_, parent_props)| parent_props.get("type").cloned());
+    if let Some(kind) = origin_type {
+        props.insert("type".into(), kind);
+    }
+    state
+        .datasets
+        .insert(dataset.to_owned(), (origin.map(str::to_owned), props));
     Ok(String::new())
 }
 
@@ -140,8 +153,9 @@ impl ZfsSys for FakeZfs {
                         continue;
                     }
                     let prop = |key: &str| props.get(key).cloned().unwrap_or_else(|| "-".into());
+                    let kind = props.get("type").map_or("filesystem", String::as_str);
                     out.push_str(&format!(
-                        "{name}\t4096\t1764412800\t{}\t{}\t{}\t{}\t{}\n",
+                        "{name}\t{kind}\t4096\t1764412800\t{}\t{}\t{}\t{}\t{}\n",
                         prop("mountpoint"),
                         origin.clone().unwrap_or_else(|| "-".into()),
                         prop("coppice:user"),
@@ -161,7 +175,14 @@ impl ZfsSys for FakeZfs {
                 dataset,
                 mountpoint,
                 props,
-            } => insert_new(&mut state, &call, dataset.as_str(), None, props, mountpoint),
+            } => insert_new(
+                &mut state,
+                &call,
+                dataset.as_str(),
+                None,
+                props,
+                Some(mountpoint),
+            ),
             ZfsOp::Clone {
                 origin,
                 dataset,

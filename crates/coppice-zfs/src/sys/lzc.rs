@@ -128,7 +128,9 @@ impl LzcZfs {
             return self.command.zfs(op);
         };
         let mut list = NvList::new();
-        list.add_string("mountpoint", &mountpoint.to_string_lossy())?;
+        if let Some(mountpoint) = mountpoint {
+            list.add_string("mountpoint", &mountpoint.to_string_lossy())?;
+        }
         if let Some(quota) = quota_mb.filter(|mb| *mb > 0) {
             list.add_uint64("quota", u64::from(quota) << 20)?;
         }
@@ -141,8 +143,12 @@ impl LzcZfs {
         check("lzc_clone", unsafe {
             lzc_clone(name.as_ptr(), origin.as_ptr(), list.0)
         })?;
-        // lzc_clone creates the filesystem without mounting it, as `zfs clone` would.
-        self.command.mount(dataset.as_str())
+        // lzc_clone creates a filesystem without mounting it, as `zfs clone` would; a
+        // volume's clone is a device, with nothing to mount.
+        match mountpoint {
+            Some(_) => self.command.mount(dataset.as_str()),
+            None => Ok(String::new()),
+        }
     }
 
     fn snapshot(name: &str) -> Result<String, ZfsError> {

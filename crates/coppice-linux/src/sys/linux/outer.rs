@@ -11,7 +11,9 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use rustix::thread::{LinkNameSpaceType, UnshareFlags, move_into_link_name_space};
 
 use super::syscalls::{Forked, fork, unshare};
-use super::{envd, pid1};
+use coppice_init::envd::PreparedEnvd;
+
+use super::pid1;
 use crate::protocol::{InitConfig, NetworkSetup, ReadyMessage};
 
 /// Messages PID 1 sends to the outer process over their socket pair, one per line.
@@ -65,7 +67,11 @@ fn build(config: &InitConfig) -> Result<i32, String> {
     unshare(flags).map_err(|e| format!("unshare: {e}"))?;
 
     let envd = match &config.envd {
-        Some(launch) => Some(envd::prepare(launch)?),
+        Some(launch) => Some(PreparedEnvd::prepare(
+            &launch.binary,
+            &launch.socket,
+            launch.args.clone(),
+        )?),
         None => None,
     };
 

@@ -9,6 +9,8 @@ use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Component, Path, PathBuf};
 
+use coppice_init::envd::{self, PreparedEnvd};
+use coppice_init::server;
 use rustix::mount::{
     MountFlags, MountPropagationFlags, UnmountFlags, mount, mount_bind, mount_change,
     mount_remount, unmount,
@@ -18,10 +20,9 @@ use rustix::thread::{
     Gid, Uid, UnshareFlags, set_thread_groups, set_thread_res_gid, set_thread_res_uid,
 };
 
-use super::envd::{self, PreparedEnvd};
 use super::outer::{MSG_CGROUPS_JOINED, MSG_ERROR, MSG_ID_MAP_DONE, MSG_NEED_ID_MAP, MSG_READY};
+use super::security;
 use super::syscalls::{close_range, dup_onto, loopback_up, unshare};
-use super::{security, server};
 use crate::mount_plan::overlay_data;
 use crate::protocol::{InitConfig, MountStep};
 
@@ -37,12 +38,13 @@ pub(super) fn run(
 ) -> ! {
     let envd_fds = envd.as_ref().map(PreparedEnvd::fds);
     match set_up(config, &listener, envd_fds, &channel) {
-        Ok(()) => match server::start(config, listener).and_then(|shared| {
-            if let Some(envd) = envd {
-                envd::start(&shared, envd, config.env.clone())?;
-            }
-            Ok(shared)
-        }) {
+        Ok(()) => match server::start(config.env.clone(), config.exec_output_limit, listener)
+            .and_then(|shared| {
+                if let Some(envd) = envd {
+                    envd::start(&shared, envd, config.env.clone())?;
+                }
+                Ok(shared)
+            }) {
             Ok(shared) => {
                 let mut writer = &channel;
                 if writer
@@ -71,7 +73,7 @@ pub(super) fn run(
 fn set_up(
     config: &InitConfig,
     listener: &UnixListener,
-    envd_fds: Option<[i32; 2]>,
+    envd_fds: Option<Vec<i32>>,
     channel: &UnixStream,
 ) -> Result<(), String> {
     unshare(UnshareFlags::NEWNS).map_err(|e| format!("unshare mount namespace: {e}"))?;

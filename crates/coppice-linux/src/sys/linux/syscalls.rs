@@ -92,20 +92,6 @@ pub(super) fn dup_onto(source: &impl std::os::fd::AsFd, target: RawFd) -> io::Re
     Ok(())
 }
 
-/// Waits until some child has exited and returns its pid, leaving it unreaped (`WNOWAIT`), so
-/// the caller decides under its own lock whether to collect it.
-pub(super) fn wait_exited_child() -> io::Result<i32> {
-    // SAFETY: siginfo_t is plain old data; all-zero is a valid value.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    // SAFETY: `info` is a valid, writable siginfo_t for the duration of the call.
-    let result = unsafe { libc::waitid(libc::P_ALL, 0, &mut info, libc::WEXITED | libc::WNOWAIT) };
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: waitid succeeded with WEXITED, so the kernel filled the child fields of `info`.
-    Ok(unsafe { info.si_pid() })
-}
-
 /// Sets `SIGCHLD` to `SIG_IGN` (children are reaped by the kernel) or back to `SIG_DFL`.
 pub(super) fn set_sigchld_ignored(ignored: bool) -> io::Result<()> {
     let disposition = if ignored {

@@ -1,6 +1,4 @@
-//! Hosts without a backend yet. The FreeBSD pieces (`coppice-jail`'s `JailHost`,
-//! `coppice-zfs`'s `ZfsStorage`, `coppice-net`'s `PfNetwork`) exist, but no jail `Runtime`
-//! starts a sandbox init yet, so coppiced cannot run sandboxes there.
+//! Hosts without a backend: coppiced runs sandboxes on Linux and FreeBSD only.
 
 use std::process::ExitCode;
 
@@ -13,7 +11,7 @@ pub(crate) fn run_as_sandbox_init() -> Option<ExitCode> {
 
 pub(crate) fn backends(_config: &GatewayConfig) -> anyhow::Result<Backends> {
     anyhow::bail!(
-        "no isolation backend for {} yet; coppiced runs on Linux",
+        "no isolation backend for {}; coppiced runs on Linux and FreeBSD",
         std::env::consts::OS
     )
 }

@@ -1,14 +1,16 @@
-//! PID 1's steady state: the main thread reaps every child (it is the sandbox's init), and a
-//! thread per control connection runs one command and answers with its output.
+//! The sandbox init's steady state: the main thread reaps every child, and a thread per
+//! control connection runs one command and answers with its output.
 //!
 //! A command's exit status must reach the thread that started it even though the reaper
 //! collects it: starters register their pid under the registry lock *while spawning*, and the
 //! reaper records statuses only for registered pids, so no status is lost and orphans that
-//! end up reaped by PID 1 leave nothing behind.
+//! end up reaped by the init leave nothing behind.
 
 use std::collections::HashMap;
 use std::io::{BufReader, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::net::TcpListener;
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -22,24 +24,25 @@ use rustix::process::{
     Pid, Signal, WaitOptions, WaitStatus, kill_process, kill_process_group, waitpid,
 };
 
-use super::syscalls::wait_exited_child;
-use crate::protocol::{
-    ControlRequest, ControlResponse, ExecIdentity, InitConfig, WireExit, read_header, read_payload,
-    write_frame,
+use crate::control::{
+    ControlRequest, ControlResponse, ExecIdentity, WireExit, read_header, read_payload, write_frame,
 };
+use crate::sys::wait_exited_child;
 
 /// Default `PATH` of commands.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 /// How long output readers may lag behind the exit (a background grandchild can keep a pipe).
 const OUTPUT_GRACE: Duration = Duration::from_millis(200);
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Registry {
     /// Registered pids, with their status once reaped.
     waiting: HashMap<i32, Option<WaitStatus>>,
 }
 
-pub(super) struct Shared {
+/// What the control threads, the envd supervisor and the reaper share.
+#[derive(Debug)]
+pub struct Shared {
     registry: Mutex<Registry>,
     changed: Condvar,
     env: Vec<(String, String)>,
@@ -52,18 +55,21 @@ impl Shared {
     }
 }
 
-/// Serves the control socket; never returns.
 /// Starts serving the control socket on its own thread; the caller then reports ready and
 /// calls [`reap_forever`].
 ///
 /// # Errors
-/// The thread cannot be started (PID 1 must then not report ready).
-pub(super) fn start(config: &InitConfig, listener: UnixListener) -> Result<Arc<Shared>, String> {
+/// The thread cannot be started (the init must then not report ready).
+pub fn start(
+    env: Vec<(String, String)>,
+    output_limit: usize,
+    listener: impl ControlListener,
+) -> Result<Arc<Shared>, String> {
     let shared = Arc::new(Shared {
         registry: Mutex::new(Registry::default()),
         changed: Condvar::new(),
-        env: config.env.clone(),
-        output_limit: config.exec_output_limit,
+        env,
+        output_limit,
     });
     let acceptor = Arc::clone(&shared);
     thread::Builder::new()
@@ -73,8 +79,8 @@ pub(super) fn start(config: &InitConfig, listener: UnixListener) -> Result<Arc<S
     Ok(shared)
 }
 
-/// PID 1's main loop: collects every child, hands registered statuses to their starters.
-pub(super) fn reap_forever(shared: &Shared) -> ! {
+/// The init's main loop: collects every child, hands registered statuses to their starters.
+pub fn reap_forever(shared: &Shared) -> ! {
     loop {
         match wait_exited_child() {
             Ok(raw) => {
@@ -106,18 +112,44 @@ pub(super) fn reap_forever(shared: &Shared) -> ! {
     }
 }
 
-fn accept_loop(shared: &Arc<Shared>, listener: &UnixListener) {
-    for stream in listener.incoming() {
-        let Ok(stream) = stream else { continue };
+/// Where control connections come from: the host-side Unix socket of a namespace sandbox or
+/// a jail, or a TCP port inside a virtual machine.
+pub trait ControlListener: Send + 'static {
+    /// Waits for the next connection.
+    ///
+    /// # Errors
+    /// The accept failed (the loop goes on).
+    fn accept_one(&self) -> std::io::Result<OwnedFd>;
+}
+
+impl ControlListener for UnixListener {
+    fn accept_one(&self) -> std::io::Result<OwnedFd> {
+        self.accept().map(|(stream, _)| stream.into())
+    }
+}
+
+impl ControlListener for TcpListener {
+    fn accept_one(&self) -> std::io::Result<OwnedFd> {
+        self.accept().map(|(stream, _)| stream.into())
+    }
+}
+
+fn accept_loop(shared: &Arc<Shared>, listener: &impl ControlListener) {
+    loop {
+        let Ok(connection) = listener.accept_one() else {
+            continue;
+        };
+        // Read and written through the file API: the same calls on a Unix or TCP socket.
+        let stream = std::fs::File::from(connection);
         let shared = Arc::clone(shared);
         let _ = thread::Builder::new().name("exec".into()).spawn(move || {
-            // A client that vanished mid-answer is not PID 1's problem.
+            // A client that vanished mid-answer is not the init's problem.
             let _ = handle(&shared, &stream);
         });
     }
 }
 
-fn handle(shared: &Shared, stream: &UnixStream) -> std::io::Result<()> {
+fn handle(shared: &Shared, stream: &std::fs::File) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream);
     let request: ControlRequest = match read_header(&mut reader) {
         Ok(request) => request,
@@ -181,8 +213,11 @@ fn spawn_child(shared: &Shared, command: &mut Command) -> std::io::Result<std::p
     Ok(child)
 }
 
-/// Spawns a long-lived child of PID 1 and returns its pid; collect it with [`wait_for`].
-pub(super) fn spawn_registered(shared: &Shared, command: &mut Command) -> std::io::Result<i32> {
+/// Spawns a long-lived child of the init and returns its pid; collect it with [`wait_for`].
+///
+/// # Errors
+/// The command could not be started.
+pub fn spawn_registered(shared: &Shared, command: &mut Command) -> std::io::Result<i32> {
     let child = spawn_child(shared, command)?;
     i32::try_from(child.id()).map_err(|_| std::io::Error::other("pid out of range"))
 }
@@ -204,7 +239,7 @@ struct Finished {
     timed_out: bool,
 }
 
-fn run(shared: &Shared, request: ExecCommand, client: &UnixStream) -> Result<Finished, String> {
+fn run(shared: &Shared, request: ExecCommand, client: &impl AsFd) -> Result<Finished, String> {
     let Some((program, args)) = request.argv.split_first() else {
         return Err("argv is empty".into());
     };
@@ -227,7 +262,7 @@ fn run(shared: &Shared, request: ExecCommand, client: &UnixStream) -> Result<Fin
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // PID 1 already is uid 0 / gid 0 with no supplementary groups; naming them anyway would
+    // The init already is uid 0 / gid 0 with no supplementary groups; naming them anyway would
     // push std off its vfork-based posix_spawn path onto a full fork.
     if request.identity.uid != 0 || request.identity.gid != 0 {
         command.uid(request.identity.uid).gid(request.identity.gid);
@@ -298,7 +333,7 @@ impl Output {
         pid: i32,
         mut pipes: [Option<OwnedFd>; 2],
         deadline: Option<Instant>,
-        client: &UnixStream,
+        client: &impl AsFd,
     ) -> (Option<WaitStatus>, bool) {
         let mut buffer = vec![0u8; 64 * 1024];
         let mut exited: Option<(WaitStatus, Instant)> = None;
@@ -387,7 +422,7 @@ fn take_status(shared: &Shared, pid: i32) -> Option<WaitStatus> {
 
 /// Waits for the reaper to record `pid`'s status; kills its process group at the timeout.
 /// Returns the status and whether the timeout struck.
-pub(super) fn wait_for(shared: &Shared, pid: i32, timeout: Option<Duration>) -> (WaitStatus, bool) {
+pub fn wait_for(shared: &Shared, pid: i32, timeout: Option<Duration>) -> (WaitStatus, bool) {
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut timed_out = false;
     let mut registry = shared.registry();
