@@ -201,6 +201,7 @@ mod linux {
             env: Vec::new(),
             network: coppice_core::net::NetAttachment::LoopbackOnly,
             volumes: Vec::new(),
+            root_use: coppice_core::runtime::RootUse::Fresh,
         };
         let started = Instant::now();
         let mut marks = [Duration::ZERO; 6];

@@ -106,8 +106,9 @@ pub struct VmSpec {
     pub seed: Option<PathBuf>,
     /// Its network card; none for a VM without network.
     pub nic: Option<Nic>,
-    /// The serial console's nmdm device (host side, `/dev/nmdm<N>A`).
-    pub console: PathBuf,
+    /// The serial console's nmdm device (host side, `/dev/nmdm<N>A`); none without one
+    /// (bhyve wants a terminal there).
+    pub console: Option<PathBuf>,
     /// How it boots.
     pub boot: Boot,
     /// A framebuffer behind VNC, if any.
@@ -174,22 +175,25 @@ pub fn bhyveload(spec: &VmSpec) -> Result<Option<Vec<String>>, VmSpecError> {
     if spec.boot != Boot::BhyveLoad {
         return Ok(None);
     }
-    Ok(Some(vec![
-        "bhyveload".into(),
-        "-c".into(),
-        spec.console.display().to_string(),
+    let mut args: Vec<String> = vec!["bhyveload".into()];
+    if let Some(console) = &spec.console {
+        args.extend(["-c".into(), console.display().to_string()]);
+    }
+    args.extend([
         "-m".into(),
         format!("{}M", spec.memory_mb),
         "-d".into(),
         spec.disk.display().to_string(),
         spec.name.clone(),
-    ]))
+    ]);
+    Ok(Some(args))
 }
 
 /// `bhyve` for `spec`.
 ///
 /// `-H` yields the vCPU on `hlt` and `-w` ignores unknown MSR accesses (Windows reads
-/// some); `-A` builds ACPI tables; `-S` wires guest memory, which passthrough requires.
+/// some); `-A` builds ACPI tables; `-D` frees the VM when its guest powers off, so no
+/// `/dev/vmm` entry outlives its bhyve; `-S` wires guest memory, which passthrough requires.
 ///
 /// # Errors
 /// A shape bhyve cannot run.
@@ -204,6 +208,7 @@ pub fn bhyve(spec: &VmSpec) -> Result<Vec<String>, VmSpecError> {
         "-H".into(),
         "-w".into(),
         "-A".into(),
+        "-D".into(),
     ];
     if !spec.passthru.is_empty() {
         args.push("-S".into());
@@ -248,8 +253,10 @@ pub fn bhyve(spec: &VmSpec) -> Result<Vec<String>, VmSpecError> {
             FIRST_PASSTHRU_SLOT + offset
         ));
     }
-    args.push("-l".into());
-    args.push(format!("com1,{}", spec.console.display()));
+    if let Some(console) = &spec.console {
+        args.push("-l".into());
+        args.push(format!("com1,{}", console.display()));
+    }
     if let Boot::Uefi { firmware, vars } = &spec.boot {
         args.push("-l".into());
         args.push(format!("bootrom,{},{}", firmware.display(), vars.display()));
@@ -283,7 +290,7 @@ mod tests {
                 backend: NicBackend::Tap("tap7".into()),
                 mac: "02:c0:ff:ee:00:07".into(),
             }),
-            console: "/dev/nmdm7A".into(),
+            console: Some("/dev/nmdm7A".into()),
             boot: Boot::Uefi {
                 firmware: "/usr/local/share/uefi-firmware/BHYVE_UEFI.fd".into(),
                 vars: "/var/db/coppice/vms/a1/vars.fd".into(),
@@ -306,7 +313,7 @@ mod tests {
         }
     }
 
-    const HEAD: &str = "bhyve -c 2 -m 1024M -H -w -A";
+    const HEAD: &str = "bhyve -c 2 -m 1024M -H -w -A -D";
     const TAIL: &str = "-l com1,/dev/nmdm7A -l bootrom,/usr/local/share/uefi-firmware/BHYVE_UEFI.fd,/var/db/coppice/vms/a1/vars.fd sbx-a1";
 
     #[test]

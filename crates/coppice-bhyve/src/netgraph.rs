@@ -6,9 +6,13 @@
 //! pf anchor and member guard apply exactly as for a jail. Needs `ng_ether` and `ng_bridge`
 //! loaded. Scripts for `ngctl -f -`; nothing here runs them.
 
-/// The netgraph node of VM `vm`.
+/// The netgraph node of VM `vm`. Netgraph names hold at most 31 bytes, so the node is
+/// named by a hash of the VM's name.
 pub fn node_name(vm: &str) -> String {
-    format!("cpvm_{}", vm.replace(['.', ':', '[', ']'], "_"))
+    let hash = vm.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("cpvm{:012x}", hash & 0xffff_ffff_ffff)
 }
 
 /// The hook bhyve connects to.
@@ -23,17 +27,22 @@ const BOOT_HOOK: &str = "link2";
 pub fn create(vm: &str) -> String {
     let node = node_name(vm);
     format!(
-        "mkpeer . bridge {node}_boot {BOOT_HOOK}\n\
-         name .:{node}_boot {node}\n\
+        "mkpeer . bridge {node}b {BOOT_HOOK}\n\
+         name .:{node}b {node}\n\
          msg {node}: setpersistent\n\
-         rmhook . {node}_boot\n"
+         rmhook . {node}b\n"
     )
 }
 
-/// Connects interface `interface` (the sandbox's epair end) to VM `vm`'s bridge node.
+/// Connects interface `interface` (the sandbox's epair end, which must be up) to VM `vm`'s
+/// bridge node. The interface passes every frame (promiscuous: the VM's MAC is not its own)
+/// and leaves their source addresses alone (no `autosrc`), so the host bridge learns the
+/// VM's MAC and sends its frames to this member only.
 pub fn attach(vm: &str, interface: &str) -> String {
     format!(
-        "connect {}: {interface}: {LINK_HOOK} lower\n",
+        "msg {interface}: setpromisc 1\n\
+         msg {interface}: setautosrc 0\n\
+         connect {}: {interface}: {LINK_HOOK} lower\n",
         node_name(vm)
     )
 }
@@ -49,18 +58,27 @@ mod tests {
 
     #[test]
     fn test_scripts_for_a_vms_bridge_node() {
-        assert_eq!(node_name("coppice-a1"), "cpvm_coppice-a1");
+        let node = node_name("coppice-a1b2c3d4e5f6g7h8i9j0");
+        assert_eq!(node.len(), 16, "{node}");
+        assert_ne!(node, node_name("coppice-a1b2c3d4e5f6g7h8i9j1"));
         assert_eq!(
-            create("coppice-a1"),
-            "mkpeer . bridge cpvm_coppice-a1_boot link2\n\
-             name .:cpvm_coppice-a1_boot cpvm_coppice-a1\n\
-             msg cpvm_coppice-a1: setpersistent\n\
-             rmhook . cpvm_coppice-a1_boot\n"
+            create("coppice-a1b2c3d4e5f6g7h8i9j0"),
+            format!(
+                "mkpeer . bridge {node}b link2\n\
+                 name .:{node}b {node}\n\
+                 msg {node}: setpersistent\n\
+                 rmhook . {node}b\n"
+            )
         );
         assert_eq!(
-            attach("coppice-a1", "cpj7"),
-            "connect cpvm_coppice-a1: cpj7: link1 lower\n"
+            attach("coppice-a1b2c3d4e5f6g7h8i9j0", "cpj7"),
+            format!(
+                "msg cpj7: setpromisc 1\nmsg cpj7: setautosrc 0\nconnect {node}: cpj7: link1 lower\n"
+            )
         );
-        assert_eq!(shutdown("coppice-a1"), "shutdown cpvm_coppice-a1:\n");
+        assert_eq!(
+            shutdown("coppice-a1b2c3d4e5f6g7h8i9j0"),
+            format!("shutdown {node}:\n")
+        );
     }
 }

@@ -22,7 +22,7 @@ use coppice_core::SandboxId;
 use coppice_core::exec::{ExecOutcome, ExecRequest};
 use coppice_core::net::NetAttachment;
 use coppice_core::runtime::{
-    Probe, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints,
+    Probe, RootUse, Runtime, RuntimeError, RuntimeSandbox, RuntimeSpec, SandboxEndpoints,
 };
 use coppice_core::storage::RootFs;
 use coppice_init::records::{RecordError, read_json, sandbox_dirs, write_json};
@@ -235,7 +235,10 @@ impl VmRuntime {
 
     /// Whether the record's VM runs.
     fn running(&self, record: &VmRecord) -> bool {
-        record.pid.is_some_and(|pid| self.sys.alive(pid)) && self.sys.vm_exists(&record.vm)
+        record
+            .pid
+            .is_some_and(|pid| self.sys.runs_vm(pid, &record.vm))
+            && self.sys.vm_exists(&record.vm)
     }
 
     fn create_impl(
@@ -246,12 +249,17 @@ impl VmRuntime {
         link: LinkRecord,
     ) -> Result<(), VmRuntimeError> {
         let token = new_token()?;
-        let pooled = self
-            .pool
-            .as_ref()
-            .map(|pool| pool.checkout(spec.vcpus, spec.memory_mb, disk))
-            .transpose()?
-            .flatten();
+        // Only a root fresh from its template may be swapped for a pooled VM's: a resumed
+        // sandbox boots on the data it kept.
+        let pooled = match (&self.pool, spec.root_use) {
+            (Some(pool), RootUse::Fresh) => pool.checkout(
+                id,
+                (spec.vcpus, spec.memory_mb),
+                disk,
+                &self.sandbox_dir(id),
+            )?,
+            _ => None,
+        };
         let mut record = VmRecord {
             vm: format!("coppice-{}", id.as_str()),
             home: self.sandbox_dir(id),
@@ -266,10 +274,17 @@ impl VmRuntime {
         if let Some(pooled) = pooled {
             record.vm = pooled.vm;
             record.home = pooled.home;
+            record.disk = pooled.disk;
             record.pid = Some(pooled.pid);
             record.pooled = true;
         }
-        self.write_record(id, &record)?;
+        if let Err(error) = self.write_record(id, &record) {
+            // Without a record nothing would find the taken VM again.
+            if record.pooled {
+                let _ = stop_vm(self.sys.as_ref(), &record.vm, record.pid);
+            }
+            return Err(error);
+        }
         if !record.pooled {
             self.sys
                 .run(&ngctl(), Some(&netgraph::create(&record.vm)))
@@ -291,6 +306,12 @@ impl VmRuntime {
         };
         fs::write(record.home.join(SEED_FILE), seed::encode(&guest_seed)?)
             .map_err(host_step("write the seed disk"))?;
+        self.sys
+            .run(
+                &["ifconfig", &record.link.interface, "up"].map(str::to_owned),
+                None,
+            )
+            .map_err(host_step("bring the sandbox's link up"))?;
         self.sys
             .run(
                 &ngctl(),
@@ -330,6 +351,9 @@ impl VmRuntime {
     }
 
     fn start_relays(&self, id: &SandboxId, record: &VmRecord) -> Result<(), VmRuntimeError> {
+        // The old relays go first: dropping one removes its socket, which must not be the
+        // one just bound in its place.
+        self.relays().remove(id);
         let address = Self::guest_address(record).ok_or(VmRuntimeError::Host {
             step: "find the guest's address",
             source: io::ErrorKind::NotFound.into(),
@@ -474,8 +498,8 @@ pub(crate) fn vm_spec(
             },
             mac: mac.to_owned(),
         }),
-        // A null-modem pair per VM would need its own allocation; the console is not used.
-        console: "/dev/null".into(),
+        // bhyve wants a terminal for a serial console; the agent and envd need none.
+        console: None,
         boot,
         framebuffer: None,
         passthru: Vec::new(),
@@ -491,7 +515,7 @@ pub(crate) fn stop_vm(
 ) -> Result<(), VmRuntimeError> {
     let mut first = None;
     if let Some(pid) = pid
-        && sys.alive(pid)
+        && sys.runs_vm(pid, vm)
         && let Err(error) = sys.signal(pid, VmSignal::Kill)
     {
         first.get_or_insert(host_step("kill bhyve")(error));

@@ -38,8 +38,9 @@ pub trait BhyveSys: Send + Sync + 'static {
     /// It could not start.
     fn spawn(&self, argv: &[String], log: &Path) -> io::Result<i32>;
 
-    /// Whether process `pid` is alive.
-    fn alive(&self, pid: i32) -> bool;
+    /// Whether process `pid` is alive and is VM `vm`'s bhyve (a pid recorded before a
+    /// restart may belong to another process by now).
+    fn runs_vm(&self, pid: i32, vm: &str) -> bool;
 
     /// Sends `signal` to `pid`; a process already gone is not an error.
     ///

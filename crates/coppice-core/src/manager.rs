@@ -9,6 +9,7 @@
 //! `Stopping` before any is released, so [`reconcile`] can finish or undo either after a crash.
 
 mod background;
+mod boot;
 mod dir_snapshots;
 mod error;
 mod lifecycle;
@@ -16,6 +17,8 @@ mod network;
 mod reconcile;
 mod snapshot;
 mod volumes;
+
+use boot::{boot_blocking, provision_blocking};
 
 pub use volumes::VolumeAccess;
 
@@ -33,11 +36,11 @@ use crate::event::{EventKind, LifecycleEvent, Reason};
 use crate::exec::{ExecOutcome, ExecRequest};
 use crate::id::{SandboxId, TemplateId};
 use crate::net::NetPolicy;
-use crate::runtime::{Runtime, RuntimeSpec, SandboxEndpoints};
+use crate::runtime::{Runtime, SandboxEndpoints};
 use crate::sandbox::{AccessToken, Sandbox};
 use crate::spec::{Limits, SandboxSpec};
 use crate::state::{Operation, SandboxState};
-use crate::storage::{BindMount, Storage, TemplateInfo};
+use crate::storage::{Storage, TemplateInfo};
 use crate::store::Store;
 
 /// The three backends, chosen once by the daemon.
@@ -661,57 +664,6 @@ impl Inner {
             .remove(&sandbox.id);
         Ok(())
     }
-}
-
-fn provision_blocking(
-    backends: &Backends,
-    id: &SandboxId,
-    spec: &SandboxSpec,
-    root_template: &TemplateId,
-    max_pids: u32,
-    volumes: Vec<BindMount>,
-) -> Result<SandboxEndpoints, ManagerError> {
-    let root = backends
-        .storage
-        .create_rootfs(id, root_template, spec.disk_mb)
-        .map_err(|source| ManagerError::from_storage("create rootfs", source))?;
-    boot_blocking(backends, id, spec, max_pids, &root, volumes)
-}
-
-/// Attaches the network and starts a fresh init (and envd) on `root`.
-fn boot_blocking(
-    backends: &Backends,
-    id: &SandboxId,
-    spec: &SandboxSpec,
-    max_pids: u32,
-    root: &crate::storage::RootFs,
-    volumes: Vec<BindMount>,
-) -> Result<SandboxEndpoints, ManagerError> {
-    let network = backends
-        .net
-        .attach(id, &spec.network)
-        .map_err(|source| ManagerError::from_net("attach network", source))?;
-    let runtime_spec = RuntimeSpec {
-        hostname: id.to_string(),
-        vcpus: spec.vcpus,
-        memory_mb: spec.memory_mb,
-        max_pids,
-        env: spec
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect(),
-        network,
-        volumes,
-    };
-    backends
-        .runtime
-        .create(id, &runtime_spec, root)
-        .map_err(|source| ManagerError::from_runtime("create", source))?;
-    backends
-        .runtime
-        .start(id)
-        .map_err(|source| ManagerError::from_runtime("start", source))
 }
 
 /// Releases everything of a sandbox, in reverse order of creation, stopping at the first

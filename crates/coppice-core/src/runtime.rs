@@ -14,6 +14,17 @@ mod by_root;
 
 pub use by_root::ByRoot;
 
+/// Whether a sandbox's root was just made from its template, or has run a sandbox before
+/// (a resume boots a new init on the files a paused sandbox kept).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootUse {
+    /// Cloned from its template for this boot (create, fork): a runtime may swap it for an
+    /// identical one it prepared ahead (a pooled VM's disk).
+    Fresh,
+    /// It holds the sandbox's own data and must be booted as it is.
+    Used,
+}
+
 /// What the runtime needs to know to build a sandbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeSpec {
@@ -31,6 +42,8 @@ pub struct RuntimeSpec {
     pub network: NetAttachment,
     /// Volumes mounted on top of everything else, in order.
     pub volumes: Vec<BindMount>,
+    /// Whether the root is fresh from its template.
+    pub root_use: RootUse,
 }
 
 /// A sandbox's root directory on the host: a path, and whatever keeps that path naming the

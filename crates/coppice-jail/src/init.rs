@@ -47,8 +47,9 @@ pub fn init_main() -> ExitCode {
 /// The launch channel (standard input), with `/dev/null` put in its place so that commands
 /// never inherit it.
 fn take_channel() -> Result<OwnedFd, String> {
-    let channel =
-        rustix::io::dup(std::io::stdin()).map_err(|e| format!("no launch channel: {e}"))?;
+    // Close-on-exec, so neither envd nor any command inherits it.
+    let channel = rustix::io::fcntl_dupfd_cloexec(std::io::stdin(), 0)
+        .map_err(|e| format!("no launch channel: {e}"))?;
     let null = File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
     rustix::stdio::dup2_stdin(&null).map_err(|e| format!("cannot replace stdin: {e}"))?;
     Ok(channel)

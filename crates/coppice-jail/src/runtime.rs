@@ -487,19 +487,31 @@ fn write_resolv_conf(root: &Path, text: &str) -> io::Result<()> {
         }
         Err(error) => return Err(error.into()),
     };
+    // Non-blocking, so a FIFO planted there cannot hold the open; no truncation before the
+    // file is known to be a regular one.
     let file = match openat(
         &etc,
         "resolv.conf",
-        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
         Mode::from_raw_mode(0o644),
     ) {
         Ok(file) => file,
-        Err(rustix::io::Errno::LOOP | rustix::io::Errno::ISDIR | rustix::io::Errno::MLINK) => {
+        Err(
+            rustix::io::Errno::LOOP
+            | rustix::io::Errno::ISDIR
+            | rustix::io::Errno::MLINK
+            | rustix::io::Errno::NXIO,
+        ) => {
             return Ok(());
         }
         Err(error) => return Err(error.into()),
     };
-    io::Write::write_all(&mut fs::File::from(file), text.as_bytes())
+    if !rustix::fs::FileType::from_raw_mode(rustix::fs::fstat(&file)?.st_mode).is_file() {
+        return Ok(());
+    }
+    let mut file = fs::File::from(file);
+    file.set_len(0)?;
+    io::Write::write_all(&mut file, text.as_bytes())
 }
 
 fn backend(op: &'static str, id: &SandboxId, error: JailRuntimeError) -> RuntimeError {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use coppice_core::SandboxId;
 use coppice_core::exec::{ExecOutcome, ExecRequest, ExecUser, ExitStatus};
 use coppice_core::net::NetAttachment;
-use coppice_core::runtime::{Runtime, RuntimeSpec};
+use coppice_core::runtime::{RootUse, Runtime, RuntimeSpec};
 use coppice_core::storage::{BindMount, RootFs};
 use coppice_linux::cgroup::CgroupConfig;
 use coppice_linux::{IdMap, InitCommand, NamespaceRuntime, NamespaceRuntimeConfig, RealNsSys};
@@ -89,6 +89,7 @@ impl Host {
             env: vec![("SANDBOX_VAR".into(), "present".into())],
             network: NetAttachment::LoopbackOnly,
             volumes: Vec::new(),
+            root_use: RootUse::Fresh,
         };
         self.runtime.create(&id, &spec, &root).unwrap();
         self.runtime.start(&id).unwrap();

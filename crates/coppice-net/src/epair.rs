@@ -47,6 +47,17 @@ pub fn prepare(
             &jail_end(index),
         ]),
         owned(&["ifconfig", bridge, "addm", &host, "private", &host]),
+        // The bridge knows the sandbox's MAC on its member from the start and learns
+        // nothing there: a sandbox that changes its MAC cannot draw another's frames, and
+        // the host's first frames to it are not flooded to every member.
+        owned(&["ifconfig", bridge, "-learn", &host]),
+        owned(&[
+            "ifconfig",
+            bridge,
+            "static",
+            &host,
+            &config.sandbox_mac(index),
+        ]),
         owned(&["ifconfig", &host, "up"]),
     ])
 }
@@ -83,6 +94,8 @@ mod tests {
                 "ifconfig epair12a name coppice0-7",
                 "ifconfig epair12b name cpj7",
                 "ifconfig coppice0 addm coppice0-7 private coppice0-7",
+                "ifconfig coppice0 -learn coppice0-7",
+                "ifconfig coppice0 static coppice0-7 02:c0:ff:ee:00:07",
                 "ifconfig coppice0-7 up",
             ]
         );

@@ -168,7 +168,7 @@ mod tests {
         let cases: Vec<(Vec<String>, &str)> = vec![
             (
                 list(&DatasetName::parse("zroot/coppice").unwrap()),
-                "list -Hp -o name,type,used,creation,mountpoint,origin,coppice:user,coppice:workdir,coppice:snapshot_of -t filesystem,volume -r zroot/coppice",
+                "list -Hp -o name,type,used,creation,mountpoint,origin,coppice:user,coppice:workdir,coppice:snapshot_of,coppice:sandbox -t filesystem,volume -r zroot/coppice",
             ),
             (
                 create(&dataset, &mountpoint, &[("coppice:user", "user")]),

@@ -143,14 +143,13 @@ impl ZfsLayout {
         self.volumes()?.child(id.as_str())
     }
 
-    /// Where `dataset` (under the root) is mounted: the mount base plus its path below the
-    /// root, so that mountpoints never depend on inheritance from the pool.
     /// The block device of volume `dataset`.
     pub fn device(dataset: &DatasetName) -> PathBuf {
         Path::new("/dev/zvol").join(dataset.as_str())
     }
 
-    /// Where file system `dataset` is mounted.
+    /// Where `dataset` (under the root) is mounted: the mount base plus its path below the
+    /// root, so that mountpoints never depend on inheritance from the pool.
     pub fn mountpoint(&self, dataset: &DatasetName) -> PathBuf {
         let below = dataset
             .as_str()

@@ -5,8 +5,7 @@
 use std::path::PathBuf;
 
 /// The columns coppice asks `zfs list` for, in order.
-pub const LIST_COLUMNS: &str =
-    "name,type,used,creation,mountpoint,origin,coppice:user,coppice:workdir,coppice:snapshot_of";
+pub const LIST_COLUMNS: &str = "name,type,used,creation,mountpoint,origin,coppice:user,coppice:workdir,coppice:snapshot_of,coppice:sandbox";
 
 /// What a dataset holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +37,9 @@ pub struct DatasetRow {
     pub workdir: Option<String>,
     /// `coppice:snapshot_of`: the sandbox a snapshot template was taken of.
     pub snapshot_of: Option<String>,
+    /// `coppice:sandbox`: the sandbox whose root this dataset is, when it was made outside
+    /// `sandboxes/` (a pooled VM's disk that a sandbox took).
+    pub sandbox: Option<String>,
 }
 
 /// A line that is not what [`LIST_COLUMNS`] asked for.
@@ -82,9 +84,10 @@ pub fn parse_list(output: &str) -> Result<Vec<DatasetRow>, ParseListError> {
             user,
             workdir,
             snapshot_of,
+            sandbox,
         ] = fields.as_slice()
         else {
-            return Err(error("expected 9 tab-separated fields"));
+            return Err(error("expected 10 tab-separated fields"));
         };
         let kind = match *kind {
             "filesystem" => DatasetKind::Filesystem,
@@ -110,6 +113,7 @@ pub fn parse_list(output: &str) -> Result<Vec<DatasetRow>, ParseListError> {
             user: optional(user),
             workdir: optional(workdir),
             snapshot_of: optional(snapshot_of),
+            sandbox: optional(sandbox),
         });
     }
     Ok(rows)
@@ -126,7 +130,7 @@ mod tests {
     #[test]
     fn test_parses_recorded_output() {
         let rows = parse_list(RECORDED).unwrap();
-        assert_eq!(rows.len(), 9);
+        assert_eq!(rows.len(), 11);
         let base = rows
             .iter()
             .find(|row| row.name == "zroot/coppice/templates/base")
@@ -158,6 +162,12 @@ mod tests {
             .unwrap();
         assert_eq!(vm.kind, DatasetKind::Volume);
         assert_eq!(vm.mountpoint, None, "a volume has no mountpoint");
+        let taken = rows
+            .iter()
+            .find(|row| row.name.starts_with("zroot/coppice/vmpool/"))
+            .unwrap();
+        assert_eq!(taken.sandbox.as_deref(), Some("q8w2e4"));
+        assert_eq!(vm.sandbox, None);
         assert_eq!(
             vm.origin.as_deref(),
             Some("zroot/coppice/templates/debian-vm@template")
@@ -167,21 +177,24 @@ mod tests {
     #[test]
     fn test_refuses_malformed_lines() {
         let cases = [
-            ("zroot\tfilesystem\t1\t2", "expected 9 tab-separated fields"),
             (
-                "zroot\tfilesystem\tlots\t2\t-\t-\t-\t-\t-",
+                "zroot\tfilesystem\t1\t2",
+                "expected 10 tab-separated fields",
+            ),
+            (
+                "zroot\tfilesystem\tlots\t2\t-\t-\t-\t-\t-\t-",
                 "size is not a number",
             ),
             (
-                "zroot\tfilesystem\t1\tyesterday\t-\t-\t-\t-\t-",
+                "zroot\tfilesystem\t1\tyesterday\t-\t-\t-\t-\t-\t-",
                 "creation time is not a number",
             ),
             (
-                "zroot\tfilesystem\t1\t2\trelative/path\t-\t-\t-\t-",
+                "zroot\tfilesystem\t1\t2\trelative/path\t-\t-\t-\t-\t-",
                 "mountpoint is neither a path nor none/legacy",
             ),
             (
-                "zroot\tsnapshot\t1\t2\t-\t-\t-\t-\t-",
+                "zroot\tsnapshot\t1\t2\t-\t-\t-\t-\t-\t-",
                 "type is neither filesystem nor volume",
             ),
         ];

@@ -64,6 +64,10 @@ fn child_of<'a>(name: &'a str, parent: &DatasetName) -> Option<&'a str> {
         .filter(|rest| !rest.contains('/'))
 }
 
+/// Set on every volume coppice clones: the host never looks inside a disk whose contents a
+/// guest controls (no GEOM tasting of its partitions or labels).
+pub const VOLUME_PROPS: [(&str, &str); 1] = [("volmode", "dev")];
+
 impl ZfsStorage {
     /// Storage over `layout`, reaching ZFS through `sys`; see [`ZfsStorage::open`] for a
     /// daemon's start.
@@ -154,6 +158,24 @@ impl ZfsStorage {
         })
     }
 
+    /// The dataset holding sandbox `id`'s root among `rows`: `sandboxes/<id>`, or one a
+    /// runtime handed over to it (`coppice:sandbox=<id>`: a pooled VM's disk, never renamed,
+    /// because renaming a zvol revokes the device its VM has open).
+    fn sandbox_row<'r>(
+        &self,
+        id: &SandboxId,
+        rows: &'r [DatasetRow],
+    ) -> Result<Option<&'r DatasetRow>, StorageError> {
+        let dataset = self.layout.sandbox(id)?;
+        Ok(rows
+            .iter()
+            .find(|row| row.name == dataset.as_str())
+            .or_else(|| {
+                rows.iter()
+                    .find(|row| row.sandbox.as_deref() == Some(id.as_str()))
+            }))
+    }
+
     /// The root a sandbox's dataset gives: a directory, or a volume's disk.
     fn root_of(&self, dataset: &DatasetName, row: &DatasetRow) -> RootFs {
         match row.kind {
@@ -239,7 +261,7 @@ impl Storage for ZfsStorage {
             dataset: &dataset,
             mountpoint: (!volume).then_some(mountpoint.as_path()),
             quota_mb: (!volume).then_some(disk_mb),
-            props: &[],
+            props: if volume { &VOLUME_PROPS } else { &[] },
         }) {
             Ok(_) if volume => Ok(RootFs::Disk {
                 device: ZfsLayout::device(&dataset),
@@ -260,29 +282,48 @@ impl Storage for ZfsStorage {
     }
 
     fn rootfs(&self, id: &SandboxId) -> Result<RootFs, StorageError> {
-        let dataset = self.layout.sandbox(id)?;
-        self.row(&dataset)?
-            .map(|row| self.root_of(&dataset, &row))
-            .ok_or_else(|| StorageError::NotFound { id: id.clone() })
+        let rows = self.rows()?;
+        let row = self
+            .sandbox_row(id, &rows)?
+            .ok_or_else(|| StorageError::NotFound { id: id.clone() })?;
+        Ok(self.root_of(&DatasetName::parse(&row.name)?, row))
     }
 
     fn destroy_rootfs(&self, id: &SandboxId) -> Result<(), StorageError> {
         let dataset = self.layout.sandbox(id)?;
-        match self.sys.zfs(&ZfsOp::Destroy {
-            name: dataset.as_str(),
-        }) {
-            Err(error) if !error.is_missing() => Err(backend("destroy sandbox dataset", error)),
-            _ => Ok(()),
+        let adopted: Vec<String> = self
+            .rows()?
+            .into_iter()
+            .filter(|row| row.sandbox.as_deref() == Some(id.as_str()))
+            .map(|row| row.name)
+            .collect();
+        for name in std::iter::once(dataset.as_str()).chain(adopted.iter().map(String::as_str)) {
+            match self.sys.zfs(&ZfsOp::Destroy { name }) {
+                Err(error) if !error.is_missing() => {
+                    return Err(backend("destroy sandbox dataset", error));
+                }
+                _ => {}
+            }
         }
+        Ok(())
     }
 
     fn list_rootfs(&self) -> Result<Vec<SandboxId>, StorageError> {
         let sandboxes = self.layout.sandboxes()?;
-        Ok(self
+        let mut ids: Vec<SandboxId> = self
             .rows()?
             .iter()
-            .filter_map(|row| child_of(&row.name, &sandboxes)?.parse().ok())
-            .collect())
+            .filter_map(|row| {
+                row.sandbox
+                    .as_deref()
+                    .or_else(|| child_of(&row.name, &sandboxes))?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        ids.sort();
+        ids.dedup();
+        Ok(ids)
     }
 
     fn snapshot_rootfs(
@@ -296,12 +337,12 @@ impl Storage for ZfsStorage {
                 reason: format!("{TEMPLATE_SNAPSHOT:?} is reserved and cannot name a snapshot"),
             });
         }
-        let sandbox = self.layout.sandbox(id)?;
         let template = self.layout.template(snapshot)?;
         let rows = self.rows()?;
-        let Some(sandbox_row) = rows.iter().find(|row| row.name == sandbox.as_str()) else {
+        let Some(sandbox_row) = self.sandbox_row(id, &rows)? else {
             return Err(StorageError::NotFound { id: id.clone() });
         };
+        let sandbox = DatasetName::parse(&sandbox_row.name)?;
         if rows.iter().any(|row| row.name == template.as_str()) {
             return Err(StorageError::TemplateExists {
                 id: snapshot.clone(),
@@ -327,11 +368,14 @@ impl Storage for ZfsStorage {
                 name: &sandbox_snapshot,
             },
         )?;
-        let props = [
+        let mut props = vec![
             ("coppice:user", user.as_str()),
             ("coppice:workdir", workdir.as_str()),
             ("coppice:snapshot_of", id.as_str()),
         ];
+        if sandbox_row.kind == DatasetKind::Volume {
+            props.extend(VOLUME_PROPS);
+        }
         let made = self
             .run(
                 "clone snapshot into a template",

@@ -5,6 +5,7 @@ use std::net::TcpListener;
 use std::thread;
 
 use coppice_core::exec::ExitStatus;
+use coppice_core::runtime::RootUse;
 use coppice_core::storage::BindMount;
 
 use super::*;
@@ -98,6 +99,7 @@ fn spec() -> RuntimeSpec {
             dns: vec![],
         },
         volumes: vec![],
+        root_use: RootUse::Fresh,
     }
 }
 
@@ -116,11 +118,18 @@ fn test_a_vm_boots_with_its_seed_and_network_and_runs_commands() {
         Some("02:c0:ff:ee:00:07")
     );
     assert_eq!(fs::read_to_string(home.join(VARS_FILE)).unwrap(), "vars");
+    let node = netgraph::node_name("coppice-a1");
     let commands = f.sys.commands();
-    assert!(commands[0].starts_with("ngctl -f - <<< mkpeer . bridge cpvm_coppice-a1_boot"));
+    assert!(
+        commands[0].starts_with(&format!("ngctl -f - <<< mkpeer . bridge {node}b")),
+        "{commands:?}"
+    );
+    assert_eq!(commands[1], "ifconfig cpj7 up");
     assert_eq!(
-        commands[1],
-        "ngctl -f - <<< connect cpvm_coppice-a1: cpj7: link1 lower"
+        commands[2],
+        format!(
+            "ngctl -f - <<< msg cpj7: setpromisc 1\nmsg cpj7: setautosrc 0\nconnect {node}: cpj7: link1 lower"
+        )
     );
 
     f.boot_guest(&home.join(SEED_FILE));
@@ -130,7 +139,9 @@ fn test_a_vm_boots_with_its_seed_and_network_and_runs_commands() {
     let argv = bhyve.join(" ");
     assert!(argv.contains(&format!("-s 2,virtio-blk,{DISK}")), "{argv}");
     assert!(
-        argv.contains("-s 3,virtio-net,netgraph,path=cpvm_coppice-a1:,peerhook=link0"),
+        argv.contains(&format!(
+            "-s 3,virtio-net,netgraph,path={node}:,peerhook=link0"
+        )),
         "{argv}"
     );
     assert!(
@@ -176,7 +187,10 @@ fn test_destroy_kills_bhyve_frees_the_vm_and_its_node() {
         [
             "kill -Kill 1",
             "bhyvectl --destroy --vm=coppice-a1",
-            "ngctl -f - <<< shutdown cpvm_coppice-a1:",
+            &format!(
+                "ngctl -f - <<< shutdown {}:",
+                netgraph::node_name("coppice-a1")
+            ),
         ]
     );
     assert!(f.sys.vms().is_empty() && f.sys.processes().is_empty());
@@ -193,7 +207,8 @@ fn test_destroy_kills_bhyve_frees_the_vm_and_its_node() {
 fn test_a_failure_at_any_create_or_boot_step_leaves_nothing_behind() {
     for (failing, at_start) in [
         ("ngctl -f - <<< mkpeer", false),
-        ("ngctl -f - <<< connect", false),
+        ("ifconfig cpj7 up", false),
+        ("ngctl -f - <<< msg cpj7", false),
         ("spawn bhyve", true),
     ] {
         let f = fixture();
@@ -211,10 +226,11 @@ fn test_a_failure_at_any_create_or_boot_step_leaves_nothing_behind() {
         assert!(f.run_dir_entries().is_empty(), "{failing}");
         assert!(f.sys.vms().is_empty(), "{failing}");
         let last = f.sys.commands().last().cloned().unwrap_or_default();
-        assert_eq!(
-            last, "ngctl -f - <<< shutdown cpvm_coppice-a1:",
-            "{failing}"
+        let shutdown = format!(
+            "ngctl -f - <<< shutdown {}:",
+            netgraph::node_name("coppice-a1")
         );
+        assert_eq!(last, shutdown, "{failing}");
     }
 }
 
@@ -290,6 +306,18 @@ fn test_a_restarted_runtime_finds_its_vms_and_reaches_them_again() {
     restarted.destroy(&sandbox).unwrap();
 }
 
+/// A pool of one 256 MiB VM of `vcpus` from the test template, held as soon as booted.
+fn pool_of(vcpus: u32) -> warm::VmPoolConfig {
+    warm::VmPoolConfig {
+        origin: ORIGIN.into(),
+        dataset: "zroot/coppice/vmpool".into(),
+        target: 1,
+        vcpus,
+        memory_mb: 256,
+        settle: Duration::ZERO,
+    }
+}
+
 fn wait_for(what: &str, condition: impl Fn() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(5);
     while !condition() {
@@ -301,14 +329,7 @@ fn wait_for(what: &str, condition: impl Fn() -> bool) {
 #[test]
 fn test_a_pooled_vm_takes_over_the_sandboxs_disk_and_only_wakes_at_start() {
     let f = fixture_with(|config| {
-        config.pool = Some(warm::VmPoolConfig {
-            origin: ORIGIN.into(),
-            dataset: "zroot/coppice/vmpool".into(),
-            target: 1,
-            vcpus: 1,
-            memory_mb: 256,
-            settle: Duration::ZERO,
-        });
+        config.pool = Some(pool_of(1));
     });
     let held = || {
         f.sys
@@ -322,38 +343,41 @@ fn test_a_pooled_vm_takes_over_the_sandboxs_disk_and_only_wakes_at_start() {
         f.runtime.list().unwrap().is_empty(),
         "pooled VMs are no sandboxes"
     );
-    assert!(
-        f.sys
-            .datasets()
-            .contains_key("zroot/coppice/vmpool/coppice-pool-1")
-    );
+    let pooled: Vec<String> = f
+        .sys
+        .datasets()
+        .into_keys()
+        .filter(|name| name.starts_with("zroot/coppice/vmpool/coppice-pool-"))
+        .collect();
+    assert_eq!(pooled.len(), 1, "{pooled:?}");
+    let pooled_disk = pooled[0].clone();
+    let pooled_vm = pooled_disk.rsplit('/').next().unwrap().to_owned();
     // Storage made the sandbox's clone of the same template.
     f.sys.add_dataset("zroot/coppice/sandboxes/a1", ORIGIN);
     let sandbox = id("a1");
     f.runtime.create(&sandbox, &spec(), &disk()).unwrap();
     let commands = f.sys.commands();
     assert!(commands.contains(&"zfs destroy zroot/coppice/sandboxes/a1".to_owned()));
-    assert!(commands.contains(
-        &"zfs rename zroot/coppice/vmpool/coppice-pool-1 zroot/coppice/sandboxes/a1".to_owned()
-    ));
     assert!(
-        commands
-            .contains(&"ngctl -f - <<< connect cpvm_coppice-pool-1: cpj7: link1 lower".to_owned())
+        commands.contains(&format!("zfs set coppice:sandbox=a1 {pooled_disk}")),
+        "the pooled disk becomes the sandbox's, by property: {commands:#?}"
     );
-    assert_eq!(
-        f.sys
-            .datasets()
-            .get("zroot/coppice/sandboxes/a1")
-            .map(String::as_str),
-        Some(ORIGIN)
+    assert!(
+        !commands
+            .iter()
+            .any(|command| command.starts_with("zfs rename"))
     );
+    assert!(commands.contains(&format!(
+        "ngctl -f - <<< msg cpj7: setpromisc 1\nmsg cpj7: setautosrc 0\nconnect {}: cpj7: link1 lower",
+        netgraph::node_name(&pooled_vm)
+    )));
+    assert!(!f.sys.datasets().contains_key("zroot/coppice/sandboxes/a1"));
 
-    let pooled_seed = f
-        .dir
-        .path()
-        .join("run/.pool/coppice-pool-1")
-        .join(SEED_FILE);
-    f.boot_guest(&pooled_seed);
+    // The taken VM's files moved into the sandbox's run dir, with no pool record left.
+    let home = f.dir.path().join("run/a1/vm");
+    assert!(home.join(SEED_FILE).is_file());
+    assert!(!home.join("pool.json").exists());
+    f.boot_guest(&home.join(SEED_FILE));
     let spawned = |commands: &[String]| {
         commands
             .iter()
@@ -374,22 +398,53 @@ fn test_a_pooled_vm_takes_over_the_sandboxs_disk_and_only_wakes_at_start() {
             .any(|command| command.starts_with("spawn") && command.ends_with("coppice-a1"))
     );
 
-    f.runtime.destroy(&sandbox).unwrap();
-    assert!(!f.dir.path().join("run/.pool/coppice-pool-1").exists());
-    assert!(f.run_dir_entries().is_empty());
+    // A restart clears the pool's own VMs but not the one the sandbox took.
+    let agent_port = f.agent.local_addr().unwrap().port();
+    drop(f.runtime);
+    let mut restarted_config = config(f.dir.path(), agent_port);
+    restarted_config.pool = None;
+    let restarted =
+        VmRuntime::new(Arc::clone(&f.sys) as Arc<dyn BhyveSys>, restarted_config).unwrap();
+    assert!(restarted.probe(&sandbox).unwrap().alive);
+    restarted.destroy(&sandbox).unwrap();
+    let left: Vec<_> = fs::read_dir(f.dir.path().join("run"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .filter(|name| name != ".pool")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn test_a_resumed_sandbox_boots_on_its_own_disk_never_a_pooled_one() {
+    let f = fixture_with(|config| {
+        config.pool = Some(pool_of(1));
+    });
+    wait_for("a pooled VM is held", || {
+        f.sys.processes().values().any(|process| process.stopped)
+    });
+    f.sys.add_dataset("zroot/coppice/sandboxes/a1", ORIGIN);
+    let resumed = RuntimeSpec {
+        root_use: RootUse::Used,
+        ..spec()
+    };
+    f.runtime.create(&id("a1"), &resumed, &disk()).unwrap();
+    assert!(
+        f.sys.datasets().contains_key("zroot/coppice/sandboxes/a1"),
+        "the sandbox's data stays"
+    );
+    assert!(
+        !f.sys
+            .commands()
+            .iter()
+            .any(|command| command.starts_with("zfs destroy") || command.starts_with("zfs set"))
+    );
 }
 
 #[test]
 fn test_a_create_of_another_template_or_size_boots_its_own_vm() {
     let f = fixture_with(|config| {
-        config.pool = Some(warm::VmPoolConfig {
-            origin: ORIGIN.into(),
-            dataset: "zroot/coppice/vmpool".into(),
-            target: 1,
-            vcpus: 2,
-            memory_mb: 256,
-            settle: Duration::ZERO,
-        });
+        config.pool = Some(pool_of(2));
     });
     f.sys.add_dataset("zroot/coppice/sandboxes/a1", ORIGIN);
     f.runtime.create(&id("a1"), &spec(), &disk()).unwrap();
@@ -397,7 +452,7 @@ fn test_a_create_of_another_template_or_size_boots_its_own_vm() {
         !f.sys
             .commands()
             .iter()
-            .any(|command| command.starts_with("zfs rename")),
+            .any(|command| command.starts_with("zfs set")),
         "a 1-vCPU create must not take a 2-vCPU pooled VM"
     );
 }

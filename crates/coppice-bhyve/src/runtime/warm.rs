@@ -1,9 +1,11 @@
 //! The running warm pool: a thread keeps `target` VMs booted from one template and held
 //! stopped (SIGSTOP), following [`crate::pool::WarmPool`]'s bookkeeping. A create whose disk
-//! is a clone of that template, with the pool's size, takes one: the fresh clone storage
-//! made is destroyed and the pooled VM's disk renamed in its place (bhyve keeps the device
-//! open, so the VM never notices), the seed is rewritten with the sandbox, and start only
-//! wakes the VM, whose agent picks the seed up. A VM that was taken is never pooled again.
+//! is a fresh clone of that template, with the pool's size, takes one: the fresh clone is
+//! destroyed and the pooled VM's disk is marked as the sandbox's (`coppice:sandbox=<id>`,
+//! which storage follows; never renamed, as renaming a zvol revokes the device its VM has
+//! open), the VM's files move into the sandbox's run dir, the seed is rewritten with the
+//! sandbox, and start only wakes the VM, whose agent picks the seed up. A VM that was taken
+//! is never pooled again.
 //!
 //! VMs an earlier run of the daemon left in the pool are destroyed at start: their
 //! bookkeeping went with that run.
@@ -15,6 +17,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::thread;
 use std::time::Duration;
 
+use coppice_core::SandboxId;
 use coppice_init::records::{read_json, write_json};
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +60,8 @@ pub(crate) struct PooledVm {
     pub(crate) vm: String,
     pub(crate) home: PathBuf,
     pub(crate) pid: i32,
+    /// Its disk's device (the pooled dataset, now the sandbox's).
+    pub(crate) disk: PathBuf,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -106,6 +111,15 @@ impl std::fmt::Debug for PoolHandle {
     }
 }
 
+fn io_error(error: &getrandom::Error) -> std::io::Error {
+    std::io::Error::other(error.to_string())
+}
+
+/// `zfs clone` of a pooled or sandbox disk: parents made, and never tasted by the host.
+fn clone_args<'a>(origin: &'a str, dataset: &'a str) -> Vec<&'a str> {
+    vec!["clone", "-p", "-o", "volmode=dev", origin, dataset]
+}
+
 fn zfs(args: &[&str]) -> Vec<String> {
     std::iter::once("zfs")
         .chain(args.iter().copied())
@@ -151,7 +165,13 @@ impl PoolHandle {
             changed: Condvar::new(),
         });
         shared.clear_leftovers();
-        shared.state().pool = WarmPool::new("coppice-pool-", shared.config.target);
+        // A prefix of this run's own: names never meet those of VMs an earlier run handed
+        // to sandboxes, which live on.
+        let mut run = [0u8; 3];
+        getrandom::fill(&mut run)
+            .map_err(|error| host_step("draw the pool's prefix")(io_error(&error)))?;
+        let prefix = format!("coppice-pool-{:02x}{:02x}{:02x}-", run[0], run[1], run[2]);
+        shared.state().pool = WarmPool::new(prefix, shared.config.target);
         let refill = Arc::clone(&shared);
         thread::Builder::new()
             .name("vm-pool".into())
@@ -160,16 +180,18 @@ impl PoolHandle {
         Ok(Self { shared })
     }
 
-    /// A ready VM for a create of `vcpus` and `memory_mb` whose disk is `disk`, now running on
-    /// that disk; `None` when the pool has none that fits (the create boots its own).
+    /// A ready VM for sandbox `id`, created with `vcpus` and `memory_mb` on the fresh clone
+    /// `disk`, whose files move to `sandbox_dir`; `None` when the pool has none that fits
+    /// (the create boots its own on `disk`).
     ///
     /// # Errors
-    /// The swap failed and the sandbox's own disk could not be put back.
+    /// The hand-over failed and the sandbox's own disk could not be put back.
     pub(crate) fn checkout(
         &self,
-        vcpus: u32,
-        memory_mb: u32,
+        id: &SandboxId,
+        (vcpus, memory_mb): (u32, u32),
         disk: &Path,
+        sandbox_dir: &Path,
     ) -> Result<Option<PooledVm>, VmRuntimeError> {
         let shared = &self.shared;
         if (vcpus, memory_mb) != (shared.config.vcpus, shared.config.memory_mb) {
@@ -199,27 +221,36 @@ impl PoolHandle {
             name.and_then(|name| state.ready.remove(&name))
         };
         shared.changed.notify_all();
-        let Some(vm) = taken else {
+        let Some(mut vm) = taken else {
             return Ok(None);
         };
         if let Err(error) = shared.sys.run(&zfs(&["destroy", &dataset]), None) {
-            tracing::warn!(error = %error, "cannot make room for a pooled disk; booting afresh");
+            tracing::warn!(error = %error, "cannot drop the fresh disk for a pooled one; booting afresh");
             shared.discard(&vm);
             return Ok(None);
         }
         let pooled_disk = shared.disk_dataset(&vm.vm);
-        if let Err(error) = shared
-            .sys
-            .run(&zfs(&["rename", &pooled_disk, &dataset]), None)
-        {
-            tracing::warn!(error = %error, "cannot move a pooled disk; booting afresh");
+        let owner = format!("coppice:sandbox={id}");
+        if let Err(error) = shared.sys.run(&zfs(&["set", &owner, &pooled_disk]), None) {
+            tracing::warn!(error = %error, "cannot hand a pooled disk over; booting afresh");
             shared.discard(&vm);
             shared
                 .sys
-                .run(&zfs(&["clone", &shared.config.origin, &dataset]), None)
+                .run(&zfs(&clone_args(&shared.config.origin, &dataset)), None)
                 .map_err(host_step("put the sandbox's disk back"))?;
             return Ok(None);
         }
+        // bhyve holds its files open by descriptor, so they can move; no record of the pool
+        // stays behind for a restart to clear.
+        let home = sandbox_dir.join("vm");
+        match fs::rename(&vm.home, &home) {
+            Ok(()) => vm.home = home,
+            Err(error) => {
+                tracing::warn!(error = %error, "a taken VM's files stay in the pool's dir");
+            }
+        }
+        let _ = fs::remove_file(vm.home.join(POOL_RECORD));
+        vm.disk = Path::new("/dev/zvol").join(&pooled_disk);
         Ok(Some(vm))
     }
 
@@ -311,7 +342,7 @@ impl Shared {
         )?;
         let dataset = self.disk_dataset(vm);
         self.sys
-            .run(&zfs(&["clone", &self.config.origin, &dataset]), None)
+            .run(&zfs(&clone_args(&self.config.origin, &dataset)), None)
             .map_err(host_step("clone a pooled disk"))?;
         self.sys
             .run(
@@ -375,6 +406,7 @@ impl Shared {
             vm: vm.to_owned(),
             home: home.to_owned(),
             pid,
+            disk: Path::new("/dev/zvol").join(&dataset),
         })
     }
 
@@ -400,8 +432,8 @@ impl Shared {
         };
         for entry in entries.flatten() {
             let home = entry.path();
+            // Without its record a dir belongs to a VM a sandbox took: not the pool's.
             let Ok(Some(record)) = read_json::<PoolRecord>(&home.join(POOL_RECORD)) else {
-                let _ = fs::remove_dir_all(&home);
                 continue;
             };
             let _ = stop_vm(self.sys.as_ref(), &record.vm, record.pid);

@@ -104,7 +104,7 @@ impl BhyveSys for FakeBhyveSys {
                 .get(*dataset)
                 .map(|origin| format!("{origin}\n"))
                 .ok_or_else(|| io::Error::other(format!("cannot open '{dataset}'"))),
-            ["zfs", "clone", origin, dataset] => {
+            ["zfs", "clone", .., origin, dataset] => {
                 state
                     .datasets
                     .insert((*dataset).to_owned(), (*origin).to_owned());
@@ -115,14 +115,6 @@ impl BhyveSys for FakeBhyveSys {
                 .remove(*dataset)
                 .map(|_| String::new())
                 .ok_or_else(|| io::Error::other(format!("cannot open '{dataset}'"))),
-            ["zfs", "rename", from, to] => {
-                let origin = state
-                    .datasets
-                    .remove(*from)
-                    .ok_or_else(|| io::Error::other(format!("cannot open '{from}'")))?;
-                state.datasets.insert((*to).to_owned(), origin);
-                Ok(String::new())
-            }
             ["bhyvectl", "--destroy", vm] => {
                 let name = vm.trim_start_matches("--vm=");
                 if state.vms.remove(name) {
@@ -163,8 +155,11 @@ impl BhyveSys for FakeBhyveSys {
         Ok(pid)
     }
 
-    fn alive(&self, pid: i32) -> bool {
-        self.state().processes.contains_key(&pid)
+    fn runs_vm(&self, pid: i32, vm: &str) -> bool {
+        self.state()
+            .processes
+            .get(&pid)
+            .is_some_and(|process| process.argv.last().map(String::as_str) == Some(vm))
     }
 
     fn signal(&self, pid: i32, signal: VmSignal) -> io::Result<()> {

@@ -67,8 +67,18 @@ impl BhyveSys for HostBhyveSys {
         Ok(pid)
     }
 
-    fn alive(&self, pid: i32) -> bool {
-        Pid::from_raw(pid).is_some_and(|pid| test_kill_process(pid).is_ok())
+    fn runs_vm(&self, pid: i32, vm: &str) -> bool {
+        if Pid::from_raw(pid).is_none_or(|pid| test_kill_process(pid).is_err()) {
+            return false;
+        }
+        // bhyve names itself `bhyve: <vm>`; its command line ends with the VM's name.
+        let Ok(command) = self.run(
+            &["ps", "-o", "command=", "-p", &pid.to_string()].map(str::to_owned),
+            None,
+        ) else {
+            return false;
+        };
+        command.contains("bhyve") && command.split_whitespace().any(|word| word == vm)
     }
 
     fn signal(&self, pid: i32, signal: VmSignal) -> io::Result<()> {
@@ -102,9 +112,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let log = dir.path().join("vm.log");
         let sys = HostBhyveSys;
-        let argv = ["sh", "-c", "echo booted; exec sleep 30"].map(str::to_owned);
+        // Shaped like bhyve's command line: the program, then the VM's name last.
+        let argv = ["sh", "-c", "echo booted; sleep 30; : bhyve", "coppice-a1"].map(str::to_owned);
         let pid = sys.spawn(&argv, &log).unwrap();
-        assert!(sys.alive(pid));
+        assert!(sys.runs_vm(pid, "coppice-a1"));
+        assert!(!sys.runs_vm(pid, "coppice-b2"), "another VM's pid");
         sys.signal(pid, VmSignal::Stop).unwrap();
         sys.signal(pid, VmSignal::Continue).unwrap();
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -113,7 +125,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         sys.signal(pid, VmSignal::Kill).unwrap();
-        while sys.alive(pid) {
+        while sys.runs_vm(pid, "coppice-a1") {
             assert!(Instant::now() < deadline, "still alive after SIGKILL");
             std::thread::sleep(Duration::from_millis(10));
         }

@@ -17,6 +17,7 @@ use super::{
 };
 use crate::event::{EventKind, Reason};
 use crate::id::SandboxId;
+use crate::runtime::RootUse;
 use crate::sandbox::Sandbox;
 use crate::state::{Operation, PauseMode, SandboxState};
 
@@ -330,7 +331,7 @@ impl Inner {
             id,
             &paused.spec,
             self.config.limits.max_pids,
-            &root,
+            (&root, RootUse::Used),
             volumes,
         ) {
             Ok(endpoints) => {

@@ -149,6 +149,7 @@ mod tests {
     use super::*;
     use crate::exec::ExitStatus;
     use crate::net::NetAttachment;
+    use crate::runtime::RootUse;
     use crate::testing::FakeRuntime;
 
     fn spec() -> RuntimeSpec {
@@ -160,6 +161,7 @@ mod tests {
             env: vec![],
             network: NetAttachment::LoopbackOnly,
             volumes: vec![],
+            root_use: RootUse::Fresh,
         }
     }
 

@@ -1,5 +1,4 @@
 //! Collecting children without reaping them, and running a program from an open descriptor.
-//! and running a program from an open descriptor.
 
 use std::fs::File;
 use std::io;

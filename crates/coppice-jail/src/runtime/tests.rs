@@ -2,8 +2,10 @@
 //! on the host, and that a failure at any step leaves nothing behind.
 
 use std::collections::BTreeSet;
+use std::os::unix::fs::FileTypeExt;
 
 use coppice_core::exec::ExitStatus;
+use coppice_core::runtime::RootUse;
 use coppice_core::storage::BindMount;
 
 use super::*;
@@ -105,6 +107,7 @@ fn spec(network: NetAttachment, volumes: Vec<BindMount>) -> RuntimeSpec {
         env: vec![("LANG".into(), "C.UTF-8".into())],
         network,
         volumes,
+        root_use: RootUse::Fresh,
     }
 }
 
@@ -395,4 +398,19 @@ fn test_resolv_conf_is_never_written_through_a_link() {
         .create(&id("a1"), &spec(vnet(), vec![]), &f.root_fs())
         .unwrap();
     assert_eq!(fs::read_to_string(&outside).unwrap(), "host\n");
+}
+
+#[test]
+fn test_a_fifo_in_place_of_resolv_conf_does_not_hold_up_create() {
+    let f = fixture();
+    let fifo = f.root().join("etc/resolv.conf");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    f.runtime
+        .create(&id("a1"), &spec(vnet(), vec![]), &f.root_fs())
+        .unwrap();
+    assert!(fs::symlink_metadata(&fifo).unwrap().file_type().is_fifo());
 }

@@ -19,6 +19,8 @@ pub struct HostJailSys;
 
 /// Exit codes of the intermediate child: below 256, the errno of a failed `jail_attach`.
 const EXIT_ATTACHED: i32 = 0;
+/// Where the init's binary is held in the grandchild, past the standard streams.
+const PROGRAM_FD: i32 = 3;
 const EXIT_OTHER_STEP: i32 = 255;
 
 /// What the forked children of [`HostJailSys::start_init`] need, all made before the fork.
@@ -56,18 +58,32 @@ impl Launch<'_> {
         }
     }
 
-    /// In the grandchild: standard streams in place, then the init.
+    /// In the grandchild: standard streams in place, every other descriptor of the daemon
+    /// closed (one a library opened without close-on-exec would otherwise reach the jail),
+    /// then the init.
     fn exec_init(&self) -> ! {
-        for (source, target) in [(self.channel, 0), (self.null, 1), (self.null, 2)] {
-            // SAFETY: both are descriptors this process holds; dup2 clears close-on-exec on
-            // the target, so exactly these three reach the init.
+        for (source, target) in [
+            (self.channel, 0),
+            (self.null, 1),
+            (self.null, 2),
+            (self.program, PROGRAM_FD),
+        ] {
+            // SAFETY: both are descriptors this process holds, and each target is free to
+            // take (the standard streams, then the first number past them).
             if unsafe { libc::dup2(source, target) } < 0 {
                 exit_now(EXIT_OTHER_STEP);
             }
         }
+        // SAFETY: closes descriptors above the program's; nothing in this child uses them.
+        unsafe { libc::closefrom(PROGRAM_FD + 1) };
+        // SAFETY: marks the program's own descriptor close-on-exec, so the init does not
+        // inherit it; fexecve still reads the binary through it.
+        if unsafe { libc::fcntl(PROGRAM_FD, libc::F_SETFD, libc::FD_CLOEXEC) } < 0 {
+            exit_now(EXIT_OTHER_STEP);
+        }
         // SAFETY: `argv` and `envp` are NUL-terminated arrays of pointers to NUL-terminated
-        // strings that outlive the call; `program` is open. It returns only on failure.
-        unsafe { libc::fexecve(self.program, self.argv.as_ptr(), self.envp.as_ptr()) };
+        // strings that outlive the call; `PROGRAM_FD` is open. It returns only on failure.
+        unsafe { libc::fexecve(PROGRAM_FD, self.argv.as_ptr(), self.envp.as_ptr()) };
         exit_now(EXIT_OTHER_STEP)
     }
 }

@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use coppice_core::net::NetAttachment;
+use coppice_core::runtime::RootUse;
 use coppice_core::storage::BindMount;
 
 use super::*;
@@ -57,6 +58,7 @@ fn spec() -> RuntimeSpec {
         env: vec![("A".into(), "1".into())],
         network: NetAttachment::LoopbackOnly,
         volumes: Vec::new(),
+        root_use: RootUse::Fresh,
     }
 }
 

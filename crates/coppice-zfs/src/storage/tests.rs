@@ -343,8 +343,10 @@ fn test_a_volume_template_gives_each_sandbox_a_disk_and_snapshots_stay_volumes()
     assert_eq!(root, disk);
     assert_eq!(
         fake.calls().last().map(String::as_str),
-        Some("clone zroot/coppice/templates/debian-vm@template zroot/coppice/sandboxes/vm1"),
-        "a volume's clone has neither mountpoint nor quota"
+        Some(
+            "clone -o volmode=dev zroot/coppice/templates/debian-vm@template zroot/coppice/sandboxes/vm1"
+        ),
+        "a volume's clone has neither mountpoint nor quota, and the host never tastes it"
     );
     assert_eq!(storage.rootfs(&sandbox("vm1")).unwrap(), disk);
 
@@ -353,7 +355,7 @@ fn test_a_volume_template_gives_each_sandbox_a_disk_and_snapshots_stay_volumes()
         .unwrap();
     assert_eq!(info.default_user, "root");
     assert!(fake.calls().contains(
-        &"clone -o coppice:user=root -o coppice:workdir=/home/user -o coppice:snapshot_of=vm1 zroot/coppice/sandboxes/vm1@vm-snap zroot/coppice/templates/vm-snap".to_owned()
+        &"clone -o coppice:user=root -o coppice:workdir=/home/user -o coppice:snapshot_of=vm1 -o volmode=dev zroot/coppice/sandboxes/vm1@vm-snap zroot/coppice/templates/vm-snap".to_owned()
     ));
     let fork = storage
         .create_rootfs(&sandbox("vm2"), &template("vm-snap"), 0)
@@ -364,4 +366,32 @@ fn test_a_volume_template_gives_each_sandbox_a_disk_and_snapshots_stay_volumes()
             device: "/dev/zvol/zroot/coppice/sandboxes/vm2".into()
         }
     );
+}
+
+#[test]
+fn test_a_dataset_handed_to_a_sandbox_is_its_root_until_destroyed() {
+    let (_, fake) = storage();
+    let pooled = "zroot/coppice/vmpool/coppice-pool-7f3a-1";
+    let fake = Arc::new(
+        Arc::try_unwrap(fake)
+            .unwrap()
+            .with_dataset(pooled, &[("type", "volume"), ("coppice:sandbox", "q8w2e4")]),
+    );
+    let storage = ZfsStorage::new(
+        ZfsLayout::new(
+            DatasetName::parse("zroot/coppice").unwrap(),
+            "/var/db/coppice",
+        ),
+        Arc::clone(&fake) as Arc<dyn ZfsSys>,
+    );
+    assert_eq!(
+        storage.rootfs(&sandbox("q8w2e4")).unwrap(),
+        RootFs::Disk {
+            device: format!("/dev/zvol/{pooled}").into()
+        }
+    );
+    assert_eq!(storage.list_rootfs().unwrap(), vec![sandbox("q8w2e4")]);
+    storage.destroy_rootfs(&sandbox("q8w2e4")).unwrap();
+    assert!(!fake.datasets().contains(&pooled.to_owned()));
+    assert!(storage.list_rootfs().unwrap().is_empty());
 }

@@ -155,12 +155,13 @@ impl ZfsSys for FakeZfs {
                     let prop = |key: &str| props.get(key).cloned().unwrap_or_else(|| "-".into());
                     let kind = props.get("type").map_or("filesystem", String::as_str);
                     out.push_str(&format!(
-                        "{name}\t{kind}\t4096\t1764412800\t{}\t{}\t{}\t{}\t{}\n",
+                        "{name}\t{kind}\t4096\t1764412800\t{}\t{}\t{}\t{}\t{}\t{}\n",
                         prop("mountpoint"),
                         origin.clone().unwrap_or_else(|| "-".into()),
                         prop("coppice:user"),
                         prop("coppice:workdir"),
                         prop("coppice:snapshot_of"),
+                        prop("coppice:sandbox"),
                     ));
                 }
                 if out.is_empty() {

@@ -127,6 +127,11 @@ impl LzcZfs {
         else {
             return self.command.zfs(op);
         };
+        // A volume's clone carries `volmode`, an index property that libzfs_core takes only
+        // as its number; the command takes its name.
+        if mountpoint.is_none() {
+            return self.command.zfs(op);
+        }
         let mut list = NvList::new();
         if let Some(mountpoint) = mountpoint {
             list.add_string("mountpoint", &mountpoint.to_string_lossy())?;
