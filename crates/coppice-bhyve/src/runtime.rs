@@ -6,8 +6,10 @@
 //! a jail.
 //!
 //! Per sandbox, `<run_dir>/<id>/vm.json` records the VM (written before anything is made,
-//! so a crash leaves a record that `destroy` finds); a VM booted ahead by the warm pool
-//! ([`warm`]) keeps its files under `<run_dir>/.pool/<vm>/` until it is destroyed.
+//! so a crash leaves a record that `destroy` finds). A VM booted ahead by the warm pool
+//! ([`warm`]) keeps its files under `<run_dir>/.pool/<vm>/` until a create takes it; they
+//! then move to `<run_dir>/<id>/vm/` with the pool's record of the VM, which `destroy`
+//! follows when the create did not get as far as `vm.json`.
 
 use std::collections::HashMap;
 use std::fs;
@@ -417,7 +419,17 @@ impl VmRuntime {
 
     fn destroy_impl(&self, id: &SandboxId) -> Result<(), VmRuntimeError> {
         self.relays().remove(id);
-        if let Some(record) = self.read_record(id)? {
+        let record = self.read_record(id)?;
+        if record.is_none()
+            && let Some(taken) = read_json::<warm::PoolRecord>(
+                &self.sandbox_dir(id).join("vm").join(warm::POOL_RECORD),
+            )?
+        {
+            // A create stopped half-way through taking a pooled VM.
+            stop_vm(self.sys.as_ref(), &taken.vm, taken.pid)?;
+            warm::destroy_unclaimed_disk(self.sys.as_ref(), &taken.disk);
+        }
+        if let Some(record) = record {
             self.remove(&record)?;
             if record.home != self.sandbox_dir(id) {
                 let _ = fs::remove_dir_all(&record.home);

@@ -373,10 +373,11 @@ fn test_a_pooled_vm_takes_over_the_sandboxs_disk_and_only_wakes_at_start() {
     )));
     assert!(!f.sys.datasets().contains_key("zroot/coppice/sandboxes/a1"));
 
-    // The taken VM's files moved into the sandbox's run dir, with no pool record left.
+    // The taken VM's files moved out of the pool's dir (which a restart clears) into the
+    // sandbox's run dir.
     let home = f.dir.path().join("run/a1/vm");
     assert!(home.join(SEED_FILE).is_file());
-    assert!(!home.join("pool.json").exists());
+    assert!(!f.dir.path().join("run/.pool").join(&pooled_vm).exists());
     f.boot_guest(&home.join(SEED_FILE));
     let spawned = |commands: &[String]| {
         commands
@@ -399,20 +400,65 @@ fn test_a_pooled_vm_takes_over_the_sandboxs_disk_and_only_wakes_at_start() {
     );
 
     // A restart clears the pool's own VMs but not the one the sandbox took.
+    let refilled: Vec<String> = f
+        .sys
+        .datasets()
+        .into_keys()
+        .filter(|name| name.starts_with("zroot/coppice/vmpool/") && *name != pooled_disk)
+        .collect();
+    assert_eq!(refilled.len(), 1, "{refilled:?}");
     let agent_port = f.agent.local_addr().unwrap().port();
     drop(f.runtime);
     let mut restarted_config = config(f.dir.path(), agent_port);
-    restarted_config.pool = None;
+    restarted_config.pool = Some(pool_of(1));
     let restarted =
         VmRuntime::new(Arc::clone(&f.sys) as Arc<dyn BhyveSys>, restarted_config).unwrap();
-    assert!(restarted.probe(&sandbox).unwrap().alive);
+    assert!(
+        restarted.probe(&sandbox).unwrap().alive,
+        "the taken VM lives on"
+    );
+    assert!(f.sys.datasets().contains_key(&pooled_disk), "and its disk");
+    assert!(
+        !f.sys.datasets().contains_key(&refilled[0]),
+        "the earlier run's ready VM went"
+    );
     restarted.destroy(&sandbox).unwrap();
-    let left: Vec<_> = fs::read_dir(f.dir.path().join("run"))
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name())
-        .filter(|name| name != ".pool")
-        .collect();
-    assert!(left.is_empty(), "{left:?}");
+    assert!(
+        f.sys.datasets().contains_key(&pooled_disk),
+        "storage, not the runtime, removes a sandbox's disk"
+    );
+    assert!(!f.dir.path().join("run/a1").exists());
+}
+
+#[test]
+fn test_a_create_that_stopped_while_taking_a_pooled_vm_is_cleaned_up() {
+    let f = fixture();
+    let vm = "coppice-pool-0123456789ab-1";
+    let disk = format!("zroot/coppice/vmpool/{vm}");
+    f.sys.add_dataset(&disk, ORIGIN);
+    let pid = f
+        .sys
+        .spawn(&["bhyve".to_owned(), vm.to_owned()], Path::new("/dev/null"))
+        .unwrap();
+    let home = f.dir.path().join("run/a1/vm");
+    fs::create_dir_all(&home).unwrap();
+    write_json(
+        &home.join(warm::POOL_RECORD),
+        &warm::PoolRecord {
+            vm: vm.into(),
+            pid: Some(pid),
+            disk: disk.clone(),
+        },
+    )
+    .unwrap();
+    f.runtime.destroy(&id("a1")).unwrap();
+    assert!(f.sys.processes().is_empty(), "the VM is stopped");
+    assert!(f.sys.vms().is_empty());
+    assert!(
+        !f.sys.datasets().contains_key(&disk),
+        "its unclaimed disk goes"
+    );
+    assert!(f.run_dir_entries().is_empty());
 }
 
 #[test]

@@ -32,7 +32,7 @@ use crate::seed::{self, GuestSeed, SEED_VERSION};
 use crate::sys::{BhyveSys, VmSignal};
 
 /// The pooled VM's own record, for clearing it after a restart.
-const POOL_RECORD: &str = "pool.json";
+pub(crate) const POOL_RECORD: &str = "pool.json";
 /// Pause after a failed boot before the next.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -41,8 +41,8 @@ const RETRY_AFTER: Duration = Duration::from_secs(1);
 pub struct VmPoolConfig {
     /// The template snapshot pooled VMs boot from (`<pool>/…/templates/<t>@template`).
     pub origin: String,
-    /// The dataset under which pooled disks are cloned (same pool as the sandboxes'
-    /// datasets, so a rename can move one there).
+    /// The dataset under which pooled disks are cloned: inside storage's root dataset,
+    /// whose listing is where storage finds a disk a sandbox took.
     pub dataset: String,
     /// How many VMs to keep booting or ready.
     pub target: usize,
@@ -65,9 +65,11 @@ pub(crate) struct PooledVm {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-struct PoolRecord {
-    vm: String,
-    pid: Option<i32>,
+pub(crate) struct PoolRecord {
+    pub(crate) vm: String,
+    pub(crate) pid: Option<i32>,
+    /// Its disk's dataset.
+    pub(crate) disk: String,
 }
 
 #[derive(Debug)]
@@ -120,6 +122,29 @@ fn clone_args<'a>(origin: &'a str, dataset: &'a str) -> Vec<&'a str> {
     vec!["clone", "-p", "-o", "volmode=dev", origin, dataset]
 }
 
+/// Destroys pooled disk `dataset` unless a sandbox took it (`coppice:sandbox` set): that one
+/// is the sandbox's data, which only storage removes.
+pub(crate) fn destroy_unclaimed_disk(sys: &dyn BhyveSys, dataset: &str) {
+    let claimed = sys.run(
+        &zfs(&["get", "-H", "-o", "value", "coppice:sandbox", dataset]),
+        None,
+    );
+    match claimed {
+        Ok(owner) if owner.trim() == "-" => {
+            let _ = sys.run(&zfs(&["destroy", dataset]), None);
+        }
+        Ok(owner) => {
+            tracing::info!(
+                dataset,
+                sandbox = owner.trim(),
+                "a pooled disk a sandbox took stays"
+            );
+        }
+        // Gone already.
+        Err(_) => {}
+    }
+}
+
 fn zfs(args: &[&str]) -> Vec<String> {
     std::iter::once("zfs")
         .chain(args.iter().copied())
@@ -167,10 +192,11 @@ impl PoolHandle {
         shared.clear_leftovers();
         // A prefix of this run's own: names never meet those of VMs an earlier run handed
         // to sandboxes, which live on.
-        let mut run = [0u8; 3];
+        let mut run = [0u8; 6];
         getrandom::fill(&mut run)
             .map_err(|error| host_step("draw the pool's prefix")(io_error(&error)))?;
-        let prefix = format!("coppice-pool-{:02x}{:02x}{:02x}-", run[0], run[1], run[2]);
+        let run: String = run.iter().map(|byte| format!("{byte:02x}")).collect();
+        let prefix = format!("coppice-pool-{run}-");
         shared.state().pool = WarmPool::new(prefix, shared.config.target);
         let refill = Arc::clone(&shared);
         thread::Builder::new()
@@ -224,6 +250,16 @@ impl PoolHandle {
         let Some(mut vm) = taken else {
             return Ok(None);
         };
+        // The VM's files (its pool record among them) move into the sandbox's run dir first:
+        // from then on a crash leaves it where the sandbox's removal finds it, and out of
+        // the pool's dir, which a restart clears. bhyve holds its files by descriptor.
+        let home = sandbox_dir.join("vm");
+        if let Err(error) = fs::rename(&vm.home, &home) {
+            tracing::warn!(error = %error, "cannot move a pooled VM's files; booting afresh");
+            shared.discard(&vm);
+            return Ok(None);
+        }
+        vm.home = home;
         if let Err(error) = shared.sys.run(&zfs(&["destroy", &dataset]), None) {
             tracing::warn!(error = %error, "cannot drop the fresh disk for a pooled one; booting afresh");
             shared.discard(&vm);
@@ -240,16 +276,6 @@ impl PoolHandle {
                 .map_err(host_step("put the sandbox's disk back"))?;
             return Ok(None);
         }
-        // bhyve holds its files open by descriptor, so they can move; no record of the pool
-        // stays behind for a restart to clear.
-        let home = sandbox_dir.join("vm");
-        match fs::rename(&vm.home, &home) {
-            Ok(()) => vm.home = home,
-            Err(error) => {
-                tracing::warn!(error = %error, "a taken VM's files stay in the pool's dir");
-            }
-        }
-        let _ = fs::remove_file(vm.home.join(POOL_RECORD));
         vm.disk = Path::new("/dev/zvol").join(&pooled_disk);
         Ok(Some(vm))
     }
@@ -322,10 +348,17 @@ impl Shared {
                 .ok()
                 .flatten()
                 .and_then(|record| record.pid);
-            let _ = stop_vm(self.sys.as_ref(), vm, pid);
-            let _ = self
-                .sys
-                .run(&zfs(&["destroy", &self.disk_dataset(vm)]), None);
+            // Only what this boot made goes: a VM of that name without a pid of ours is
+            // not ours to stop.
+            if pid.is_some() {
+                let _ = stop_vm(self.sys.as_ref(), vm, pid);
+            } else {
+                let _ = self.sys.run(
+                    &["ngctl", "-f", "-"].map(str::to_owned),
+                    Some(&netgraph::shutdown(vm)),
+                );
+            }
+            destroy_unclaimed_disk(self.sys.as_ref(), &self.disk_dataset(vm));
             let _ = fs::remove_dir_all(&home);
         }
         booted
@@ -338,6 +371,7 @@ impl Shared {
             &PoolRecord {
                 vm: vm.to_owned(),
                 pid: None,
+                disk: self.disk_dataset(vm),
             },
         )?;
         let dataset = self.disk_dataset(vm);
@@ -396,6 +430,7 @@ impl Shared {
             &PoolRecord {
                 vm: vm.to_owned(),
                 pid: Some(pid),
+                disk: dataset.clone(),
             },
         )?;
         thread::sleep(self.config.settle);
@@ -416,9 +451,7 @@ impl Shared {
         if let Err(error) = stop_vm(self.sys.as_ref(), &vm.vm, Some(vm.pid)) {
             tracing::warn!(vm = %vm.vm, error = %error, "cannot stop a pooled VM");
         }
-        let _ = self
-            .sys
-            .run(&zfs(&["destroy", &self.disk_dataset(&vm.vm)]), None);
+        destroy_unclaimed_disk(self.sys.as_ref(), &self.disk_dataset(&vm.vm));
         let _ = fs::remove_dir_all(&vm.home);
         let mut state = self.state();
         let _ = state.pool.release(&vm.vm);
@@ -437,9 +470,7 @@ impl Shared {
                 continue;
             };
             let _ = stop_vm(self.sys.as_ref(), &record.vm, record.pid);
-            let _ = self
-                .sys
-                .run(&zfs(&["destroy", &self.disk_dataset(&record.vm)]), None);
+            destroy_unclaimed_disk(self.sys.as_ref(), &record.disk);
             let _ = fs::remove_dir_all(&home);
         }
     }

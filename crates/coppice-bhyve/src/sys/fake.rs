@@ -24,6 +24,8 @@ struct State {
     vms: BTreeSet<String>,
     /// Dataset → origin snapshot.
     datasets: BTreeMap<String, String>,
+    /// (dataset, property) → value, as `zfs set` left it.
+    props: BTreeMap<(String, String), String>,
     fail_prefixes: Vec<String>,
 }
 
@@ -104,17 +106,42 @@ impl BhyveSys for FakeBhyveSys {
                 .get(*dataset)
                 .map(|origin| format!("{origin}\n"))
                 .ok_or_else(|| io::Error::other(format!("cannot open '{dataset}'"))),
+            ["zfs", "get", "-H", "-o", "value", property, dataset] => {
+                if !state.datasets.contains_key(*dataset) {
+                    return Err(io::Error::other(format!("cannot open '{dataset}'")));
+                }
+                let key = ((*dataset).to_owned(), (*property).to_owned());
+                Ok(format!(
+                    "{}\n",
+                    state.props.get(&key).map_or("-", String::as_str)
+                ))
+            }
+            ["zfs", "set", assignment, dataset] => {
+                if !state.datasets.contains_key(*dataset) {
+                    return Err(io::Error::other(format!("cannot open '{dataset}'")));
+                }
+                let (property, value) = assignment.split_once('=').unwrap_or_default();
+                state.props.insert(
+                    ((*dataset).to_owned(), property.to_owned()),
+                    value.to_owned(),
+                );
+                Ok(String::new())
+            }
             ["zfs", "clone", .., origin, dataset] => {
                 state
                     .datasets
                     .insert((*dataset).to_owned(), (*origin).to_owned());
                 Ok(String::new())
             }
-            ["zfs", "destroy", dataset] | ["zfs", "destroy", "-r", dataset] => state
-                .datasets
-                .remove(*dataset)
-                .map(|_| String::new())
-                .ok_or_else(|| io::Error::other(format!("cannot open '{dataset}'"))),
+            ["zfs", "destroy", dataset] | ["zfs", "destroy", "-r", dataset] => {
+                let dataset = (*dataset).to_owned();
+                state.props.retain(|(name, _), _| *name != dataset);
+                state
+                    .datasets
+                    .remove(&dataset)
+                    .map(|_| String::new())
+                    .ok_or_else(|| io::Error::other(format!("cannot open '{dataset}'")))
+            }
             ["bhyvectl", "--destroy", vm] => {
                 let name = vm.trim_start_matches("--vm=");
                 if state.vms.remove(name) {
