@@ -326,6 +326,11 @@ pub fn guest_main(args: impl IntoIterator<Item = OsString>) -> ExitCode {
         match read_seed(&options.seed) {
             Ok(seed) if seed.assigned() => break seed,
             Ok(_) => thread::sleep(SEED_POLL),
+            // The host may be rewriting the seed of a pooled VM right now: a seed that does
+            // not read as one yet is waited for, like an unassigned one.
+            Err(error) if error.kind() == std::io::ErrorKind::InvalidData => {
+                thread::sleep(SEED_POLL);
+            }
             Err(error) => return failed(format!("{}: {error}", options.seed.display())),
         }
     };

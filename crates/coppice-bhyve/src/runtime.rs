@@ -306,7 +306,7 @@ impl VmRuntime {
             agent_port: self.config.agent_port,
             envd_port: self.config.envd_port,
         };
-        fs::write(record.home.join(SEED_FILE), seed::encode(&guest_seed)?)
+        seed::write(&record.home.join(SEED_FILE), &guest_seed)
             .map_err(host_step("write the seed disk"))?;
         self.sys
             .run(

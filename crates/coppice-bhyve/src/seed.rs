@@ -81,6 +81,26 @@ pub fn encode(seed: &GuestSeed) -> Result<Vec<u8>, SeedError> {
     Ok(bytes)
 }
 
+/// Writes `seed` over the disk image at `path` in place: a running VM's bhyve holds the file
+/// by descriptor, so it must stay the same file, and a whole image of the same size is
+/// written over it without truncating it first.
+///
+/// # Errors
+/// The seed does not fit, or the file cannot be written.
+pub fn write(path: &std::path::Path, seed: &GuestSeed) -> std::io::Result<()> {
+    use std::io::Write as _;
+
+    let image = encode(seed).map_err(std::io::Error::other)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    file.write_all(&image)?;
+    file.set_len(SEED_BYTES as u64)?;
+    file.sync_data()
+}
+
 /// The seed on a disk image (read from its start).
 ///
 /// # Errors

@@ -44,8 +44,9 @@ fn test_a_pooled_agent_serves_once_its_seed_names_a_sandbox() {
     let dir = tempfile::tempdir().unwrap();
     let device = dir.path().join("seed.img");
     let port = free_port();
-    fs::write(&device, encode(&seed("", "", port)).unwrap()).unwrap();
-    let _agent = Agent(
+    // Caught mid-rewrite: nothing that reads as a seed yet.
+    fs::write(&device, b"").unwrap();
+    let mut agent = Agent(
         Command::new(env!("CARGO_BIN_EXE_coppice-guest"))
             .args(["--no-configure", "--seed"])
             .arg(&device)
@@ -56,11 +57,18 @@ fn test_a_pooled_agent_serves_once_its_seed_names_a_sandbox() {
     let target = SocketAddr::from(([127, 0, 0, 1], port));
     std::thread::sleep(Duration::from_millis(300));
     assert!(
+        agent.0.try_wait().unwrap().is_none(),
+        "an agent that cannot read its seed yet waits"
+    );
+    fs::write(&device, encode(&seed("", "", port)).unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
         std::net::TcpStream::connect(target).is_err(),
         "an unassigned agent listens on nothing"
     );
 
-    fs::write(&device, encode(&seed("a1", "t0k", port)).unwrap()).unwrap();
+    // Rewritten in place, as the runtime rewrites a pooled VM's seed.
+    coppice_bhyve::seed::write(&device, &seed("a1", "t0k", port)).unwrap();
     let control = dir.path().join("control.sock");
     let _relay = Relay::start(&control, target, b"t0k\n".to_vec()).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);

@@ -405,7 +405,7 @@ impl Shared {
             agent_port: 0,
             envd_port: 0,
         };
-        fs::write(home.join(SEED_FILE), seed::encode(&unassigned)?)
+        seed::write(&home.join(SEED_FILE), &unassigned)
             .map_err(host_step("write a pooled seed disk"))?;
         let shape = vm_spec(
             vm,
