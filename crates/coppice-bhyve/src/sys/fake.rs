@@ -78,8 +78,23 @@ impl FakeBhyveSys {
     }
 }
 
-fn failure(command: &str) -> io::Error {
-    io::Error::other(format!("injected failure of {command}"))
+impl State {
+    /// Records `command`; an injected failure if one is due for it.
+    fn record(&mut self, command: String) -> io::Result<()> {
+        let due = self
+            .fail_prefixes
+            .iter()
+            .position(|prefix| command.starts_with(prefix.as_str()));
+        self.commands.push(command);
+        match due {
+            Some(at) => {
+                self.fail_prefixes.remove(at);
+                let command = self.commands.last().map_or("", String::as_str);
+                Err(io::Error::other(format!("injected failure of {command}")))
+            }
+            None => Ok(()),
+        }
+    }
 }
 
 impl BhyveSys for FakeBhyveSys {
@@ -90,15 +105,7 @@ impl BhyveSys for FakeBhyveSys {
             command.push_str(" <<< ");
             command.push_str(text.trim_end());
         }
-        state.commands.push(command.clone());
-        if let Some(at) = state
-            .fail_prefixes
-            .iter()
-            .position(|prefix| command.starts_with(prefix.as_str()))
-        {
-            state.fail_prefixes.remove(at);
-            return Err(failure(&command));
-        }
+        state.record(command.clone())?;
         let args: Vec<&str> = argv.iter().map(String::as_str).collect();
         match args.as_slice() {
             ["zfs", "get", "-H", "-o", "value", "origin", dataset] => state
@@ -157,15 +164,7 @@ impl BhyveSys for FakeBhyveSys {
     fn spawn(&self, argv: &[String], _log: &Path) -> io::Result<i32> {
         let mut state = self.state();
         let command = format!("spawn {}", argv.join(" "));
-        state.commands.push(command.clone());
-        if let Some(at) = state
-            .fail_prefixes
-            .iter()
-            .position(|prefix| command.starts_with(prefix.as_str()))
-        {
-            state.fail_prefixes.remove(at);
-            return Err(failure(&command));
-        }
+        state.record(command.clone())?;
         if let Some(name) = argv.last() {
             let name = name.clone();
             state.vms.insert(name);
