@@ -30,6 +30,9 @@ fi
 rustup target add x86_64-unknown-freebsd >/dev/null
 # libzfs_core and libnvpair for coppice-zfs's `libzfs-core` feature (Debian backports contrib).
 ./scripts/install-zfs-dev.sh
+# CRIU 4.1 for durable pause (the distribution's 3.17 fails on this kernel), built from source.
+./scripts/install-criu.sh
+export COPPICE_CRIU=/usr/local/sbin/criu
 
 # The E2B Python SDK, pinned, in a venv of its own (the envd tests drive envd through it).
 E2B_SDK_VERSION=2.63.0
@@ -58,6 +61,7 @@ export COPPICE_PRIVILEGED_TESTS=1
 # The lifecycle suite prints its seed; rerun a failure with COPPICE_SUITE_SEED=<seed>.
 for target in coppice-linux:privileged coppice-overlay:privileged coppice-net:privileged \
     coppice-gateway:privileged coppice-gateway:network coppice-gateway:lifecycle_suite \
+    coppice-gateway:durable \
     coppice-tests:privileged coppice-tests:envd; do
     package=${target%%:*}
     test=${target##*:}

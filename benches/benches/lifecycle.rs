@@ -38,6 +38,7 @@ fn mount_plan(c: &mut Criterion) {
                 black_box(&root),
                 &[],
                 std::path::Path::new("/dev"),
+                std::path::Path::new("/var/lib/coppice/run/a/dev"),
                 512,
             )
         })

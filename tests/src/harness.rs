@@ -116,14 +116,17 @@ impl HarnessPaths {
         config.cgroup = self.cgroup_config();
         config.id_map = id_map;
         config.envd.clone_from(&self.envd);
+        config.criu = criu_binary();
         let runtime = Arc::new(NamespaceRuntime::new(config)?);
         let backends = Backends {
             runtime: Arc::clone(&runtime) as Arc<dyn coppice_core::runtime::Runtime>,
             storage: Arc::new(storage),
-            net: self
-                .net
-                .clone()
-                .unwrap_or_else(|| Arc::new(LoopbackOnly::pooled(NETNS_POOL_SIZE))),
+            net: self.net.clone().unwrap_or_else(|| {
+                Arc::new(LoopbackOnly::pooled(
+                    NETNS_POOL_SIZE,
+                    coppice_core::runtime::Runtime::id_map(runtime.as_ref()),
+                ))
+            }),
         };
         Ok((backends, runtime))
     }
@@ -202,6 +205,15 @@ impl Drop for ManagerEnv {
     fn drop(&mut self) {
         self.paths.remove_groups();
     }
+}
+
+/// The CRIU that durable pause uses: `COPPICE_CRIU`, else the one the test command installs
+/// when it is there.
+pub fn criu_binary() -> Option<PathBuf> {
+    std::env::var_os("COPPICE_CRIU")
+        .map(PathBuf::from)
+        .or_else(|| Some(PathBuf::from("/usr/local/sbin/criu")))
+        .filter(|criu| criu.is_file())
 }
 
 /// The sub-command under which `coppice-test-daemon` acts as a sandbox init.

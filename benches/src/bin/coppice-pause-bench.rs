@@ -2,11 +2,13 @@
 //! in-memory pause and resume of a sandbox running envd and a process holding memory, beside
 //! the kernel's floor in the same run (a plain process in its own freezer cgroup, frozen and
 //! thawed directly), then the filesystem pause and its resume (a fresh boot on the kept
-//! root), then forks of the running sandbox (one, and twenty in one call) beside a plain
-//! create. Ends with one JSON line (`RESULT {...}`). Root only. Also acts as the sandbox init
-//! and as envd.
+//! root), then the durable pause (memory written to disk with CRIU) and its restore beside
+//! CRIU dumping and restoring a plain process holding the same memory, for the sandbox's
+//! size and for a larger one (with MB/s), then forks of the running sandbox (one, and twenty
+//! in one call) beside a plain create. Ends with one JSON line (`RESULT {...}`). Root only.
+//! Also acts as the sandbox init and as envd.
 //!
-//! Usage: `coppice-pause-bench [--iterations N] [--resident-mib N]`.
+//! Usage: `coppice-pause-bench [--iterations N] [--resident-mib N] [--large-mib N]`.
 #![forbid(unsafe_code)]
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -37,16 +39,19 @@ mod linux {
     struct Options {
         iterations: usize,
         resident_mib: usize,
+        large_mib: usize,
     }
 
     fn options() -> anyhow::Result<Options> {
         let mut options = Options {
             iterations: 200,
             resident_mib: 50,
+            large_mib: 400,
         };
         coppice_benches::read_counts(&mut [
             ("iterations", &mut options.iterations, 1),
             ("resident-mib", &mut options.resident_mib, 0),
+            ("large-mib", &mut options.large_mib, 0),
         ])?;
         Ok(options)
     }
@@ -89,6 +94,160 @@ mod linux {
         }
     }
 
+    /// The python line that holds `mib` MiB, touched so it is resident, until killed.
+    fn holder_script(mib: usize) -> String {
+        format!(
+            "import os, time; os.setsid(); b = bytearray({mib} << 20); b[::4096] = b'x' * len(b[::4096]); time.sleep(1e6)"
+        )
+    }
+
+    /// Starts a process in the sandbox that holds `mib` MiB, and waits until it does.
+    async fn hold_memory(
+        manager: &coppice_core::manager::SandboxManager,
+        id: &coppice_core::SandboxId,
+        mib: usize,
+    ) -> anyhow::Result<()> {
+        let hold = format!(
+            "python3 -c \"{}\" >/dev/null 2>&1 < /dev/null &",
+            holder_script(mib)
+        );
+        let started = manager
+            .exec(id, ExecRequest::new(["sh", "-c", &hold]))
+            .await?;
+        anyhow::ensure!(started.status.success(), "start the holder: {started:?}");
+        // The holder is found by its command line once its memory is touched.
+        for _ in 0..100 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let found = manager
+                .exec(
+                    id,
+                    ExecRequest::new(["sh", "-c", "grep -l bytearray /proc/[0-9]*/cmdline"]),
+                )
+                .await?;
+            if found.status.success() {
+                // Touching takes a moment after the process shows.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                return Ok(());
+            }
+        }
+        anyhow::bail!("the memory holder did not start")
+    }
+
+    /// Bytes as (decimal) megabytes.
+    #[allow(clippy::cast_precision_loss)]
+    fn mb(bytes: u64) -> f64 {
+        bytes as f64 / 1e6
+    }
+
+    /// Bytes under `dir`.
+    fn size_of(dir: &Path) -> u64 {
+        std::fs::read_dir(dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|entry| entry.metadata().ok())
+            .filter(|metadata| metadata.is_file())
+            .map(|metadata| metadata.len())
+            .sum()
+    }
+
+    /// Durable pause and restore of `id` `iterations` times; the images' size of the last.
+    async fn durable_cycles(
+        env: &ManagerEnv,
+        id: &coppice_core::SandboxId,
+        iterations: usize,
+    ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, u64)> {
+        let manager = &env.manager;
+        let resume = ResumeOptions {
+            timeout: Duration::from_secs(600),
+            keep_memory: None,
+        };
+        let images = env
+            .dir
+            .path()
+            .join("run")
+            .join(id.as_str())
+            .join("checkpoint");
+        let (mut pauses, mut resumes, mut bytes) = (Vec::new(), Vec::new(), 0);
+        for _ in 0..iterations {
+            let began = Instant::now();
+            let paused = manager.pause(id, PauseMode::Durable).await?;
+            pauses.push(began.elapsed());
+            anyhow::ensure!(
+                paused.pause_mode == Some(PauseMode::Durable),
+                "not written to disk: {paused:?}"
+            );
+            bytes = size_of(&images);
+            let began = Instant::now();
+            let resumed = manager.resume(id, resume).await?;
+            resumes.push(began.elapsed());
+            anyhow::ensure!(resumed.outcome == ResumeOutcome::Restored, "{resumed:?}");
+        }
+        Ok((pauses, resumes, bytes))
+    }
+
+    /// The floor: CRIU dumping and restoring a plain host process holding `mib` MiB.
+    fn criu_floor(mib: usize, iterations: usize) -> anyhow::Result<(Vec<Duration>, Vec<Duration>)> {
+        let criu = coppice_tests::harness::criu_binary().context("no CRIU")?;
+        let dir = tempfile::tempdir()?;
+        let images = dir.path().join("images");
+        let pidfile = dir.path().join("pid");
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", &holder_script(mib)])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        std::thread::sleep(Duration::from_millis(800));
+        let mut pid = child.id().to_string();
+        let criu_run = |args: &[&str]| -> anyhow::Result<()> {
+            let status = std::process::Command::new(&criu)
+                .args(args)
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()?;
+            anyhow::ensure!(status.success(), "criu {args:?}: {status}");
+            Ok(())
+        };
+        let (mut dumps, mut restores) = (Vec::new(), Vec::new());
+        let images_arg = images.to_string_lossy().into_owned();
+        let pidfile_arg = pidfile.to_string_lossy().into_owned();
+        for _ in 0..iterations {
+            let _ = std::fs::remove_dir_all(&images);
+            let _ = std::fs::remove_file(&pidfile);
+            std::fs::create_dir_all(&images)?;
+            let began = Instant::now();
+            criu_run(&[
+                "dump",
+                "-t",
+                &pid,
+                "-D",
+                &images_arg,
+                "--network-lock",
+                "nftables",
+            ])?;
+            dumps.push(began.elapsed());
+            let _ = child.try_wait();
+            let began = Instant::now();
+            criu_run(&[
+                "restore",
+                "-D",
+                &images_arg,
+                "--restore-detached",
+                "--pidfile",
+                &pidfile_arg,
+            ])?;
+            restores.push(began.elapsed());
+            pid = std::fs::read_to_string(&pidfile)?.trim().to_owned();
+        }
+        let _ = std::process::Command::new("kill")
+            .args(["-9", &pid])
+            .status();
+        let _ = child.kill();
+        let _ = child.wait();
+        Ok((dumps, restores))
+    }
+
     pub async fn run() -> anyhow::Result<()> {
         let options = options()?;
         let exe = std::env::current_exe()?;
@@ -97,31 +256,7 @@ mod linux {
         let mut spec = SandboxSpec::new("base".parse()?);
         spec.memory_mb = u32::try_from(options.resident_mib + 256).unwrap_or(u32::MAX);
         let sandbox = manager.create(spec).await?;
-        // A process that holds its memory (touched, so resident) for the whole run.
-        let hold = format!(
-            "setsid python3 -c 'import time; b = bytearray({} << 20); b[::4096] = b\"x\" * len(b[::4096]); time.sleep(1e6)' >/dev/null 2>&1 < /dev/null &",
-            options.resident_mib
-        );
-        let started = manager
-            .exec(&sandbox.id, ExecRequest::new(["sh", "-c", &hold]))
-            .await?;
-        anyhow::ensure!(started.status.success(), "start the holder: {started:?}");
-        // The holder is found by its command line once its memory is touched.
-        let mut held = false;
-        for _ in 0..50 {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            let found = manager
-                .exec(
-                    &sandbox.id,
-                    ExecRequest::new(["sh", "-c", "grep -l bytearray /proc/[0-9]*/cmdline"]),
-                )
-                .await?;
-            if found.status.success() {
-                held = true;
-                break;
-            }
-        }
-        anyhow::ensure!(held, "the memory holder did not start");
+        hold_memory(manager, &sandbox.id, options.resident_mib).await?;
         println!(
             "in-memory pause/resume of one sandbox (envd + {} MiB resident), {} iterations",
             options.resident_mib, options.iterations
@@ -168,6 +303,20 @@ mod linux {
             cold_resumes.push(began.elapsed());
             anyhow::ensure!(resumed.outcome == ResumeOutcome::Rebooted, "{resumed:?}");
         }
+        // Durable pause: the reboots above ended the holder, so it starts again.
+        hold_memory(manager, &sandbox.id, options.resident_mib).await?;
+        let durable_iterations = (options.iterations / 10).max(5);
+        let (mut durable_pauses, mut durable_resumes, image_bytes) =
+            durable_cycles(&env, &sandbox.id, durable_iterations).await?;
+        let (mut floor_dumps, mut floor_restores) =
+            criu_floor(options.resident_mib, durable_iterations)?;
+        let mut large_spec = SandboxSpec::new("base".parse()?);
+        large_spec.memory_mb = u32::try_from(options.large_mib + 256).unwrap_or(u32::MAX);
+        let large = manager.create(large_spec).await?;
+        hold_memory(manager, &large.id, options.large_mib).await?;
+        let (mut large_pauses, mut large_resumes, large_bytes) =
+            durable_cycles(&env, &large.id, 3).await?;
+        manager.kill(&large.id).await?;
         // Forks of the running sandbox, with some files written, beside a plain create.
         let files = "mkdir -p /home/user/data && for i in $(seq 1 100); do head -c 4096 /dev/urandom > /home/user/data/f$i; done && head -c 10485760 /dev/urandom > /home/user/data/big";
         let wrote = manager
@@ -215,6 +364,32 @@ mod linux {
         let cold_pause = report("pause, filesystem kept (manager)", &mut cold_pauses);
         let cold_resume = report("resume by reboot on the kept root", &mut cold_resumes);
         println!(
+            "durable pause (memory to disk with CRIU) and restore, envd + {} MiB resident, {durable_iterations} iterations; images {:.1} MB",
+            options.resident_mib,
+            mb(image_bytes)
+        );
+        let durable_pause = report("durable pause (manager)", &mut durable_pauses);
+        let durable_resume = report("resume from disk (manager)", &mut durable_resumes);
+        let dump_floor = report("criu dump, plain process (floor)", &mut floor_dumps);
+        let restore_floor = report("criu restore, plain process (floor)", &mut floor_restores);
+        println!(
+            "ratio durable pause/floor p50 {:.2}, resume/floor p50 {:.2}",
+            durable_pause.0 / dump_floor.0.max(0.001),
+            durable_resume.0 / restore_floor.0.max(0.001)
+        );
+        println!(
+            "durable pause of a larger sandbox ({} MiB resident), 3 iterations; images {:.1} MB",
+            options.large_mib,
+            mb(large_bytes)
+        );
+        let large_pause = report("durable pause, large (manager)", &mut large_pauses);
+        let large_resume = report("resume from disk, large (manager)", &mut large_resumes);
+        let (pause_rate, resume_rate) = (
+            mb(large_bytes) / (large_pause.0 / 1000.0).max(0.000_001),
+            mb(large_bytes) / (large_resume.0 / 1000.0).max(0.000_001),
+        );
+        println!("large: pause {pause_rate:.0} MB/s, restore {resume_rate:.0} MB/s (p50)");
+        println!(
             "forks of the running sandbox (10 MiB + 100 files written), {fork_iterations} iterations"
         );
         let fork = report("fork, 1 sandbox (snapshot + start)", &mut single_forks);
@@ -234,6 +409,16 @@ mod linux {
             "floor_thaw_p50_ms": thaw.0,
             "pause_filesystem_p50_ms": cold_pause.0,
             "resume_reboot_p50_ms": cold_resume.0,
+            "pause_durable_p50_ms": durable_pause.0,
+            "pause_durable_p95_ms": durable_pause.1,
+            "resume_durable_p50_ms": durable_resume.0,
+            "resume_durable_p95_ms": durable_resume.1,
+            "criu_dump_floor_p50_ms": dump_floor.0,
+            "criu_restore_floor_p50_ms": restore_floor.0,
+            "durable_image_mb": mb(image_bytes),
+            "large_image_mb": mb(large_bytes),
+            "large_pause_mb_per_s": pause_rate,
+            "large_restore_mb_per_s": resume_rate,
             "resident_mib": options.resident_mib,
         });
         println!("RESULT {result}");

@@ -121,14 +121,18 @@ pub enum SandboxCommand {
         /// The sandbox.
         id: String,
     },
-    /// Pauses a sandbox: its processes stop where they are, memory kept (or, with
-    /// `--filesystem`, only its files are kept and resume boots it afresh).
+    /// Pauses a sandbox: its processes stop where they are, memory kept (with `--durable`,
+    /// written to disk at once; with `--filesystem`, only its files are kept and resume boots
+    /// it afresh).
     Pause {
         /// The sandbox.
         id: String,
         /// Keep only the filesystem.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "durable")]
         filesystem: bool,
+        /// Write the memory to disk now (it outlives a host restart).
+        #[arg(long)]
+        durable: bool,
     },
     /// Resumes a paused sandbox (a running one only gets its end time extended).
     Resume {
@@ -315,8 +319,16 @@ async fn sandbox(
             client.kill(id).await?;
             writeln!(out, "killed {id}")?;
         }
-        SandboxCommand::Pause { id, filesystem } => {
-            client.pause(id, !filesystem).await?;
+        SandboxCommand::Pause {
+            id,
+            filesystem,
+            durable,
+        } => {
+            if *durable {
+                client.pause_durably(id).await?;
+            } else {
+                client.pause(id, !filesystem).await?;
+            }
             let kept = if *filesystem {
                 "filesystem"
             } else {

@@ -86,6 +86,8 @@ pub enum Reason {
     Error,
     /// The daemon restarted.
     Restart,
+    /// The sandbox stayed paused long enough to be written to disk.
+    Idle,
 }
 
 impl Reason {
@@ -97,6 +99,7 @@ impl Reason {
             Self::Oom => "oom",
             Self::Error => "error",
             Self::Restart => "restart",
+            Self::Idle => "idle",
         }
     }
 
@@ -106,6 +109,7 @@ impl Reason {
             "requested" => Self::Requested,
             "timeout" => Self::Timeout,
             "oom" => Self::Oom,
+            "idle" => Self::Idle,
             "error" => Self::Error,
             "restart" => Self::Restart,
             _ => return None,

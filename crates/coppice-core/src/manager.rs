@@ -11,6 +11,7 @@
 mod background;
 mod boot;
 mod dir_snapshots;
+mod durable;
 mod error;
 mod lifecycle;
 mod network;
@@ -67,6 +68,9 @@ pub struct ManagerConfig {
     pub limits: Limits,
     /// How often the monitor probes running sandboxes.
     pub monitor_interval: Duration,
+    /// How long a sandbox stays paused in memory before its processes are written to disk
+    /// (a durable pause, which frees its memory); `None` keeps them in memory.
+    pub durable_pause_after: Option<Duration>,
 }
 
 impl Default for ManagerConfig {
@@ -74,6 +78,7 @@ impl Default for ManagerConfig {
         Self {
             limits: Limits::default(),
             monitor_interval: Duration::from_secs(1),
+            durable_pause_after: Some(Duration::from_secs(600)),
         }
     }
 }
@@ -114,6 +119,8 @@ struct Inner {
     /// Held while a volume's mounts are checked and it is deleted, and while a new sandbox
     /// is registered and its volumes looked up, so a volume is never deleted under a mount.
     volume_mounts: Mutex<()>,
+    /// Since when each sandbox has been paused in memory, or that it cannot pause durably.
+    memory_paused: Mutex<HashMap<SandboxId, durable::Watch>>,
 }
 
 impl SandboxManager {
@@ -140,6 +147,7 @@ impl SandboxManager {
                 deadlines_changed: Notify::new(),
                 operations: Mutex::new(HashMap::new()),
                 volume_mounts: Mutex::new(()),
+                memory_paused: Mutex::new(HashMap::new()),
             }),
         };
         manager.reconcile().await?;
@@ -738,6 +746,8 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod dir_snapshot_tests;
+#[cfg(test)]
+mod durable_tests;
 #[cfg(test)]
 mod lifecycle_tests;
 #[cfg(test)]

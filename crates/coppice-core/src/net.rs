@@ -16,6 +16,10 @@ pub enum NetAttachment {
     Namespace {
         /// A bind-mounted namespace file to `setns` into.
         path: PathBuf,
+        /// The user namespace that namespace belongs to, when not the host's: the sandbox
+        /// joins it as its own (it maps the sandbox's ids), which keeps every namespace of the
+        /// sandbox inside one user namespace, as a checkpoint needs.
+        user: Option<PathBuf>,
         /// The sandbox's addresses.
         addresses: Vec<IpAddr>,
         /// Resolvers for `/etc/resolv.conf`.

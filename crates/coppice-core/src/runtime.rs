@@ -148,6 +148,35 @@ pub trait Runtime: Send + Sync + 'static {
         })
     }
 
+    /// Writes the processes of a live sandbox to disk (memory, open files, sockets) and ends
+    /// them, keeping its filesystem: a durable pause, which outlives the daemon and the host.
+    /// A failure leaves the sandbox running as it was.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown or dead sandbox; `Unsupported` where the runtime (or this
+    /// sandbox's shape) cannot.
+    fn checkpoint(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let _ = id;
+        Err(RuntimeError::Unsupported {
+            what: "pausing durably with memory",
+        })
+    }
+
+    /// Whether the sandbox has a checkpoint that `restore` would resume.
+    fn has_checkpoint(&self, id: &SandboxId) -> bool {
+        let _ = id;
+        false
+    }
+
+    /// Resumes a checkpointed sandbox's processes where they were, consuming the checkpoint.
+    /// A failure keeps the checkpoint (and the filesystem), so nothing is lost.
+    ///
+    /// # Errors
+    /// `NotFound` without a checkpoint; `Unsupported` where the runtime cannot.
+    fn restore(&self, id: &SandboxId) -> Result<SandboxEndpoints, RuntimeError> {
+        Err(RuntimeError::NotFound { id: id.clone() })
+    }
+
     /// Kills every process of the sandbox and releases everything `create` and `start` made.
     /// Destroying an unknown sandbox succeeds, so that cleanup can be retried.
     ///

@@ -27,6 +27,9 @@ pub enum PauseMode {
     Memory,
     /// Only its filesystem is kept; resume boots a fresh init and envd on it.
     Filesystem,
+    /// Its processes were written to disk, memory included, and ended (a memory pause that
+    /// stayed idle); resume restores them. Survives daemon and host restarts.
+    Durable,
 }
 
 impl PauseMode {
@@ -35,6 +38,7 @@ impl PauseMode {
         match self {
             Self::Memory => "memory",
             Self::Filesystem => "filesystem",
+            Self::Durable => "durable",
         }
     }
 
@@ -43,6 +47,7 @@ impl PauseMode {
         match name {
             "memory" => Some(Self::Memory),
             "filesystem" => Some(Self::Filesystem),
+            "durable" => Some(Self::Durable),
             _ => None,
         }
     }

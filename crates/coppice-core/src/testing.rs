@@ -65,6 +65,10 @@ pub enum FakeCall {
     Freeze(SandboxId),
     /// `Runtime::thaw`.
     Thaw(SandboxId),
+    /// `Runtime::checkpoint`.
+    Checkpoint(SandboxId),
+    /// `Runtime::restore`.
+    Restore(SandboxId),
     /// `Storage::create_rootfs`.
     CreateRootfs(SandboxId, TemplateId),
     /// `Storage::destroy_rootfs`.
@@ -86,6 +90,8 @@ pub struct FakeRuntime {
     oom_kills: Mutex<BTreeMap<SandboxId, u64>>,
     frozen: Mutex<BTreeSet<SandboxId>>,
     volumes: Mutex<BTreeMap<SandboxId, Vec<BindMount>>>,
+    checkpoints: Mutex<BTreeSet<SandboxId>>,
+    refuse_checkpoints: std::sync::atomic::AtomicBool,
 }
 
 impl FakeRuntime {
@@ -125,6 +131,12 @@ impl FakeRuntime {
     /// Pretends the OOM killer struck `count` more times.
     pub fn add_oom_kills(&self, id: &SandboxId, count: u64) {
         *lock(&self.oom_kills).entry(id.clone()).or_insert(0) += count;
+    }
+
+    /// Makes every `checkpoint` refuse as `Unsupported` (a runtime without CRIU).
+    pub fn refuse_checkpoints(&self) {
+        self.refuse_checkpoints
+            .store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Adds a sandbox as if it had been left by an earlier daemon.
@@ -209,6 +221,7 @@ impl Runtime for FakeRuntime {
         self.injected("destroy", id)?;
         lock(&self.created).remove(id);
         lock(&self.frozen).remove(id);
+        lock(&self.checkpoints).remove(id);
         Ok(())
     }
 
@@ -237,6 +250,44 @@ impl Runtime for FakeRuntime {
         }
         lock(&self.frozen).remove(id);
         Ok(())
+    }
+
+    fn checkpoint(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        lock(&self.calls).push(FakeCall::Checkpoint(id.clone()));
+        if self
+            .refuse_checkpoints
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return Err(RuntimeError::Unsupported {
+                what: "pausing durably with memory",
+            });
+        }
+        self.injected("checkpoint", id)?;
+        let mut created = lock(&self.created);
+        match created.get_mut(id) {
+            Some(alive) if *alive => *alive = false,
+            _ => return Err(RuntimeError::NotFound { id: id.clone() }),
+        }
+        lock(&self.frozen).remove(id);
+        lock(&self.checkpoints).insert(id.clone());
+        Ok(())
+    }
+
+    fn has_checkpoint(&self, id: &SandboxId) -> bool {
+        lock(&self.checkpoints).contains(id)
+    }
+
+    fn restore(&self, id: &SandboxId) -> Result<SandboxEndpoints, RuntimeError> {
+        lock(&self.calls).push(FakeCall::Restore(id.clone()));
+        self.injected("restore", id)?;
+        if !lock(&self.checkpoints).remove(id) {
+            return Err(RuntimeError::NotFound { id: id.clone() });
+        }
+        lock(&self.created).insert(id.clone(), true);
+        Ok(SandboxEndpoints {
+            control_socket: PathBuf::from(format!("/fake/{id}/control.sock")),
+            envd_socket: PathBuf::from(format!("/fake/{id}/envd.sock")),
+        })
     }
 
     fn list(&self) -> Result<Vec<RuntimeSandbox>, RuntimeError> {

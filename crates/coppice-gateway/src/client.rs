@@ -338,6 +338,17 @@ impl Client {
         Self::whole(self.send(request).await?).await.map(drop)
     }
 
+    /// Pauses a sandbox durably: its memory is written to disk at once and freed (it stays
+    /// in memory where the sandbox cannot be written to disk).
+    ///
+    /// # Errors
+    /// [`ClientError`] (409 when it is already paused).
+    pub async fn pause_durably(&self, id: &str) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "memory": true, "durable": true });
+        let request = self.api("POST", &format!("/sandboxes/{id}/pause"), Some(body))?;
+        Self::whole(self.send(request).await?).await.map(drop)
+    }
+
     /// Resumes a paused sandbox (or extends a running one's end time) for `timeout_secs`;
     /// returns whether it was paused.
     ///

@@ -54,6 +54,14 @@ pub struct Cli {
     /// FreeBSD: how many VMs the warm pool keeps ready.
     #[arg(long, env = "COPPICE_VM_POOL_SIZE", default_value_t = 2)]
     pub vm_pool_size: usize,
+    /// The CRIU binary that writes paused sandboxes to disk (default: `criu` on the `PATH`,
+    /// else `/usr/local/sbin/criu`; without one, paused sandboxes stay in memory).
+    #[arg(long, env = "COPPICE_CRIU")]
+    pub criu: Option<PathBuf>,
+    /// Seconds a sandbox stays paused in memory before its memory is written to disk and
+    /// freed (0: never).
+    #[arg(long, env = "COPPICE_DURABLE_PAUSE_AFTER", default_value_t = 600)]
+    pub durable_pause_after: u64,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     #[arg(long, env = "COPPICE_LOG")]
     pub log_filter: Option<String>,
@@ -79,6 +87,10 @@ pub struct GatewayConfig {
     pub zfs_dataset: String,
     /// FreeBSD: the VM template the warm pool boots, and how many it keeps.
     pub vm_pool: Option<(String, usize)>,
+    /// The CRIU binary asked for, if any.
+    pub criu: Option<PathBuf>,
+    /// How long a memory pause lasts before it is written to disk; `None`: never.
+    pub durable_pause_after: Option<std::time::Duration>,
 }
 
 /// Which network backend connects sandboxes.
@@ -153,6 +165,9 @@ impl GatewayConfig {
                 .clone()
                 .filter(|_| cli.vm_pool_size > 0)
                 .map(|template| (template, cli.vm_pool_size)),
+            criu: cli.criu.clone(),
+            durable_pause_after: (cli.durable_pause_after > 0)
+                .then(|| std::time::Duration::from_secs(cli.durable_pause_after)),
         })
     }
 

@@ -112,6 +112,10 @@ pub struct Pause {
     /// Refuse when the sandbox's envd does not answer.
     #[serde(default)]
     pub require_healthy_guest: bool,
+    /// coppice: with memory, write it to disk at once (a durable pause, which frees the
+    /// sandbox's memory and outlives a host restart) instead of after the idle time.
+    #[serde(default)]
+    pub durable: bool,
 }
 
 /// `POST …/snapshots`.
@@ -335,7 +339,7 @@ fn exposed_token(sandbox: &Sandbox) -> Option<String> {
 /// The E2B name of a pause mode.
 pub fn pause_mode_name(mode: PauseMode) -> &'static str {
     match mode {
-        PauseMode::Memory => "full",
+        PauseMode::Memory | PauseMode::Durable => "full",
         PauseMode::Filesystem => "filesystem",
     }
 }

@@ -375,6 +375,26 @@ impl SandboxCgroups {
         }
     }
 
+    /// Whether the v1 freezer holds the sandbox frozen (or freezing); false without one.
+    ///
+    /// # Errors
+    /// A read failure.
+    pub fn is_frozen(&self) -> Result<bool> {
+        let Some(dir) = self.controller_dir("freezer") else {
+            return Ok(false);
+        };
+        let file = dir.join("freezer.state");
+        match fs::read_to_string(&file) {
+            Ok(state) => Ok(state.trim() != "THAWED"),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(source) => Err(CgroupError::Io {
+                op: "read freezer state",
+                path: file,
+                source,
+            }),
+        }
+    }
+
     /// Freezes or thaws the sandbox through the v1 freezer.
     ///
     /// # Errors

@@ -69,6 +69,8 @@ pub struct NamespaceRuntimeConfig {
     pub favor_dynamic_cgroups: bool,
     /// envd, started in every sandbox when set.
     pub envd: Option<EnvdSettings>,
+    /// The CRIU binary for durable pause (checkpoints); `None` where there is none.
+    pub criu: Option<PathBuf>,
 }
 
 pub use coppice_init::settings::EnvdSettings;
@@ -87,6 +89,7 @@ impl NamespaceRuntimeConfig {
             stop_timeout: Duration::from_secs(10),
             favor_dynamic_cgroups: true,
             envd: None,
+            criu: None,
         }
     }
 }

@@ -86,6 +86,17 @@ pub enum LinuxError {
         #[source]
         source: io::Error,
     },
+    /// CRIU failed to write or read a checkpoint.
+    #[error("checkpoint {op} failed: {message}")]
+    Checkpoint {
+        /// `dump` or `restore`.
+        op: &'static str,
+        /// What CRIU reported.
+        message: String,
+    },
+    /// The sandbox cannot be checkpointed as built.
+    #[error("sandbox cannot be checkpointed")]
+    NotCheckpointable(#[from] crate::checkpoint::CheckpointError),
     /// Processes were still present after the stop timeout.
     #[error("sandbox processes still present after kill")]
     StopTimeout,

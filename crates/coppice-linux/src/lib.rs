@@ -9,6 +9,7 @@
 //! - [`mount_plan`]: the ordered mount steps that build a sandbox's root (pure).
 //! - [`protocol`]: messages between the runtime and the sandbox init.
 //! - [`runtime`]: [`NamespaceRuntime`], the `coppice_core::Runtime` implementation.
+//! - [`checkpoint`]: durable pause with CRIU: the external mounts and command lines (pure).
 //! - `sys`: the only place that knows the OS. `sys/linux/` holds the init that runs as the
 //!   sandbox's first process (the `coppice-init` binary); all `unsafe` lives in
 //!   `sys/linux/syscalls.rs`.
@@ -16,18 +17,21 @@
 //! # How a sandbox starts
 //! 1. `create` makes the run dir and the cgroups and writes the init's config.
 //! 2. `start` asks the init zygote (one `coppice-init --zygote` per daemon) to fork an outer
-//!    init, which binds the control socket, unshares the namespaces and forks the sandbox's
-//!    PID 1, then moves PID 1 into the cgroups while PID 1 mounts.
-//! 3. PID 1 mounts the root (overlay, `/usr`, `/proc`, `/dev`, `/tmp`), sets the hostname,
-//!    brings up loopback, `pivot_root`s, enters new cgroup and user namespaces (the outer
-//!    process writes the id map), drops capabilities, sets `no_new_privs` and a seccomp
-//!    filter, then serves the control socket and reaps zombies.
-//! 4. The outer process reports PID 1's host pid and exits; PID 1 lives on without any
+//!    init, which forks the builder and moves it into the cgroups while it mounts.
+//! 3. The builder mounts the root as host root (overlay, template binds, the port, `/dev`,
+//!    `/tmp`, volumes), enters the sandbox's user namespace (the outer init writes its id
+//!    map, or it is the one a pooled network namespace belongs to), unshares every other
+//!    namespace inside it, and forks PID 1.
+//! 4. PID 1 mounts `/proc`, `pivot_root`s and re-executes the init from the port; then it
+//!    sets the hostname, binds the control and envd sockets in the port, drops capabilities,
+//!    sets `no_new_privs` and a seccomp filter, serves the control socket and reaps zombies.
+//! 5. The outer process reports PID 1's host pid and exits; PID 1 lives on without any
 //!    process of the daemon, so the daemon can crash and re-adopt the sandbox.
 #![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod cgroup;
+pub mod checkpoint;
 pub mod config;
 mod error;
 pub mod mount_plan;

@@ -1,5 +1,8 @@
 //! The ordered mount steps that build a sandbox's root filesystem (pure; executed by the
 //! init inside the sandbox's fresh mount namespace).
+//!
+//! `/dev` is a bind of a host directory rather than a tmpfs: a checkpoint then needs none of
+//! its contents (device nodes cannot be recreated inside a user namespace), only the mount.
 
 use std::path::{Path, PathBuf};
 
@@ -42,7 +45,8 @@ pub enum PlanError {
 const MOUNT_DATA_MAX: usize = 4095;
 
 /// Plans the mounts for `root` with `volumes` on top of everything. `host_dev` is the host's
-/// `/dev`; `tmp_size_mb` bounds `/tmp`.
+/// `/dev`; `dev_dir` the empty host directory that becomes the sandbox's `/dev`; `tmp_size_mb`
+/// bounds `/tmp`.
 ///
 /// # Errors
 /// [`PlanError`] for a root that cannot be mounted as given.
@@ -50,6 +54,7 @@ pub fn plan(
     root: &RootFs,
     volumes: &[BindMount],
     host_dev: &Path,
+    dev_dir: &Path,
     tmp_size_mb: u32,
 ) -> Result<Vec<MountStep>, PlanError> {
     let mut steps = Vec::new();
@@ -104,11 +109,11 @@ pub fn plan(
     steps.push(MountStep::Proc {
         target: "proc".into(),
     });
-    steps.push(MountStep::Tmpfs {
+    steps.push(MountStep::Bind {
+        source: dev_dir.to_owned(),
         target: "dev".into(),
-        data: "mode=755,size=64k".into(),
-        noexec: true,
-        nodev: false,
+        read_only: false,
+        create_target: false,
     });
     for node in DEV_NODES {
         steps.push(MountStep::DevNode {
@@ -216,7 +221,14 @@ mod tests {
             target: "/usr".into(),
             read_only: true,
         };
-        let steps = plan(&overlay(vec![usr]), &[], Path::new("/dev"), 64).unwrap();
+        let steps = plan(
+            &overlay(vec![usr]),
+            &[],
+            Path::new("/dev"),
+            Path::new("/run/a/dev"),
+            64,
+        )
+        .unwrap();
         assert!(matches!(&steps[0], MountStep::Overlay { .. }));
         assert_eq!(
             steps[1],
@@ -238,6 +250,12 @@ mod tests {
             .filter(|s| matches!(s, MountStep::DevNode { .. }))
             .count();
         assert_eq!(dev_nodes, DEV_NODES.len());
+        assert!(steps.contains(&MountStep::Bind {
+            source: "/run/a/dev".into(),
+            target: "dev".into(),
+            read_only: false,
+            create_target: false,
+        }));
         assert!(steps.contains(&MountStep::Symlink {
             link: "dev/ptmx".into(),
             points_to: "pts/ptmx".into()
@@ -252,7 +270,14 @@ mod tests {
             target: "/tmp/cache".into(),
             read_only: false,
         };
-        let steps = plan(&overlay(Vec::new()), &[volume], Path::new("/dev"), 64).unwrap();
+        let steps = plan(
+            &overlay(Vec::new()),
+            &[volume],
+            Path::new("/dev"),
+            Path::new("/run/a/dev"),
+            64,
+        )
+        .unwrap();
         assert_eq!(
             steps.last(),
             Some(&MountStep::Bind {
@@ -267,12 +292,28 @@ mod tests {
             target: "/mnt/../../etc".into(),
             read_only: false,
         };
-        assert!(plan(&overlay(Vec::new()), &[escaping], Path::new("/dev"), 64).is_err());
+        assert!(
+            plan(
+                &overlay(Vec::new()),
+                &[escaping],
+                Path::new("/dev"),
+                Path::new("/run/a/dev"),
+                64
+            )
+            .is_err()
+        );
     }
 
     #[test]
     fn test_plan_devpts_comes_before_ptmx_link() {
-        let steps = plan(&overlay(Vec::new()), &[], Path::new("/dev"), 64).unwrap();
+        let steps = plan(
+            &overlay(Vec::new()),
+            &[],
+            Path::new("/dev"),
+            Path::new("/run/a/dev"),
+            64,
+        )
+        .unwrap();
         let devpts = steps
             .iter()
             .position(|s| matches!(s, MountStep::Devpts { .. }))
@@ -295,7 +336,13 @@ mod tests {
                 read_only: true,
             };
             assert!(matches!(
-                plan(&overlay(vec![bind]), &[], Path::new("/dev"), 64),
+                plan(
+                    &overlay(vec![bind]),
+                    &[],
+                    Path::new("/dev"),
+                    Path::new("/run/a/dev"),
+                    64
+                ),
                 Err(PlanError::BadTarget { .. })
             ));
         }
@@ -310,7 +357,7 @@ mod tests {
             binds: Vec::new(),
         };
         assert_eq!(
-            plan(&root, &[], Path::new("/dev"), 64),
+            plan(&root, &[], Path::new("/dev"), Path::new("/run/a/dev"), 64),
             Err(PlanError::NoLowerLayer)
         );
     }
@@ -327,7 +374,7 @@ mod tests {
             binds: Vec::new(),
         };
         assert!(matches!(
-            plan(&root, &[], Path::new("/dev"), 64),
+            plan(&root, &[], Path::new("/dev"), Path::new("/run/a/dev"), 64),
             Err(PlanError::OptionsTooLong { .. })
         ));
     }

@@ -4,6 +4,10 @@
 //!    `coppice-init --config <that file>`.
 //! 2. The outer init prints one [`ReadyMessage`] JSON line on stdout and exits.
 //! 3. The control socket then speaks `coppice_init::control`, re-exported here.
+//!
+//! Everything a running sandbox holds lies inside its root, so that its process tree can be
+//! checkpointed: the init and envd run from binaries bound at [`PORT_IN_ROOT`], and bind
+//! their sockets there; on the host, that directory is the run dir's [`PORT_DIR`].
 
 use std::path::PathBuf;
 
@@ -14,7 +18,24 @@ pub use coppice_init::control::{
 use serde::{Deserialize, Serialize};
 
 /// Version of [`InitConfig`]; the init refuses others.
-pub const INIT_CONFIG_VERSION: u32 = 1;
+pub const INIT_CONFIG_VERSION: u32 = 2;
+
+/// Where the sandbox's port (its sockets and the binaries it runs from) is bound, relative to
+/// the sandbox's root.
+pub const PORT_IN_ROOT: &str = ".coppice";
+/// The host directory, in a sandbox's run dir, that is bound at [`PORT_IN_ROOT`].
+pub const PORT_DIR: &str = "port";
+/// The control socket's name in the port.
+pub const CONTROL_SOCKET: &str = "control.sock";
+/// envd's socket's name in the port.
+pub const ENVD_SOCKET: &str = "envd.sock";
+/// The init binary's name in the port.
+pub const INIT_BINARY: &str = "coppice-init";
+/// envd's binary's name in the port.
+pub const ENVD_BINARY: &str = "coppice-envd";
+/// The directory, in a sandbox's run dir, that is bound at the sandbox's `/dev` (device
+/// nodes and the devpts and shm mounts sit on it).
+pub const DEV_DIR: &str = "dev";
 
 /// Everything the init needs to build one sandbox.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,8 +52,14 @@ pub struct InitConfig {
     pub mounts: Vec<MountStep>,
     /// `cgroup.procs` files to join before forking.
     pub cgroup_procs: Vec<PathBuf>,
-    /// The control socket to bind and serve.
-    pub control_socket: PathBuf,
+    /// The host directory bound at [`PORT_IN_ROOT`]: owned by sandbox root, holding nothing
+    /// when the init starts.
+    pub port_dir: PathBuf,
+    /// The init binary on the host, which PID 1 re-executes from inside the root.
+    pub init_program: PathBuf,
+    /// Arguments that put the init binary in its init mode (before `--pid1`).
+    #[serde(default)]
+    pub init_leading_args: Vec<String>,
     /// How to get a network namespace.
     pub network: NetworkSetup,
     /// Host uid of sandbox uid 0.
@@ -54,15 +81,12 @@ pub struct InitConfig {
     pub resolv_conf: Option<String>,
 }
 
-/// How PID 1 runs envd: the host binary is opened before `pivot_root` and executed from that
-/// descriptor, so nothing of it needs to exist inside the sandbox's root; its listening Unix
-/// socket (bound on the host side) is its standard input.
+/// How PID 1 runs envd: the host binary is bound read-only into the port, and PID 1 runs it
+/// from there with its listening Unix socket (bound in the port) as standard input.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnvdLaunch {
     /// The envd executable on the host.
     pub binary: PathBuf,
-    /// Where its host-side Unix socket is bound.
-    pub socket: PathBuf,
     /// Its arguments (after the program name).
     pub args: Vec<String>,
 }
@@ -77,6 +101,10 @@ pub enum NetworkSetup {
     Join {
         /// A namespace file (e.g. a bind mount of `/proc/<pid>/ns/net`).
         path: PathBuf,
+        /// The user namespace it belongs to, joined as the sandbox's own; `None` when it
+        /// belongs to the host's (the builder then makes the sandbox's user namespace).
+        #[serde(default)]
+        user: Option<PathBuf>,
     },
 }
 

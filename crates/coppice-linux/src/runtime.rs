@@ -2,9 +2,10 @@
 //! `coppice-init` process.
 //!
 //! Per sandbox, `<run_dir>/<id>/` holds `init.json` (what the init builds), `state.json`
-//! (PID 1's host pid and start time, for re-adoption after a daemon restart), `control.sock`,
-//! and `root/`, the mount point the root is assembled on (mounted only inside the sandbox's
-//! own mount namespace).
+//! (PID 1's host pid and start time, for re-adoption after a daemon restart), `port/` (bound
+//! at the sandbox's `/.coppice`: its control and envd sockets, and the binaries its init and
+//! envd run from), `dev/` (bound at the sandbox's `/dev`), and `root/`, the mount point the
+//! root is assembled on (mounted only inside the sandbox's own mount namespace).
 
 use std::fs;
 use std::io;
@@ -29,13 +30,14 @@ use crate::cgroup::{SandboxCgroups, limit_writes};
 use crate::config::NamespaceRuntimeConfig;
 use crate::error::LinuxError;
 use crate::mount_plan;
-use crate::protocol::{EnvdLaunch, INIT_CONFIG_VERSION, InitConfig, NetworkSetup, ReadyMessage};
+use crate::protocol::{
+    CONTROL_SOCKET, DEV_DIR, ENVD_SOCKET, EnvdLaunch, INIT_CONFIG_VERSION, InitConfig,
+    NetworkSetup, PORT_DIR, ReadyMessage,
+};
 use crate::sys::NsSys;
 
 const INIT_CONFIG: &str = "init.json";
 const STATE: &str = "state.json";
-const CONTROL_SOCKET: &str = "control.sock";
-const ENVD_SOCKET: &str = "envd.sock";
 /// Where envd keeps `/init`'s settings inside the sandbox (a tmpfs: they last as long as the
 /// sandbox runs, across envd restarts).
 const ENVD_STATE_FILE: &str = "/run/coppice-envd/settings.json";
@@ -142,10 +144,10 @@ impl<S: NsSys> NamespaceRuntime<S> {
     }
 
     fn endpoints(&self, id: &SandboxId) -> SandboxEndpoints {
-        let dir = self.sandbox_dir(id);
+        let port = self.sandbox_dir(id).join(PORT_DIR);
         SandboxEndpoints {
-            control_socket: dir.join(CONTROL_SOCKET),
-            envd_socket: dir.join(ENVD_SOCKET),
+            control_socket: port.join(CONTROL_SOCKET),
+            envd_socket: port.join(ENVD_SOCKET),
         }
     }
 
@@ -175,7 +177,13 @@ impl<S: NsSys> NamespaceRuntime<S> {
         let dir = self.sandbox_dir(id);
         let mount_point = dir.join(ROOT_MOUNT_POINT);
         let tmp_mb = spec.memory_mb.min(MAX_TMP_MB);
-        let mounts = mount_plan::plan(root, &spec.volumes, &self.config.host_dev, tmp_mb)?;
+        let mounts = mount_plan::plan(
+            root,
+            &spec.volumes,
+            &self.config.host_dev,
+            &dir.join(DEV_DIR),
+            tmp_mb,
+        )?;
         let cgroups = self.cgroups(id)?;
         fs::create_dir_all(&mount_point).map_err(|source| LinuxError::RunDir {
             op: "create",
@@ -185,9 +193,15 @@ impl<S: NsSys> NamespaceRuntime<S> {
         cgroups.create(&limit_writes(spec.memory_mb, spec.max_pids, spec.vcpus))?;
         let (network, resolv_conf) = match &spec.network {
             NetAttachment::LoopbackOnly => (NetworkSetup::Loopback, None),
-            NetAttachment::Namespace { path, dns, .. } => {
-                (NetworkSetup::Join { path: path.clone() }, resolv_conf(dns))
-            }
+            NetAttachment::Namespace {
+                path, user, dns, ..
+            } => (
+                NetworkSetup::Join {
+                    path: path.clone(),
+                    user: user.clone(),
+                },
+                resolv_conf(dns),
+            ),
             // Refused in `create` before anything is made.
             NetAttachment::Vnet { .. } => (NetworkSetup::Loopback, None),
         };
@@ -198,7 +212,9 @@ impl<S: NsSys> NamespaceRuntime<S> {
             rootfs: mount_point,
             mounts,
             cgroup_procs: cgroups.procs_files(),
-            control_socket: dir.join(CONTROL_SOCKET),
+            port_dir: dir.join(PORT_DIR),
+            init_program: self.config.init.program.clone(),
+            init_leading_args: self.config.init.leading_args.clone(),
             network,
             resolv_conf,
             host_uid_base: self.config.id_map.host_uid_base,
@@ -208,7 +224,6 @@ impl<S: NsSys> NamespaceRuntime<S> {
             exec_output_limit: self.config.exec_output_limit,
             envd: self.config.envd.as_ref().map(|envd| EnvdLaunch {
                 binary: envd.binary.clone(),
-                socket: dir.join(ENVD_SOCKET),
                 args: envd.args(id.as_str(), ENVD_STATE_FILE),
             }),
         };
@@ -218,6 +233,7 @@ impl<S: NsSys> NamespaceRuntime<S> {
     fn start_impl(&self, id: &SandboxId) -> Result<SandboxEndpoints, LinuxError> {
         let dir = self.sandbox_dir(id);
         let config_path = dir.join(INIT_CONFIG);
+        self.fresh_port_and_dev(&dir)?;
         let ready = self
             .sys
             .spawn_init(&self.config.init, &config_path, self.config.start_timeout)
@@ -232,6 +248,12 @@ impl<S: NsSys> NamespaceRuntime<S> {
             }
             None => return Err(LinuxError::InitTimeout),
         };
+        self.record_init(&dir, pid)?;
+        Ok(self.endpoints(id))
+    }
+
+    /// Records a new PID 1 (its pid and start time) in `state.json`, for re-adoption.
+    fn record_init(&self, dir: &std::path::Path, pid: i32) -> Result<(), LinuxError> {
         let start_time = self
             .sys
             .process_start_time(pid)
@@ -243,8 +265,42 @@ impl<S: NsSys> NamespaceRuntime<S> {
             .ok_or(LinuxError::InitFailed {
                 message: format!("init {pid} exited right after start"),
             })?;
-        write_json(&dir.join(STATE), &RunState { pid, start_time })?;
-        Ok(self.endpoints(id))
+        Ok(write_json(&dir.join(STATE), &RunState { pid, start_time })?)
+    }
+
+    /// Empties the port and `/dev` directories a previous boot of the sandbox left: the port
+    /// owned by sandbox root (PID 1 binds its sockets there), `/dev` by host root.
+    fn fresh_port_and_dev(&self, dir: &std::path::Path) -> Result<(), LinuxError> {
+        let ids = &self.config.id_map;
+        for (name, mode, owner) in [
+            (
+                PORT_DIR,
+                0o700,
+                Some((ids.host_uid_base, ids.host_gid_base)),
+            ),
+            (DEV_DIR, 0o755, None),
+        ] {
+            let path = dir.join(name);
+            let run_dir = |op, source| LinuxError::RunDir {
+                op,
+                path: path.clone(),
+                source,
+            };
+            match fs::remove_dir_all(&path) {
+                Ok(()) => {}
+                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
+                Err(source) => return Err(run_dir("empty", source)),
+            }
+            fs::DirBuilder::new()
+                .mode(mode)
+                .create(&path)
+                .map_err(|source| run_dir("create", source))?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(|source| run_dir("chown", source))?;
+            }
+        }
+        Ok(())
     }
 
     fn destroy_impl(&self, id: &SandboxId) -> Result<(), LinuxError> {
@@ -486,6 +542,18 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
         self.set_frozen(id, false)
     }
 
+    fn checkpoint(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        self.checkpoint_impl(id)
+    }
+
+    fn has_checkpoint(&self, id: &SandboxId) -> bool {
+        self.has_checkpoint_impl(id)
+    }
+
+    fn restore(&self, id: &SandboxId) -> Result<SandboxEndpoints, RuntimeError> {
+        self.restore_impl(id)
+    }
+
     fn destroy(&self, id: &SandboxId) -> Result<(), RuntimeError> {
         self.destroy_impl(id)
             .map_err(|error| backend("destroy", id, error))
@@ -533,6 +601,7 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
     }
 }
 
+mod checkpoint;
 #[cfg(test)]
 mod tests;
 

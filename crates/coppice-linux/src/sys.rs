@@ -78,4 +78,25 @@ pub trait NsSys: Send + Sync + fmt::Debug + 'static {
     /// # Errors
     /// `NotFound` when the process is gone; permission failures.
     fn open_root(&self, pid: i32) -> io::Result<std::os::fd::OwnedFd>;
+
+    /// Runs `criu` with `args` to the end; an exit other than success is an error saying so.
+    ///
+    /// # Errors
+    /// CRIU cannot be run, or it failed.
+    fn run_criu(&self, criu: &Path, args: &[std::ffi::OsString]) -> io::Result<()>;
+
+    /// Has the init started with `command` restore the sandbox described by `config` from the
+    /// checkpoint in `images` with `criu`, and waits up to `timeout` for its report (`None`
+    /// when none came).
+    ///
+    /// # Errors
+    /// The init could not be started or read.
+    fn restore_init(
+        &self,
+        command: &InitCommand,
+        config: &Path,
+        images: &Path,
+        criu: &Path,
+        timeout: Duration,
+    ) -> io::Result<Option<ReadyMessage>>;
 }

@@ -53,6 +53,7 @@ impl Host {
             host_gid_base: ROOT_UID,
             count: 65_536,
         };
+        config.criu = Some(criu());
         let runtime = NamespaceRuntime::new(config).unwrap();
         Self {
             dir,
@@ -134,6 +135,12 @@ impl Drop for Host {
         }
         let _ = fs::remove_dir(Path::new("/sys/fs/cgroup/unified").join(&self.group));
     }
+}
+
+/// The CRIU the test command installs (`COPPICE_CRIU` overrides it).
+fn criu() -> PathBuf {
+    std::env::var_os("COPPICE_CRIU")
+        .map_or_else(|| PathBuf::from("/usr/local/sbin/criu"), PathBuf::from)
 }
 
 fn own_cgroup(controller: &str) -> String {
@@ -453,6 +460,7 @@ fn test_exec_caller_hanging_up_kills_the_command() {
         .path()
         .join("run")
         .join(id.as_str())
+        .join("port")
         .join("control.sock");
     let mut stream = UnixStream::connect(&socket).unwrap();
     let request = ControlRequest::Exec {
@@ -540,4 +548,96 @@ fn test_start_after_the_init_zygote_died_makes_a_new_one() {
 
     assert_eq!(stdout(&host.sh(&second, "echo new")), "new\n");
     assert_eq!(stdout(&host.sh(&first, "echo old")), "old\n");
+}
+
+/// The in-sandbox pid of a background loop that counts in a shell variable (memory only) and
+/// writes each value to `/tmp/count`, plus a file on the root.
+fn start_counter(host: &Host, id: &SandboxId) -> String {
+    let started = host.sh(
+        id,
+        "echo kept > /root/file; \
+         (i=0; while :; do i=$((i+1)); echo $i > /tmp/count; sleep 0.02; done) >/dev/null 2>&1 & \
+         echo $!",
+    );
+    let pid = stdout(&started).trim().to_owned();
+    assert!(eventually(|| count(host, id) >= 3), "the counter never ran");
+    pid
+}
+
+fn count(host: &Host, id: &SandboxId) -> u64 {
+    stdout(&host.sh(id, "cat /tmp/count 2>/dev/null"))
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+#[test]
+#[ignore = "privileged: checkpoints a real sandbox with CRIU"]
+fn test_checkpoint_and_restore_keep_memory_files_and_processes_three_times() {
+    let host = Host::new();
+    assert!(
+        criu().is_file(),
+        "{} is missing: scripts/test.sh installs CRIU",
+        criu().display()
+    );
+    let id = host.sandbox(256, 128);
+    let counter = start_counter(&host, &id);
+
+    for round in 0..3 {
+        let before = count(&host, &id);
+        host.runtime.checkpoint(&id).unwrap();
+        assert!(host.runtime.has_checkpoint(&id));
+        let alive = host.runtime.list().unwrap();
+        assert!(
+            alive
+                .iter()
+                .all(|sandbox| sandbox.id != id || !sandbox.alive),
+            "round {round}: the checkpointed tree still runs: {alive:?}"
+        );
+        assert!(
+            host.runtime
+                .exec(&id, &ExecRequest::new(["/bin/true"]))
+                .is_err()
+        );
+
+        host.runtime.restore(&id).unwrap();
+
+        assert!(
+            !host.runtime.has_checkpoint(&id),
+            "a restored checkpoint is consumed"
+        );
+        // The same process, counting on from its value in memory (a restarted loop would
+        // start again at 1).
+        assert!(
+            eventually(|| count(&host, &id) > before),
+            "round {round}: the counter did not go on from {before}"
+        );
+        let state = host.sh(
+            &id,
+            &format!("test -d /proc/{counter} && echo same; cat /root/file"),
+        );
+        assert_eq!(stdout(&state), "same\nkept\n", "round {round}");
+    }
+    host.runtime.destroy(&id).unwrap();
+}
+
+#[test]
+#[ignore = "privileged: checkpoints a real sandbox with CRIU"]
+fn test_checkpoint_refused_leaves_the_sandbox_running() {
+    let host = Host::new();
+    let id = host.sandbox(128, 128);
+    // A process with a connection to a peer outside the sandbox (the control channel held
+    // open from the host): CRIU refuses the dump, and the sandbox must go on untouched.
+    let control = host
+        .dir
+        .path()
+        .join("run")
+        .join(id.as_str())
+        .join("port/control.sock");
+    let held = std::os::unix::net::UnixStream::connect(&control).unwrap();
+    let error = host.runtime.checkpoint(&id).unwrap_err();
+    assert!(error.to_string().contains("checkpoint"), "{error}");
+    assert!(!host.runtime.has_checkpoint(&id));
+    drop(held);
+    assert_eq!(stdout(&host.sh(&id, "echo alive")), "alive\n");
 }

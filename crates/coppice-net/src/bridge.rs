@@ -251,6 +251,7 @@ impl Inner {
     fn attachment(&self, endpoint: &Endpoint) -> NetAttachment {
         let (v4, v6) = self.config.sandbox_addresses(endpoint.index);
         NetAttachment::Namespace {
+            user: None,
             path: endpoint
                 .netns
                 .as_ref()

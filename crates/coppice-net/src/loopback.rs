@@ -1,15 +1,19 @@
 //! [`LoopbackOnly`]: sandboxes get a private network namespace with only loopback.
+//!
+//! Pooled namespaces come with a user namespace of their own (mapping the sandbox's ids) that
+//! the sandbox joins, so that all of a sandbox's namespaces belong to its user namespace and
+//! it can be checkpointed.
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use coppice_core::SandboxId;
 use coppice_core::net::{NetAttachment, NetError, NetPolicy};
 use coppice_core::spec::NetworkSpec;
+use coppice_core::volume::IdMap;
 
 use crate::pool::Pool;
-use crate::sys::NetnsSys;
+use crate::sys::{NetnsSys, OwnedNamespace};
 
 /// A policy that isolates every sandbox completely: its network namespace has loopback only.
 ///
@@ -19,7 +23,7 @@ use crate::sys::NetnsSys;
 /// so after a daemon restart `list` is empty and nothing needs cleaning.
 #[derive(Debug, Default)]
 pub struct LoopbackOnly {
-    pool: Option<(Pool<OwnedFd>, Arc<dyn NetnsSys>)>,
+    pool: Option<(Pool<OwnedNamespace>, Arc<dyn NetnsSys>)>,
     attached: Mutex<BTreeMap<SandboxId, Attached>>,
 }
 
@@ -28,17 +32,18 @@ struct Attached {
     spec: NetworkSpec,
     /// The pooled namespace the sandbox joined: held (never read) until detach, so the
     /// runtime can open it by path while it starts the sandbox.
-    _namespace: Option<OwnedFd>,
+    _namespace: Option<OwnedNamespace>,
 }
 
 impl LoopbackOnly {
-    /// Keeps `size` namespaces ready, made through `sys`.
-    pub fn with_pool(sys: Arc<dyn NetnsSys>, size: usize) -> Self {
+    /// Keeps `size` namespaces ready, made through `sys`, each inside a user namespace that
+    /// maps the sandbox ids as `map` says.
+    pub fn with_pool(sys: Arc<dyn NetnsSys>, size: usize, map: IdMap) -> Self {
         Self {
             pool: Some((
                 Pool::start("netns-pool", size, {
                     let sys = Arc::clone(&sys);
-                    move || sys.new_namespace()
+                    move || sys.new_owned_namespace(&map)
                 }),
                 sys,
             )),
@@ -48,8 +53,8 @@ impl LoopbackOnly {
 
     /// Keeps `size` namespaces ready, made by the kernel.
     #[cfg(target_os = "linux")]
-    pub fn pooled(size: usize) -> Self {
-        Self::with_pool(Arc::new(crate::sys::RealNetnsSys), size)
+    pub fn pooled(size: usize, map: IdMap) -> Self {
+        Self::with_pool(Arc::new(crate::sys::RealNetnsSys), size, map)
     }
 
     fn attached(&self) -> MutexGuard<'_, BTreeMap<SandboxId, Attached>> {
@@ -62,15 +67,16 @@ impl NetPolicy for LoopbackOnly {
         let pooled = self
             .pool
             .as_ref()
-            .and_then(|(pool, sys)| pool.take().map(|fd| (sys.path_of(&fd), fd)));
+            .and_then(|(pool, sys)| pool.take().map(|namespace| (sys, namespace)));
         let (attachment, namespace) = match pooled {
-            Some((path, fd)) => (
+            Some((sys, namespace)) => (
                 NetAttachment::Namespace {
-                    path,
+                    path: sys.path_of(&namespace.net),
+                    user: Some(sys.path_of(&namespace.user)),
                     addresses: Vec::new(),
                     dns: Vec::new(),
                 },
-                Some(fd),
+                Some(namespace),
             ),
             None => (NetAttachment::LoopbackOnly, None),
         };
@@ -126,7 +132,15 @@ mod tests {
 
     #[test]
     fn test_attach_with_filled_pool_joins_a_pooled_namespace() {
-        let policy = LoopbackOnly::with_pool(Arc::new(FakeNetnsSys::default()), 2);
+        let policy = LoopbackOnly::with_pool(
+            Arc::new(FakeNetnsSys::default()),
+            2,
+            IdMap {
+                uid_base: 1000,
+                gid_base: 1000,
+                count: 10,
+            },
+        );
         let deadline = Instant::now() + Duration::from_secs(5);
         let attachment = loop {
             let attachment = policy.attach(&id(), &NetworkSpec::default()).unwrap();
@@ -137,7 +151,8 @@ mod tests {
             std::thread::sleep(Duration::from_millis(1));
         };
         assert!(
-            matches!(attachment, NetAttachment::Namespace { ref path, .. } if path.starts_with("/fake/fd"))
+            matches!(attachment, NetAttachment::Namespace { ref path, user: Some(ref user), .. }
+                if path.starts_with("/fake/fd") && user.starts_with("/fake/fd") && user != path)
         );
     }
 

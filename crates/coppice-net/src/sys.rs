@@ -5,6 +5,8 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use coppice_core::volume::IdMap;
+
 pub(crate) mod fake;
 #[cfg(target_os = "linux")]
 mod linux;
@@ -28,6 +30,22 @@ pub trait NetnsSys: Send + Sync + fmt::Debug + 'static {
     /// A path another process can open to join the namespace behind `fd` while this process
     /// holds `fd`.
     fn path_of(&self, fd: &OwnedFd) -> PathBuf;
+
+    /// A new user namespace with `map`, and a new, empty network namespace that belongs to
+    /// it, each kept alive by its descriptor.
+    ///
+    /// # Errors
+    /// The kernel refused, or the helper process that makes them failed.
+    fn new_owned_namespace(&self, map: &IdMap) -> io::Result<OwnedNamespace>;
+}
+
+/// A network namespace and the user namespace it belongs to.
+#[derive(Debug)]
+pub struct OwnedNamespace {
+    /// The user namespace.
+    pub user: OwnedFd,
+    /// The network namespace.
+    pub net: OwnedFd,
 }
 
 /// What the bridge network needs of the host besides namespaces. Scripts are rendered by

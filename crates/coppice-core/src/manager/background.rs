@@ -126,6 +126,7 @@ impl SandboxManager {
                 _ => {}
             }
         }
+        self.make_idle_pauses_durable().await;
     }
 
     async fn check_running(&self, id: &SandboxId) {

@@ -40,6 +40,8 @@ pub enum ResumeOutcome {
     /// A fresh init and envd run on its kept filesystem; in-sandbox services need their
     /// settings (the access token) again.
     Rebooted,
+    /// Its processes, written to disk, run on where they stopped.
+    Restored,
 }
 
 /// A sandbox after a resume, and what the resume did.
@@ -205,22 +207,13 @@ impl Inner {
         }
         let mut paused = sandbox.clone();
         paused.state = super::transition(&sandbox, Operation::Pause)?;
-        paused.pause_mode = Some(mode);
-        match mode {
-            PauseMode::Memory => {
-                self.backends
-                    .runtime
-                    .freeze(id)
-                    .map_err(|source| ManagerError::from_runtime("freeze", source))?;
-                let event = self.event(id, EventKind::Paused, reason, "memory kept".into());
-                if let Err(error) = self.store.put_with_event(&paused, &event) {
-                    // Not recorded as paused means not paused.
-                    if let Err(thaw) = self.backends.runtime.thaw(id) {
-                        tracing::warn!(sandbox_id = %id, error = %super::error_chain(&thaw), "cannot thaw after a failed pause");
-                    }
-                    return Err(error.into());
-                }
-            }
+        // A durable pause starts as a memory pause, written to disk once it is recorded.
+        let kept = match mode {
+            PauseMode::Durable => PauseMode::Memory,
+            mode => mode,
+        };
+        paused.pause_mode = Some(kept);
+        match kept {
             PauseMode::Filesystem => {
                 paused.endpoints = None;
                 let event = self.event(
@@ -233,9 +226,39 @@ impl Inner {
                 self.sandboxes().insert(id.clone(), paused.clone());
                 stop_processes_blocking(&self.backends, id)?;
             }
+            PauseMode::Memory | PauseMode::Durable => {
+                self.backends
+                    .runtime
+                    .freeze(id)
+                    .map_err(|source| ManagerError::from_runtime("freeze", source))?;
+                let event = self.event(id, EventKind::Paused, reason, "memory kept".into());
+                if let Err(error) = self.store.put_with_event(&paused, &event) {
+                    // Not recorded as paused means not paused.
+                    if let Err(thaw) = self.backends.runtime.thaw(id) {
+                        tracing::warn!(sandbox_id = %id, error = %super::error_chain(&thaw), "cannot thaw after a failed pause");
+                    }
+                    return Err(error.into());
+                }
+                self.memory_paused()
+                    .insert(id.clone(), super::durable::Watch::Since(self.clock.now()));
+            }
         }
         self.sandboxes().insert(id.clone(), paused.clone());
-        Ok(Some(paused))
+        if mode != PauseMode::Durable {
+            return Ok(Some(paused));
+        }
+        match self.make_durable_blocking(id, reason) {
+            Ok(durable) => Ok(durable.or(Some(paused))),
+            // It stays paused in memory, which is what the caller can rely on.
+            Err(error) => {
+                tracing::info!(sandbox_id = %id, error = %super::error_chain(&error), "paused in memory: it cannot be written to disk");
+                self.memory_paused().insert(
+                    id.clone(),
+                    super::durable::Watch::after(&error, self.clock.now()),
+                );
+                Ok(Some(paused))
+            }
+        }
     }
 
     fn resume_blocking(
@@ -265,9 +288,18 @@ impl Inner {
         }
         let mut resumed = sandbox.clone();
         resumed.state = super::transition(&sandbox, Operation::Resume)?;
-        let reboot =
-            sandbox.pause_mode != Some(PauseMode::Memory) || options.keep_memory == Some(false);
-        let outcome = if reboot {
+        let keep_memory = options.keep_memory != Some(false);
+        let outcome = if sandbox.pause_mode == Some(PauseMode::Durable) && keep_memory {
+            // A failed restore keeps the checkpoint and the files: the sandbox stays paused,
+            // and a resume without memory still boots on its files.
+            let endpoints = self
+                .backends
+                .runtime
+                .restore(id)
+                .map_err(|source| ManagerError::from_runtime("restore", source))?;
+            resumed.endpoints = Some(endpoints);
+            ResumeOutcome::Restored
+        } else if sandbox.pause_mode != Some(PauseMode::Memory) || !keep_memory {
             self.reboot_blocking(&sandbox, &mut resumed)?;
             ResumeOutcome::Rebooted
         } else {
@@ -281,6 +313,7 @@ impl Inner {
         resumed.end_at = end_at;
         let detail = match outcome {
             ResumeOutcome::Rebooted => "booted on the kept filesystem",
+            ResumeOutcome::Restored => "memory restored from disk",
             _ => "memory restored",
         };
         let event = self.event(id, EventKind::Resumed, Reason::Requested, detail.into());
@@ -292,6 +325,11 @@ impl Inner {
                     .runtime
                     .freeze(id)
                     .map_err(|source| ManagerError::from_runtime("freeze", source)),
+                ResumeOutcome::Restored => self
+                    .backends
+                    .runtime
+                    .checkpoint(id)
+                    .map_err(|source| ManagerError::from_runtime("checkpoint", source)),
                 _ => stop_processes_blocking(&self.backends, id),
             };
             if let Err(undo) = undone {

@@ -37,6 +37,8 @@ impl SandboxManager {
                 })?;
             let holds_network = match current.state {
                 SandboxState::Running => true,
+                // A durable pause has no processes (and only loopback-only sandboxes pause
+                // durably): the new policy is recorded for the resume.
                 SandboxState::Paused => current.pause_mode == Some(PauseMode::Memory),
                 state => {
                     return Err(ManagerError::NotRunning {

@@ -41,7 +41,11 @@ impl SandboxManager {
                 .any(|found| found.id == sandbox.id && found.alive);
             match sandbox.state {
                 SandboxState::Paused
-                    if !alive || sandbox.pause_mode == Some(PauseMode::Filesystem) =>
+                    if !alive
+                        || matches!(
+                            sandbox.pause_mode,
+                            Some(PauseMode::Filesystem | PauseMode::Durable)
+                        ) =>
                 {
                     self.readopt_paused(sandbox).await?;
                 }
@@ -132,6 +136,26 @@ impl SandboxManager {
     /// what it kept. One that had kept its memory lost it with its init (a host restart);
     /// it is recorded as filesystem-paused, so its resume boots on the kept files.
     async fn readopt_paused(&self, mut sandbox: Sandbox) -> Result<(), ManagerError> {
+        let backends = self.inner.backends.clone();
+        // Its memory is on disk (a durable pause, or one a crash interrupted before it was
+        // recorded): nothing is stopped, and resume restores it.
+        let id = sandbox.id.clone();
+        let checkpointed = sandbox.pause_mode != Some(PauseMode::Filesystem)
+            && blocking("find checkpoint", move || {
+                backends.runtime.has_checkpoint(&id)
+            })
+            .await?;
+        if checkpointed {
+            sandbox.pause_mode = Some(PauseMode::Durable);
+            sandbox.endpoints = None;
+            self.persist(&sandbox).await?;
+            tracing::info!(sandbox_id = %sandbox.id, "re-adopted a sandbox paused on disk after restart");
+            self.sandboxes().insert(sandbox.id.clone(), sandbox.clone());
+            let detail = "its memory is kept on disk".to_owned();
+            self.record(&sandbox.id, EventKind::Readopted, Reason::Restart, detail)
+                .await;
+            return Ok(());
+        }
         let backends = self.inner.backends.clone();
         let id = sandbox.id.clone();
         let stopped = blocking("stop processes", move || {

@@ -362,10 +362,15 @@ async fn pause(
             ));
         }
     }
-    let mode = if request.memory == Some(false) {
-        PauseMode::Filesystem
-    } else {
-        PauseMode::Memory
+    let mode = match (request.memory, request.durable) {
+        (Some(false), true) => {
+            return Err(ApiError::bad_request(
+                "durable keeps memory on disk; it cannot go with memory: false",
+            ));
+        }
+        (Some(false), false) => PauseMode::Filesystem,
+        (_, true) => PauseMode::Durable,
+        (_, false) => PauseMode::Memory,
     };
     state.manager.pause(&id, mode).await?;
     Ok(StatusCode::NO_CONTENT)

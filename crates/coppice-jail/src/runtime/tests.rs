@@ -343,6 +343,7 @@ fn test_roots_and_networks_a_jail_cannot_use_are_refused_before_anything_is_made
     ));
     let namespace = spec(
         NetAttachment::Namespace {
+            user: None,
             path: "/run/netns/x".into(),
             addresses: vec![],
             dns: vec![],

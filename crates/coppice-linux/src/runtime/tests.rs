@@ -118,7 +118,7 @@ fn test_create_writes_limits_and_init_config() {
 }
 
 #[test]
-fn test_envd_is_launched_with_its_socket_in_the_run_dir_and_the_sandbox_id() {
+fn test_envd_is_launched_with_its_socket_in_the_port_and_the_sandbox_id() {
     let without = fixture();
     without
         .runtime
@@ -137,7 +137,6 @@ fn test_envd_is_launched_with_its_socket_in_the_run_dir_and_the_sandbox_id() {
         .unwrap();
     let launch = read_init(&fixture, &id("a")).envd.unwrap();
     assert_eq!(launch.binary, PathBuf::from("/bin/coppiced"));
-    assert_eq!(launch.socket, fixture.root.join("run/a").join(ENVD_SOCKET));
     assert_eq!(
         launch.args,
         [
@@ -155,7 +154,7 @@ fn test_envd_is_launched_with_its_socket_in_the_run_dir_and_the_sandbox_id() {
     );
     assert_eq!(
         fixture.runtime.endpoints(&id("a")).envd_socket,
-        launch.socket
+        fixture.root.join("run/a/port").join(ENVD_SOCKET)
     );
 }
 
@@ -235,7 +234,7 @@ fn test_start_records_pid_and_probe_sees_it_alive() {
 
     let endpoints = fixture.runtime.start(&id("a")).unwrap();
 
-    assert!(endpoints.control_socket.ends_with("a/control.sock"));
+    assert!(endpoints.control_socket.ends_with("a/port/control.sock"));
     fs::write(
         fixture
             .root

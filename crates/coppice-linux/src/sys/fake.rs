@@ -19,6 +19,10 @@ pub enum FakeNsCall {
     Kill(i32),
     /// `reap`.
     Reap(i32),
+    /// `run_criu` with its arguments.
+    Criu(Vec<std::ffi::OsString>),
+    /// `restore_init` with the images directory.
+    Restore(PathBuf),
 }
 
 /// Pretends to start inits: each gets the next pid and stays alive until killed.
@@ -33,6 +37,7 @@ struct FakeState {
     alive: BTreeMap<i32, u64>,
     calls: Vec<FakeNsCall>,
     fail_spawn: Option<String>,
+    fail_criu: bool,
 }
 
 impl FakeNsSys {
@@ -48,6 +53,11 @@ impl FakeNsSys {
     /// Makes the next init report this failure.
     pub fn fail_next_spawn(&self, error: &str) {
         self.state().fail_spawn = Some(error.to_owned());
+    }
+
+    /// Makes the next `run_criu` fail.
+    pub fn fail_next_criu(&self) {
+        self.state().fail_criu = true;
     }
 
     /// Whether a pid is alive.
@@ -104,6 +114,37 @@ impl NsSys for FakeNsSys {
 
     fn become_subreaper(&self) -> io::Result<()> {
         Ok(())
+    }
+
+    fn run_criu(&self, _criu: &Path, args: &[std::ffi::OsString]) -> io::Result<()> {
+        let mut state = self.state();
+        state.calls.push(FakeNsCall::Criu(args.to_vec()));
+        if std::mem::take(&mut state.fail_criu) {
+            return Err(io::Error::other("criu exited with status 1"));
+        }
+        // A dump ends the tree it wrote.
+        if args.first().is_some_and(|verb| verb == "dump")
+            && let Some(pid) = args.get(2).and_then(|pid| pid.to_str()?.parse().ok())
+        {
+            state.alive.remove(&pid);
+        }
+        Ok(())
+    }
+
+    fn restore_init(
+        &self,
+        _command: &InitCommand,
+        _config: &Path,
+        images: &Path,
+        _criu: &Path,
+        _timeout: Duration,
+    ) -> io::Result<Option<ReadyMessage>> {
+        let mut state = self.state();
+        state.calls.push(FakeNsCall::Restore(images.to_owned()));
+        state.next_pid += 1;
+        let pid = 1000 + state.next_pid;
+        state.alive.insert(pid, 43);
+        Ok(Some(ReadyMessage::Ready { pid }))
     }
 
     fn open_root(&self, pid: i32) -> io::Result<std::os::fd::OwnedFd> {

@@ -1,7 +1,10 @@
 //! Linux: the real `NsSys` for the daemon side, and the sandbox init (`coppice-init`).
 
+mod builder;
+mod mounts;
 mod outer;
 mod pid1;
+mod restore;
 mod security;
 mod syscalls;
 mod zygote;
@@ -134,6 +137,60 @@ impl NsSys for RealNsSys {
         Ok(set_child_subreaper(Some(rustix::process::getpid()))?)
     }
 
+    fn run_criu(&self, criu: &Path, args: &[std::ffi::OsString]) -> io::Result<()> {
+        let status = std::process::Command::new(criu)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(io::Error::other(format!("criu exited with {status}")))
+        }
+    }
+
+    fn restore_init(
+        &self,
+        command: &InitCommand,
+        config: &Path,
+        images: &Path,
+        criu: &Path,
+        timeout: Duration,
+    ) -> io::Result<Option<ReadyMessage>> {
+        let mut child = std::process::Command::new(&command.program)
+            .args(&command.leading_args)
+            .arg(restore::RESTORE_FLAG)
+            .args([config, images, criu])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| io::Error::other("restore helper has no stdout"))?;
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("restore-report".into())
+            .spawn(move || {
+                let mut line = String::new();
+                let read = io::BufRead::read_line(&mut io::BufReader::new(stdout), &mut line);
+                let _ = sender.send(read.map(|_| line));
+            })?;
+        let report = match receiver.recv_timeout(timeout) {
+            Ok(Ok(line)) => serde_json::from_str(line.trim()).ok(),
+            Ok(Err(error)) => return Err(error),
+            Err(_) => None,
+        };
+        if report.is_none() {
+            let _ = child.kill();
+        }
+        let _ = child.wait();
+        Ok(report)
+    }
+
     fn open_root(&self, pid: i32) -> io::Result<std::os::fd::OwnedFd> {
         use rustix::fs::{Mode, OFlags};
         let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
@@ -166,12 +223,29 @@ fn parse_stat_start_time(stat: &str) -> Option<u64> {
 }
 
 /// Entry point of the sandbox init, given its arguments after the program name: either
-/// `--zygote` (the daemon's long-lived forker, see `zygote`) or `--config <init.json>` (build
-/// one sandbox and report on stdout). Used by the `coppice-init` binary and by binaries with
+/// `--zygote` (the daemon's long-lived forker, see `zygote`), `--config <init.json>` (build
+/// one sandbox and report on stdout), `--pid1 <channel fd> <config fd>` (a sandbox's PID 1,
+/// re-executed from inside its root), or `--restore <init.json> <images> <criu>` (restore a
+/// checkpointed sandbox and report on stdout). Used by the `coppice-init` binary and by binaries with
 /// an init mode.
 pub fn init_main(mut args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     match (args.next(), args.next()) {
         (Some(flag), None) if flag == zygote::ZYGOTE_FLAG => zygote::zygote_main(),
+        (Some(flag), Some(path)) if flag == restore::RESTORE_FLAG => {
+            match (load_config(Path::new(&path)), args.next(), args.next()) {
+                (Ok(config), Some(images), Some(criu)) => {
+                    report(&restore::run(&config, Path::new(&images), Path::new(&criu)))
+                }
+                (Err(error), _, _) => report(&ReadyMessage::Failed { error }),
+                _ => report(&ReadyMessage::Failed {
+                    error: "usage: coppice-init --restore <init.json> <images> <criu>".into(),
+                }),
+            }
+        }
+        (Some(flag), Some(channel)) if flag == pid1::PID1_FLAG => match args.next() {
+            Some(config) => pid1::main(&channel.to_string_lossy(), &config.to_string_lossy()),
+            None => ExitCode::FAILURE,
+        },
         (Some(flag), Some(path)) if flag == "--config" => match load_config(Path::new(&path)) {
             Ok(config) => report(&outer::run(&config)),
             Err(error) => report(&ReadyMessage::Failed { error }),

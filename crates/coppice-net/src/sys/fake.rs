@@ -41,6 +41,17 @@ impl NetnsSys for FakeNetnsSys {
     fn path_of(&self, fd: &OwnedFd) -> PathBuf {
         PathBuf::from(format!("/fake/fd/{}", fd.as_raw_fd()))
     }
+
+    fn new_owned_namespace(
+        &self,
+        _map: &coppice_core::volume::IdMap,
+    ) -> io::Result<super::OwnedNamespace> {
+        let net = self.new_namespace()?;
+        Ok(super::OwnedNamespace {
+            user: OwnedFd::from(File::open("/dev/null")?),
+            net,
+        })
+    }
 }
 
 /// One script the fake was asked to run.
@@ -131,6 +142,13 @@ impl NetnsSys for FakeBridgeSys {
 
     fn path_of(&self, fd: &OwnedFd) -> PathBuf {
         self.netns.path_of(fd)
+    }
+
+    fn new_owned_namespace(
+        &self,
+        map: &coppice_core::volume::IdMap,
+    ) -> io::Result<super::OwnedNamespace> {
+        self.netns.new_owned_namespace(map)
     }
 }
 

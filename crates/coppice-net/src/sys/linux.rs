@@ -9,7 +9,9 @@ use std::process::{Command, Stdio};
 
 use rustix::thread::UnshareFlags;
 
-use super::{BridgeSys, NetnsSys};
+use coppice_core::volume::IdMap;
+
+use super::{BridgeSys, NetnsSys, OwnedNamespace};
 
 /// The kernel and the host's `ip` and `nft`.
 #[derive(Debug, Default, Clone, Copy)]
@@ -43,6 +45,74 @@ impl NetnsSys for RealNetnsSys {
             fd.as_raw_fd()
         ))
     }
+
+    fn new_owned_namespace(&self, map: &IdMap) -> io::Result<OwnedNamespace> {
+        // Written by this (privileged) process into the helper's maps: a range, not just
+        // the helper's own id, needs a writer outside the new user namespace.
+        let uid_map = format!("0 {} {}\n", map.uid_base, map.count);
+        let gid_map = format!("0 {} {}\n", map.gid_base, map.count);
+        let (from_helper, helper_writes) =
+            rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let (helper_reads, to_helper) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)?;
+        let helper = fork_namespace_helper(&helper_writes, &helper_reads)?;
+        drop(helper_writes);
+        drop(helper_reads);
+        let made = (|| {
+            let mut byte = [0u8; 1];
+            if rustix::io::read(&from_helper, &mut byte)? != 1 {
+                return Err(io::Error::other("namespace helper exited before unsharing"));
+            }
+            fs::write(format!("/proc/{helper}/uid_map"), &uid_map)?;
+            fs::write(format!("/proc/{helper}/gid_map"), &gid_map)?;
+            let user = OwnedFd::from(File::open(format!("/proc/{helper}/ns/user"))?);
+            let net = OwnedFd::from(File::open(format!("/proc/{helper}/ns/net"))?);
+            Ok(OwnedNamespace { user, net })
+        })();
+        // The helper waits for this end to close, then exits.
+        drop(to_helper);
+        if let Some(pid) = rustix::process::Pid::from_raw(helper) {
+            let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+        }
+        made
+    }
+}
+
+/// Forks the helper that makes a user namespace with a network namespace inside it: the
+/// child unshares both, writes one byte on `writes`, and waits until `reads` reaches end of
+/// file. Returns the child's pid (the child never returns).
+///
+/// The daemon has many threads, so the child calls nothing but async-signal-safe system
+/// calls on descriptors it already holds.
+fn fork_namespace_helper(writes: &OwnedFd, reads: &OwnedFd) -> io::Result<i32> {
+    let (writes, reads) = (writes.as_raw_fd(), reads.as_raw_fd());
+    // SAFETY: the child runs only `helper_child`, which makes raw system calls and `_exit`s;
+    // it touches no lock, allocator or other state another thread may have held at the fork.
+    let pid = unsafe { libc::fork() };
+    match pid {
+        -1 => Err(io::Error::last_os_error()),
+        0 => helper_child(writes, reads),
+        pid => Ok(pid),
+    }
+}
+
+/// The helper's whole life (async-signal-safe calls only).
+fn helper_child(writes: i32, reads: i32) -> ! {
+    // SAFETY: unshare(2) on the calling, single-threaded child; no Rust state depends on its
+    // namespaces.
+    let unshared = unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) };
+    if unshared != 0 {
+        // SAFETY: `_exit` ends the child without unwinding (the parent reads end of file).
+        unsafe { libc::_exit(1) }
+    }
+    let byte = [1u8];
+    // SAFETY: `writes` is an open pipe end this child inherited; `byte` outlives the call.
+    unsafe { libc::write(writes, byte.as_ptr().cast(), 1) };
+    let mut sink = [0u8; 1];
+    // SAFETY: `reads` is an open pipe end this child inherited; `sink` outlives the call. The
+    // read returns at end of file, once the parent has opened the namespaces.
+    unsafe { libc::read(reads, sink.as_mut_ptr().cast(), 1) };
+    // SAFETY: as above.
+    unsafe { libc::_exit(0) }
 }
 
 /// Where the bridges' locks live.

@@ -69,7 +69,10 @@ async fn run(config: GatewayConfig, api_key: Option<String>) -> anyhow::Result<(
     let backends = sys::backends(&config).context("initialising isolation backends")?;
     let store = Store::open(&config.state_db()).context("opening the state database")?;
     let manager = SandboxManager::start(
-        ManagerConfig::default(),
+        ManagerConfig {
+            durable_pause_after: config.durable_pause_after,
+            ..ManagerConfig::default()
+        },
         backends,
         store,
         Arc::new(SystemClock),

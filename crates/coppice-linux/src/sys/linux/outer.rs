@@ -1,30 +1,26 @@
-//! The outer half of `coppice-init`: runs on the host, creates the namespaces, forks the
-//! sandbox's PID 1, moves it into its cgroups, writes its user-namespace id map, reports,
-//! exits.
+//! The outer half of `coppice-init`: runs on the host, forks the builder (see `builder`),
+//! moves it into the sandbox's cgroups, writes its user-namespace id map, waits for the
+//! sandbox's PID 1 to report, then reports and exits.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsFd;
-use std::os::unix::fs::PermissionsExt;
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 
-use rustix::thread::{LinkNameSpaceType, UnshareFlags, move_into_link_name_space};
+use super::builder;
+use super::syscalls::{Forked, fork};
+use crate::protocol::{InitConfig, ReadyMessage};
 
-use super::syscalls::{Forked, fork, unshare};
-use coppice_init::envd::PreparedEnvd;
-
-use super::pid1;
-use crate::protocol::{InitConfig, NetworkSetup, ReadyMessage};
-
-/// Messages PID 1 sends to the outer process over their socket pair, one per line.
+/// Sent by the builder once it needs its id map written.
 pub(super) const MSG_NEED_ID_MAP: &str = "need-id-map";
-/// Sent to PID 1 unprompted once it sits in the sandbox's cgroups.
+/// Sent to the builder unprompted once it sits in the sandbox's cgroups.
 pub(super) const MSG_CGROUPS_JOINED: &str = "cgroups-joined";
 /// The outer process's answer once the maps are written.
 pub(super) const MSG_ID_MAP_DONE: &str = "id-map-done";
+/// Prefix of the builder's report of PID 1's host pid.
+pub(super) const MSG_PID: &str = "pid ";
 /// PID 1 is serving.
 pub(super) const MSG_READY: &str = "ready";
-/// Prefix of a failure report from PID 1.
+/// Prefix of a failure report from the builder or PID 1.
 pub(super) const MSG_ERROR: &str = "error ";
 
 /// Builds the sandbox; returns what to report on stdout.
@@ -38,97 +34,89 @@ pub(super) fn run(config: &InitConfig) -> ReadyMessage {
 fn build(config: &InitConfig) -> Result<i32, String> {
     // Detach from the daemon's session so its terminal signals never reach the sandbox.
     rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
-
-    let _ = fs::remove_file(&config.control_socket);
-    let listener = UnixListener::bind(&config.control_socket).map_err(|e| {
-        format!(
-            "cannot bind control socket {}: {e}",
-            config.control_socket.display()
-        )
-    })?;
-    fs::set_permissions(&config.control_socket, fs::Permissions::from_mode(0o600))
-        .map_err(|e| format!("cannot restrict control socket: {e}"))?;
-
-    // The mount namespace is unshared by PID 1 itself: its `pivot_root` moves the root of
-    // every process in its mount namespace, and this process must keep the host's `/proc` to
-    // write PID 1's id map.
-    // The cgroup namespace is unshared by PID 1 too, once it sits in its own cgroups, so that
-    // its view of cgroups starts at the sandbox's directory.
-    let mut flags = UnshareFlags::NEWPID | UnshareFlags::NEWUTS | UnshareFlags::NEWIPC;
-    match &config.network {
-        NetworkSetup::Loopback => flags |= UnshareFlags::NEWNET,
-        NetworkSetup::Join { path } => {
-            let namespace = fs::File::open(path)
-                .map_err(|e| format!("cannot open netns {}: {e}", path.display()))?;
-            move_into_link_name_space(namespace.as_fd(), Some(LinkNameSpaceType::Network))
-                .map_err(|e| format!("cannot join netns {}: {e}", path.display()))?;
-        }
-    }
-    unshare(flags).map_err(|e| format!("unshare: {e}"))?;
-
-    let envd = match &config.envd {
-        Some(launch) => Some(PreparedEnvd::prepare(
-            &launch.binary,
-            &launch.socket,
-            launch.args.clone(),
-        )?),
-        None => None,
-    };
-
-    let (outer_end, pid1_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let (outer_end, builder_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     match fork().map_err(|e| format!("fork: {e}"))? {
         Forked::Child => {
             drop(outer_end);
-            pid1::run(config, listener, envd, pid1_end)
+            builder::run(config, &builder_end)
         }
-        Forked::Parent(child) => {
-            drop(pid1_end);
-            drop(listener);
-            drop(envd);
-            let supervised = supervise_setup(config, child, outer_end);
+        Forked::Parent(builder) => {
+            drop(builder_end);
+            let mut pid1 = None;
+            let supervised = supervise_setup(config, builder, outer_end, &mut pid1);
             if supervised.is_err() {
-                // A half-built PID 1 must not outlive its report: once this process exits it
-                // would be adopted, as a zombie, by the daemon, which never learns its pid.
-                discard(child);
+                // A half-built sandbox must not outlive its report: once this process exits,
+                // its processes would be adopted by the daemon, which never learns their pids.
+                discard(builder);
+                if let Some(pid1) = pid1 {
+                    discard(pid1);
+                }
+            } else {
+                reap(builder);
             }
             supervised
         }
     }
 }
 
-/// Kills and reaps a PID 1 whose set-up failed.
-fn discard(child: i32) {
-    if let Some(pid) = rustix::process::Pid::from_raw(child) {
+/// Kills and reaps a process whose set-up failed (PID 1 is not this process's child; the kill
+/// is what matters for it).
+fn discard(pid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+    }
+    reap(pid);
+}
+
+fn reap(pid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pid) {
         let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
     }
 }
 
-/// Follows PID 1 through its set-up: writes its id map when asked, waits for "ready".
-fn supervise_setup(config: &InitConfig, child: i32, channel: UnixStream) -> Result<i32, String> {
+/// Follows the builder and PID 1 through their set-up: joins the cgroups, writes the id map
+/// when asked, learns PID 1's pid, waits for "ready".
+fn supervise_setup(
+    config: &InitConfig,
+    builder: i32,
+    channel: UnixStream,
+    pid1: &mut Option<i32>,
+) -> Result<i32, String> {
     let mut writer = channel
         .try_clone()
         .map_err(|e| format!("socketpair: {e}"))?;
     // Moving a task between cgroups waits for an RCU grace period on this kernel; doing it
-    // while PID 1 mounts overlaps the two. PID 1 runs no sandbox code before it reads this.
-    join_cgroups(config, child)?;
+    // while the builder mounts overlaps the two. The builder runs no sandbox code before it
+    // reads this, and everything it forks inherits the cgroups.
+    join_cgroups(config, builder)?;
     writer
         .write_all(format!("{MSG_CGROUPS_JOINED}\n").as_bytes())
         .map_err(|e| format!("socketpair: {e}"))?;
     let mut lines = BufReader::new(channel).lines();
+    // The builder's "pid" and PID 1's "ready" travel on one channel from two processes, in
+    // either order.
+    let mut ready = false;
     loop {
+        if let (true, Some(pid)) = (ready, *pid1) {
+            return Ok(pid);
+        }
         let line = match lines.next() {
             Some(Ok(line)) => line,
             Some(Err(error)) => return Err(format!("lost contact with sandbox init: {error}")),
             None => return Err("sandbox init exited during set-up".into()),
         };
         if line == MSG_NEED_ID_MAP {
-            write_id_maps(config, child)?;
+            write_id_maps(config, builder)?;
             writer
                 .write_all(format!("{MSG_ID_MAP_DONE}\n").as_bytes())
                 .map_err(|e| format!("socketpair: {e}"))?;
+        } else if let Some(pid) = line.strip_prefix(MSG_PID) {
+            let pid = pid
+                .parse()
+                .map_err(|_| format!("bad pid from sandbox init: {pid:?}"))?;
+            *pid1 = Some(pid);
         } else if line == MSG_READY {
-            return Ok(child);
+            ready = true;
         } else if let Some(error) = line.strip_prefix(MSG_ERROR) {
             return Err(error.to_owned());
         } else {
@@ -137,9 +125,9 @@ fn supervise_setup(config: &InitConfig, child: i32, channel: UnixStream) -> Resu
     }
 }
 
-/// Moves PID 1 into the sandbox's cgroups; everything it starts later inherits them.
-fn join_cgroups(config: &InitConfig, child: i32) -> Result<(), String> {
-    let pid = child.to_string();
+/// Moves the builder into the sandbox's cgroups; everything it starts later inherits them.
+fn join_cgroups(config: &InitConfig, builder: i32) -> Result<(), String> {
+    let pid = builder.to_string();
     for procs in &config.cgroup_procs {
         fs::write(procs, &pid)
             .map_err(|e| format!("cannot join cgroup {}: {e}", procs.display()))?;
@@ -149,11 +137,11 @@ fn join_cgroups(config: &InitConfig, child: i32) -> Result<(), String> {
 
 /// Maps sandbox ids `0..count` to host `base..base+count`. Written by this privileged process,
 /// so no `setgroups` restriction is needed.
-fn write_id_maps(config: &InitConfig, child: i32) -> Result<(), String> {
+fn write_id_maps(config: &InitConfig, builder: i32) -> Result<(), String> {
     let uid_map = format!("0 {} {}\n", config.host_uid_base, config.id_count);
     let gid_map = format!("0 {} {}\n", config.host_gid_base, config.id_count);
-    fs::write(format!("/proc/{child}/uid_map"), uid_map)
+    fs::write(format!("/proc/{builder}/uid_map"), uid_map)
         .map_err(|e| format!("cannot write uid_map: {e}"))?;
-    fs::write(format!("/proc/{child}/gid_map"), gid_map)
+    fs::write(format!("/proc/{builder}/gid_map"), gid_map)
         .map_err(|e| format!("cannot write gid_map: {e}"))
 }

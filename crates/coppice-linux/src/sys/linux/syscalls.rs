@@ -92,6 +92,39 @@ pub(super) fn dup_onto(source: &impl std::os::fd::AsFd, target: RawFd) -> io::Re
     Ok(())
 }
 
+/// Takes ownership of descriptor `fd`, inherited across `exec` under a number the previous
+/// image passed on the command line.
+///
+/// The caller must only pass a number that no handle in this process owns yet; the init does
+/// so once, at start, for the two numbers its previous image named.
+pub(super) fn adopt_inherited(fd: RawFd) -> OwnedFd {
+    // SAFETY: per the contract above, `fd` is an open descriptor this process owns and no
+    // other handle refers to.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// `execv(2)` of `program` with `args` after the program name; returns only on failure.
+pub(super) fn exec(program: &std::path::Path, args: &[String]) -> io::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(path) = CString::new(program.as_os_str().as_bytes()) else {
+        return io::Error::from(io::ErrorKind::InvalidInput);
+    };
+    let mut owned = vec![path.clone()];
+    for arg in args {
+        match CString::new(arg.as_bytes()) {
+            Ok(arg) => owned.push(arg),
+            Err(_) => return io::Error::from(io::ErrorKind::InvalidInput),
+        }
+    }
+    let mut argv: Vec<*const libc::c_char> = owned.iter().map(|arg| arg.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    // SAFETY: `path` and every `argv` entry are NUL-terminated strings kept alive by `owned`
+    // for the call, and `argv` ends with a null pointer as execv(2) requires.
+    unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+    io::Error::last_os_error()
+}
+
 /// Sets `SIGCHLD` to `SIG_IGN` (children are reaped by the kernel) or back to `SIG_DFL`.
 pub(super) fn set_sigchld_ignored(ignored: bool) -> io::Result<()> {
     let disposition = if ignored {

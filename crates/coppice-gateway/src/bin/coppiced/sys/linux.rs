@@ -48,6 +48,23 @@ fn bridge_network(config: &GatewayConfig) -> Result<BridgeNetwork, coppice_core:
     BridgeNetwork::start(bridge, Arc::new(RealNetnsSys))
 }
 
+/// The CRIU to use: the one asked for, else `criu` on the `PATH`, else the one the test
+/// command installs.
+fn find_criu(asked: Option<&Path>) -> Option<std::path::PathBuf> {
+    if let Some(asked) = asked {
+        return Some(asked.to_owned());
+    }
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>())
+        .map(|dir| dir.join("criu"));
+    on_path
+        .chain(std::iter::once(std::path::PathBuf::from(
+            "/usr/local/sbin/criu",
+        )))
+        .find(|candidate| candidate.is_file())
+}
+
 fn private_dir(path: &Path) -> anyhow::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -72,12 +89,20 @@ pub(crate) fn backends(config: &GatewayConfig) -> anyhow::Result<Backends> {
     let mut runtime_config = NamespaceRuntimeConfig::new(config.run_dir(), init_command()?);
     runtime_config.id_map = id_map;
     runtime_config.envd = Some(envd_settings()?);
+    runtime_config.criu = find_criu(config.criu.as_deref());
+    match &runtime_config.criu {
+        Some(criu) => {
+            tracing::info!(criu = %criu.display(), "durable pause available");
+        }
+        None => tracing::warn!("no CRIU found: paused sandboxes stay in memory (see --criu)"),
+    }
     let runtime =
         NamespaceRuntime::new(runtime_config).context("starting the namespace runtime")?;
+    let sandbox_ids = coppice_core::runtime::Runtime::id_map(&runtime);
     let (net, network) = super::choose_network(
         config.network.mode,
         || Ok(Arc::new(bridge_network(config)?)),
-        || Arc::new(LoopbackOnly::pooled(NETNS_POOL_SIZE)),
+        || Arc::new(LoopbackOnly::pooled(NETNS_POOL_SIZE, sandbox_ids)),
         "install iproute2, nftables and conntrack",
     )?;
     tracing::info!(

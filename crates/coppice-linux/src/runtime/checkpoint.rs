@@ -1,0 +1,158 @@
+//! Durable pause of a namespace sandbox: `checkpoint` dumps its process tree with CRIU into
+//! the run dir's `checkpoint/` and ends it; `restore` brings the tree back through the init's
+//! restore helper. The filesystem (the overlay's upper layer) stays where it is throughout.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use coppice_core::SandboxId;
+use coppice_core::runtime::{RuntimeError, SandboxEndpoints};
+use coppice_init::records::read_json;
+
+use super::{INIT_CONFIG, NamespaceRuntime, STATE, backend};
+use crate::checkpoint::{DUMP_LOG, check, dump_args, external_mounts, log_errors};
+use crate::error::LinuxError;
+use crate::protocol::{InitConfig, ReadyMessage};
+use crate::sys::NsSys;
+
+/// The checkpoint's directory in the run dir.
+const CHECKPOINT_DIR: &str = "checkpoint";
+/// Written into the checkpoint's directory once CRIU finished it: a dump cut short (by a
+/// crash of the daemon, say) is never restored.
+const COMPLETE: &str = "complete";
+
+impl<S: NsSys> NamespaceRuntime<S> {
+    fn images(&self, id: &SandboxId) -> PathBuf {
+        self.sandbox_dir(id).join(CHECKPOINT_DIR)
+    }
+
+    fn criu(&self) -> Result<&Path, RuntimeError> {
+        self.config
+            .criu
+            .as_deref()
+            .ok_or(RuntimeError::Unsupported {
+                what: "pausing durably with memory without CRIU",
+            })
+    }
+
+    pub(super) fn checkpoint_impl(&self, id: &SandboxId) -> Result<(), RuntimeError> {
+        let criu = self.criu()?;
+        let dir = self.sandbox_dir(id);
+        let state = match self.read_state(id) {
+            Ok(Some(state)) if self.init_alive(&state).unwrap_or(false) => state,
+            Ok(_) => return Err(RuntimeError::NotFound { id: id.clone() }),
+            Err(error) => return Err(backend("checkpoint", id, error)),
+        };
+        let dump = || -> Result<(), LinuxError> {
+            let config: InitConfig =
+                read_json(&dir.join(INIT_CONFIG))?.ok_or_else(|| LinuxError::InitFailed {
+                    message: "the sandbox has no init config".into(),
+                })?;
+            check(&config)?;
+            let images = self.images(id);
+            remove_all(&images)?;
+            fs::create_dir(&images).map_err(|source| run_dir("create", &images, source))?;
+            // CRIU stops the tree itself; a frozen tree (an in-memory pause) runs again first,
+            // so that it can notice connections the daemon closed.
+            let cgroups = self.cgroups(id)?;
+            let was_frozen = cgroups.is_frozen()?;
+            cgroups.set_frozen(false)?;
+            let args = dump_args(state.pid, &images, &external_mounts(&config));
+            if let Err(error) = self.sys.run_criu(criu, &args) {
+                let message = format!("{error}: {}", log_errors(&images.join(DUMP_LOG)));
+                // CRIU let the tree go on; it goes back to the state it was found in.
+                if was_frozen {
+                    cgroups.set_frozen_and_wait(true, super::FREEZE_TIMEOUT)?;
+                }
+                return Err(LinuxError::Checkpoint {
+                    op: "dump",
+                    message,
+                });
+            }
+            // CRIU ended the tree once its images were written.
+            let _ = self.sys.wait_exit(state.pid, self.config.stop_timeout);
+            self.sys.reap(state.pid);
+            fs::write(images.join(COMPLETE), b"")
+                .map_err(|source| run_dir("write", &images, source))?;
+            remove_file(&dir.join(STATE))
+        };
+        dump().map_err(|error| match error {
+            LinuxError::NotCheckpointable(reason) => RuntimeError::Invalid {
+                what: "durable pause",
+                reason: reason.to_string(),
+            },
+            error => backend("checkpoint", id, error),
+        })
+    }
+
+    pub(super) fn has_checkpoint_impl(&self, id: &SandboxId) -> bool {
+        self.images(id).join(COMPLETE).is_file()
+    }
+
+    pub(super) fn restore_impl(&self, id: &SandboxId) -> Result<SandboxEndpoints, RuntimeError> {
+        let criu = self.criu()?;
+        if !self.has_checkpoint_impl(id) {
+            return Err(RuntimeError::NotFound { id: id.clone() });
+        }
+        let dir = self.sandbox_dir(id);
+        let images = self.images(id);
+        let restore = || -> Result<(), LinuxError> {
+            let cgroups = self.cgroups(id)?;
+            // Restored processes join these; a freezer left frozen would stop them at once.
+            cgroups.set_frozen(false)?;
+            let ready = self
+                .sys
+                .restore_init(
+                    &self.config.init,
+                    &dir.join(INIT_CONFIG),
+                    &images,
+                    criu,
+                    self.config.start_timeout,
+                )
+                .map_err(|source| LinuxError::SpawnInit {
+                    binary: self.config.init.program.clone(),
+                    source,
+                })?;
+            let pid = match ready {
+                Some(ReadyMessage::Ready { pid }) => pid,
+                Some(ReadyMessage::Failed { error }) => {
+                    return Err(LinuxError::Checkpoint {
+                        op: "restore",
+                        message: error,
+                    });
+                }
+                None => return Err(LinuxError::InitTimeout),
+            };
+            self.record_init(&dir, pid)?;
+            // The tree runs on and diverges: its checkpoint must never be restored again.
+            remove_all(&images)
+        };
+        restore().map_err(|error| backend("restore", id, error))?;
+        Ok(self.endpoints(id))
+    }
+}
+
+fn run_dir(op: &'static str, path: &Path, source: io::Error) -> LinuxError {
+    LinuxError::RunDir {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+fn remove_all(path: &Path) -> Result<(), LinuxError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(run_dir("remove", path, source)),
+    }
+}
+
+fn remove_file(path: &Path) -> Result<(), LinuxError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(run_dir("remove", path, source)),
+    }
+}
