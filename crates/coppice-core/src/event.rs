@@ -88,6 +88,8 @@ pub enum Reason {
     Restart,
     /// The sandbox stayed paused long enough to be written to disk.
     Idle,
+    /// The host's memory ran short.
+    MemoryShort,
 }
 
 impl Reason {
@@ -100,6 +102,7 @@ impl Reason {
             Self::Error => "error",
             Self::Restart => "restart",
             Self::Idle => "idle",
+            Self::MemoryShort => "memory_short",
         }
     }
 
@@ -110,6 +113,7 @@ impl Reason {
             "timeout" => Self::Timeout,
             "oom" => Self::Oom,
             "idle" => Self::Idle,
+            "memory_short" => Self::MemoryShort,
             "error" => Self::Error,
             "restart" => Self::Restart,
             _ => return None,

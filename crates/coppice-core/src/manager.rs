@@ -71,6 +71,9 @@ pub struct ManagerConfig {
     /// How long a sandbox stays paused in memory before its processes are written to disk
     /// (a durable pause, which frees its memory); `None` keeps them in memory.
     pub durable_pause_after: Option<Duration>,
+    /// Below this share of the host's memory available (in percent), every sandbox paused in
+    /// memory is written to disk at once; 0 never does.
+    pub durable_pause_memory_low: u8,
 }
 
 impl Default for ManagerConfig {
@@ -79,6 +82,7 @@ impl Default for ManagerConfig {
             limits: Limits::default(),
             monitor_interval: Duration::from_secs(1),
             durable_pause_after: Some(Duration::from_secs(600)),
+            durable_pause_memory_low: 10,
         }
     }
 }

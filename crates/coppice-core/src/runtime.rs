@@ -168,6 +168,12 @@ pub trait Runtime: Send + Sync + 'static {
         false
     }
 
+    /// The host's memory as the runtime sees it, for writing paused sandboxes to disk when it
+    /// runs short; `None` where it cannot tell.
+    fn host_memory(&self) -> Option<HostMemory> {
+        None
+    }
+
     /// Resumes a checkpointed sandbox's processes where they were, consuming the checkpoint.
     /// A failure keeps the checkpoint (and the filesystem), so nothing is lost.
     ///
@@ -217,6 +223,22 @@ pub struct RuntimeSandbox {
     pub id: SandboxId,
     /// Whether its init is alive (it can be re-adopted) or only leftovers remain.
     pub alive: bool,
+}
+
+/// How much memory the host has, and how much of it could be used without swapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostMemory {
+    /// All of it.
+    pub total_bytes: u64,
+    /// What is available for new work (Linux: `MemAvailable`).
+    pub available_bytes: u64,
+}
+
+impl HostMemory {
+    /// Whether less than `percent` of the memory is available.
+    pub fn below(&self, percent: u8) -> bool {
+        u128::from(self.available_bytes) * 100 < u128::from(self.total_bytes) * u128::from(percent)
+    }
 }
 
 /// A runtime failure, classified by kind; the backend's detail travels as the source.

@@ -92,6 +92,7 @@ pub struct FakeRuntime {
     volumes: Mutex<BTreeMap<SandboxId, Vec<BindMount>>>,
     checkpoints: Mutex<BTreeSet<SandboxId>>,
     refuse_checkpoints: std::sync::atomic::AtomicBool,
+    host_memory: Mutex<Option<crate::runtime::HostMemory>>,
 }
 
 impl FakeRuntime {
@@ -131,6 +132,11 @@ impl FakeRuntime {
     /// Pretends the OOM killer struck `count` more times.
     pub fn add_oom_kills(&self, id: &SandboxId, count: u64) {
         *lock(&self.oom_kills).entry(id.clone()).or_insert(0) += count;
+    }
+
+    /// Sets what `host_memory` answers.
+    pub fn set_host_memory(&self, memory: Option<crate::runtime::HostMemory>) {
+        *lock(&self.host_memory) = memory;
     }
 
     /// Makes every `checkpoint` refuse as `Unsupported` (a runtime without CRIU).
@@ -275,6 +281,10 @@ impl Runtime for FakeRuntime {
 
     fn has_checkpoint(&self, id: &SandboxId) -> bool {
         lock(&self.checkpoints).contains(id)
+    }
+
+    fn host_memory(&self) -> Option<crate::runtime::HostMemory> {
+        *lock(&self.host_memory)
     }
 
     fn restore(&self, id: &SandboxId) -> Result<SandboxEndpoints, RuntimeError> {

@@ -62,6 +62,11 @@ pub struct Cli {
     /// freed (0: never).
     #[arg(long, env = "COPPICE_DURABLE_PAUSE_AFTER", default_value_t = 600)]
     pub durable_pause_after: u64,
+    /// Below this share of the host's memory available (percent), every sandbox paused in
+    /// memory is written to disk at once (0: never).
+    #[arg(long, env = "COPPICE_DURABLE_PAUSE_MEMORY_LOW", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub durable_pause_memory_low: u8,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     #[arg(long, env = "COPPICE_LOG")]
     pub log_filter: Option<String>,
@@ -91,6 +96,8 @@ pub struct GatewayConfig {
     pub criu: Option<PathBuf>,
     /// How long a memory pause lasts before it is written to disk; `None`: never.
     pub durable_pause_after: Option<std::time::Duration>,
+    /// Below this percentage of host memory available, memory pauses go to disk at once.
+    pub durable_pause_memory_low: u8,
 }
 
 /// Which network backend connects sandboxes.
@@ -168,6 +175,7 @@ impl GatewayConfig {
             criu: cli.criu.clone(),
             durable_pause_after: (cli.durable_pause_after > 0)
                 .then(|| std::time::Duration::from_secs(cli.durable_pause_after)),
+            durable_pause_memory_low: cli.durable_pause_memory_low,
         })
     }
 

@@ -34,6 +34,7 @@ pub mod cgroup;
 pub mod checkpoint;
 pub mod config;
 mod error;
+pub mod meminfo;
 pub mod mount_plan;
 pub mod protocol;
 pub mod runtime;

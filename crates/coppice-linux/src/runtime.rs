@@ -550,6 +550,11 @@ impl<S: NsSys> Runtime for NamespaceRuntime<S> {
         self.has_checkpoint_impl(id)
     }
 
+    fn host_memory(&self) -> Option<coppice_core::runtime::HostMemory> {
+        let text = fs::read_to_string(crate::meminfo::MEMINFO).ok()?;
+        crate::meminfo::parse(&text)
+    }
+
     fn restore(&self, id: &SandboxId) -> Result<SandboxEndpoints, RuntimeError> {
         self.restore_impl(id)
     }

@@ -670,3 +670,55 @@ fn reaches_source(path: &Path, address: Ipv4Addr) -> bool {
     .join()
     .unwrap()
 }
+
+#[test]
+#[ignore = "privileged: creates user and network namespaces"]
+fn test_loopback_pool_keeps_making_namespaces_inside_user_namespaces_with_the_sandbox_map() {
+    coppice_core::require_privileged!();
+    let map = coppice_core::volume::IdMap {
+        uid_base: 200_000,
+        gid_base: 200_000,
+        count: 65_536,
+    };
+    let policy = coppice_net::LoopbackOnly::pooled(2, map);
+    // More sandboxes than the pool holds: its refill must go on (a helper that never ended
+    // would stop it after the first).
+    for round in 0..6 {
+        let id: SandboxId = format!("pool{round}").parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (net, user) = loop {
+            match policy.attach(&id, &NetworkSpec::default()).unwrap() {
+                NetAttachment::Namespace {
+                    path,
+                    user: Some(user),
+                    ..
+                } => break (path, user),
+                other => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "round {round}: the pool ran dry: {other:?}"
+                    );
+                    policy.detach(&id).unwrap();
+                    thread::sleep(Duration::from_millis(10));
+                }
+            }
+        };
+        let inside = Command::new("nsenter")
+            .arg(format!("--user={}", user.display()))
+            .arg(format!("--net={}", net.display()))
+            .args(["sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; ip -o link"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&inside.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(inside.status.success(), "{inside:?}");
+        for map_line in &lines[..2] {
+            let fields: Vec<&str> = map_line.split_whitespace().collect();
+            assert_eq!(fields, ["0", "200000", "65536"], "round {round}: {text}");
+        }
+        // A fresh namespace: loopback only.
+        assert_eq!(lines.len(), 3, "round {round}: {text}");
+        assert!(lines[2].contains(": lo:"), "round {round}: {text}");
+        policy.detach(&id).unwrap();
+    }
+}

@@ -1,5 +1,6 @@
-//! Durable pause: a sandbox paused in memory for longer than `durable_pause_after` has its
-//! processes written to disk by the runtime (a checkpoint) and ended, freeing its memory; it
+//! Durable pause: a sandbox paused in memory for longer than `durable_pause_after` (or at all,
+//! while the host's memory runs short) has its processes written to disk by the runtime (a
+//! checkpoint) and ended, freeing its memory; it
 //! is then recorded as [`PauseMode::Durable`] and survives daemon and host restarts. Resume
 //! restores the processes where they were.
 
@@ -114,10 +115,28 @@ impl SandboxManager {
         })?
     }
 
+    /// Whether the host's memory runs short by `durable_pause_memory_low`.
+    fn memory_runs_short(&self) -> bool {
+        let low = self.inner.config.durable_pause_memory_low;
+        low > 0
+            && self
+                .inner
+                .backends
+                .runtime
+                .host_memory()
+                .is_some_and(|memory| memory.below(low))
+    }
+
     /// The monitor's part: writes to disk every sandbox paused in memory for longer than
-    /// `durable_pause_after`.
+    /// `durable_pause_after`, or every one of them while the host's memory runs short.
     pub(super) async fn make_idle_pauses_durable(&self) {
-        let Some(after) = self.inner.config.durable_pause_after else {
+        let short = self.memory_runs_short();
+        let after = if short {
+            Some(std::time::Duration::ZERO)
+        } else {
+            self.inner.config.durable_pause_after
+        };
+        let Some(after) = after else {
             return;
         };
         let now = self.inner.clock.now();
@@ -149,7 +168,12 @@ impl SandboxManager {
                 .collect()
         };
         for id in due {
-            match self.make_durable(&id, Reason::Idle).await {
+            let reason = if short {
+                Reason::MemoryShort
+            } else {
+                Reason::Idle
+            };
+            match self.make_durable(&id, reason).await {
                 Ok(_) | Err(ManagerError::SandboxNotFound { .. }) => {}
                 Err(error) => {
                     let watch = Watch::after(&error, now);

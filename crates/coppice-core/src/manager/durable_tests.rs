@@ -166,3 +166,29 @@ async fn test_resume_without_memory_boots_a_durable_pause_on_its_files() {
     assert!(!harness.runtime.has_checkpoint(&sandbox.id));
     assert!(harness.storage.holds(&sandbox.id));
 }
+
+#[tokio::test]
+async fn test_every_memory_pause_goes_to_disk_while_host_memory_runs_short() {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+    let sandbox = manager.create(spec()).await.unwrap();
+    manager.pause(&sandbox.id, PauseMode::Memory).await.unwrap();
+    let memory = |available_bytes| crate::runtime::HostMemory {
+        total_bytes: 1000,
+        available_bytes,
+    };
+
+    harness.runtime.set_host_memory(Some(memory(100)));
+    manager.monitor_once().await;
+    assert_eq!(
+        mode_of(&manager, &sandbox.id),
+        (SandboxState::Paused, Some(PauseMode::Memory)),
+        "10% available is not below 10%"
+    );
+
+    harness.runtime.set_host_memory(Some(memory(99)));
+    manager.monitor_once().await;
+    assert_eq!(mode_of(&manager, &sandbox.id), DURABLE);
+    let events = manager.events(&sandbox.id).await.unwrap();
+    assert_eq!(events.last().unwrap().reason, Reason::MemoryShort);
+}

@@ -97,6 +97,24 @@ fn fork_namespace_helper(writes: &OwnedFd, reads: &OwnedFd) -> io::Result<i32> {
 
 /// The helper's whole life (async-signal-safe calls only).
 fn helper_child(writes: i32, reads: i32) -> ! {
+    // Every other descriptor of the daemon goes first: the pipes' other ends (or the read
+    // below would never see end of file), and the daemon's listeners and files, which must
+    // not outlive a daemon that dies meanwhile.
+    let (low, high) = (writes.min(reads), writes.max(reads));
+    for (first, last) in [(3, low - 1), (low + 1, high - 1), (high + 1, i32::MAX)] {
+        if first <= last {
+            // SAFETY: close_range(2) on descriptor numbers this child holds no Rust handle
+            // to (the handles it inherited are never used or dropped in the child).
+            unsafe {
+                libc::syscall(
+                    libc::SYS_close_range,
+                    first.unsigned_abs(),
+                    last.unsigned_abs(),
+                    0u32,
+                )
+            };
+        }
+    }
     // SAFETY: unshare(2) on the calling, single-threaded child; no Rust state depends on its
     // namespaces.
     let unshared = unsafe { libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNET) };

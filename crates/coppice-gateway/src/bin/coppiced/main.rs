@@ -71,6 +71,7 @@ async fn run(config: GatewayConfig, api_key: Option<String>) -> anyhow::Result<(
     let manager = SandboxManager::start(
         ManagerConfig {
             durable_pause_after: config.durable_pause_after,
+            durable_pause_memory_low: config.durable_pause_memory_low,
             ..ManagerConfig::default()
         },
         backends,
