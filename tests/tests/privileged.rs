@@ -116,6 +116,21 @@ async fn test_memory_hog_oom_kill_is_recorded_with_reason_oom() {
     kill_all(&env.manager).await;
 }
 
+/// The host's resources once the warm network pool has refilled (each pooled namespace
+/// holds descriptors, and the pool refills in the background after a run of creates).
+async fn settled(env: &ManagerEnv) -> HostResources {
+    let mut last = HostResources::count(&env.paths.cgroup_groups());
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = HostResources::count(&env.paths.cgroup_groups());
+        if now.open_fds == last.open_fds {
+            return now;
+        }
+        last = now;
+    }
+    last
+}
+
 #[tokio::test(flavor = "multi_thread")]
 #[ignore = "privileged: creates 1000 sandboxes in sequence"]
 async fn test_thousand_cycles_leave_no_resource_behind() {
@@ -128,7 +143,7 @@ async fn test_thousand_cycles_leave_no_resource_behind() {
         .await
         .unwrap();
     env.manager.kill(&warm.id).await.unwrap();
-    let before = HostResources::count(&env.paths.cgroup_groups());
+    let before = settled(&env).await;
 
     for _ in 0..1000 {
         let sandbox = env.manager.create(base()).await.unwrap();
@@ -141,7 +156,7 @@ async fn test_thousand_cycles_leave_no_resource_behind() {
         env.manager.kill(&sandbox.id).await.unwrap();
     }
 
-    let after = HostResources::count(&env.paths.cgroup_groups());
+    let after = settled(&env).await;
     assert_eq!(after.mounts, before.mounts, "mounts");
     assert_eq!(after.cgroups, 0, "cgroups");
     assert_eq!(after.loop_devices, before.loop_devices, "loop devices");

@@ -1,6 +1,7 @@
 //! The lifecycle correctness suite: a seeded random sequence of operations (create, exec,
-//! write, pause with and without memory, resume, snapshot + fork, kill, and SIGKILL + restart
-//! of the daemon) against a real `coppiced`, checking after every step that each live
+//! write, pause with and without memory, durable pause, resume, snapshot + fork, kill, and
+//! SIGKILL + restart of the daemon) against a real `coppiced` whose memory pauses go to disk
+//! after two seconds (CRIU, loopback-only sandboxes), checking after every step that each live
 //! sandbox's files, counter and background process are exactly as a model of them says, and
 //! that the daemon lists exactly the sandboxes the model holds. It prints its seed; rerun one
 //! with `COPPICE_SUITE_SEED=<seed>` (and `COPPICE_SUITE_OPS=<n>`, 300 by default).
@@ -16,7 +17,7 @@ use std::fmt::Write as _;
 use std::path::Path;
 
 use coppice_gateway::client::{Client, ClientError, Created, Output};
-use daemon::{API_KEY, Daemon, free_port, kill_all_sandboxes, start, wait_healthy};
+use daemon::{API_KEY, Daemon, free_port, kill_all_sandboxes, start, start_with, wait_healthy};
 
 /// Most sandboxes alive at once (forks included).
 const MAX_LIVE: usize = 6;
@@ -173,6 +174,16 @@ impl Suite {
 
     async fn pause(&mut self, id: &str, memory: bool) {
         self.client.pause(id, memory).await.unwrap();
+        self.paused_again(id, memory).await;
+    }
+
+    /// A pause written to disk at once keeps what a memory pause keeps.
+    async fn pause_durably(&mut self, id: &str) {
+        self.client.pause_durably(id).await.unwrap();
+        self.paused_again(id, true).await;
+    }
+
+    async fn paused_again(&mut self, id: &str, memory: bool) {
         self.model.get_mut(id).unwrap().state = State::Paused { memory };
         // Pausing again is a conflict and changes nothing.
         match self.client.pause(id, memory).await {
@@ -283,10 +294,32 @@ fn seed() -> u64 {
         })
 }
 
+/// The suite's daemon: loopback-only sandboxes (which can be written to disk), and memory
+/// pauses written to disk after two seconds, with the CRIU the test command installs.
+fn start_suite_daemon(dir: &Path, port: u16) -> Daemon {
+    let criu = std::env::var("COPPICE_CRIU").unwrap_or_else(|_| "/usr/local/sbin/criu".into());
+    assert!(
+        Path::new(&criu).is_file(),
+        "{criu} is missing: scripts/test.sh installs CRIU"
+    );
+    start_with(
+        dir,
+        port,
+        &[
+            "--network",
+            "loopback",
+            "--durable-pause-after",
+            "2",
+            "--criu",
+            &criu,
+        ],
+    )
+}
+
 fn restart(daemon: &mut Daemon, dir: &Path, port: u16) {
     daemon.0.kill().unwrap();
     daemon.0.wait().unwrap();
-    *daemon = start(dir, port);
+    *daemon = start_suite_daemon(dir, port);
     wait_healthy(port);
 }
 
@@ -302,7 +335,7 @@ async fn test_lifecycle_suite_random_operations_keep_every_sandbox_exact() {
     println!("lifecycle suite: seed {seed}, {operations} operations (COPPICE_SUITE_SEED={seed})");
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut daemon = start(dir.path(), port);
+    let mut daemon = start_suite_daemon(dir.path(), port);
     wait_healthy(port);
     let url = format!("http://127.0.0.1:{port}");
     let mut suite = Suite {
@@ -322,8 +355,9 @@ async fn test_lifecycle_suite_random_operations_keep_every_sandbox_exact() {
             0..=9 if live < MAX_LIVE => "create",
             0..=29 if !running.is_empty() => "exec",
             30..=49 if !running.is_empty() => "write",
-            50..=57 if !running.is_empty() => "pause-memory",
-            58..=62 if !running.is_empty() => "pause-filesystem",
+            50..=55 if !running.is_empty() => "pause-memory",
+            56..=58 if !running.is_empty() => "pause-durable",
+            59..=62 if !running.is_empty() => "pause-filesystem",
             63..=77 if !paused.is_empty() => "resume",
             78..=84 if live < MAX_LIVE - 1 => "fork",
             85..=92 => "kill",
@@ -331,7 +365,9 @@ async fn test_lifecycle_suite_random_operations_keep_every_sandbox_exact() {
             _ => "check",
         };
         let target = match op {
-            "exec" | "write" | "pause-memory" | "pause-filesystem" => suite.pick(&running),
+            "exec" | "write" | "pause-memory" | "pause-durable" | "pause-filesystem" => {
+                suite.pick(&running)
+            }
             "resume" => suite.pick(&paused),
             "fork" | "kill" => {
                 let all: Vec<String> = suite.model.keys().cloned().collect();
@@ -349,6 +385,7 @@ async fn test_lifecycle_suite_random_operations_keep_every_sandbox_exact() {
             ("exec", Some(id)) => suite.exec(id).await,
             ("write", Some(id)) => suite.write(id).await,
             ("pause-memory", Some(id)) => suite.pause(id, true).await,
+            ("pause-durable", Some(id)) => suite.pause_durably(id).await,
             ("pause-filesystem", Some(id)) => suite.pause(id, false).await,
             ("resume", Some(id)) => suite.resume(id).await,
             ("fork", Some(id)) => suite.fork(id).await,

@@ -106,11 +106,18 @@ fn common(images: &Path, log: &str) -> Vec<OsString> {
     args
 }
 
-/// `criu dump` of the tree whose root is `pid1` into `images`; CRIU kills the tree once it
-/// is written.
-pub fn dump_args(pid1: i32, images: &Path, externals: &[ExternalMount]) -> Vec<OsString> {
+/// `criu dump` of the tree whose root is `pid1` into `images`; CRIU runs `action_script` once
+/// the images are written (see [`post_dump_script`]) and then kills the tree.
+pub fn dump_args(
+    pid1: i32,
+    images: &Path,
+    action_script: &Path,
+    externals: &[ExternalMount],
+) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["dump".into(), "--tree".into(), pid1.to_string().into()];
     args.extend(common(images, DUMP_LOG));
+    args.push("--action-script".into());
+    args.push(action_script.into());
     // The hosts have nftables but no iptables tools.
     args.push("--network-lock".into());
     args.push("nftables".into());
@@ -149,6 +156,14 @@ pub fn restore_args(
         args.push(spec);
     }
     args
+}
+
+/// The action script that marks a dump complete by creating `marker` once CRIU has written
+/// every image (its `post-dump` stage), before it ends the tree. CRIU does it, not the
+/// daemon, so a daemon that dies during a dump still leaves a checkpoint it can trust.
+pub fn post_dump_script(marker: &Path) -> String {
+    let quoted = marker.to_string_lossy().replace('\'', "'\\''");
+    format!("#!/bin/sh\nif [ \"$CRTOOLS_SCRIPT_ACTION\" = post-dump ]; then : > '{quoted}'; fi\n")
 }
 
 /// The last error lines of a CRIU log, for a report that says why.
@@ -252,7 +267,12 @@ mod tests {
             inside: "/usr".into(),
             source: "/host/usr".into(),
         }];
-        let dump = dump_args(42, Path::new("/img"), &externals);
+        let dump = dump_args(
+            42,
+            Path::new("/img"),
+            Path::new("/img/post-dump"),
+            &externals,
+        );
         assert_eq!(dump[..3], ["dump", "--tree", "42"]);
         assert!(
             dump.windows(2)
@@ -261,6 +281,10 @@ mod tests {
         assert!(
             dump.windows(2)
                 .any(|w| w[0] == "--network-lock" && w[1] == "nftables")
+        );
+        assert!(
+            dump.windows(2)
+                .any(|w| w[0] == "--action-script" && w[1] == "/img/post-dump")
         );
 
         let restore = restore_args(
@@ -282,6 +306,25 @@ mod tests {
         );
         assert!(restore.contains(&OsString::from("--restore-detached")));
         assert!(restore.contains(&OsString::from("--manage-cgroups=ignore")));
+    }
+
+    #[test]
+    fn test_post_dump_script_marks_only_the_post_dump_stage_and_quotes_the_path() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = dir.path().join("it's complete");
+        let script = dir.path().join("post-dump");
+        std::fs::write(&script, post_dump_script(&marker)).expect("write");
+        let run = |stage: &str| {
+            std::process::Command::new("sh")
+                .arg(&script)
+                .env("CRTOOLS_SCRIPT_ACTION", stage)
+                .status()
+                .expect("sh")
+        };
+        assert!(run("pre-dump").success());
+        assert!(!marker.exists());
+        assert!(run("post-dump").success());
+        assert!(marker.is_file());
     }
 
     #[test]

@@ -706,7 +706,11 @@ fn test_loopback_pool_keeps_making_namespaces_inside_user_namespaces_with_the_sa
         let inside = Command::new("nsenter")
             .arg(format!("--user={}", user.display()))
             .arg(format!("--net={}", net.display()))
-            .args(["sh", "-c", "cat /proc/self/uid_map /proc/self/gid_map; ip -o link"])
+            .args([
+                "sh",
+                "-c",
+                "cat /proc/self/uid_map /proc/self/gid_map; ip -o link",
+            ])
             .output()
             .unwrap();
         let text = String::from_utf8_lossy(&inside.stdout);

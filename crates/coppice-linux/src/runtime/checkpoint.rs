@@ -4,6 +4,7 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use coppice_core::SandboxId;
@@ -11,16 +12,24 @@ use coppice_core::runtime::{RuntimeError, SandboxEndpoints};
 use coppice_init::records::read_json;
 
 use super::{INIT_CONFIG, NamespaceRuntime, STATE, backend};
-use crate::checkpoint::{DUMP_LOG, check, dump_args, external_mounts, log_errors};
+use crate::checkpoint::{
+    DUMP_LOG, check, dump_args, external_mounts, log_errors, post_dump_script,
+};
 use crate::error::LinuxError;
 use crate::protocol::{InitConfig, ReadyMessage};
 use crate::sys::NsSys;
 
 /// The checkpoint's directory in the run dir.
 const CHECKPOINT_DIR: &str = "checkpoint";
-/// Written into the checkpoint's directory once CRIU finished it: a dump cut short (by a
-/// crash of the daemon, say) is never restored.
+/// Written into the checkpoint's directory by CRIU's post-dump action once every image is
+/// written: a dump cut short is never restored, and one the daemon did not see finish (it
+/// died meanwhile) still is.
 const COMPLETE: &str = "complete";
+/// What `complete` becomes while a restore runs: a restore the daemon did not see finish
+/// leaves no checkpoint that a second restore could bring back beside the first.
+const RESTORING: &str = "restoring";
+/// The action script in the checkpoint's directory.
+const POST_DUMP: &str = "post-dump.sh";
 
 impl<S: NsSys> NamespaceRuntime<S> {
     fn images(&self, id: &SandboxId) -> PathBuf {
@@ -58,8 +67,14 @@ impl<S: NsSys> NamespaceRuntime<S> {
             let cgroups = self.cgroups(id)?;
             let was_frozen = cgroups.is_frozen()?;
             cgroups.set_frozen(false)?;
-            let args = dump_args(state.pid, &images, &external_mounts(&config));
+            let script = images.join(POST_DUMP);
+            fs::write(&script, post_dump_script(&images.join(COMPLETE)))
+                .and_then(|()| fs::set_permissions(&script, fs::Permissions::from_mode(0o700)))
+                .map_err(|source| run_dir("write", &script, source))?;
+            let args = dump_args(state.pid, &images, &script, &external_mounts(&config));
             if let Err(error) = self.sys.run_criu(criu, &args) {
+                // A failure after the post-dump stage leaves the tree running: no checkpoint.
+                remove_file(&images.join(COMPLETE))?;
                 let message = format!("{error}: {}", log_errors(&images.join(DUMP_LOG)));
                 // CRIU let the tree go on; it goes back to the state it was found in.
                 if was_frozen {
@@ -73,8 +88,10 @@ impl<S: NsSys> NamespaceRuntime<S> {
             // CRIU ended the tree once its images were written.
             let _ = self.sys.wait_exit(state.pid, self.config.stop_timeout);
             self.sys.reap(state.pid);
-            fs::write(images.join(COMPLETE), b"")
-                .map_err(|source| run_dir("write", &images, source))?;
+            if !images.join(COMPLETE).is_file() {
+                fs::write(images.join(COMPLETE), b"")
+                    .map_err(|source| run_dir("write", &images, source))?;
+            }
             remove_file(&dir.join(STATE))
         };
         dump().map_err(|error| match error {
@@ -97,6 +114,9 @@ impl<S: NsSys> NamespaceRuntime<S> {
         }
         let dir = self.sandbox_dir(id);
         let images = self.images(id);
+        let (complete, restoring) = (images.join(COMPLETE), images.join(RESTORING));
+        fs::rename(&complete, &restoring)
+            .map_err(|source| backend("restore", id, run_dir("mark", &complete, source)))?;
         let restore = || -> Result<(), LinuxError> {
             let cgroups = self.cgroups(id)?;
             // Restored processes join these; a freezer left frozen would stop them at once.
@@ -128,7 +148,13 @@ impl<S: NsSys> NamespaceRuntime<S> {
             // The tree runs on and diverges: its checkpoint must never be restored again.
             remove_all(&images)
         };
-        restore().map_err(|error| backend("restore", id, error))?;
+        if let Err(error) = restore() {
+            // Nothing runs: the checkpoint is still good.
+            if let Err(unmark) = fs::rename(&restoring, &complete) {
+                tracing::warn!(sandbox_id = %id, error = %unmark, "cannot mark a checkpoint restorable again");
+            }
+            return Err(backend("restore", id, error));
+        }
         Ok(self.endpoints(id))
     }
 }
