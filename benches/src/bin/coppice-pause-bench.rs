@@ -227,7 +227,12 @@ mod linux {
                 "nftables",
             ])?;
             dumps.push(began.elapsed());
-            let _ = child.try_wait();
+            // CRIU ended the process; it is this process's child (the first) or, this process
+            // being a subreaper, its adoptee: reaped, so a restore can take its pid again.
+            if let Some(dumped) = pid.parse().ok().and_then(rustix::process::Pid::from_raw) {
+                let _ =
+                    rustix::process::waitpid(Some(dumped), rustix::process::WaitOptions::empty());
+            }
             let began = Instant::now();
             criu_run(&[
                 "restore",

@@ -44,6 +44,6 @@ mod sys;
 pub use config::{EnvdSettings, IdMap, InitCommand, NamespaceRuntimeConfig};
 pub use error::LinuxError;
 pub use runtime::NamespaceRuntime;
-pub use sys::{FakeNsSys, NsSys};
+pub use sys::{FakeNsCall, FakeNsSys, NsSys};
 #[cfg(target_os = "linux")]
 pub use sys::{RealNsSys, init_main};

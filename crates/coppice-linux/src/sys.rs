@@ -13,7 +13,7 @@ mod fake;
 #[cfg(target_os = "linux")]
 mod linux;
 
-pub use fake::FakeNsSys;
+pub use fake::{FakeNsCall, FakeNsSys};
 #[cfg(target_os = "linux")]
 pub use linux::{RealNsSys, init_main};
 

@@ -337,3 +337,90 @@ fn test_exec_on_dead_sandbox_is_not_found() {
 
     assert!(matches!(err, RuntimeError::NotFound { .. }));
 }
+
+fn with_criu() -> Fixture {
+    fixture_with(|config| config.criu = Some("/bin/criu".into()))
+}
+
+/// Starts sandbox `a`; its PID 1's pid.
+fn started_a(fixture: &Fixture) -> i32 {
+    started(fixture, "a");
+    fixture.runtime.read_state(&id("a")).unwrap().unwrap().pid
+}
+
+#[test]
+fn test_checkpoint_without_criu_is_unsupported_and_changes_nothing() {
+    let fixture = fixture();
+    let pid = started_a(&fixture);
+    assert!(matches!(
+        fixture.runtime.checkpoint(&id("a")),
+        Err(RuntimeError::Unsupported { .. })
+    ));
+    assert!(fixture.sys.is_alive(pid));
+    assert!(!fixture.runtime.has_checkpoint(&id("a")));
+}
+
+#[test]
+fn test_checkpoint_dumps_pid_1_with_the_external_mounts_and_ends_the_run() {
+    let fixture = with_criu();
+    let pid = started_a(&fixture);
+
+    fixture.runtime.checkpoint(&id("a")).unwrap();
+
+    assert!(fixture.runtime.has_checkpoint(&id("a")));
+    assert!(!fixture.sys.is_alive(pid));
+    assert!(fixture.runtime.read_state(&id("a")).unwrap().is_none());
+    let dump = fixture
+        .sys
+        .calls()
+        .into_iter()
+        .find_map(|call| match call {
+            crate::sys::FakeNsCall::Criu(args) => Some(args),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(dump[..3], ["dump", "--tree", pid.to_string().as_str()]);
+    assert!(dump.iter().any(|arg| arg == "mnt[/.coppice]:m0"));
+    assert!(dump.iter().any(|arg| arg == "mnt[/usr]:m2"));
+    assert!(fixture.root.join("run/a/checkpoint/post-dump.sh").is_file());
+}
+
+#[test]
+fn test_a_failed_dump_leaves_the_sandbox_running_without_a_checkpoint() {
+    let fixture = with_criu();
+    let pid = started_a(&fixture);
+    fixture.sys.fail_next_criu();
+
+    assert!(fixture.runtime.checkpoint(&id("a")).is_err());
+
+    assert!(fixture.sys.is_alive(pid));
+    assert!(!fixture.runtime.has_checkpoint(&id("a")));
+    assert_eq!(
+        fixture.runtime.read_state(&id("a")).unwrap().unwrap().pid,
+        pid
+    );
+}
+
+#[test]
+fn test_restore_consumes_the_checkpoint_and_a_failed_one_keeps_it() {
+    let fixture = with_criu();
+    started_a(&fixture);
+    fixture.runtime.checkpoint(&id("a")).unwrap();
+
+    fixture.sys.fail_next_spawn("criu restore failed");
+    assert!(fixture.runtime.restore(&id("a")).is_err());
+    assert!(
+        fixture.runtime.has_checkpoint(&id("a")),
+        "kept after a failure"
+    );
+
+    let endpoints = fixture.runtime.restore(&id("a")).unwrap();
+    assert!(endpoints.control_socket.ends_with("a/port/control.sock"));
+    assert!(!fixture.runtime.has_checkpoint(&id("a")));
+    let restored = fixture.runtime.read_state(&id("a")).unwrap().unwrap().pid;
+    assert!(fixture.sys.is_alive(restored));
+    assert!(matches!(
+        fixture.runtime.restore(&id("a")),
+        Err(RuntimeError::NotFound { .. })
+    ));
+}

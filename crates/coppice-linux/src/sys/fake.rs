@@ -50,7 +50,7 @@ impl FakeNsSys {
         self.state().calls.clone()
     }
 
-    /// Makes the next init report this failure.
+    /// Makes the next init (or restore helper) report this failure.
     pub fn fail_next_spawn(&self, error: &str) {
         self.state().fail_spawn = Some(error.to_owned());
     }
@@ -141,6 +141,9 @@ impl NsSys for FakeNsSys {
     ) -> io::Result<Option<ReadyMessage>> {
         let mut state = self.state();
         state.calls.push(FakeNsCall::Restore(images.to_owned()));
+        if let Some(error) = state.fail_spawn.take() {
+            return Ok(Some(ReadyMessage::Failed { error }));
+        }
         state.next_pid += 1;
         let pid = 1000 + state.next_pid;
         state.alive.insert(pid, 43);
