@@ -30,7 +30,7 @@ fi
 rustup target add x86_64-unknown-freebsd >/dev/null
 # libzfs_core and libnvpair for coppice-zfs's `libzfs-core` feature (Debian backports contrib).
 ./scripts/install-zfs-dev.sh
-# CRIU 4.1 for durable pause (the distribution's 3.17 fails on this kernel), built from source.
+# CRIU 4.2 for durable pause (the distribution's 3.17 fails on this kernel), built from source.
 ./scripts/install-criu.sh
 export COPPICE_CRIU=/usr/local/sbin/criu
 

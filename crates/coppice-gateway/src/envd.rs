@@ -83,7 +83,9 @@ pub async fn forward(
     socket: &Path,
     request: Request<Body>,
 ) -> Result<Response<Body>, EnvdCallError> {
-    let stream = tokio::net::UnixStream::connect(socket)
+    // The socket's directory is the sandbox's port, where sandbox root may plant a link.
+    let pinned = coppice_init::socket::pin(socket).map_err(|e| unreachable(socket, e))?;
+    let stream = tokio::net::UnixStream::connect(pinned.path())
         .await
         .map_err(|e| unreachable(socket, e))?;
     forward_over(socket, TokioIo::new(stream), request).await
@@ -105,7 +107,9 @@ pub async fn forward_to_port(
     port: u16,
     request: Request<Body>,
 ) -> Result<Response<Body>, EnvdCallError> {
-    let stream = tokio::net::UnixStream::connect(socket)
+    // The socket's directory is the sandbox's port, where sandbox root may plant a link.
+    let pinned = coppice_init::socket::pin(socket).map_err(|e| unreachable(socket, e))?;
+    let stream = tokio::net::UnixStream::connect(pinned.path())
         .await
         .map_err(|e| unreachable(socket, e))?;
     let (mut sender, connection) = hyper::client::conn::http1::Builder::new()

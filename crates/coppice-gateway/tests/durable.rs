@@ -67,17 +67,14 @@ fn test_durable_pause_outlives_the_daemon_and_restores_the_same_processes() {
     // The memory goes to disk, and the sandbox's processes are gone.
     let run_dir = dir.path().join("run").join(state[1]);
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !run_dir.join("checkpoint/complete").is_file() {
+    // CRIU marks the images complete; the runtime then forgets the ended init.
+    while !run_dir.join("checkpoint/complete").is_file() || run_dir.join("state.json").exists() {
         assert!(
             Instant::now() < deadline,
-            "the paused sandbox was not written to disk"
+            "the paused sandbox was not written to disk (or its init is still recorded)"
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert!(
-        !run_dir.join("state.json").exists(),
-        "a checkpointed sandbox has no running init"
-    );
 
     // A crash of the daemon; the sandbox has no process left to lose.
     daemon.0.kill().unwrap();

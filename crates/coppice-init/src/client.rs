@@ -83,7 +83,8 @@ pub fn exec_for(
 /// # Errors
 /// [`ControlError::Channel`] when nothing answers a pong in time.
 pub fn ping(socket: &Path, timeout: Duration) -> Result<(), ControlError> {
-    let stream = UnixStream::connect(socket).map_err(ControlError::Channel)?;
+    let pinned = crate::socket::pin(socket).map_err(ControlError::Channel)?;
+    let stream = UnixStream::connect(pinned.path()).map_err(ControlError::Channel)?;
     stream
         .set_read_timeout(Some(timeout))
         .map_err(ControlError::Channel)?;
@@ -109,7 +110,8 @@ pub fn exec(
     request: &ExecRequest,
     output_limit: usize,
 ) -> Result<ExecOutcome, ControlError> {
-    let stream = UnixStream::connect(socket).map_err(ControlError::Channel)?;
+    let pinned = crate::socket::pin(socket).map_err(ControlError::Channel)?;
+    let stream = UnixStream::connect(pinned.path()).map_err(ControlError::Channel)?;
     let wait = request
         .timeout
         .map_or(UNBOUNDED_EXEC_WAIT, |t| t.saturating_add(CHANNEL_MARGIN));

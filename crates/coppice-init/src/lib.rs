@@ -18,6 +18,7 @@ pub mod records;
 #[cfg(any(target_os = "linux", target_os = "freebsd"))]
 pub mod server;
 pub mod settings;
+pub mod socket;
 #[cfg(any(target_os = "linux", target_os = "freebsd"))]
 #[allow(unsafe_code)]
 mod sys;

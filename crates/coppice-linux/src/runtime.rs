@@ -49,6 +49,17 @@ const FREEZE_TIMEOUT: Duration = Duration::from_secs(2);
 /// the sandbox's memory cgroup either way).
 const MAX_TMP_MB: u32 = 1024;
 
+/// What `limits.json` holds: the cgroup limits, to make the cgroups again for a restore
+/// after the host restarted (they do not outlive it).
+#[derive(Debug, Serialize, Deserialize)]
+struct RunLimits {
+    memory_mb: u32,
+    max_pids: u32,
+    vcpus: u32,
+}
+
+const LIMITS: &str = "limits.json";
+
 /// What `state.json` holds.
 #[derive(Debug, Serialize, Deserialize)]
 struct RunState {
@@ -191,6 +202,14 @@ impl<S: NsSys> NamespaceRuntime<S> {
             source,
         })?;
         cgroups.create(&limit_writes(spec.memory_mb, spec.max_pids, spec.vcpus))?;
+        write_json(
+            &dir.join(LIMITS),
+            &RunLimits {
+                memory_mb: spec.memory_mb,
+                max_pids: spec.max_pids,
+                vcpus: spec.vcpus,
+            },
+        )?;
         let (network, resolv_conf) = match &spec.network {
             NetAttachment::LoopbackOnly => (NetworkSetup::Loopback, None),
             NetAttachment::Namespace {
@@ -234,6 +253,8 @@ impl<S: NsSys> NamespaceRuntime<S> {
         let dir = self.sandbox_dir(id);
         let config_path = dir.join(INIT_CONFIG);
         self.fresh_port_and_dev(&dir)?;
+        // A fresh boot diverges from any checkpoint of an earlier run.
+        checkpoint::forget(&dir)?;
         let ready = self
             .sys
             .spawn_init(&self.config.init, &config_path, self.config.start_timeout)
@@ -303,9 +324,8 @@ impl<S: NsSys> NamespaceRuntime<S> {
         Ok(())
     }
 
-    fn destroy_impl(&self, id: &SandboxId) -> Result<(), LinuxError> {
-        let cgroups = self.cgroups(id)?;
-        let state = self.read_state(id)?;
+    /// SIGKILLs every process in the sandbox's cgroups (without waiting).
+    fn kill_cgroup_processes(&self, cgroups: &SandboxCgroups) -> Result<(), LinuxError> {
         if cgroups.kill_all()? {
             // A frozen (paused) sandbox's processes die only once thawed.
             cgroups.set_frozen(false)?;
@@ -326,6 +346,27 @@ impl<S: NsSys> NamespaceRuntime<S> {
             cgroups.set_frozen(false)?;
             signalled?;
         }
+        Ok(())
+    }
+
+    /// Whether the sandbox's cgroups hold no process, waiting up to the stop timeout.
+    fn cgroups_emptied(&self, cgroups: &SandboxCgroups) -> Result<bool, LinuxError> {
+        let deadline = Instant::now() + self.config.stop_timeout;
+        let mut pause = Duration::from_micros(50);
+        while !cgroups.pids()?.is_empty() {
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        }
+        Ok(true)
+    }
+
+    fn destroy_impl(&self, id: &SandboxId) -> Result<(), LinuxError> {
+        let cgroups = self.cgroups(id)?;
+        let state = self.read_state(id)?;
+        self.kill_cgroup_processes(&cgroups)?;
         if let Some(state) = &state {
             // Only a process with the recorded start time is the init: after a restart its pid
             // may belong to someone else by now.

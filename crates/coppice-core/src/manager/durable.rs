@@ -72,10 +72,11 @@ impl Inner {
             reason,
             "memory written to disk".into(),
         );
-        // A failure here leaves the record saying "memory"; start-up reconciliation finds
-        // the checkpoint and records it as durable then.
-        self.store.put_with_event(&durable, &event)?;
+        // The processes are gone whatever the store says: the live record follows them. A
+        // failure to persist leaves the stored record saying "memory"; start-up
+        // reconciliation finds the checkpoint and records it as durable then.
         self.sandboxes().insert(id.clone(), durable.clone());
+        self.store.put_with_event(&durable, &event)?;
         Ok(Some(durable))
     }
 }

@@ -11,7 +11,8 @@ use coppice_core::SandboxId;
 use coppice_core::runtime::{RuntimeError, SandboxEndpoints};
 use coppice_init::records::read_json;
 
-use super::{INIT_CONFIG, NamespaceRuntime, STATE, backend};
+use super::{INIT_CONFIG, LIMITS, NamespaceRuntime, RunLimits, STATE, backend};
+use crate::cgroup::limit_writes;
 use crate::checkpoint::{
     DUMP_LOG, check, dump_args, external_mounts, log_errors, post_dump_script,
 };
@@ -30,6 +31,8 @@ const COMPLETE: &str = "complete";
 const RESTORING: &str = "restoring";
 /// The action script in the checkpoint's directory.
 const POST_DUMP: &str = "post-dump.sh";
+/// Longest wait for a restore (memory read back from disk: seconds per gigabyte).
+const RESTORE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(600);
 
 impl<S: NsSys> NamespaceRuntime<S> {
     fn images(&self, id: &SandboxId) -> PathBuf {
@@ -62,24 +65,25 @@ impl<S: NsSys> NamespaceRuntime<S> {
             let images = self.images(id);
             remove_all(&images)?;
             fs::create_dir(&images).map_err(|source| run_dir("create", &images, source))?;
-            // CRIU stops the tree itself; a frozen tree (an in-memory pause) runs again first,
-            // so that it can notice connections the daemon closed.
-            let cgroups = self.cgroups(id)?;
-            let was_frozen = cgroups.is_frozen()?;
-            cgroups.set_frozen(false)?;
             let script = images.join(POST_DUMP);
             fs::write(&script, post_dump_script(&images.join(COMPLETE)))
                 .and_then(|()| fs::set_permissions(&script, fs::Permissions::from_mode(0o700)))
                 .map_err(|source| run_dir("write", &script, source))?;
             let args = dump_args(state.pid, &images, &script, &external_mounts(&config));
+            // CRIU stops the tree itself; a frozen tree (an in-memory pause) runs again first,
+            // so that it can notice connections the daemon closed.
+            let cgroups = self.cgroups(id)?;
+            let was_frozen = cgroups.is_frozen()?;
+            cgroups.set_frozen(false)?;
             if let Err(error) = self.sys.run_criu(criu, &args) {
-                // A failure after the post-dump stage leaves the tree running: no checkpoint.
-                remove_file(&images.join(COMPLETE))?;
                 let message = format!("{error}: {}", log_errors(&images.join(DUMP_LOG)));
-                // CRIU let the tree go on; it goes back to the state it was found in.
+                // CRIU let the tree go on: no checkpoint (a failure after the post-dump stage
+                // left the marker), and the tree goes back to the state it was found in.
+                let unmarked = remove_file(&images.join(COMPLETE));
                 if was_frozen {
                     cgroups.set_frozen_and_wait(true, super::FREEZE_TIMEOUT)?;
                 }
+                unmarked?;
                 return Err(LinuxError::Checkpoint {
                     op: "dump",
                     message,
@@ -119,6 +123,15 @@ impl<S: NsSys> NamespaceRuntime<S> {
             .map_err(|source| backend("restore", id, run_dir("mark", &complete, source)))?;
         let restore = || -> Result<(), LinuxError> {
             let cgroups = self.cgroups(id)?;
+            // After a restart of the host the cgroups are gone: made again, with the limits
+            // the sandbox was created with.
+            if let Some(limits) = read_json::<RunLimits>(&dir.join(LIMITS))? {
+                cgroups.create(&limit_writes(
+                    limits.memory_mb,
+                    limits.max_pids,
+                    limits.vcpus,
+                ))?;
+            }
             // Restored processes join these; a freezer left frozen would stop them at once.
             cgroups.set_frozen(false)?;
             let ready = self
@@ -128,7 +141,7 @@ impl<S: NsSys> NamespaceRuntime<S> {
                     &dir.join(INIT_CONFIG),
                     &images,
                     criu,
-                    self.config.start_timeout,
+                    RESTORE_TIMEOUT,
                 )
                 .map_err(|source| LinuxError::SpawnInit {
                     binary: self.config.init.program.clone(),
@@ -144,19 +157,42 @@ impl<S: NsSys> NamespaceRuntime<S> {
                 }
                 None => return Err(LinuxError::InitTimeout),
             };
-            self.record_init(&dir, pid)?;
-            // The tree runs on and diverges: its checkpoint must never be restored again.
-            remove_all(&images)
+            self.record_init(&dir, pid)
         };
         if let Err(error) = restore() {
-            // Nothing runs: the checkpoint is still good.
-            if let Err(unmark) = fs::rename(&restoring, &complete) {
-                tracing::warn!(sandbox_id = %id, error = %unmark, "cannot mark a checkpoint restorable again");
+            // Whatever CRIU got running goes; only once nothing runs is the checkpoint good
+            // again (else it stays marked as restoring, never to be restored beside a copy).
+            let emptied = self.cgroups(id).and_then(|cgroups| {
+                self.kill_cgroup_processes(&cgroups)?;
+                self.cgroups_emptied(&cgroups)
+            });
+            match emptied {
+                Ok(true) => {
+                    if let Err(unmark) = fs::rename(&restoring, &complete) {
+                        tracing::warn!(sandbox_id = %id, error = %unmark, "cannot mark a checkpoint restorable again");
+                    }
+                }
+                Ok(false) => {
+                    tracing::warn!(sandbox_id = %id, "processes of a failed restore outlived the kill; its checkpoint is given up");
+                }
+                Err(cleanup) => {
+                    tracing::warn!(sandbox_id = %id, error = %coppice_core::manager::error_chain(&cleanup), "cannot clean up a failed restore; its checkpoint is given up");
+                }
             }
             return Err(backend("restore", id, error));
         }
+        // The tree runs on and diverges: its checkpoint must never be restored again (it is
+        // marked as restoring, so a leftover is never taken for one).
+        if let Err(error) = remove_all(&images) {
+            tracing::warn!(sandbox_id = %id, error = %coppice_core::manager::error_chain(&error), "cannot remove a restored checkpoint");
+        }
         Ok(self.endpoints(id))
     }
+}
+
+/// Removes the checkpoint in the run dir `dir`, if any.
+pub(super) fn forget(dir: &Path) -> Result<(), LinuxError> {
+    remove_all(&dir.join(CHECKPOINT_DIR))
 }
 
 fn run_dir(op: &'static str, path: &Path, source: io::Error) -> LinuxError {

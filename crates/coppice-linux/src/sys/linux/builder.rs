@@ -32,8 +32,8 @@ use crate::protocol::{
 pub(super) const OLD_ROOT: &str = ".oldroot";
 
 /// Runs the builder; never returns.
-pub(super) fn run(config: &InitConfig, channel: &UnixStream) -> ! {
-    match build(config, channel) {
+pub(super) fn run(config: &InitConfig, channel: &UnixStream, pid1_channel: &UnixStream) -> ! {
+    match build(config, channel, pid1_channel) {
         Ok(()) => std::process::exit(0),
         Err(error) => {
             let mut writer = channel;
@@ -43,8 +43,12 @@ pub(super) fn run(config: &InitConfig, channel: &UnixStream) -> ! {
     }
 }
 
-fn build(config: &InitConfig, channel: &UnixStream) -> Result<(), String> {
-    // The config travels to PID 1 in a sealed-off memory file: after `pivot_root` no host
+fn build(
+    config: &InitConfig,
+    channel: &UnixStream,
+    pid1_channel: &UnixStream,
+) -> Result<(), String> {
+    // The config travels to PID 1 in an anonymous memory file: after `pivot_root` no host
     // path is reachable, and PID 1 runs a fresh image.
     let config_file = config_memfd(config)?;
     assemble_root(config)?;
@@ -85,7 +89,7 @@ fn build(config: &InitConfig, channel: &UnixStream) -> Result<(), String> {
     }
     unshare(flags).map_err(|e| format!("unshare: {e}"))?;
     match fork().map_err(|e| format!("fork: {e}"))? {
-        Forked::Child => pid1::enter(config, channel, &config_file),
+        Forked::Child => pid1::enter(config, pid1_channel, &config_file),
         Forked::Parent(pid1) => {
             let mut writer = channel;
             writer

@@ -1,6 +1,9 @@
 //! The outer half of `coppice-init`: runs on the host, forks the builder (see `builder`),
-//! moves it into the sandbox's cgroups, writes its user-namespace id map, waits for the
-//! sandbox's PID 1 to report, then reports and exits.
+//! moves it into the sandbox's cgroups, writes its user-namespace id map, learns PID 1's pid
+//! from it, waits for PID 1 to report, then reports and exits.
+//!
+//! The builder and PID 1 each get a channel of their own: PID 1 runs code of the sandbox's
+//! root once it re-executes, so only the builder (which never does) can name a pid.
 
 use std::fs;
 use std::io::{BufRead, BufReader, Write};
@@ -35,15 +38,19 @@ fn build(config: &InitConfig) -> Result<i32, String> {
     // Detach from the daemon's session so its terminal signals never reach the sandbox.
     rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
     let (outer_end, builder_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
+    let (from_pid1, pid1_end) = UnixStream::pair().map_err(|e| format!("socketpair: {e}"))?;
     match fork().map_err(|e| format!("fork: {e}"))? {
         Forked::Child => {
             drop(outer_end);
-            builder::run(config, &builder_end)
+            drop(from_pid1);
+            builder::run(config, &builder_end, &pid1_end)
         }
         Forked::Parent(builder) => {
             drop(builder_end);
+            drop(pid1_end);
             let mut pid1 = None;
-            let supervised = supervise_setup(config, builder, outer_end, &mut pid1);
+            let supervised = supervise_setup(config, builder, outer_end, &mut pid1)
+                .and_then(|pid| wait_ready(pid, from_pid1));
             if supervised.is_err() {
                 // A half-built sandbox must not outlive its report: once this process exits,
                 // its processes would be adopted by the daemon, which never learns their pids.
@@ -74,8 +81,8 @@ fn reap(pid: i32) {
     }
 }
 
-/// Follows the builder and PID 1 through their set-up: joins the cgroups, writes the id map
-/// when asked, learns PID 1's pid, waits for "ready".
+/// Follows the builder through its set-up: joins the cgroups, writes the id map when asked,
+/// learns PID 1's pid.
 fn supervise_setup(
     config: &InitConfig,
     builder: i32,
@@ -93,13 +100,7 @@ fn supervise_setup(
         .write_all(format!("{MSG_CGROUPS_JOINED}\n").as_bytes())
         .map_err(|e| format!("socketpair: {e}"))?;
     let mut lines = BufReader::new(channel).lines();
-    // The builder's "pid" and PID 1's "ready" travel on one channel from two processes, in
-    // either order.
-    let mut ready = false;
     loop {
-        if let (true, Some(pid)) = (ready, *pid1) {
-            return Ok(pid);
-        }
         let line = match lines.next() {
             Some(Ok(line)) => line,
             Some(Err(error)) => return Err(format!("lost contact with sandbox init: {error}")),
@@ -115,13 +116,26 @@ fn supervise_setup(
                 .parse()
                 .map_err(|_| format!("bad pid from sandbox init: {pid:?}"))?;
             *pid1 = Some(pid);
-        } else if line == MSG_READY {
-            ready = true;
+            return Ok(pid);
         } else if let Some(error) = line.strip_prefix(MSG_ERROR) {
             return Err(error.to_owned());
         } else {
             return Err(format!("unexpected message from sandbox init: {line:?}"));
         }
+    }
+}
+
+/// Waits for PID 1's one line: "ready" (then `pid1` is the sandbox's) or why not.
+fn wait_ready(pid1: i32, channel: UnixStream) -> Result<i32, String> {
+    let mut line = String::new();
+    match BufReader::new(channel).read_line(&mut line) {
+        Ok(0) => Err("sandbox init exited during set-up".into()),
+        Ok(_) if line.trim_end() == MSG_READY => Ok(pid1),
+        Ok(_) => match line.trim_end().strip_prefix(MSG_ERROR) {
+            Some(error) => Err(error.to_owned()),
+            None => Err(format!("unexpected message from sandbox init: {line:?}")),
+        },
+        Err(error) => Err(format!("lost contact with sandbox init: {error}")),
     }
 }
 

@@ -1,8 +1,12 @@
 //! The sandbox's PID 1, in two images. First, forked by the builder inside the sandbox's
-//! namespaces, it mounts `/proc`, `pivot_root`s and re-executes the init binary from the port
-//! inside the root (so no mapping of a host file remains). Then, as `--pid1`, it binds its
-//! sockets in the port, locks itself down, serves the control socket and reaps zombies until
-//! the sandbox is killed.
+//! namespaces, it mounts `/proc`, `pivot_root`s, sets the hostname, brings up loopback, locks
+//! itself down (capabilities, `no_new_privs`, seccomp, all kept across `exec`) and re-executes
+//! the init binary from the port inside the root (so no mapping of a host file remains). The
+//! exec loads the dynamic loader and libraries of the sandbox's own root, which sandbox root
+//! can change: that is why everything privileged happens before it, and why PID 1's channel
+//! to the outer init can say no more than "ready" or why not. Then, as `--pid1`, it binds its
+//! sockets in the port, serves the control socket and reaps zombies until the sandbox is
+//! killed.
 
 use std::fs;
 use std::io::{Read, Seek, Write};
@@ -36,8 +40,8 @@ pub(super) const PID1_FLAG: &str = "--pid1";
 /// In the child the builder forked: enters the root and re-executes the init from inside it.
 /// Never returns.
 pub(super) fn enter(config: &InitConfig, channel: &UnixStream, config_file: &OwnedFd) -> ! {
-    let error = match enter_root(config).and_then(|()| exec_from_port(config, channel, config_file))
-    {
+    let prepared = enter_root(config).and_then(|()| lock_down(config));
+    let error = match prepared.and_then(|()| exec_from_port(config, channel, config_file)) {
         Ok(never) => match never {},
         Err(error) => error,
     };
@@ -76,6 +80,19 @@ fn enter_root(config: &InitConfig) -> Result<(), String> {
     unmount(format!("/{OLD_ROOT}").as_str(), UnmountFlags::DETACH)
         .map_err(|e| format!("detach old root: {e}"))?;
     chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+/// Everything PID 1 needs privileges for, then the lock-down that ends them.
+fn lock_down(config: &InitConfig) -> Result<(), String> {
+    rustix::system::sethostname(config.hostname.as_bytes())
+        .map_err(|e| format!("sethostname: {e}"))?;
+    if matches!(config.network, NetworkSetup::Loopback) {
+        // A fresh namespace, made inside the sandbox's user namespace; a joined one had its
+        // loopback brought up by the builder.
+        loopback_up().map_err(|e| format!("loopback up: {e}"))?;
+    }
+    rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
+    security::lock_down()
 }
 
 fn exec_from_port(
@@ -151,13 +168,6 @@ fn serve(
     config: &InitConfig,
     channel: &UnixStream,
 ) -> Result<std::sync::Arc<server::Shared>, String> {
-    rustix::system::sethostname(config.hostname.as_bytes())
-        .map_err(|e| format!("sethostname: {e}"))?;
-    if matches!(config.network, NetworkSetup::Loopback) {
-        // A fresh namespace, made inside the sandbox's user namespace; a joined one had its
-        // loopback brought up by the builder.
-        loopback_up().map_err(|e| format!("loopback up: {e}"))?;
-    }
     let port = Path::new("/").join(PORT_IN_ROOT);
     let listener = envd::bind_private(&port.join(CONTROL_SOCKET))?;
     let envd = match &config.envd {
@@ -172,12 +182,10 @@ fn serve(
     let mut keep = vec![listener.as_raw_fd(), channel.as_raw_fd()];
     keep.extend(envd.as_ref().map(PreparedEnvd::fds).into_iter().flatten());
     close_all_but(&keep)?;
-    rustix::process::setsid().map_err(|e| format!("setsid: {e}"))?;
     // PID 1 stays dumpable: a checkpoint enters its namespaces from inside the sandbox's user
     // namespace, which a non-dumpable process refuses once restored. It holds no more than
     // sandbox root has anyway (same credentials, same seccomp filter, and its sockets sit in
     // the port sandbox root can reach).
-    security::lock_down()?;
     let shared = server::start(config.env.clone(), config.exec_output_limit, listener)?;
     if let Some(envd) = envd {
         envd::start(&shared, envd, config.env.clone())?;

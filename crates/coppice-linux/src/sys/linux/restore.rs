@@ -56,7 +56,11 @@ fn restore(config: &InitConfig, images: &Path, criu: &Path) -> Result<i32, Strin
         MountPropagationFlags::PRIVATE | MountPropagationFlags::REC,
     )
     .map_err(|e| format!("make / private: {e}"))?;
-    let staging = Path::new("/tmp").join(format!("{STAGING}{}", std::process::id()));
+    // Unpredictable, so that nobody can take the name first.
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| since.subsec_nanos());
+    let staging = Path::new("/tmp").join(format!("{STAGING}{}-{nonce:09}", std::process::id()));
     let staged = stage(config, &staging);
     let restored = staged
         .and_then(|(staged, externals)| criu_restore(config, &staged, &externals, images, criu));

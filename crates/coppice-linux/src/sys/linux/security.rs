@@ -1,8 +1,9 @@
 //! The last step of PID 1's set-up: capabilities, `no_new_privs` and a seccomp filter, in
 //! that order, inherited by every process of the sandbox.
 //!
-//! The user namespace already denies sandbox root any power over host resources (the mounts
-//! the host made are locked, and the host's own namespaces are out of reach). This layer is defence in depth: it takes
+//! The user namespace already denies sandbox root any power over host resources (the host's
+//! own namespaces are out of reach, and the mounts the host made are locked, until a restore
+//! makes them again from inside, after which this layer keeps them). This layer is defence in depth: it takes
 //! away the capabilities a container never needs and refuses the system calls behind
 //! namespace, mount, module, key-ring and BPF attacks, so a kernel bug reachable only through
 //! them is not reachable from a sandbox.

@@ -103,7 +103,9 @@ pub(super) fn adopt_inherited(fd: RawFd) -> OwnedFd {
     unsafe { OwnedFd::from_raw_fd(fd) }
 }
 
-/// `execv(2)` of `program` with `args` after the program name; returns only on failure.
+/// `execve(2)` of `program` with `args` after the program name and an environment holding
+/// only a default `PATH` (nothing of the daemon's environment may reach a sandbox); returns
+/// only on failure.
 pub(super) fn exec(program: &std::path::Path, args: &[String]) -> io::Error {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
@@ -119,9 +121,11 @@ pub(super) fn exec(program: &std::path::Path, args: &[String]) -> io::Error {
     }
     let mut argv: Vec<*const libc::c_char> = owned.iter().map(|arg| arg.as_ptr()).collect();
     argv.push(std::ptr::null());
-    // SAFETY: `path` and every `argv` entry are NUL-terminated strings kept alive by `owned`
-    // for the call, and `argv` ends with a null pointer as execv(2) requires.
-    unsafe { libc::execv(path.as_ptr(), argv.as_ptr()) };
+    let path_variable = c"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    let envp = [path_variable.as_ptr(), std::ptr::null()];
+    // SAFETY: `path`, every `argv` entry and the one `envp` entry are NUL-terminated strings
+    // kept alive for the call, and both arrays end with a null pointer as execve(2) requires.
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
     io::Error::last_os_error()
 }
 
