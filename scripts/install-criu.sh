@@ -7,7 +7,7 @@
 # the upstream tarball, the build dependencies from bookworm, `make criu`. Root only.
 set -euo pipefail
 
-CRIU_VERSION=4.2.1
+CRIU_VERSION=${CRIU_VERSION:-4.2.1}
 TARGET=/usr/local/sbin/criu
 
 have_criu() {
@@ -54,17 +54,23 @@ apt-get install -y -q --no-install-recommends "${build_deps[@]}"
     cd "$work"
     # Only the upstream tarball is needed; the package's own build is not used.
     apt-get source -q --download-only -o APT::Sandbox::User=root "criu=${CRIU_VERSION}-1" || true
-    tarball="criu_${CRIU_VERSION}.orig.tar.xz"
-    if [[ ! -f "$tarball" ]]; then
-        echo "install-criu: could not download $tarball from the Debian archive" >&2
+    if ! compgen -G "criu_*.orig.tar.*" >/dev/null; then
+        # The archive moved on from that version: take the one it has (checked below to be
+        # at least 4.2).
+        apt-get source -q --download-only -o APT::Sandbox::User=root criu || true
+    fi
+    tarball=$(compgen -G "criu_*.orig.tar.*" | sed -n 1p || true)
+    if [[ -z "$tarball" ]]; then
+        echo "install-criu: could not download CRIU's source from the Debian archive" >&2
         exit 1
     fi
     tar xf "$tarball"
-    make -s -C "criu-${CRIU_VERSION}" -j"$(nproc)" criu >"$work/build.log" 2>&1 || {
+    source_dir=$(tar tf "$tarball" | sed -n '1s|/.*||p')
+    make -s -C "$source_dir" -j"$(nproc)" criu >"$work/build.log" 2>&1 || {
         tail -40 "$work/build.log" >&2
         exit 1
     }
-    install -m 0755 "criu-${CRIU_VERSION}/criu/criu" "$TARGET"
+    install -m 0755 "$source_dir/criu/criu" "$TARGET"
 )
 have_criu
 "$TARGET" check
