@@ -1,5 +1,6 @@
-//! Durable pause with CRIU (pure): which of a sandbox's mounts a checkpoint names rather than
-//! carries, and the `criu dump` and `criu restore` command lines.
+//! Durable pause with CRIU: which of a sandbox's mounts a checkpoint names rather than
+//! carries, and the `criu dump` and `criu restore` command lines (pure), and what CRIU's log
+//! says went wrong.
 //!
 //! A sandbox's tree is checkpointable because of how the init builds it (see
 //! `sys/linux/builder.rs`): every namespace belongs to the sandbox's user namespace, and

@@ -9,7 +9,7 @@
 //! - [`mount_plan`]: the ordered mount steps that build a sandbox's root (pure).
 //! - [`protocol`]: messages between the runtime and the sandbox init.
 //! - [`runtime`]: [`NamespaceRuntime`], the `coppice_core::Runtime` implementation.
-//! - [`checkpoint`]: durable pause with CRIU: the external mounts and command lines (pure).
+//! - [`checkpoint`]: durable pause with CRIU: the external mounts and command lines.
 //! - `sys`: the only place that knows the OS. `sys/linux/` holds the init that runs as the
 //!   sandbox's first process (the `coppice-init` binary); all `unsafe` lives in
 //!   `sys/linux/syscalls.rs`.

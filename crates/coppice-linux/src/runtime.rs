@@ -257,20 +257,28 @@ impl<S: NsSys> NamespaceRuntime<S> {
         checkpoint::forget(&dir)?;
         let ready = self
             .sys
-            .spawn_init(&self.config.init, &config_path, self.config.start_timeout)
-            .map_err(|source| LinuxError::SpawnInit {
-                binary: self.config.init.program.clone(),
-                source,
-            })?;
-        let pid = match ready {
-            Some(ReadyMessage::Ready { pid }) => pid,
-            Some(ReadyMessage::Failed { error }) => {
-                return Err(LinuxError::InitFailed { message: error });
-            }
-            None => return Err(LinuxError::InitTimeout),
-        };
+            .spawn_init(&self.config.init, &config_path, self.config.start_timeout);
+        let pid = self.reported_pid(ready, |message| LinuxError::InitFailed { message })?;
         self.record_init(&dir, pid)?;
         Ok(self.endpoints(id))
+    }
+
+    /// The pid an init (or the restore helper) reported; `failed` makes its reported failure
+    /// an error.
+    fn reported_pid(
+        &self,
+        ready: io::Result<Option<ReadyMessage>>,
+        failed: impl FnOnce(String) -> LinuxError,
+    ) -> Result<i32, LinuxError> {
+        let ready = ready.map_err(|source| LinuxError::SpawnInit {
+            binary: self.config.init.program.clone(),
+            source,
+        })?;
+        match ready {
+            Some(ReadyMessage::Ready { pid }) => Ok(pid),
+            Some(ReadyMessage::Failed { error }) => Err(failed(error)),
+            None => Err(LinuxError::InitTimeout),
+        }
     }
 
     /// Records a new PID 1 (its pid and start time) in `state.json`, for re-adoption.
@@ -307,11 +315,7 @@ impl<S: NsSys> NamespaceRuntime<S> {
                 path: path.clone(),
                 source,
             };
-            match fs::remove_dir_all(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == io::ErrorKind::NotFound => {}
-                Err(source) => return Err(run_dir("empty", source)),
-            }
+            remove_all(&path)?;
             fs::DirBuilder::new()
                 .mode(mode)
                 .create(&path)
@@ -413,16 +417,7 @@ impl<S: NsSys> NamespaceRuntime<S> {
         if let Some(state) = &state {
             self.sys.reap(state.pid);
         }
-        let dir = self.sandbox_dir(id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(LinuxError::RunDir {
-                op: "remove",
-                path: dir,
-                source,
-            }),
-        }
+        remove_all(&self.sandbox_dir(id))
     }
 
     /// Freezes or thaws every process of a live sandbox through its freezer cgroup.
@@ -454,6 +449,19 @@ impl<S: NsSys> NamespaceRuntime<S> {
             found.push(RuntimeSandbox { id, alive });
         }
         Ok(found)
+    }
+}
+
+/// Removes a run-dir file tree; one already gone is not an error.
+fn remove_all(path: &std::path::Path) -> Result<(), LinuxError> {
+    match fs::remove_dir_all(path) {
+        Ok(()) => Ok(()),
+        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(source) => Err(LinuxError::RunDir {
+            op: "remove",
+            path: path.to_owned(),
+            source,
+        }),
     }
 }
 

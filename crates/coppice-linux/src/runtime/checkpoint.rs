@@ -11,13 +11,13 @@ use coppice_core::SandboxId;
 use coppice_core::runtime::{RuntimeError, SandboxEndpoints};
 use coppice_init::records::read_json;
 
-use super::{INIT_CONFIG, LIMITS, NamespaceRuntime, RunLimits, STATE, backend};
+use super::{INIT_CONFIG, LIMITS, NamespaceRuntime, RunLimits, STATE, backend, remove_all};
 use crate::cgroup::limit_writes;
 use crate::checkpoint::{
     DUMP_LOG, check, dump_args, external_mounts, log_errors, post_dump_script,
 };
 use crate::error::LinuxError;
-use crate::protocol::{InitConfig, ReadyMessage};
+use crate::protocol::InitConfig;
 use crate::sys::NsSys;
 
 /// The checkpoint's directory in the run dir.
@@ -134,29 +134,17 @@ impl<S: NsSys> NamespaceRuntime<S> {
             }
             // Restored processes join these; a freezer left frozen would stop them at once.
             cgroups.set_frozen(false)?;
-            let ready = self
-                .sys
-                .restore_init(
-                    &self.config.init,
-                    &dir.join(INIT_CONFIG),
-                    &images,
-                    criu,
-                    RESTORE_TIMEOUT,
-                )
-                .map_err(|source| LinuxError::SpawnInit {
-                    binary: self.config.init.program.clone(),
-                    source,
-                })?;
-            let pid = match ready {
-                Some(ReadyMessage::Ready { pid }) => pid,
-                Some(ReadyMessage::Failed { error }) => {
-                    return Err(LinuxError::Checkpoint {
-                        op: "restore",
-                        message: error,
-                    });
-                }
-                None => return Err(LinuxError::InitTimeout),
-            };
+            let ready = self.sys.restore_init(
+                &self.config.init,
+                &dir.join(INIT_CONFIG),
+                &images,
+                criu,
+                RESTORE_TIMEOUT,
+            );
+            let pid = self.reported_pid(ready, |message| LinuxError::Checkpoint {
+                op: "restore",
+                message,
+            })?;
             self.record_init(&dir, pid)
         };
         if let Err(error) = restore() {
@@ -200,14 +188,6 @@ fn run_dir(op: &'static str, path: &Path, source: io::Error) -> LinuxError {
         op,
         path: path.to_owned(),
         source,
-    }
-}
-
-fn remove_all(path: &Path) -> Result<(), LinuxError> {
-    match fs::remove_dir_all(path) {
-        Ok(()) => Ok(()),
-        Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(run_dir("remove", path, source)),
     }
 }
 
