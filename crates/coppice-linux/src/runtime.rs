@@ -4,8 +4,10 @@
 //! Per sandbox, `<run_dir>/<id>/` holds `init.json` (what the init builds), `state.json`
 //! (PID 1's host pid and start time, for re-adoption after a daemon restart), `port/` (bound
 //! at the sandbox's `/.coppice`: its control and envd sockets, and the binaries its init and
-//! envd run from), `dev/` (bound at the sandbox's `/dev`), and `root/`, the mount point the
-//! root is assembled on (mounted only inside the sandbox's own mount namespace).
+//! envd run from), `dev/` (bound at the sandbox's `/dev`), `limits.json` (its cgroup limits,
+//! to make the cgroups again for a restore after a host restart), `checkpoint/` while it is
+//! paused durably, and `root/`, the mount point the root is assembled on (mounted only inside
+//! the sandbox's own mount namespace).
 
 use std::fs;
 use std::io;
