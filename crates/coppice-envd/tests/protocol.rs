@@ -401,6 +401,45 @@ async fn test_files_round_trip_multipart_and_octet_stream_with_gzip() {
     assert_eq!(wrong_type.status, 400);
 }
 
+/// What a shell's `echo $i > file` does: truncate, then write.
+fn rewrite_in_place(path: &std::path::Path, contents: &[u8]) {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).unwrap();
+    file.write_all(contents).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn test_a_file_rewritten_while_it_is_downloaded_is_answered_whole() {
+    let envd = common::start().await;
+    let file = envd.dir.path().join("counter");
+    let contents: [&[u8]; 3] = [b"7\n", b"1234567\n", b"12\n"];
+    rewrite_in_place(&file, contents[0]);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (file, stop) = (file.clone(), std::sync::Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut round = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                rewrite_in_place(&file, contents[round % contents.len()]);
+                round += 1;
+            }
+        })
+    };
+    let url = format!("/files?path={}", file.display());
+    // `send` fails the test on an answer that breaks off or disagrees with its length.
+    for _ in 0..400 {
+        let answer = send(&envd.socket, "GET", &url, &[], "").await;
+        assert_eq!(answer.status, 200, "{answer:?}");
+        assert!(
+            contents.iter().any(|whole| whole.starts_with(&answer.body)),
+            "{:?} is none of the file's contents",
+            answer.body
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+}
+
 #[tokio::test]
 async fn test_signed_file_urls_work_without_the_token_header() {
     let envd = common::start().await;

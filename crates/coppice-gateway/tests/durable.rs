@@ -13,10 +13,7 @@ use std::time::{Duration, Instant};
 
 mod daemon;
 
-use daemon::{
-    e2b_python, free_port, kill_all_sandboxes, passed_suite, sdk_dir, sdk_env, start_with,
-    wait_healthy,
-};
+use daemon::{e2b_python, finish_suite, free_port, sdk_dir, sdk_env, start_with, wait_healthy};
 
 /// Durable pause needs a loopback-only sandbox; it is written to disk after one second.
 const FLAGS: &[&str] = &["--network", "loopback", "--durable-pause-after", "1"];
@@ -88,7 +85,5 @@ fn test_durable_pause_outlives_the_daemon_and_restores_the_same_processes() {
         .envs(sdk_env(&url))
         .output()
         .unwrap();
-    kill_all_sandboxes(port);
-    drop(restarted);
-    passed_suite(&output);
+    finish_suite(port, restarted, &output);
 }

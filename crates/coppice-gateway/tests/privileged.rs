@@ -12,7 +12,7 @@ use std::process::{Command, Stdio};
 mod daemon;
 
 use daemon::{
-    API_KEY, e2b_python, free_port, kill_all_sandboxes, passed_suite, sdk_dir, sdk_env, start,
+    API_KEY, e2b_python, finish_suite, free_port, kill_all_sandboxes, sdk_dir, sdk_env, start,
     wait_healthy,
 };
 
@@ -115,9 +115,7 @@ fn run_suite_against_coppiced(mut command: Command) {
         .output()
         .unwrap();
     // Sandboxes outlive the daemon by design: a failed run must not leave any behind.
-    kill_all_sandboxes(port);
-    drop(daemon);
-    passed_suite(&output);
+    finish_suite(port, daemon, &output);
 }
 
 #[test]
@@ -162,9 +160,7 @@ fn test_sandboxes_survive_sigkill_of_coppiced_mid_stream() {
         .envs(sdk_env(&url))
         .output()
         .unwrap();
-    kill_all_sandboxes(port);
-    drop(restarted);
-    passed_suite(&output);
+    finish_suite(port, restarted, &output);
 }
 
 /// Runs the `coppice` CLI against the gateway at `port`, with `stdin` as its input.

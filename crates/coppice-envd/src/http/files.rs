@@ -137,7 +137,7 @@ async fn download_inner(envd: &Envd, request: Request) -> Result<Response, EnvdE
             Err(never) => match never {},
         }
     } else {
-        stream_file(&path)?
+        stream_file(&path).await?
     };
     if let Ok(value) = HeaderValue::from_str(&format!("inline; filename={name:?}")) {
         response
@@ -147,42 +147,98 @@ async fn download_inner(envd: &Envd, request: Request) -> Result<Response, EnvdE
     Ok(response)
 }
 
-/// The whole file as a streamed 200, read by a blocking thread a few chunks ahead of the
-/// socket (the common download, without range or validators).
-fn stream_file(path: &Path) -> Result<Response, EnvdError> {
+/// A file as read for a download: small ones whole, so that their length is what was read.
+enum Download {
+    /// The whole file (it ended within the first chunk).
+    Whole(Vec<u8>),
+    /// A larger file: its first chunk, the rest still to read, and the length promised.
+    Streamed {
+        head: Vec<u8>,
+        file: std::fs::File,
+        len: u64,
+    },
+}
+
+/// Opens `path` and reads its first chunk. A file rewritten while it is read (a counter, a
+/// log rotated in place) must not make the answer break off: the promised length is what was
+/// read for a small file, and never less than the head for a larger one.
+fn open_download(path: &Path) -> Result<Download, EnvdError> {
     let mut file = std::fs::File::open(path)
         .map_err(|e| EnvdError::io(&format!("open '{}'", path.display()), &e))?;
+    let mut head = Vec::new();
+    (&mut file)
+        .take(DOWNLOAD_CHUNK as u64)
+        .read_to_end(&mut head)
+        .map_err(|e| EnvdError::io(&format!("read '{}'", path.display()), &e))?;
+    if head.len() < DOWNLOAD_CHUNK {
+        return Ok(Download::Whole(head));
+    }
     let len = file
         .metadata()
         .map_err(|e| EnvdError::io(&format!("stat '{}'", path.display()), &e))?
-        .len();
-    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
-    tokio::task::spawn_blocking(move || {
-        loop {
-            let mut buffer = bytes::BytesMut::zeroed(DOWNLOAD_CHUNK);
-            match file.read(&mut buffer) {
-                Ok(0) => break,
-                Ok(n) => {
-                    buffer.truncate(n);
-                    if sender.blocking_send(Ok(buffer.freeze())).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let _ = sender.blocking_send(Err(e));
-                    break;
-                }
-            }
-        }
-    });
-    let body = axum::body::Body::from_stream(tokio_stream_of(receiver));
+        .len()
+        .max(head.len() as u64);
+    Ok(Download::Streamed { head, file, len })
+}
+
+/// The whole file as a 200: a small one at once, a larger one streamed by a blocking thread a
+/// few chunks ahead of the socket (the common download, without range or validators).
+async fn stream_file(path: &Path) -> Result<Response, EnvdError> {
+    let owned = path.to_owned();
+    let download = tokio::task::spawn_blocking(move || open_download(&owned))
+        .await
+        .map_err(|e| EnvdError::Internal(format!("read the download: {e}")))??;
     let mime = mime_guess::from_path(path).first_or_octet_stream();
+    let (len, body) = match download {
+        Download::Whole(bytes) => (bytes.len() as u64, axum::body::Body::from(bytes)),
+        Download::Streamed { head, file, len } => (len, streamed_body(head, file, len)),
+    };
     Response::builder()
         .header(header::CONTENT_LENGTH, len)
         .header(header::CONTENT_TYPE, mime.as_ref())
         .body(body)
         .map_err(|e| EnvdError::Internal(format!("build the download response: {e}")))
+}
+
+/// Exactly `len` bytes: `head`, then the rest of `file` up to `len`. A file that grows is cut
+/// at `len`; one that shrinks below it ends the body with an error, so the client sees a
+/// short read rather than a silently shorter file.
+fn streamed_body(head: Vec<u8>, file: std::fs::File, len: u64) -> axum::body::Body {
+    let (sender, receiver) = tokio::sync::mpsc::channel::<std::io::Result<Bytes>>(READ_AHEAD);
+    let rest = len.saturating_sub(head.len() as u64);
+    tokio::task::spawn_blocking(move || {
+        if sender.blocking_send(Ok(Bytes::from(head))).is_err() {
+            return;
+        }
+        let mut file = file.take(rest);
+        let mut sent = 0u64;
+        while sent < rest {
+            let mut buffer = bytes::BytesMut::zeroed(DOWNLOAD_CHUNK);
+            match file.read(&mut buffer) {
+                Ok(0) => {
+                    let shrank = std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the file shrank while it was read",
+                    );
+                    let _ = sender.blocking_send(Err(shrank));
+                    return;
+                }
+                Ok(n) => {
+                    buffer.truncate(n);
+                    sent += n as u64;
+                    if sender.blocking_send(Ok(buffer.freeze())).is_err() {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    let _ = sender.blocking_send(Err(e));
+                    return;
+                }
+            }
+        }
+    });
+    axum::body::Body::from_stream(tokio_stream_of(receiver))
 }
 
 fn tokio_stream_of<T: Send + 'static>(
@@ -361,4 +417,73 @@ where
         .await
         .map_err(|e| EnvdError::Internal(format!("writer task: {e}")))??;
     body_error.map_or(Ok(()), Err)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+    use http_body_util::BodyExt;
+
+    const LARGE: usize = 3 * DOWNLOAD_CHUNK + 5;
+
+    fn large_file(dir: &Path) -> (PathBuf, Vec<u8>) {
+        let path = dir.join("large");
+        let contents: Vec<u8> = (0..=250u8).cycle().take(LARGE).collect();
+        std::fs::write(&path, &contents).unwrap();
+        (path, contents)
+    }
+
+    fn streamed(path: &Path) -> (Vec<u8>, std::fs::File, u64) {
+        match open_download(path).unwrap() {
+            Download::Streamed { head, file, len } => (head, file, len),
+            Download::Whole(_) => panic!("a file of {LARGE} bytes is streamed"),
+        }
+    }
+
+    #[test]
+    fn test_a_small_file_is_read_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("small");
+        std::fs::write(&path, b"seven\n").unwrap();
+        assert!(
+            matches!(open_download(&path).unwrap(), Download::Whole(bytes) if bytes == b"seven\n")
+        );
+    }
+
+    #[tokio::test]
+    async fn test_a_large_file_that_grows_while_it_is_read_is_cut_at_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, contents) = large_file(dir.path());
+        let (head, file, len) = streamed(&path);
+        assert_eq!(len, LARGE as u64);
+        let mut appender = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        appender.write_all(&[1u8; 4096]).unwrap();
+        let body = streamed_body(head, file, len)
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes();
+        assert_eq!(body.len(), LARGE);
+        assert!(body[..] == contents[..]);
+    }
+
+    #[tokio::test]
+    async fn test_a_large_file_that_shrinks_while_it_is_read_ends_the_body_with_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _) = large_file(dir.path());
+        let (head, file, len) = streamed(&path);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(2 * DOWNLOAD_CHUNK as u64)
+            .unwrap();
+        let error = streamed_body(head, file, len).collect().await.unwrap_err();
+        assert!(error.to_string().contains("shrank"), "{error}");
+    }
 }

@@ -4,15 +4,25 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, Weak};
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 /// A running coppiced; killed when dropped. The last daemon on the shared test bridge to go
-/// removes that bridge.
-pub struct Daemon(pub Child, Option<Arc<TestBridge>>);
+/// removes that bridge. Its log goes to `coppiced.log` in its data dir (appended across
+/// restarts), for a failing test to show.
+pub struct Daemon(pub Child, Option<Arc<TestBridge>>, PathBuf);
+
+impl Daemon {
+    /// The last `lines` lines of the log of every daemon started over this one's data dir.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(&self.2).unwrap_or_default();
+        let all: Vec<&str> = log.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -103,6 +113,13 @@ pub fn start_with(data_dir: &Path, port: u16, flags: &[&str]) -> Daemon {
             "fd00:c0:214::/64",
         ]
     };
+    let log_path = data_dir.join("coppiced.log");
+    std::fs::create_dir_all(data_dir).unwrap();
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_coppiced"))
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
@@ -111,10 +128,10 @@ pub fn start_with(data_dir: &Path, port: u16, flags: &[&str]) -> Daemon {
         .args(flags)
         .env("COPPICE_API_KEY", API_KEY)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(log)
         .spawn()
         .unwrap();
-    Daemon(child, bridge)
+    Daemon(child, bridge, log_path)
 }
 
 /// `GET /health`, the whole answer, if anyone answers.
@@ -193,6 +210,23 @@ pub fn passed_suite(output: &std::process::Output) -> String {
         "{text}"
     );
     text
+}
+
+/// Ends an SDK suite run against `daemon` on `port`: kills its sandboxes and the daemon, then
+/// checks that the suite passed whole, showing the daemon's last log lines when it did not.
+pub fn finish_suite(port: u16, daemon: Daemon, output: &std::process::Output) -> String {
+    let log = daemon.log_tail(80);
+    kill_all_sandboxes(port);
+    drop(daemon);
+    let passed =
+        output.status.success() && String::from_utf8_lossy(&output.stdout).contains("ALL PASSED");
+    assert!(
+        passed,
+        "{}\n{}\n--- the daemon's last log lines ---\n{log}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    passed_suite(output)
 }
 
 /// Where the SDK suites live.
