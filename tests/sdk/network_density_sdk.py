@@ -110,14 +110,18 @@ def main():
     _, _, chains, _, _ = leftovers(reports)
     check("the air-gapped half has chains of its own", len(chains) == COUNT // 2, len(chains))
 
+    killing = time.time()
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda s: s.kill(), sandboxes))
-    deadline = time.time() + 20
+    killed = time.time()
+    deadline = killed + 20
     while True:
         peers, namespaces, chains, elements, tracked = leftovers(reports)
         if not (peers or namespaces or chains or elements or tracked) or time.time() > deadline:
             break
         time.sleep(0.5)
+    print(f"{COUNT} sandboxes killed in {killed - killing:.1f} s; host side gone "
+          f"{time.time() - killed:.1f} s later ({len(peers)} veths, {len(chains)} chains left)", flush=True)
     check("no veth of theirs remains", not peers, sorted(peers)[:5])
     check("no network namespace of theirs remains", not namespaces, sorted(namespaces)[:5])
     check("no nftables chain of theirs remains", not chains, chains[:5])

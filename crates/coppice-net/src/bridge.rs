@@ -21,6 +21,7 @@ use crate::pool::Pool;
 use crate::sys::BridgeSys;
 
 mod config;
+mod release;
 pub(crate) mod resolver;
 mod rules;
 mod script;
@@ -199,29 +200,6 @@ impl Inner {
         removed.is_ok()
     }
 
-    fn release(&self, endpoint: Endpoint) {
-        let index = endpoint.index;
-        // The link first: until it is gone the sandbox keeps its policy, however strict.
-        let link_gone = self.remove_link(index);
-        let rules_gone = link_gone && self.remove_rules(index);
-        drop(endpoint.netns);
-        // Before the index is free: a new sandbox with these addresses must not inherit
-        // its flows.
-        let (v4, v6) = self.config.sandbox_addresses(index);
-        let mut flows_gone = true;
-        for address in [IpAddr::V4(v4), IpAddr::V6(v6)] {
-            if let Err(error) = self.sys.forget_flows(address) {
-                tracing::warn!(%address, error = %error, "cannot delete a sandbox's conntrack entries");
-                flows_gone = false;
-            }
-        }
-        // An index whose link, rules or flows may remain stays taken: reusing it would hand
-        // a new sandbox the old one's leftovers.
-        if link_gone && rules_gone && flows_gone {
-            self.free(index);
-        }
-    }
-
     /// Deletes what the current generation at `index` shadows. Takes no lock against
     /// updates: the listing is read before the current generation, so a generation added in
     /// between is not in the listing, and everything in it is shadowed by that newer one.
@@ -326,8 +304,21 @@ fn work_loop(inner: &Inner, queue: &mpsc::Receiver<Work>) {
         });
         match queue.recv_timeout(wait) {
             Ok(Work::Release(endpoint)) => {
-                due.remove(&endpoint.index);
-                inner.release(endpoint);
+                // Sandboxes killed together are released together.
+                let mut batch = vec![endpoint];
+                while batch.len() < release::MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(Work::Release(endpoint)) => batch.push(endpoint),
+                        Ok(Work::Collect(index)) => {
+                            due.insert(index, Instant::now() + COLLECT_AFTER);
+                        }
+                        Err(_) => break,
+                    }
+                }
+                for endpoint in &batch {
+                    due.remove(&endpoint.index);
+                }
+                inner.release_all(batch);
             }
             Ok(Work::Collect(index)) => {
                 due.insert(index, Instant::now() + COLLECT_AFTER);
@@ -523,7 +514,7 @@ impl BridgeNetwork {
     fn queue(&self, work: Work) {
         if let Err(mpsc::SendError(work)) = lock(&self.work).send(work) {
             match work {
-                Work::Release(endpoint) => self.inner.release(endpoint),
+                Work::Release(endpoint) => self.inner.release_all(vec![endpoint]),
                 Work::Collect(index) => self.inner.collect(index),
             }
         }

@@ -67,6 +67,12 @@ pub trait BridgeSys: NetnsSys {
     /// The list cannot be read.
     fn links(&self) -> io::Result<Vec<String>>;
 
+    /// The names of the host's links in link group `group`.
+    ///
+    /// # Errors
+    /// The links cannot be read.
+    fn links_in_group(&self, group: u32) -> io::Result<Vec<String>>;
+
     /// Runs `ip -batch` lines, in the namespace at `netns` when given.
     ///
     /// # Errors

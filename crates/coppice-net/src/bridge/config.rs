@@ -142,6 +142,17 @@ impl BridgeConfig {
         format!("{}-{index}", self.bridge)
     }
 
+    /// The link group this bridge's host links join just before they are deleted together.
+    /// Derived from the bridge's name, so that daemons on other bridges use other groups
+    /// (and the group is checked to hold only this bridge's links before it is deleted).
+    pub fn release_group(&self) -> u32 {
+        // FNV-1a, folded to 16 bits, under a fixed high half; group 0 is every link's default.
+        let hash = self.bridge.bytes().fold(0x811c_9dc5_u32, |hash, byte| {
+            (hash ^ u32::from(byte)).wrapping_mul(0x0100_0193)
+        });
+        0x6370_0000 | ((hash >> 16) ^ (hash & 0xffff))
+    }
+
     /// The index a host veth name stands for, if it is one of this bridge's.
     pub fn index_of_link(&self, name: &str) -> Option<u32> {
         let index: u32 = name

@@ -142,11 +142,31 @@ pub(crate) struct Listed {
 /// # Errors
 /// The text is not nft's JSON.
 pub(crate) fn listed(json: &str, index: u32) -> Result<Listed, serde_json::Error> {
+    let mut many = listed_many(json, &[index])?;
+    Ok(many.remove(&index).unwrap_or_default())
+}
+
+/// [`listed`] for each of `indices`, out of one reading of the listing.
+///
+/// # Errors
+/// The text is not nft's JSON.
+pub(crate) fn listed_many(
+    json: &str,
+    indices: &[u32],
+) -> Result<std::collections::BTreeMap<u32, Listed>, serde_json::Error> {
     let document: serde_json::Value = serde_json::from_str(json)?;
+    let empty = Vec::new();
+    let items = document["nftables"].as_array().unwrap_or(&empty);
+    Ok(indices
+        .iter()
+        .map(|index| (*index, listed_in(items, *index)))
+        .collect())
+}
+
+fn listed_in(items: &[serde_json::Value], index: u32) -> Listed {
     let chain = chain_name(index);
     let prefixes = [format!("pins4_{index}_"), format!("pins6_{index}_")];
     let mut listed = Listed::default();
-    let items = document["nftables"].as_array().cloned().unwrap_or_default();
     for item in items {
         if item["chain"]["name"].as_str() == Some(chain.as_str()) {
             listed.chain = true;
@@ -167,7 +187,7 @@ pub(crate) fn listed(json: &str, index: u32) -> Result<Listed, serde_json::Error
                 .push((handle, rule["comment"].as_str().map(str::to_owned)));
         }
     }
-    Ok(listed)
+    listed
 }
 
 /// An `nft -f` script that deletes what generation `generation` (with pin sets `pins`)

@@ -98,6 +98,19 @@ pub(crate) fn endpoint_removal(config: &BridgeConfig, index: u32) -> String {
     format!("link del {}\n", config.host_link(index))
 }
 
+/// `ip -batch` lines that remove the endpoints at `indices` in one kernel pass: their host
+/// links join the bridge's release group, which is then deleted whole. (One `link del` each
+/// waits out a network-wide synchronisation each, about 16 ms; a group waits once.)
+pub(crate) fn endpoints_removal(config: &BridgeConfig, indices: &[u32]) -> String {
+    let group = config.release_group();
+    let mut s = String::new();
+    for index in indices {
+        let _ = writeln!(s, "link set {} group {group}", config.host_link(*index));
+    }
+    let _ = writeln!(s, "link del group {group}");
+    s
+}
+
 /// An `nft -f` script that replaces both tables in one transaction, with the chains and
 /// port guards of the sandboxes in `policies` already in place; the resolver's port is open
 /// for the families in `dns` (IPv4, IPv6) whose listener is up.

@@ -322,3 +322,114 @@ fn test_an_answer_that_arrives_after_a_policy_change_pins_nothing() {
         NameVerdict::Refuse
     );
 }
+
+/// The endpoints of `names`, taken out as a detach takes them, for a release run here.
+fn detached(network: &BridgeNetwork, names: &[&str]) -> Vec<Endpoint> {
+    names
+        .iter()
+        .map(|name| {
+            lock(&network.inner.attached)
+                .remove(&id(name))
+                .unwrap()
+                .endpoint
+        })
+        .collect()
+}
+
+fn host_ip_scripts(sys: &FakeBridgeSys) -> Vec<String> {
+    sys.ran()
+        .into_iter()
+        .filter_map(|ran| match ran {
+            Ran::Ip {
+                netns: None,
+                script,
+            } => Some(script),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn test_sandboxes_released_together_go_in_one_link_pass_and_one_transaction() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = start(dir.path(), &sys, 0);
+    for name in ["a", "b", "c"] {
+        network.attach(&id(name), &airgapped()).unwrap();
+    }
+    sys.set_listing(
+        r#"{"nftables": [{"chain": {"name": "sbx_1"}}, {"chain": {"name": "sbx_2"}},
+            {"chain": {"name": "sbx_3"}}, {"set": {"name": "pins4_2_7"}}]}"#,
+    );
+    let (ip_before, nft_before) = (host_ip_scripts(&sys).len(), sys.nft_scripts().len());
+
+    network
+        .inner
+        .release_all(detached(&network, &["a", "b", "c"]));
+
+    let group = network.inner.config.release_group();
+    let ip = host_ip_scripts(&sys);
+    assert_eq!(
+        ip[ip_before..],
+        [format!(
+            "link set cpt0-1 group {group}\nlink set cpt0-2 group {group}\n\
+             link set cpt0-3 group {group}\nlink del group {group}\n"
+        )]
+    );
+    assert!(
+        ["cpt0-1", "cpt0-2", "cpt0-3"]
+            .iter()
+            .all(|link| !sys.links().contains(*link))
+    );
+    let nft = sys.nft_scripts();
+    assert_eq!(nft.len(), nft_before + 1, "one transaction: {nft:?}");
+    let removal = nft.last().unwrap();
+    for wanted in [
+        "delete chain inet coppice_cpt0 sbx_1",
+        "delete chain inet coppice_cpt0 sbx_2",
+        "delete chain inet coppice_cpt0 sbx_3",
+        "delete set inet coppice_cpt0 pins4_2_7",
+    ] {
+        assert!(removal.contains(wanted), "{wanted} missing from {removal}");
+    }
+    for address in ["10.213.0.2", "10.213.0.3", "10.213.0.4"] {
+        assert!(
+            sys.ran()
+                .contains(&Ran::ForgetFlows(address.parse().unwrap()))
+        );
+    }
+    // Every index is free again.
+    network.attach(&id("d"), &NetworkSpec::default()).unwrap();
+    assert!(sys.links().contains("cpt0-1"));
+}
+
+#[test]
+fn test_a_release_group_holding_another_link_is_not_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = start(dir.path(), &sys, 0);
+    network.attach(&id("a"), &NetworkSpec::default()).unwrap();
+    network.attach(&id("b"), &NetworkSpec::default()).unwrap();
+    sys.add_link("uplink7");
+    sys.set_link_group("uplink7", network.inner.config.release_group());
+    let before = host_ip_scripts(&sys).len();
+
+    network.inner.release_all(detached(&network, &["a", "b"]));
+
+    assert_eq!(
+        host_ip_scripts(&sys)[before..],
+        ["link del cpt0-1\n", "link del cpt0-2\n"]
+    );
+    assert!(sys.links().contains("uplink7"));
+    assert!(!sys.links().contains("cpt0-1") && !sys.links().contains("cpt0-2"));
+}
+
+#[test]
+fn test_release_groups_differ_between_bridges() {
+    let groups: BTreeSet<u32> = ["coppice0", "cpgwt0", "cpt0", "cpn0"]
+        .iter()
+        .map(|bridge| BridgeConfig::new(*bridge, "/state").release_group())
+        .collect();
+    assert_eq!(groups.len(), 4);
+    assert!(groups.iter().all(|group| *group >> 16 == 0x6370));
+}

@@ -1,6 +1,6 @@
 //! Fakes of the OS seams: namespaces are descriptors of `/dev/null`; scripts are recorded.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -77,6 +77,7 @@ pub struct FakeBridgeSys {
     netns: FakeNetnsSys,
     ran: Mutex<Vec<Ran>>,
     links: Mutex<BTreeSet<String>>,
+    groups: Mutex<BTreeMap<String, u32>>,
     fail_nft: AtomicBool,
     forwarding: AtomicBool,
     listing: Mutex<String>,
@@ -108,6 +109,11 @@ impl FakeBridgeSys {
     /// Pretends a link exists (e.g. left by an earlier daemon).
     pub fn add_link(&self, name: &str) {
         lock(&self.links).insert(name.to_owned());
+    }
+
+    /// Puts a host link in link group `group`.
+    pub fn set_link_group(&self, name: &str, group: u32) {
+        lock(&self.groups).insert(name.to_owned(), group);
     }
 
     /// What `nft_listing` answers from now on (nft's JSON).
@@ -168,6 +174,15 @@ impl BridgeSys for FakeBridgeSys {
         Ok(lock(&self.links).iter().cloned().collect())
     }
 
+    fn links_in_group(&self, group: u32) -> io::Result<Vec<String>> {
+        let links = lock(&self.links);
+        Ok(lock(&self.groups)
+            .iter()
+            .filter(|(name, member_of)| **member_of == group && links.contains(*name))
+            .map(|(name, _)| name.clone())
+            .collect())
+    }
+
     fn ip_batch(&self, netns: Option<&Path>, script: &str) -> io::Result<()> {
         if netns.is_none() {
             let mut links = lock(&self.links);
@@ -179,6 +194,23 @@ impl BridgeSys for FakeBridgeSys {
                     }
                     ["link", "del", name] if !links.remove(*name) => {
                         return Err(io::Error::other(format!("{name}: Cannot find device")));
+                    }
+                    ["link", "set", name, "group", group] => {
+                        if !links.contains(*name) {
+                            return Err(io::Error::other(format!("{name}: Cannot find device")));
+                        }
+                        let group = group.parse().map_err(io::Error::other)?;
+                        lock(&self.groups).insert((*name).to_owned(), group);
+                    }
+                    ["link", "del", "group", group] => {
+                        let group: u32 = group.parse().map_err(io::Error::other)?;
+                        lock(&self.groups).retain(|name, member_of| {
+                            let member = *member_of == group;
+                            if member {
+                                links.remove(name);
+                            }
+                            !member
+                        });
                     }
                     _ => {}
                 }

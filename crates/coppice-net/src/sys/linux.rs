@@ -160,6 +160,21 @@ impl BridgeSys for RealNetnsSys {
         Ok(links)
     }
 
+    fn links_in_group(&self, group: u32) -> io::Result<Vec<String>> {
+        let mut members = Vec::new();
+        for entry in fs::read_dir("/sys/class/net")? {
+            let entry = entry?;
+            // A link deleted since the listing has no group to read.
+            let Ok(text) = fs::read_to_string(entry.path().join("netdev_group")) else {
+                continue;
+            };
+            if text.trim().parse::<u32>().ok() == Some(group) {
+                members.push(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(members)
+    }
+
     fn ip_batch(&self, netns: Option<&Path>, script: &str) -> io::Result<()> {
         let mut command = match netns {
             Some(path) => {
