@@ -34,13 +34,16 @@ rustup target add x86_64-unknown-freebsd >/dev/null
 ./scripts/install-criu.sh
 export COPPICE_CRIU=/usr/local/sbin/criu
 
-# The E2B Python SDK, pinned, in a venv of its own (the envd tests drive envd through it).
+# The E2B Python SDKs, pinned, in a venv of their own (the envd tests drive envd through the
+# base SDK; the code interpreter tests use e2b-code-interpreter).
 E2B_SDK_VERSION=2.63.0
+E2B_CODE_INTERPRETER_VERSION=2.11.5
 venv=target/e2b-venv
-if ! "$venv/bin/python" -c "import e2b, importlib.metadata as m; assert m.version('e2b') == '$E2B_SDK_VERSION'" 2>/dev/null; then
+if ! "$venv/bin/python" -c "import importlib.metadata as m; assert m.version('e2b') == '$E2B_SDK_VERSION'; assert m.version('e2b-code-interpreter') == '$E2B_CODE_INTERPRETER_VERSION'" 2>/dev/null; then
     rm -rf "$venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check "e2b==$E2B_SDK_VERSION"
+    "$venv/bin/pip" install -q --disable-pip-version-check "e2b==$E2B_SDK_VERSION" \
+        "e2b-code-interpreter==$E2B_CODE_INTERPRETER_VERSION"
 fi
 export COPPICE_E2B_PYTHON="$PWD/$venv/bin/python"
 
@@ -50,6 +53,8 @@ command -v npm >/dev/null || { apt-get update -q && DEBIAN_FRONTEND=noninteracti
 
 echo "== unit and component tests (privileged tests are listed as ignored here)"
 cargo test --workspace --locked
+# The code interpreter server over loopback (Python standard library only).
+(cd templates/code-interpreter/server && python3 -m unittest discover -v)
 # The libzfs_core path of coppice-zfs, linked against the real library (no pool here: it
 # checks that a host without /dev/zfs is reported as such).
 cargo test --locked -p coppice-zfs --features libzfs-core
@@ -87,6 +92,9 @@ echo "== API harness (create + Process/Start over HTTP, sequential and bursts; p
 
 echo "== network harness (create with and without the bridge network side by side; air-gap flip)"
 ./target/release/coppice-net-bench --iterations 200
+
+echo "== code interpreter harness (run_code of a trivial statement at the server, beside exec over a pipe)"
+(cd templates/code-interpreter/server && python3 bench_server.py --iterations 300)
 
 echo "== pause harness (in-memory pause/resume p50/p95 beside the raw freezer; filesystem pause and reboot)"
 ./target/release/coppice-pause-bench --iterations 200 --resident-mib 50

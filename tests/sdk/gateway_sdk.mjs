@@ -6,23 +6,9 @@ import { randomUUID } from 'node:crypto'
 import {
   AuthenticationError, CommandExitError, NotFoundError, Sandbox,
 } from 'e2b'
+import { check, finish, step } from './checks.mjs'
 
 const RUN = randomUUID().slice(0, 8)
-const FAILS = []
-
-function check(name, cond, detail = '') {
-  console.log((cond ? 'PASS ' : 'FAIL ') + name + (cond ? '' : `  -- ${detail}`))
-  if (!cond) FAILS.push(name)
-}
-
-async function step(name, fn) {
-  try {
-    return await fn()
-  } catch (e) {
-    check(name, false, `${e?.name}: ${e?.message}`)
-    return undefined
-  }
-}
 
 async function expectError(name, fn, type) {
   try {
@@ -100,5 +86,4 @@ check('kill', killed === true)
 check('kill again -> false', (await step('kill again', () => Sandbox.kill(sbx.sandboxId))) === false)
 check('isRunning after kill -> false', (await step('isRunning', () => sbx.isRunning())) === false)
 
-console.log(FAILS.length ? `\n${FAILS.length} failed: ${FAILS.join(', ')}` : '\nALL PASSED')
-process.exit(FAILS.length ? 1 : 0)
+finish()

@@ -4,6 +4,8 @@
 #![cfg(target_os = "linux")]
 // Test helpers outside `#[test]` functions unwrap too: a failed step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// The SDK suites' PASS lines are the test's report (shown with --nocapture).
+#![allow(clippy::print_stdout)]
 
 use std::io::Write;
 use std::path::Path;
@@ -90,6 +92,30 @@ fn test_directory_snapshots_are_captured_downloaded_and_restored() {
 }
 
 #[test]
+#[ignore = "privileged: starts coppiced and a sandbox; needs the E2B SDK venv with e2b-code-interpreter"]
+fn test_code_interpreter_answers_the_e2b_code_interpreter_sdk() {
+    coppice_core::require_privileged!();
+    run_python_suite("code_interpreter_sdk.py");
+}
+
+#[test]
+#[ignore = "privileged: starts coppiced and a sandbox; needs the E2B JS SDKs in tests/sdk/node_modules"]
+fn test_code_interpreter_answers_the_e2b_code_interpreter_js_sdk() {
+    coppice_core::require_privileged!();
+    assert!(
+        sdk_dir()
+            .join("node_modules/@e2b/code-interpreter")
+            .is_dir(),
+        "the pinned @e2b/code-interpreter is missing: run `npm ci` in tests/sdk (scripts/test.sh does)"
+    );
+    let mut command = Command::new("node");
+    command
+        .arg("code_interpreter_sdk.mjs")
+        .current_dir(sdk_dir());
+    run_suite_against_coppiced(command);
+}
+
+#[test]
 #[ignore = "privileged: starts coppiced and sandboxes; needs the E2B JS SDK in tests/sdk/node_modules"]
 fn test_e2b_js_sdk_runs_against_coppiced() {
     coppice_core::require_privileged!();
@@ -115,7 +141,7 @@ fn run_suite_against_coppiced(mut command: Command) {
         .output()
         .unwrap();
     // Sandboxes outlive the daemon by design: a failed run must not leave any behind.
-    finish_suite(port, daemon, &output);
+    println!("{}", finish_suite(port, daemon, &output));
 }
 
 #[test]
