@@ -96,5 +96,8 @@ echo "== network harness (create with and without the bridge network side by sid
 echo "== code interpreter harness (run_code of a trivial statement at the server, beside exec over a pipe)"
 (cd templates/code-interpreter/server && python3 bench_server.py --iterations 300)
 
+echo "== code interpreter through the SDKs (create until the first run_code, beside a base create and first command)"
+./scripts/code-interpreter-bench.sh --iterations 30 --warm 200
+
 echo "== pause harness (in-memory pause/resume p50/p95 beside the raw freezer; filesystem pause and reboot)"
 ./target/release/coppice-pause-bench --iterations 200 --resident-mib 50

@@ -1,42 +1,12 @@
-// coppice's code interpreter driven by the unmodified @e2b/code-interpreter JS SDK: the
-// server is started in a sandbox from the project's sources, then reached on port 49999
+// coppice's code interpreter driven by the unmodified @e2b/code-interpreter JS SDK:
+// `Sandbox.create()` asks for the `code-interpreter-v1` template, reached on port 49999
 // through the gateway. Prints one PASS/FAIL line per check and exits 1 if any failed.
-import { readdirSync, readFileSync } from 'node:fs'
-import { dirname, join } from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { Sandbox as CodeInterpreter } from '@e2b/code-interpreter'
-import { NotFoundError, Sandbox } from 'e2b'
+import { NotFoundError } from 'e2b'
 import { check, finish, step } from './checks.mjs'
 
-const SERVER = join(dirname(fileURLToPath(import.meta.url)), '../../templates/code-interpreter/server')
-const INSTALL = '/home/user/.coppice-interpreter'
-
-async function startServer(sbx) {
-  const files = readdirSync(join(SERVER, 'coppice_interpreter'))
-    .filter((name) => name.endsWith('.py') || name.endsWith('.js'))
-    .map((name) => ({
-      path: `${INSTALL}/coppice_interpreter/${name}`,
-      data: readFileSync(join(SERVER, 'coppice_interpreter', name), 'utf8'),
-    }))
-  await sbx.files.write(files)
-  await sbx.commands.run(`cd ${INSTALL} && exec python3 -m coppice_interpreter.server`,
-    { background: true, timeoutMs: 0 })
-  const probe = `python3 -c "import urllib.request as u; print(u.urlopen('http://127.0.0.1:49999/health').read().decode())"`
-  const deadline = Date.now() + 20_000
-  while (Date.now() < deadline) {
-    try {
-      if ((await sbx.commands.run(probe)).stdout.trim() === '"OK"') return true
-    } catch {
-      await new Promise((resolve) => setTimeout(resolve, 200))
-    }
-  }
-  return false
-}
-
-const sbx = await Sandbox.create({ timeoutMs: 300_000 })
+const ci = await CodeInterpreter.create({ timeoutMs: 300_000 })
 try {
-  check('the server starts in the sandbox', await startServer(sbx))
-  const ci = await CodeInterpreter.connect(sbx.sandboxId)
   await step('x = 1', () => ci.runCode('x = 1'))
   const two = await step('x + 1', () => ci.runCode('x + 1'))
   check('state persists: x + 1 is 2', two?.text === '2', JSON.stringify(two))
@@ -66,6 +36,6 @@ try {
   const js = await step('javascript', () => ci.runCode('const a = 40; a + 2', { language: 'javascript' }))
   check('a JavaScript execution works', js?.text === '42', JSON.stringify(js))
 } finally {
-  await step('kill', () => sbx.kill())
+  await step('kill', () => ci.kill())
 }
 finish()

@@ -1,52 +1,30 @@
 #!/usr/bin/env python3
 """coppice's code interpreter driven by the unmodified e2b-code-interpreter Python SDK.
 
-The server is started inside a sandbox from the project's sources (uploaded with the SDK's
-file API), as a template's start command would start it; the SDK then reaches it through the
-gateway on port 49999 exactly as it reaches E2B's.
+`Sandbox.create()` asks for the `code-interpreter-v1` template, as against E2B: coppiced
+builds that template at start and waits for its interpreter before answering the create, so
+the first `run_code` finds it ready.
 """
-import pathlib
 import time
 
-from e2b import Sandbox
 from e2b.exceptions import NotFoundException
 from e2b_code_interpreter import Sandbox as CodeInterpreter
 
 from checks import check, finish, step
 
-SERVER = pathlib.Path(__file__).resolve().parents[2] / "templates/code-interpreter/server"
-INSTALL = "/home/user/.coppice-interpreter"
-
-
-def start_server(sbx):
-    files = [
-        {"path": f"{INSTALL}/{path.relative_to(SERVER)}", "data": path.read_bytes()}
-        for path in sorted(SERVER.glob("coppice_interpreter/*"))
-        if path.suffix in (".py", ".js")
-    ]
-    sbx.files.write_files(files)
-    sbx.commands.run(f"cd {INSTALL} && exec python3 -m coppice_interpreter.server",
-                     background=True, timeout=0)
-    probe = ("python3 -c \"import urllib.request as u; "
-             "print(u.urlopen('http://127.0.0.1:49999/health').read().decode())\"")
-    deadline = time.time() + 20
-    while time.time() < deadline:
-        try:
-            if sbx.commands.run(probe).stdout.strip() == '"OK"':
-                return True
-        except Exception:  # noqa: BLE001 - not listening yet
-            time.sleep(0.2)
-    return False
-
 
 def main():
-    sbx = Sandbox.create(timeout=300)
+    began = time.perf_counter()
+    ci = CodeInterpreter.create(timeout=300)
+    first = step("first run_code", lambda: ci.run_code("1"))
+    took = (time.perf_counter() - began) * 1000
+    print(f"create until the first run_code answered: {took:.0f} ms", flush=True)
     try:
-        check("the server starts in the sandbox", start_server(sbx))
-        ci = CodeInterpreter.connect(sbx.sandbox_id)
+        check("the first run_code after create answers", first is not None and first.text == "1",
+              repr(first))
         run(ci)
     finally:
-        step("kill", lambda: sbx.kill())
+        step("kill", lambda: ci.kill())
     return finish()
 
 

@@ -17,6 +17,7 @@ mod lifecycle;
 mod network;
 mod reconcile;
 mod snapshot;
+mod start;
 mod volumes;
 
 use boot::{boot_blocking, provision_blocking};
@@ -74,6 +75,9 @@ pub struct ManagerConfig {
     /// Below this share of the host's memory available (in percent), every sandbox paused in
     /// memory is written to disk at once; 0 never does.
     pub durable_pause_memory_low: u8,
+    /// Longest wait for a template's service to pass its ready check before a sandbox from
+    /// it is handed out (it fails instead).
+    pub template_ready_timeout: Duration,
 }
 
 impl Default for ManagerConfig {
@@ -83,6 +87,7 @@ impl Default for ManagerConfig {
             monitor_interval: Duration::from_secs(1),
             durable_pause_after: Some(Duration::from_secs(600)),
             durable_pause_memory_low: 10,
+            template_ready_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -623,6 +628,7 @@ impl Inner {
                 )
             })
             .and_then(|endpoints| {
+                self.start_service_blocking(&id, &sandbox.spec.template)?;
                 sandbox.state = transition(&sandbox, Operation::Start)?;
                 sandbox.endpoints = Some(endpoints);
                 // Not recorded as running means not running: a failure here rolls back too.
@@ -758,6 +764,8 @@ mod lifecycle_tests;
 mod network_tests;
 #[cfg(test)]
 mod snapshot_tests;
+#[cfg(test)]
+mod start_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

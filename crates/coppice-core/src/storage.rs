@@ -22,6 +22,18 @@ pub struct TemplateInfo {
     pub default_workdir: String,
     /// For a snapshot: the sandbox it was taken of.
     pub snapshot_of: Option<SandboxId>,
+    /// The service every sandbox booted from it starts, if any.
+    pub start: Option<TemplateStart>,
+}
+
+/// A template's service: started in the background once a sandbox from the template boots,
+/// and waited for before the sandbox is handed out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TemplateStart {
+    /// A shell command run as the default user in the default working directory.
+    pub command: String,
+    /// A shell command that exits 0 once the service is ready; `None` waits for nothing.
+    pub ready: Option<String>,
 }
 
 /// A host directory mounted into the sandbox.

@@ -93,9 +93,32 @@ pub struct FakeRuntime {
     checkpoints: Mutex<BTreeSet<SandboxId>>,
     refuse_checkpoints: std::sync::atomic::AtomicBool,
     host_memory: Mutex<Option<crate::runtime::HostMemory>>,
+    failing_execs: Mutex<Vec<String>>,
 }
 
 impl FakeRuntime {
+    /// Makes every further exec whose command line contains `needle` exit 1 (until
+    /// [`FakeRuntime::stop_failing_execs`]).
+    pub fn fail_execs_containing(&self, needle: &str) {
+        lock(&self.failing_execs).push(needle.to_owned());
+    }
+
+    /// Lets every exec succeed again.
+    pub fn stop_failing_execs(&self) {
+        lock(&self.failing_execs).clear();
+    }
+
+    /// The command lines of the execs run in sandbox `id` so far.
+    pub fn execs(&self, id: &SandboxId) -> Vec<String> {
+        lock(&self.calls)
+            .iter()
+            .filter_map(|call| match call {
+                FakeCall::Exec(sandbox, argv) if sandbox == id => Some(argv.join(" ")),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// Whether the sandbox is frozen.
     pub fn is_frozen(&self, id: &SandboxId) -> bool {
         lock(&self.frozen).contains(id)
@@ -199,6 +222,19 @@ impl Runtime for FakeRuntime {
         self.injected("exec", id)?;
         if lock(&self.created).get(id) != Some(&true) {
             return Err(RuntimeError::NotFound { id: id.clone() });
+        }
+        let line = request.argv.join(" ");
+        if lock(&self.failing_execs)
+            .iter()
+            .any(|needle| line.contains(needle.as_str()))
+        {
+            return Ok(ExecOutcome {
+                status: ExitStatus::Code(1),
+                stdout: Vec::new(),
+                stderr: b"not ready".to_vec(),
+                truncated: false,
+                timed_out: false,
+            });
         }
         Ok(ExecOutcome {
             status: ExitStatus::Code(0),
@@ -322,6 +358,7 @@ pub struct FakeStorage {
     dir_snapshots: Mutex<BTreeMap<DirSnapshotId, (PathBuf, String)>>,
     calls: Mutex<Vec<FakeCall>>,
     fail_next: Mutex<BTreeSet<&'static str>>,
+    starts: Mutex<BTreeMap<TemplateId, crate::storage::TemplateStart>>,
 }
 
 impl FakeStorage {
@@ -335,7 +372,13 @@ impl FakeStorage {
             dir_snapshots: Mutex::new(BTreeMap::new()),
             calls: Mutex::new(Vec::new()),
             fail_next: Mutex::new(BTreeSet::new()),
+            starts: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Gives template `id` a service to start in its sandboxes.
+    pub fn set_start(&self, id: &TemplateId, start: crate::storage::TemplateStart) {
+        lock(&self.starts).insert(id.clone(), start);
     }
 
     /// Makes the next call of `op` ("create_rootfs", "destroy_rootfs", "snapshot_rootfs")
@@ -377,6 +420,7 @@ impl FakeStorage {
             default_user: "user".into(),
             default_workdir: "/home/user".into(),
             snapshot_of: lock(&self.snapshots).get(id).cloned(),
+            start: lock(&self.starts).get(id).cloned(),
         }
     }
 

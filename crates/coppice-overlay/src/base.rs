@@ -304,7 +304,7 @@ fn copy_host_etc(
     Ok(())
 }
 
-fn write_new(path: &Path, contents: &[u8]) -> io::Result<()> {
+pub(crate) fn write_new(path: &Path, contents: &[u8]) -> io::Result<()> {
     let mut file = OpenOptions::new().write(true).create_new(true).open(path)?;
     file.write_all(contents)
 }

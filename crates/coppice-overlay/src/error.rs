@@ -61,6 +61,12 @@ pub enum OverlayError {
         /// The template.
         template: TemplateId,
     },
+    /// A template source's file path is not a plain relative path.
+    #[error("template source path {path:?} must be relative, without `.` or `..`")]
+    SourcePath {
+        /// The path.
+        path: String,
+    },
     /// The template is part of coppice and cannot be deleted.
     #[error("template {template} is built in and cannot be deleted")]
     BuiltinTemplate {

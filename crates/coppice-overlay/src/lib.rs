@@ -40,4 +40,4 @@ mod sys;
 pub use config::OverlayConfig;
 pub use error::OverlayError;
 pub use layer::{LayerId, LayerManifest, LayerRegistry, PendingLayer};
-pub use storage::OverlayStorage;
+pub use storage::{OverlayStorage, SourceFile, TemplateSource};

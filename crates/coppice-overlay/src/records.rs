@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use coppice_core::storage::BindMount;
+use coppice_core::storage::{BindMount, TemplateStart};
 use coppice_core::{SandboxId, TemplateId};
 use serde::{Deserialize, Serialize};
 
@@ -57,6 +57,20 @@ struct TemplateFile {
     /// For a snapshot: the sandbox it was taken of.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     snapshot_of: Option<String>,
+    /// The service its sandboxes start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    start: Option<StartRecord>,
+    /// For a template built from sources: their digest, to tell when to build it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    source_digest: Option<String>,
+}
+
+/// A template's service, as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+struct StartRecord {
+    command: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ready: Option<String>,
 }
 
 /// A template's metadata, parsed.
@@ -71,6 +85,10 @@ pub(crate) struct TemplateRecord {
     pub(crate) binds: Vec<BindMount>,
     /// For a snapshot: the sandbox it was taken of.
     pub(crate) snapshot_of: Option<SandboxId>,
+    /// The service its sandboxes start.
+    pub(crate) start: Option<TemplateStart>,
+    /// For a template built from sources: their digest.
+    pub(crate) source_digest: Option<String>,
 }
 
 impl TemplateRecord {
@@ -85,6 +103,11 @@ impl TemplateRecord {
             created_unix_ms: fsutil::unix_ms(self.created_at),
             binds: self.binds.iter().map(BindRecord::from_bind).collect(),
             snapshot_of: self.snapshot_of.as_ref().map(ToString::to_string),
+            start: self.start.as_ref().map(|start| StartRecord {
+                command: start.command.clone(),
+                ready: start.ready.clone(),
+            }),
+            source_digest: self.source_digest.clone(),
         };
         fsutil::write_json(path, &file, fsutil::Durability::HostCrash)
     }
@@ -118,6 +141,11 @@ impl TemplateRecord {
                 .as_deref()
                 .map(|sandbox| parse_id(path, sandbox))
                 .transpose()?,
+            start: file.start.map(|start| TemplateStart {
+                command: start.command,
+                ready: start.ready,
+            }),
+            source_digest: file.source_digest,
         }))
     }
 }
@@ -231,6 +259,11 @@ mod tests {
                 read_only: true,
             }],
             snapshot_of: Some("sbx1".parse().unwrap()),
+            start: Some(TemplateStart {
+                command: "serve".to_owned(),
+                ready: Some("probe".to_owned()),
+            }),
+            source_digest: Some("abc".to_owned()),
         }
     }
 

@@ -169,6 +169,8 @@ impl OverlayStorage {
                 read_only: true,
             }],
             snapshot_of: None,
+            start: None,
+            source_digest: None,
         };
         record.write(&path)?;
         tracing::info!(
@@ -289,6 +291,7 @@ impl OverlayStorage {
             default_user: record.default_user.clone(),
             default_workdir: record.default_workdir.clone(),
             snapshot_of: record.snapshot_of.clone(),
+            start: record.start.clone(),
         })
     }
 
@@ -580,8 +583,13 @@ fn is_damage(err: &OverlayError) -> bool {
     )
 }
 
+mod derived;
+#[cfg(test)]
+mod derived_tests;
 mod dir_snapshots;
 mod snapshot;
+
+pub use derived::{SourceFile, TemplateSource};
 #[cfg(test)]
 mod tests;
 mod volumes;

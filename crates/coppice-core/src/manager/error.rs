@@ -128,6 +128,16 @@ pub enum ManagerError {
         #[source]
         source: getrandom::Error,
     },
+    /// The template's service did not become ready in time (the sandbox is not handed out).
+    #[error("the service of template {template} was not ready within {seconds} s: {detail}")]
+    TemplateNotReady {
+        /// The template.
+        template: TemplateId,
+        /// How long it was waited for.
+        seconds: u64,
+        /// What the ready check last said.
+        detail: String,
+    },
     /// A blocking task panicked or was cancelled.
     #[error("background task {op} did not complete")]
     Task {
@@ -176,7 +186,10 @@ impl ManagerError {
             Self::Runtime { source, .. } => source.kind(),
             Self::Storage { source, .. } => source.kind(),
             Self::Net { source, .. } => source.kind(),
-            Self::Store(_) | Self::Entropy { .. } | Self::Task { .. } => ErrorKind::Internal,
+            Self::Store(_)
+            | Self::Entropy { .. }
+            | Self::Task { .. }
+            | Self::TemplateNotReady { .. } => ErrorKind::Internal,
         }
     }
 }

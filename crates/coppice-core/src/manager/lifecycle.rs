@@ -364,14 +364,19 @@ impl Inner {
             .rootfs(id)
             .map_err(|source| ManagerError::from_storage("find rootfs", source))?;
         let volumes = self.volume_binds(&paused.spec)?;
-        match boot_blocking(
+        let booted = boot_blocking(
             &self.backends,
             id,
             &paused.spec,
             self.config.limits.max_pids,
             (&root, RootUse::Used),
             volumes,
-        ) {
+        )
+        .and_then(|endpoints| {
+            self.start_service_blocking(id, &paused.spec.template)?;
+            Ok(endpoints)
+        });
+        match booted {
             Ok(endpoints) => {
                 resumed.endpoints = Some(endpoints);
                 Ok(())

@@ -28,7 +28,7 @@ impl Harness {
         }
     }
 
-    fn backends(&self) -> Backends {
+    pub(super) fn backends(&self) -> Backends {
         Backends {
             runtime: self.runtime.clone(),
             storage: self.storage.clone(),

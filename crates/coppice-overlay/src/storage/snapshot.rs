@@ -63,6 +63,9 @@ impl OverlayStorage {
             created_at: manifest.created_at,
             binds: rootfs.binds.clone(),
             snapshot_of: Some(id.clone()),
+            // Its sandboxes boot afresh, so they start the source template's service too.
+            start: source.as_ref().and_then(|t| t.start.clone()),
+            source_digest: None,
         };
         if let Err(error) = record.write(&path) {
             // Nothing refers to the new layer yet: take it away again.
@@ -78,7 +81,11 @@ impl OverlayStorage {
     /// Removes template `id`; layers no other template or sandbox uses go with it.
     pub(super) fn delete_template(&self, id: &TemplateId) -> Result<()> {
         let _guard = self.lock_builds();
-        if id.as_str() == base::BASE_TEMPLATE {
+        let built_from_sources = TemplateRecord::read(&self.template_path(id), id)
+            .ok()
+            .flatten()
+            .is_some_and(|record| record.source_digest.is_some());
+        if id.as_str() == base::BASE_TEMPLATE || built_from_sources {
             return Err(OverlayError::BuiltinTemplate {
                 template: id.clone(),
             });

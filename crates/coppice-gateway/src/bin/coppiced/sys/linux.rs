@@ -13,6 +13,8 @@ use coppice_linux::{EnvdSettings, IdMap, InitCommand, NamespaceRuntime, Namespac
 use coppice_net::{BridgeConfig, BridgeNetwork, LoopbackOnly, RealNetnsSys};
 use coppice_overlay::{OverlayConfig, OverlayStorage};
 
+mod code_interpreter;
+
 /// Network namespaces kept ready, so that creating one stays off the create path (enough
 /// for a burst of 20 concurrent creates).
 const NETNS_POOL_SIZE: usize = 24;
@@ -86,6 +88,15 @@ pub(crate) fn backends(config: &GatewayConfig) -> anyhow::Result<Backends> {
         .ensure_base_template()
         .context("building the base template")?;
     tracing::info!(template = %base.id, "base template ready");
+    // Sandboxes of the base template do not need it: a failed build is reported, not fatal.
+    match code_interpreter::source().and_then(|source| Ok(storage.ensure_template(&source)?)) {
+        Ok(template) => tracing::info!(template = %template.id, "code interpreter template ready"),
+        Err(error) => tracing::warn!(
+            template = code_interpreter::TEMPLATE,
+            error = format!("{error:#}"),
+            "cannot build the code interpreter template"
+        ),
+    }
     let mut runtime_config = NamespaceRuntimeConfig::new(config.run_dir(), init_command()?);
     runtime_config.id_map = id_map;
     runtime_config.envd = Some(envd_settings()?);

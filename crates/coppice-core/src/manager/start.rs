@@ -1,0 +1,128 @@
+//! A template's service: started in the background in every sandbox booted from the
+//! template (created, forked, or resumed by a reboot), and waited for, bounded, before the
+//! sandbox is handed out, so that the first request never races it.
+
+use std::time::{Duration, Instant};
+
+use crate::exec::{ExecRequest, ExecUser, ExitStatus};
+use crate::id::{SandboxId, TemplateId};
+use crate::storage::TemplateStart;
+
+use super::{Inner, ManagerError};
+
+/// Where a started service's output goes, inside the sandbox.
+pub const START_LOG: &str = "/tmp/.coppice-start.log";
+/// Longest one ready check may run.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(5);
+/// The first pause between ready checks, doubled up to [`MAX_PAUSE`].
+const FIRST_PAUSE: Duration = Duration::from_millis(5);
+const MAX_PAUSE: Duration = Duration::from_millis(100);
+
+impl Inner {
+    /// Starts the service of `template` (if it has one) in sandbox `id` and waits until its
+    /// ready check passes, for at most the configured time. A template that is gone starts
+    /// nothing (a resumed sandbox may outlive its template).
+    pub(super) fn start_service_blocking(
+        &self,
+        id: &SandboxId,
+        template: &TemplateId,
+    ) -> Result<(), ManagerError> {
+        let start = match self.backends.storage.template(template) {
+            Ok(info) => info.start,
+            Err(error) => {
+                tracing::debug!(sandbox_id = %id, %template, error = %error, "no template to start a service from");
+                None
+            }
+        };
+        let Some(start) = start else {
+            return Ok(());
+        };
+        let launch = ExecRequest {
+            timeout: Some(CHECK_TIMEOUT),
+            ..as_user(background(&start.command))
+        };
+        let launched =
+            self.backends.runtime.exec(id, &launch).map_err(|source| {
+                ManagerError::from_runtime("start the template's service", source)
+            })?;
+        if launched.status != ExitStatus::Code(0) {
+            return Err(self.not_ready(template, &start, &describe(&launched)));
+        }
+        let Some(ready) = &start.ready else {
+            return Ok(());
+        };
+        let check = ExecRequest {
+            timeout: Some(CHECK_TIMEOUT),
+            ..as_user(vec!["/bin/sh".into(), "-c".into(), ready.clone()])
+        };
+        let deadline = Instant::now() + self.config.template_ready_timeout;
+        let mut pause = FIRST_PAUSE;
+        loop {
+            let outcome = self.backends.runtime.exec(id, &check).map_err(|source| {
+                ManagerError::from_runtime("check the template's service", source)
+            })?;
+            if outcome.status == ExitStatus::Code(0) {
+                return Ok(());
+            }
+            if Instant::now() + pause >= deadline {
+                return Err(self.not_ready(template, &start, &describe(&outcome)));
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+
+    fn not_ready(
+        &self,
+        template: &TemplateId,
+        start: &TemplateStart,
+        detail: &str,
+    ) -> ManagerError {
+        ManagerError::TemplateNotReady {
+            template: template.clone(),
+            seconds: self.config.template_ready_timeout.as_secs(),
+            detail: format!(
+                "`{}` (started with `{}`; its output is in {START_LOG}): {detail}",
+                start.ready.as_deref().unwrap_or("-"),
+                start.command
+            ),
+        }
+    }
+}
+
+/// `command` detached from the exec that starts it: its output to the start log, so the exec
+/// returns at once and the service runs on under the sandbox's init.
+fn background(command: &str) -> Vec<String> {
+    vec![
+        "/bin/sh".into(),
+        "-c".into(),
+        format!("({command}) </dev/null >>{START_LOG} 2>&1 &"),
+    ]
+}
+
+fn as_user(argv: Vec<String>) -> ExecRequest {
+    ExecRequest {
+        user: ExecUser::User,
+        ..ExecRequest::new(argv)
+    }
+}
+
+fn describe(outcome: &crate::exec::ExecOutcome) -> String {
+    let stderr = String::from_utf8_lossy(&outcome.stderr);
+    let stdout = String::from_utf8_lossy(&outcome.stdout);
+    let said = if stderr.trim().is_empty() {
+        stdout
+    } else {
+        stderr
+    };
+    let said: String = said.trim().chars().take(400).collect();
+    format!(
+        "{:?}{}",
+        outcome.status,
+        if said.is_empty() {
+            String::new()
+        } else {
+            format!(", {said}")
+        }
+    )
+}

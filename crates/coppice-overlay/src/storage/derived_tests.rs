@@ -1,0 +1,121 @@
+//! Templates built from sources: built once, rebuilt when the sources change, laid over the
+//! base template, with their service recorded, and refused for deletion.
+
+use std::fs;
+
+use coppice_core::storage::{RootFs, Storage, TemplateStart};
+
+use super::tests::{harness, sandbox_id, template_id};
+use super::{SourceFile, TemplateSource};
+
+fn source(script: &str) -> TemplateSource {
+    TemplateSource {
+        id: template_id("code-interpreter-v1"),
+        description: "the code interpreter".into(),
+        files: vec![SourceFile {
+            path: "opt/coppice/server/main.py".into(),
+            contents: script.as_bytes().to_vec(),
+            mode: 0o644,
+        }],
+        start: TemplateStart {
+            command: "python3 -m server".into(),
+            ready: Some("true".into()),
+        },
+    }
+}
+
+fn top_layer(harness: &super::tests::Harness) -> crate::layer::LayerId {
+    harness
+        .storage
+        .read_template(&template_id("code-interpreter-v1"))
+        .unwrap()
+        .layers[0]
+        .clone()
+}
+
+#[test]
+fn test_a_template_is_built_over_the_base_once_and_again_when_its_sources_change() {
+    let harness = harness();
+    let info = harness.storage.ensure_template(&source("v1")).unwrap();
+    assert_eq!(
+        info.start,
+        Some(TemplateStart {
+            command: "python3 -m server".into(),
+            ready: Some("true".into()),
+        })
+    );
+    let first = top_layer(&harness);
+    let tree = harness.storage.layers().tree_dir(&first);
+    assert_eq!(
+        fs::read_to_string(tree.join("opt/coppice/server/main.py")).unwrap(),
+        "v1"
+    );
+
+    harness.storage.ensure_template(&source("v1")).unwrap();
+    assert_eq!(top_layer(&harness), first, "the same sources build nothing");
+
+    // A sandbox on the first build keeps its layer through a rebuild.
+    let sandbox = sandbox_id("sbx1");
+    harness
+        .storage
+        .create_rootfs(&sandbox, &template_id("code-interpreter-v1"), 512)
+        .unwrap();
+    harness.storage.ensure_template(&source("v2")).unwrap();
+    let second = top_layer(&harness);
+    assert_ne!(second, first);
+    let tree = harness.storage.layers().tree_dir(&second);
+    assert_eq!(
+        fs::read_to_string(tree.join("opt/coppice/server/main.py")).unwrap(),
+        "v2"
+    );
+    assert!(
+        harness.storage.layers().get(&first).is_ok(),
+        "still used by sbx1"
+    );
+    let RootFs::Overlay { lower, .. } = harness.storage.rootfs(&sandbox).unwrap() else {
+        panic!("an overlay root");
+    };
+    assert_eq!(lower.len(), 2, "its own layer over the base's: {lower:?}");
+
+    harness.storage.destroy_rootfs(&sandbox).unwrap();
+    harness.storage.ensure_template(&source("v2")).unwrap();
+    harness.storage.prune_layers().unwrap();
+    assert!(
+        harness.storage.layers().get(&first).is_err(),
+        "pruned once unused"
+    );
+}
+
+#[test]
+fn test_a_template_built_from_sources_cannot_be_deleted() {
+    let harness = harness();
+    harness.storage.ensure_template(&source("v1")).unwrap();
+    let refused = harness
+        .storage
+        .delete_template(&template_id("code-interpreter-v1"))
+        .unwrap_err();
+    assert!(
+        matches!(refused, crate::OverlayError::BuiltinTemplate { .. }),
+        "{refused:?}"
+    );
+}
+
+#[test]
+fn test_a_source_path_that_leaves_the_tree_is_refused() {
+    let harness = harness();
+    for path in ["../escape", "/etc/passwd", "opt/../../x", ""] {
+        let mut bad = source("v1");
+        bad.files[0].path = path.into();
+        assert!(
+            harness.storage.ensure_template(&bad).is_err(),
+            "{path:?} accepted"
+        );
+    }
+    assert!(
+        harness
+            .storage
+            .template(&template_id("code-interpreter-v1"))
+            .is_err(),
+        "no half-made template is listed"
+    );
+}
