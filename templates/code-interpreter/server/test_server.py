@@ -122,20 +122,55 @@ class ServerTest(unittest.TestCase):
         self.assertEqual(self.of_type(after, "error")[0]["name"], "NameError")
         self.assertEqual(self.request("DELETE", f"/contexts/{context['id']}"), (200, "null"))
 
-    def test_a_client_that_goes_away_interrupts_its_cell(self):
-        context = json.loads(self.request("POST", "/contexts", {})[1])
+    def abandon(self, context_id, code):
+        """Starts `code` in the context, then goes away mid-execution."""
         sock = socket.create_connection(("127.0.0.1", self.port))
-        body = json.dumps({"code": "import time\nwhile True: time.sleep(0.01)",
-                           "context_id": context["id"]}).encode()
+        body = json.dumps({"code": code, "context_id": context_id}).encode()
         sock.sendall(b"POST /execute HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                      + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         sock.recv(4096)
         sock.close()
+
+    def check_interrupted_keeping_state(self, language, set_code, busy_code, read_code):
+        context = json.loads(self.request("POST", "/contexts", {"language": language})[1])
+        self.execute({"code": set_code, "context_id": context["id"]})
+        self.abandon(context["id"], busy_code)
         # Until the server writes to the closed socket it cannot know; a keepalive does.
         started = time.time()
-        after = self.execute({"code": "'free'", "context_id": context["id"]})
-        self.assertEqual(self.of_type(after, "result")[0]["text"], "free")
+        after = self.execute({"code": read_code, "context_id": context["id"]})
+        self.assertEqual(self.of_type(after, "error"), [])
+        self.assertEqual(self.of_type(after, "result")[0]["text"], "kept")
         self.assertLess(time.time() - started, 10)
+
+    def test_a_client_that_goes_away_interrupts_its_cell_and_the_state_stays(self):
+        self.check_interrupted_keeping_state(
+            "python", "state = 'kept'", "import time\nwhile True: time.sleep(0.01)", "state")
+
+    @unittest.skipUnless(shutil.which("node"), "javascript contexts need node")
+    def test_an_abandoned_javascript_cell_is_interrupted_and_the_state_stays(self):
+        self.check_interrupted_keeping_state(
+            "javascript", "var state = 'kept'", "while (true) {}", "state")
+
+    def test_an_interrupt_between_cells_does_not_end_the_interpreter(self):
+        context = json.loads(self.request("POST", "/contexts", {})[1])
+        self.execute({"code": "state = 'kept'", "context_id": context["id"]})
+        self.contexts.get(context["id"]).worker.interrupt()
+        after = self.execute({"code": "state", "context_id": context["id"]})
+        self.assertEqual(self.of_type(after, "result")[0]["text"], "kept")
+
+    def test_a_cell_that_closes_its_stdout_does_not_hang_the_next(self):
+        context = json.loads(self.request("POST", "/contexts", {})[1])
+        self.execute({"code": "import os\nos.dup2(os.open(os.devnull, os.O_WRONLY), 1)",
+                      "context_id": context["id"]})
+        after = self.execute({"code": "'next'", "context_id": context["id"]})
+        self.assertEqual(self.of_type(after, "result")[0]["text"], "next")
+
+    def test_what_a_dying_interpreter_printed_is_kept(self):
+        died = self.execute({"code": "import os, sys\nsys.stderr.write('last words\\n')\n"
+                                     "sys.stderr.flush()\nos._exit(1)", "language": "python"})
+        text = "".join(m["text"] for m in self.of_type(died, "stderr"))
+        self.assertIn("last words", text)
+        self.assertEqual(self.of_type(died, "error")[0]["name"], "UnexpectedEndOfExecution")
 
     def test_the_default_alias_is_the_default_python_context(self):
         self.execute({"code": "aliased = 7"})

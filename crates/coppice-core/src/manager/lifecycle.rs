@@ -372,9 +372,13 @@ impl Inner {
             (&root, RootUse::Used),
             volumes,
         )
-        .and_then(|endpoints| {
-            self.start_service_blocking(id, &paused.spec.template)?;
-            Ok(endpoints)
+        .inspect(|_| {
+            // The files are what a resume must give back: a service that no longer gets
+            // ready (its user may have changed the files it runs from) is reported, and the
+            // sandbox resumes without it.
+            if let Err(error) = self.start_service_blocking(id, &paused.spec.template) {
+                tracing::warn!(sandbox_id = %id, error = %super::error_chain(&error), "the template's service did not get ready after the resume");
+            }
         });
         match booted {
             Ok(endpoints) => {

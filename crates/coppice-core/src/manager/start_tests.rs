@@ -98,7 +98,7 @@ async fn test_a_service_that_never_gets_ready_fails_the_create_and_leaves_nothin
 #[tokio::test]
 async fn test_a_reboot_starts_the_service_again_and_a_template_without_one_starts_nothing() {
     let harness = Harness::new();
-    let manager = manager_waiting(&harness, Duration::from_secs(5)).await;
+    let manager = manager_waiting(&harness, Duration::from_millis(300)).await;
     let plain = manager.create(spec()).await.unwrap();
     assert!(harness.runtime.execs(&plain.id).is_empty());
 
@@ -122,4 +122,14 @@ async fn test_a_reboot_starts_the_service_again_and_a_template_without_one_start
         .filter(|line| line.contains("serve --port 49999"))
         .count();
     assert_eq!(starts, 2);
+
+    // A service that no longer gets ready does not keep the sandbox's files from coming back.
+    manager
+        .pause(&sandbox.id, PauseMode::Filesystem)
+        .await
+        .unwrap();
+    harness.runtime.fail_execs_containing("probe");
+    let resumed = manager.resume(&sandbox.id, options).await.unwrap();
+    assert_eq!(resumed.outcome, ResumeOutcome::Rebooted);
+    assert_eq!(resumed.sandbox.state, SandboxState::Running);
 }

@@ -75,11 +75,19 @@ impl OverlayStorage {
         let _guard = self.lock_builds();
         let digest = source.digest();
         let path = self.template_path(&source.id);
-        if let Some(record) = TemplateRecord::read(&path, &source.id)?
-            && record.source_digest.as_deref() == Some(digest.as_str())
-            && let Ok(info) = self.template_info(&record)
-        {
-            return Ok(info);
+        if let Some(record) = TemplateRecord::read(&path, &source.id)? {
+            // A template of that name not built from sources is someone's (a snapshot named
+            // so): it is never replaced.
+            let Some(built_from) = record.source_digest.as_deref() else {
+                return Err(OverlayError::TemplateExists {
+                    template: source.id.clone(),
+                });
+            };
+            if built_from == digest
+                && let Ok(info) = self.template_info(&record)
+            {
+                return Ok(info);
+            }
         }
         let base_record = TemplateRecord::read(&self.template_path(&base_info.id), &base_info.id)?
             .ok_or_else(|| OverlayError::TemplateNotFound {

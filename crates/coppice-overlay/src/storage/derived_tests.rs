@@ -87,6 +87,37 @@ fn test_a_template_is_built_over_the_base_once_and_again_when_its_sources_change
 }
 
 #[test]
+fn test_a_template_of_that_name_not_built_from_sources_is_never_replaced() {
+    let harness = harness();
+    harness.storage.ensure_base_template().unwrap();
+    let sandbox = sandbox_id("sbx1");
+    harness
+        .storage
+        .create_rootfs(&sandbox, &template_id("base"), 512)
+        .unwrap();
+    harness
+        .storage
+        .snapshot_rootfs(&sandbox, &template_id("code-interpreter-v1"))
+        .unwrap();
+
+    let refused = harness.storage.ensure_template(&source("v1")).unwrap_err();
+
+    assert!(
+        matches!(refused, crate::OverlayError::TemplateExists { .. }),
+        "{refused:?}"
+    );
+    let kept = harness
+        .storage
+        .template(&template_id("code-interpreter-v1"))
+        .unwrap();
+    assert_eq!(
+        kept.snapshot_of,
+        Some(sandbox),
+        "the snapshot is still there"
+    );
+}
+
+#[test]
 fn test_a_template_built_from_sources_cannot_be_deleted() {
     let harness = harness();
     harness.storage.ensure_template(&source("v1")).unwrap();

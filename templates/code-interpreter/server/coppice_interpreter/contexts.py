@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -77,6 +78,8 @@ class Worker:
         self.requests = os.fdopen(self.requests_w, "w", encoding="utf-8")
         self.marker = ""
         self.marker_lock = threading.Lock()
+        # Output pipes that reached their end: a cell may close its own stdout.
+        self.closed = set()
         for kind, pipe in (("stdout", self.process.stdout), ("stderr", self.process.stderr)):
             threading.Thread(target=self.read_output, args=(kind, pipe), daemon=True).start()
         replies = os.fdopen(replies_r, "r", encoding="utf-8")
@@ -90,6 +93,7 @@ class Worker:
             if not chunk:
                 if pending:
                     self.events.put((kind, pending))
+                self.closed.add(kind)
                 self.events.put((kind + "_closed", None))
                 return
             pending += decoder.decode(chunk)
@@ -133,10 +137,12 @@ class Worker:
             pass
 
     def stop(self):
-        try:
-            os.killpg(self.process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        # Once reaped its pid may be another process's: only a live worker's group is killed.
+        if self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
         try:
             self.requests.close()
         except OSError:
@@ -194,29 +200,38 @@ class Context:
                     self.global_env_loaded = True
                 worker.send({"kind": "execute", "code": code, "env_vars": env_vars,
                              "marker": marker})
-            except OSError:
-                yield ENDED
+            except (OSError, ValueError):
+                # Its pipe is gone (the worker ended, or the context was removed).
                 self.replace_worker()
+                yield ENDED
                 return
+            progress = {"done": False, "ended": False}
             finished = False
             try:
-                yield from self.stream(worker)
+                yield from self.stream(worker, progress)
                 finished = True
             finally:
-                if not finished:
-                    # The client went away: stop the cell, and drain it so the next
-                    # execution starts clean.
-                    worker.interrupt()
-                    waited = 0
-                    for message in self.stream(worker):
-                        if message["type"] == "keepalive":
-                            waited += 1
-                            # A cell deaf to the interrupt costs the context its state.
-                            if waited == 2:
-                                worker.stop()
+                if not finished and not progress["ended"] and worker.process.poll() is None:
+                    self.abandon(worker, progress)
 
-    def stream(self, worker):
-        done = stdout_done = stderr_done = False
+    def abandon(self, worker, progress):
+        """What is left of an execution whose client went away: the cell is interrupted if it
+        still runs, and its output drained, so the next execution starts clean."""
+        if not progress["done"]:
+            worker.interrupt()
+        waited = 0
+        for message in self.stream(worker, progress):
+            if message["type"] == "keepalive":
+                waited += 1
+                # A cell deaf to the interrupt costs the context its state.
+                if waited == 2:
+                    worker.stop()
+                if waited > 3:
+                    return
+
+    def stream(self, worker, progress):
+        done = progress["done"]
+        stdout_done, stderr_done = "stdout" in worker.closed, "stderr" in worker.closed
         # Output read before the worker numbered the execution waits for that number, which
         # the SDKs expect first.
         numbered, early = False, []
@@ -238,7 +253,7 @@ class Context:
                 stderr_done = True
             elif kind == "reply":
                 if value.get("type") == "done":
-                    done = True
+                    done = progress["done"] = True
                 else:
                     yield value
                 if not numbered:
@@ -250,12 +265,29 @@ class Context:
             elif kind == "stderr_closed":
                 stderr_done = True
             elif kind == "ended":
-                # The worker died mid-cell (its replies are all in): report it and start a
-                # fresh one.
-                yield from early
-                yield ENDED
+                # The worker died mid-cell, its replies all in. A fresh one first, so the
+                # context is right even if this client is gone; then what it still printed.
+                progress["ended"] = True
                 self.replace_worker()
+                yield from early
+                yield from last_output(worker)
+                yield ENDED
                 return
+
+
+def last_output(worker):
+    """The output a dead worker's pipes still hold, briefly waited for."""
+    closed = set(worker.closed)
+    deadline = time.monotonic() + 0.5
+    while closed != {"stdout", "stderr"}:
+        try:
+            kind, value = worker.events.get(timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Empty:
+            return
+        if kind in ("stdout", "stderr"):
+            yield {"type": kind, "text": value, "timestamp": now()}
+        elif kind.endswith("_closed"):
+            closed.add(kind[: -len("_closed")])
 
 
 class Contexts:

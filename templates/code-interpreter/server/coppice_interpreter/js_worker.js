@@ -49,7 +49,7 @@ async function execute(request) {
     process.env[name] = value;
   }
   try {
-    let value = vm.runInContext(request.code, context, { filename: `cell-${count}` });
+    let value = vm.runInContext(request.code, context, { filename: `cell-${count}`, breakOnSigint: true });
     if (value && typeof value.then === 'function') {
       value = await value;
     }
@@ -74,6 +74,9 @@ async function execute(request) {
     send({ type: 'done' });
   }
 }
+
+// An interrupt stops a running cell (breakOnSigint); between cells it must not end the worker.
+process.on('SIGINT', () => {});
 
 const lines = readline.createInterface({ input: fs.createReadStream(null, { fd: requestsFd }) });
 let queue = Promise.resolve();

@@ -11,6 +11,7 @@ import builtins
 import io
 import json
 import os
+import signal
 import sys
 import traceback
 
@@ -105,9 +106,12 @@ class Worker:
         self.send({"type": "number_of_executions", "execution_count": self.count})
         saved = {name: os.environ.get(name) for name in env_vars}
         os.environ.update(env_vars)
+        # An interrupt stops a running cell; between cells it must not end the worker.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         try:
             self.run_cell(code)
         finally:
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
             for name, value in saved.items():
                 if value is None:
                     os.environ.pop(name, None)
@@ -155,6 +159,7 @@ def main():
     # A line at a time, so that `print` reaches the client whole and as it happens.
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     worker = Worker(replies)
     for line in requests:
         request = json.loads(line)

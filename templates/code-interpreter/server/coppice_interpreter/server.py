@@ -68,6 +68,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def body(self):
         length = int(self.headers.get("Content-Length") or 0)
+        if length < 0:
+            raise ValueError("the Content-Length is negative")
         if length > MAX_BODY:
             raise ValueError(f"the body is larger than {MAX_BODY} bytes")
         raw = self.rfile.read(length) if length else b""
