@@ -16,21 +16,11 @@ import time
 from e2b import CommandExitException, Sandbox, SandboxState
 
 from checks import check, finish, step
+from counter import COUNTER, alive, count
 
 PAYLOAD = "kept on disk\n"
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done"
 # Waits for its go-ahead file, so that it finishes only after the resume.
 COMMAND = "while [ ! -e /tmp/go ]; do sleep 0.05; done; echo done; exit 7"
-
-
-def count(sbx):
-    text = step("read counter", lambda: sbx.files.read("/tmp/counter")) or ""
-    return int(text.strip() or "0")
-
-
-def alive(sbx, pid):
-    r = step("ps", lambda: sbx.commands.run(f"kill -0 {pid} && echo yes || echo no"))
-    return r is not None and r.stdout == "yes\n"
 
 
 def setup():

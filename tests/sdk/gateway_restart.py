@@ -16,11 +16,9 @@ import time
 from e2b import CommandExitException, Sandbox, SandboxState
 
 from checks import check, finish, step
+from counter import COUNTER
 
 PAYLOAD = "survives the daemon\n"
-
-
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done"
 
 
 def setup():

@@ -14,20 +14,9 @@ import uuid
 from e2b import CommandExitException, NotFoundException, Sandbox, SandboxQuery, SandboxState
 
 from checks import check, finish, step
+from counter import COUNTER, alive, count
 
 RUN = uuid.uuid4().hex[:8]
-# A shell whose only state is in memory: the count lives in `i`; the file just shows it.
-COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.05; done"
-
-
-def count(sbx):
-    text = step("read counter", lambda: sbx.files.read("/tmp/counter")) or ""
-    return int(text.strip() or "0")
-
-
-def alive(sbx, pid):
-    r = step("ps", lambda: sbx.commands.run(f"kill -0 {pid} && echo yes || echo no"))
-    return r is not None and r.stdout == "yes\n"
 
 
 def wait_for_state(sid, state, seconds):

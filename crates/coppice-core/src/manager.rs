@@ -585,7 +585,10 @@ impl Inner {
         root_template: Option<TemplateId>,
     ) -> Result<Sandbox, ManagerError> {
         let root_template = root_template.unwrap_or_else(|| spec.template.clone());
-        self.backends
+        // A fork's root template is its private snapshot, which carries the service of the
+        // template the source came from.
+        let template = self
+            .backends
             .storage
             .template(&root_template)
             .map_err(|source| ManagerError::from_storage("look up template", source))?;
@@ -628,7 +631,7 @@ impl Inner {
                 )
             })
             .and_then(|endpoints| {
-                self.start_service_blocking(&id, &sandbox.spec.template)?;
+                self.start_service_blocking(&id, &template)?;
                 sandbox.state = transition(&sandbox, Operation::Start)?;
                 sandbox.endpoints = Some(endpoints);
                 // Not recorded as running means not running: a failure here rolls back too.

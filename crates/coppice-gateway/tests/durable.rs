@@ -8,12 +8,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 mod daemon;
 
-use daemon::{e2b_python, finish_suite, free_port, sdk_dir, sdk_env, start_with, wait_healthy};
+use daemon::{finish_suite, free_port, run_sdk_step, sdk_dir, start_with, wait_healthy};
 
 /// Durable pause needs a loopback-only sandbox; it is written to disk after one second.
 const FLAGS: &[&str] = &["--network", "loopback", "--durable-pause-after", "1"];
@@ -31,7 +30,6 @@ fn criu_flags() -> Vec<String> {
 #[ignore = "privileged: checkpoints sandboxes with CRIU under a real coppiced; needs the E2B SDK venv"]
 fn test_durable_pause_outlives_the_daemon_and_restores_the_same_processes() {
     coppice_core::require_privileged!();
-    let python = e2b_python();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let criu = criu_flags();
@@ -41,12 +39,7 @@ fn test_durable_pause_outlives_the_daemon_and_restores_the_same_processes() {
     wait_healthy(port);
     let url = format!("http://127.0.0.1:{port}");
     let script = sdk_dir().join("durable_sdk.py");
-    let setup = Command::new(&python)
-        .arg(&script)
-        .arg("setup")
-        .envs(sdk_env(&url))
-        .output()
-        .unwrap();
+    let setup = run_sdk_step(&script, "setup", &[], &url);
     let printed = String::from_utf8_lossy(&setup.stdout).into_owned();
     let state: Vec<&str> = printed
         .lines()
@@ -78,12 +71,6 @@ fn test_durable_pause_outlives_the_daemon_and_restores_the_same_processes() {
     daemon.0.wait().unwrap();
     let restarted = start_with(dir.path(), port, &flags);
     wait_healthy(port);
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg("verify")
-        .args(&state[1..])
-        .envs(sdk_env(&url))
-        .output()
-        .unwrap();
+    let output = run_sdk_step(&script, "verify", &state[1..], &url);
     finish_suite(port, restarted, &output);
 }

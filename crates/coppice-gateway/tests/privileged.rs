@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 mod daemon;
 
 use daemon::{
-    API_KEY, e2b_python, finish_suite, free_port, kill_all_sandboxes, sdk_dir, sdk_env, start,
-    wait_healthy,
+    API_KEY, e2b_python, finish_suite, free_port, kill_all_sandboxes, run_sdk_step, sdk_dir,
+    sdk_env, start, wait_healthy,
 };
 
 #[test]
@@ -179,13 +179,7 @@ fn test_sandboxes_survive_sigkill_of_coppiced_mid_stream() {
 
     let restarted = start(dir.path(), port);
     wait_healthy(port);
-    let output = Command::new(&python)
-        .arg(&script)
-        .arg("verify")
-        .args(&state[1..])
-        .envs(sdk_env(&url))
-        .output()
-        .unwrap();
+    let output = run_sdk_step(&script, "verify", &state[1..], &url);
     finish_suite(port, restarted, &output);
 }
 

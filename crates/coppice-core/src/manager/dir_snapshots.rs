@@ -24,21 +24,11 @@ impl SandboxManager {
         path: &str,
     ) -> Result<DirSnapshot, ManagerError> {
         check_directory(path)?;
-        let manager = self.clone();
-        let (id, path) = (id.clone(), path.to_owned());
-        tokio::spawn(async move {
-            let _operation = manager.lock_operations(&id).await;
-            let inner = Arc::clone(&manager.inner);
-            blocking("directory snapshot", move || {
-                inner.create_dir_snapshot_blocking(&id, &path)
-            })
-            .await?
+        let (sandbox_id, path) = (id.clone(), path.to_owned());
+        self.locked_blocking("directory snapshot", id, move |inner| {
+            inner.create_dir_snapshot_blocking(&sandbox_id, &path)
         })
         .await
-        .map_err(|source| ManagerError::Task {
-            op: "directory snapshot",
-            source,
-        })?
     }
 
     /// Every directory snapshot, oldest first.
@@ -103,30 +93,18 @@ impl SandboxManager {
         let snapshot = self.dir_snapshot(id).await?;
         let path = path.unwrap_or(&snapshot.path).to_owned();
         check_directory(&path)?;
-        let manager = self.clone();
-        let sandbox = sandbox.clone();
-        tokio::spawn(async move {
-            let _operation = manager.lock_operations(&sandbox).await;
-            let inner = Arc::clone(&manager.inner);
-            blocking("restore directory snapshot", move || {
-                let target = inner.reachable_sandbox(&sandbox)?;
-                let root = inner.root_dir(&target.id)?;
-                let ids = inner.backends.runtime.id_map();
-                inner
-                    .backends
-                    .storage
-                    .restore_dir_snapshot(&snapshot.id, root.path(), &path, ids)
-                    .map_err(|source| {
-                        ManagerError::from_storage("restore directory snapshot", source)
-                    })
-            })
-            .await?
+        let sandbox_id = sandbox.clone();
+        self.locked_blocking("restore directory snapshot", sandbox, move |inner| {
+            let target = inner.reachable_sandbox(&sandbox_id)?;
+            let root = inner.root_dir(&target.id)?;
+            let ids = inner.backends.runtime.id_map();
+            inner
+                .backends
+                .storage
+                .restore_dir_snapshot(&snapshot.id, root.path(), &path, ids)
+                .map_err(|source| ManagerError::from_storage("restore directory snapshot", source))
         })
         .await
-        .map_err(|source| ManagerError::Task {
-            op: "restore directory snapshot",
-            source,
-        })?
     }
 
     /// Deletes directory snapshot `id`.

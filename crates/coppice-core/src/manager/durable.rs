@@ -4,10 +4,10 @@
 //! is then recorded as [`PauseMode::Durable`] and survives daemon and host restarts. Resume
 //! restores the processes where they were.
 
-use std::sync::{Arc, MutexGuard, PoisonError};
+use std::sync::{MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use super::{Inner, ManagerError, SandboxManager, blocking, error_chain};
+use super::{Inner, ManagerError, SandboxManager, error_chain};
 use crate::event::{EventKind, Reason};
 use crate::id::SandboxId;
 use crate::runtime::RuntimeError;
@@ -93,27 +93,16 @@ impl SandboxManager {
         id: &SandboxId,
         reason: Reason,
     ) -> Result<Option<Sandbox>, ManagerError> {
-        let manager = self.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            let _operation = manager.lock_operations(&id).await;
-            let inner = Arc::clone(&manager.inner);
-            let sandbox_id = id.clone();
-            let durable = blocking("checkpoint", move || {
-                inner.make_durable_blocking(&sandbox_id, reason)
-            })
-            .await??;
+        let sandbox_id = id.clone();
+        self.locked_blocking("checkpoint", id, move |inner| {
+            let durable = inner.make_durable_blocking(&sandbox_id, reason)?;
             if durable.is_some() {
-                manager.inner.memory_paused().remove(&id);
-                tracing::info!(sandbox_id = %id, "paused sandbox written to disk");
+                inner.memory_paused().remove(&sandbox_id);
+                tracing::info!(%sandbox_id, "paused sandbox written to disk");
             }
             Ok(durable)
         })
         .await
-        .map_err(|source| ManagerError::Task {
-            op: "checkpoint",
-            source,
-        })?
     }
 
     /// Whether the host's memory runs short by `durable_pause_memory_low`.

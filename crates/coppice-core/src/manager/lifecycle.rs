@@ -70,6 +70,29 @@ impl SandboxManager {
         self.operations_lock(id).lock_owned().await
     }
 
+    /// Runs `work` on the blocking pool while holding `id`'s operation lock, in a task of its
+    /// own: a caller that goes away must not strand an operation half done.
+    pub(super) async fn locked_blocking<T, F>(
+        &self,
+        op: &'static str,
+        id: &SandboxId,
+        work: F,
+    ) -> Result<T, ManagerError>
+    where
+        F: FnOnce(&Inner) -> Result<T, ManagerError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let manager = self.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            let _operation = manager.lock_operations(&id).await;
+            let inner = Arc::clone(&manager.inner);
+            blocking(op, move || work(&inner)).await?
+        })
+        .await
+        .map_err(|source| ManagerError::Task { op, source })?
+    }
+
     /// The operation lock of `id` if nobody holds it.
     pub(super) fn try_lock_operations(&self, id: &SandboxId) -> Option<OwnedMutexGuard<()>> {
         self.operations_lock(id).try_lock_owned().ok()
@@ -132,27 +155,16 @@ impl SandboxManager {
         options: ResumeOptions,
     ) -> Result<Resumed, ManagerError> {
         self.check_timeout(options.timeout)?;
-        let manager = self.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            let _operation = manager.lock_operations(&id).await;
-            let inner = Arc::clone(&manager.inner);
-            let sandbox_id = id.clone();
-            let resumed = blocking("resume", move || {
-                inner.resume_blocking(&sandbox_id, options)
-            })
-            .await??;
-            manager.inner.deadlines_changed.notify_one();
+        let sandbox_id = id.clone();
+        self.locked_blocking("resume", id, move |inner| {
+            let resumed = inner.resume_blocking(&sandbox_id, options)?;
+            inner.deadlines_changed.notify_one();
             if resumed.outcome != ResumeOutcome::AlreadyRunning {
-                tracing::info!(sandbox_id = %id, outcome = ?resumed.outcome, "sandbox resumed");
+                tracing::info!(%sandbox_id, outcome = ?resumed.outcome, "sandbox resumed");
             }
             Ok(resumed)
         })
         .await
-        .map_err(|source| ManagerError::Task {
-            op: "resume",
-            source,
-        })?
     }
 
     /// A running sandbox for a request that touches it: a paused one created with
@@ -376,7 +388,7 @@ impl Inner {
             // The files are what a resume must give back: a service that no longer gets
             // ready (its user may have changed the files it runs from) is reported, and the
             // sandbox resumes without it.
-            if let Err(error) = self.start_service_blocking(id, &paused.spec.template) {
+            if let Err(error) = self.restart_service_blocking(id, &paused.spec.template) {
                 tracing::warn!(sandbox_id = %id, error = %super::error_chain(&error), "the template's service did not get ready after the resume");
             }
         });

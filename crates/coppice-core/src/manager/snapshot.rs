@@ -50,18 +50,11 @@ impl SandboxManager {
         id: &SandboxId,
         name: Option<TemplateId>,
     ) -> Result<TemplateInfo, ManagerError> {
-        let manager = self.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            let _operation = manager.lock_operations(&id).await;
-            let inner = Arc::clone(&manager.inner);
-            blocking("snapshot", move || inner.snapshot_blocking(&id, name)).await?
+        let sandbox_id = id.clone();
+        self.locked_blocking("snapshot", id, move |inner| {
+            inner.snapshot_blocking(&sandbox_id, name)
         })
         .await
-        .map_err(|source| ManagerError::Task {
-            op: "snapshot",
-            source,
-        })?
     }
 
     /// Snapshots, oldest first; only those of sandbox `of` when given.

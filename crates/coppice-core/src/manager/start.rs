@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use crate::exec::{ExecRequest, ExecUser, ExitStatus};
 use crate::id::{SandboxId, TemplateId};
-use crate::storage::TemplateStart;
+use crate::storage::{TemplateInfo, TemplateStart};
 
 use super::{Inner, ManagerError};
 
@@ -19,24 +19,33 @@ const FIRST_PAUSE: Duration = Duration::from_millis(5);
 const MAX_PAUSE: Duration = Duration::from_millis(100);
 
 impl Inner {
-    /// Starts the service of `template` (if it has one) in sandbox `id` and waits until its
-    /// ready check passes, for at most the configured time. A template that is gone starts
-    /// nothing (a resumed sandbox may outlive its template).
-    pub(super) fn start_service_blocking(
+    /// Starts the service of the template a rebooted sandbox `id` came from, as that
+    /// template is now. A template that is gone starts nothing (a sandbox may outlive it).
+    pub(super) fn restart_service_blocking(
         &self,
         id: &SandboxId,
         template: &TemplateId,
     ) -> Result<(), ManagerError> {
-        let start = match self.backends.storage.template(template) {
-            Ok(info) => info.start,
+        match self.backends.storage.template(template) {
+            Ok(info) => self.start_service_blocking(id, &info),
             Err(error) => {
                 tracing::debug!(sandbox_id = %id, %template, error = %error, "no template to start a service from");
-                None
+                Ok(())
             }
-        };
-        let Some(start) = start else {
+        }
+    }
+
+    /// Starts the service of `template` (if it has one) in sandbox `id` and waits until its
+    /// ready check passes, for at most the configured time.
+    pub(super) fn start_service_blocking(
+        &self,
+        id: &SandboxId,
+        template: &TemplateInfo,
+    ) -> Result<(), ManagerError> {
+        let Some(start) = &template.start else {
             return Ok(());
         };
+        let template = &template.id;
         let launch = ExecRequest {
             timeout: Some(CHECK_TIMEOUT),
             ..as_user(background(&start.command))
@@ -46,7 +55,7 @@ impl Inner {
                 ManagerError::from_runtime("start the template's service", source)
             })?;
         if launched.status != ExitStatus::Code(0) {
-            return Err(self.not_ready(template, &start, &describe(&launched)));
+            return Err(self.not_ready(template, start, &describe(&launched)));
         }
         let Some(ready) = &start.ready else {
             return Ok(());
@@ -65,7 +74,7 @@ impl Inner {
                 return Ok(());
             }
             if Instant::now() + pause >= deadline {
-                return Err(self.not_ready(template, &start, &describe(&outcome)));
+                return Err(self.not_ready(template, start, &describe(&outcome)));
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(MAX_PAUSE);

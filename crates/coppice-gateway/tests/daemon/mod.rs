@@ -229,6 +229,17 @@ pub fn finish_suite(port: u16, daemon: Daemon, output: &std::process::Output) ->
     passed_suite(output)
 }
 
+/// Step `step` of SDK script `script` (with `args`) run to its end against the daemon at `url`.
+pub fn run_sdk_step(script: &Path, step: &str, args: &[&str], url: &str) -> std::process::Output {
+    Command::new(e2b_python())
+        .arg(script)
+        .arg(step)
+        .args(args)
+        .envs(sdk_env(url))
+        .output()
+        .unwrap()
+}
+
 /// Where the SDK suites live.
 pub fn sdk_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk")

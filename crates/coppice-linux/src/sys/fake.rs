@@ -40,6 +40,20 @@ struct FakeState {
     fail_criu: bool,
 }
 
+impl FakeState {
+    /// What an init started (or restored) reports: the failure asked for, or a new pid
+    /// whose process has `start_time`.
+    fn report(&mut self, start_time: u64) -> ReadyMessage {
+        if let Some(error) = self.fail_spawn.take() {
+            return ReadyMessage::Failed { error };
+        }
+        self.next_pid += 1;
+        let pid = 1000 + self.next_pid;
+        self.alive.insert(pid, start_time);
+        ReadyMessage::Ready { pid }
+    }
+}
+
 impl FakeNsSys {
     fn state(&self) -> MutexGuard<'_, FakeState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
@@ -75,13 +89,7 @@ impl NsSys for FakeNsSys {
     ) -> io::Result<Option<ReadyMessage>> {
         let mut state = self.state();
         state.calls.push(FakeNsCall::SpawnInit(config.to_owned()));
-        if let Some(error) = state.fail_spawn.take() {
-            return Ok(Some(ReadyMessage::Failed { error }));
-        }
-        state.next_pid += 1;
-        let pid = 1000 + state.next_pid;
-        state.alive.insert(pid, 42);
-        Ok(Some(ReadyMessage::Ready { pid }))
+        Ok(Some(state.report(42)))
     }
 
     fn process_start_time(&self, pid: i32) -> io::Result<Option<u64>> {
@@ -141,13 +149,7 @@ impl NsSys for FakeNsSys {
     ) -> io::Result<Option<ReadyMessage>> {
         let mut state = self.state();
         state.calls.push(FakeNsCall::Restore(images.to_owned()));
-        if let Some(error) = state.fail_spawn.take() {
-            return Ok(Some(ReadyMessage::Failed { error }));
-        }
-        state.next_pid += 1;
-        let pid = 1000 + state.next_pid;
-        state.alive.insert(pid, 43);
-        Ok(Some(ReadyMessage::Ready { pid }))
+        Ok(Some(state.report(43)))
     }
 
     fn open_root(&self, pid: i32) -> io::Result<std::os::fd::OwnedFd> {
