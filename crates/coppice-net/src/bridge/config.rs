@@ -137,6 +137,14 @@ impl BridgeConfig {
         format!("02:c0:ff:ee:{high:02x}:{low:02x}")
     }
 
+    /// The bridge's own MAC address, index 0's (no sandbox has it). Set explicitly, a
+    /// bridge keeps it; left to the kernel, a bridge takes its lowest port's, which changes
+    /// as sandboxes come and go and leaves every sandbox's neighbour entry for its gateway
+    /// pointing nowhere for seconds.
+    pub fn bridge_mac(&self) -> String {
+        self.sandbox_mac(0)
+    }
+
     /// The host end of the veth of the sandbox at `index`.
     pub fn host_link(&self, index: u32) -> String {
         format!("{}-{index}", self.bridge)

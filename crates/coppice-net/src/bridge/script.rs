@@ -17,13 +17,15 @@ use std::path::Path;
 
 use super::config::BridgeConfig;
 
-/// `ip -batch` lines that give the (existing) bridge its addresses and bring it up.
+/// `ip -batch` lines that give the (existing) bridge its fixed MAC and its addresses and
+/// bring it up.
 pub(crate) fn bridge_addresses(config: &BridgeConfig, create: bool) -> String {
     let bridge = &config.bridge;
     let mut script = String::new();
     if create {
         let _ = writeln!(script, "link add {bridge} type bridge");
     }
+    let _ = writeln!(script, "link set {bridge} address {}", config.bridge_mac());
     let _ = writeln!(
         script,
         "addr replace {}/{} dev {bridge}",

@@ -62,6 +62,22 @@ fn test_start_makes_the_bridge_turns_on_forwarding_and_installs_the_table() {
 }
 
 #[test]
+fn test_the_bridge_gets_a_fixed_mac_so_ports_never_change_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let _network = start(dir.path(), &sys, 0);
+    let host_scripts = host_ip_scripts(&sys);
+    let setup = host_scripts
+        .iter()
+        .find(|script| script.contains("link add cpt0 type bridge"))
+        .unwrap();
+    assert!(
+        setup.contains("link set cpt0 address 02:c0:ff:ee:00:00\n"),
+        "{setup}"
+    );
+}
+
+#[test]
 fn test_a_second_network_on_the_same_bridge_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let sys = Arc::new(FakeBridgeSys::default());
