@@ -17,7 +17,7 @@ import time
 import urllib.request
 from urllib.parse import urlparse
 
-from e2b import Sandbox
+from e2b import CommandExitException, Sandbox
 
 from checks import check, finish, step
 
@@ -84,6 +84,15 @@ def resolve(sbx, name):
     return sbx.commands.run(f"python3 -c '{RESOLVE}' {name}", timeout=20).stdout.strip()
 
 
+def as_root(sbx, command):
+    """Exit code and output of `command` run as sandbox root."""
+    try:
+        result = sbx.commands.run(command, user="root", timeout=20)
+        return result.exit_code, result.stdout + result.stderr
+    except CommandExitException as e:
+        return e.exit_code, e.stdout + e.stderr
+
+
 def host_service():
     """A TCP service on the bridge address, where sandboxes must not get unless allowed."""
     server = socket.socket()
@@ -115,6 +124,12 @@ def defaults(host_port):
         check("names resolve through the bridge resolver", name == V4, name)
         info = Sandbox.get_info(sbx.sandbox_id)
         check("get_info reports internet access on", info.allow_internet_access is True, repr(info))
+        # Its network namespace belongs to its user namespace (so it can be checkpointed), but
+        # sandbox root holds no CAP_NET_ADMIN: it cannot take another address or MAC.
+        for change in ("ip addr add 10.215.3.250/22 dev eth0", "ip link set eth0 address 02:c0:ff:ee:0f:0f",
+                       "ip link set eth0 down"):
+            code, out = as_root(sbx, change)
+            check(f"sandbox root cannot run `{change}`", code != 0 and "not permitted" in out, f"{code} {out}")
     finally:
         sbx.kill()
 

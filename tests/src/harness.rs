@@ -186,11 +186,35 @@ impl ManagerEnv {
         Self::start_inner(daemon, Some(envd)).await
     }
 
+    /// Starts a manager like [`Self::start`] whose sandboxes `net` connects.
+    ///
+    /// # Errors
+    /// Temp dir, backend or store start-up failures.
+    pub async fn start_with_net(
+        daemon: &Path,
+        with_envd: bool,
+        net: Arc<dyn NetPolicy>,
+    ) -> anyhow::Result<Self> {
+        let envd = with_envd.then(|| test_daemon_envd(daemon));
+        Self::start_inner_with(daemon, envd, Some(net)).await
+    }
+
     async fn start_inner(daemon: &Path, envd: Option<EnvdSettings>) -> anyhow::Result<Self> {
+        Self::start_inner_with(daemon, envd, None).await
+    }
+
+    async fn start_inner_with(
+        daemon: &Path,
+        envd: Option<EnvdSettings>,
+        net: Option<Arc<dyn NetPolicy>>,
+    ) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut paths = HarnessPaths::new(dir.path());
         if let Some(envd) = envd {
             paths = paths.with_envd(envd);
+        }
+        if let Some(net) = net {
+            paths = paths.with_net(net);
         }
         let manager = paths.manager(&test_daemon_init(daemon)).await?;
         Ok(Self {
@@ -204,6 +228,17 @@ impl ManagerEnv {
 impl Drop for ManagerEnv {
     fn drop(&mut self) {
         self.paths.remove_groups();
+    }
+}
+
+/// The sandbox id map of the namespace runtime's defaults, as network policies take it (a
+/// bridge's endpoints are made in user namespaces with it, as `coppiced` makes them).
+pub fn sandbox_id_map() -> coppice_core::volume::IdMap {
+    let ids = coppice_linux::IdMap::default();
+    coppice_core::volume::IdMap {
+        uid_base: ids.host_uid_base,
+        gid_base: ids.host_gid_base,
+        count: ids.count,
     }
 }
 

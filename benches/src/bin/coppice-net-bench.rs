@@ -67,6 +67,7 @@ mod linux {
         config.ipv6 = "fd00:c0:217::/64".parse()?;
         config.pool_size = 32;
         config.dns_upstream = Some(SocketAddr::new(UPSTREAM.into(), 53));
+        config.sandbox_ids = Some(coppice_tests::harness::sandbox_id_map());
         let bridge = Arc::new(
             BridgeNetwork::start(config, Arc::new(RealNetnsSys))
                 .context("starting the bridge network")?,

@@ -4,8 +4,9 @@
 //! thawed directly), then the filesystem pause and its resume (a fresh boot on the kept
 //! root), then the durable pause (memory written to disk with CRIU) and its restore beside
 //! CRIU dumping and restoring a plain process holding the same memory, for the sandbox's
-//! size and for a larger one (with MB/s), then forks of the running sandbox (one, and twenty
-//! in one call) beside a plain create. Ends with one JSON line (`RESULT {...}`). Root only.
+//! size and for a larger one (with MB/s), and for a sandbox on a bridge network of its own
+//! (whose restore also gets a new veth pair on its port), then forks of the running sandbox
+//! (one, and twenty in one call) beside a plain create. Ends with one JSON line (`RESULT {...}`). Root only.
 //! Also acts as the sandbox init and as envd.
 //!
 //! Usage: `coppice-pause-bench [--iterations N] [--resident-mib N] [--large-mib N]`.
@@ -149,6 +150,52 @@ mod linux {
             .filter(|metadata| metadata.is_file())
             .map(|metadata| metadata.len())
             .sum()
+    }
+
+    const BRIDGE: &str = "cppause0";
+
+    /// Durable pause and restore of a sandbox holding `mib` MiB on a bridge network of its
+    /// own, `iterations` times.
+    async fn bridged_durable(
+        exe: &Path,
+        mib: usize,
+        iterations: usize,
+    ) -> anyhow::Result<(Vec<Duration>, Vec<Duration>, u64)> {
+        use std::sync::Arc;
+
+        use coppice_net::{BridgeConfig, BridgeNetwork, RealNetnsSys};
+
+        let state = tempfile::tempdir()?;
+        let mut config = BridgeConfig::new(BRIDGE, state.path().join("net"));
+        config.ipv4 = "10.219.0.0/24".parse()?;
+        config.ipv6 = "fd00:c0:219::/64".parse()?;
+        config.pool_size = 2;
+        config.sandbox_ids = Some(coppice_tests::harness::sandbox_id_map());
+        let bridge = Arc::new(
+            BridgeNetwork::start(config, Arc::new(RealNetnsSys))
+                .context("starting the bridge network")?,
+        );
+        let measured = async {
+            let env = ManagerEnv::start_with_net(exe, true, bridge.clone()).await?;
+            let mut spec = SandboxSpec::new("base".parse()?);
+            spec.memory_mb = u32::try_from(mib + 256).unwrap_or(u32::MAX);
+            let sandbox = env.manager.create(spec).await?;
+            hold_memory(&env.manager, &sandbox.id, mib).await?;
+            let cycles = durable_cycles(&env, &sandbox.id, iterations).await;
+            env.manager.kill(&sandbox.id).await?;
+            cycles
+        }
+        .await;
+        drop(bridge);
+        for family in ["inet", "bridge"] {
+            let _ = std::process::Command::new("nft")
+                .args(["delete", "table", family, &format!("coppice_{BRIDGE}")])
+                .status();
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", BRIDGE])
+            .status();
+        measured
     }
 
     /// Durable pause and restore of `id` `iterations` times; the images' size of the last.
@@ -322,6 +369,8 @@ mod linux {
         let (mut large_pauses, mut large_resumes, large_bytes) =
             durable_cycles(&env, &large.id, 3).await?;
         manager.kill(&large.id).await?;
+        let (mut bridged_pauses, mut bridged_resumes, bridged_bytes) =
+            bridged_durable(&exe, options.resident_mib, durable_iterations).await?;
         // Forks of the running sandbox, with some files written, beside a plain create.
         let files = "mkdir -p /home/user/data && for i in $(seq 1 100); do head -c 4096 /dev/urandom > /home/user/data/f$i; done && head -c 10485760 /dev/urandom > /home/user/data/big";
         let wrote = manager
@@ -387,6 +436,18 @@ mod linux {
             options.large_mib,
             mb(large_bytes)
         );
+        println!(
+            "durable pause of a bridge-networked sandbox (envd + {} MiB resident), {durable_iterations} iterations; images {:.1} MB",
+            options.resident_mib,
+            mb(bridged_bytes)
+        );
+        let bridged_pause = report("durable pause, bridge (manager)", &mut bridged_pauses);
+        let bridged_resume = report("resume from disk, bridge (manager)", &mut bridged_resumes);
+        println!(
+            "ratio bridge/loopback p50: pause {:.2}, resume {:.2}",
+            bridged_pause.0 / durable_pause.0.max(0.001),
+            bridged_resume.0 / durable_resume.0.max(0.001)
+        );
         let large_pause = report("durable pause, large (manager)", &mut large_pauses);
         let large_resume = report("resume from disk, large (manager)", &mut large_resumes);
         let (pause_rate, resume_rate) = (
@@ -421,6 +482,10 @@ mod linux {
             "criu_dump_floor_p50_ms": dump_floor.0,
             "criu_restore_floor_p50_ms": restore_floor.0,
             "durable_image_mb": mb(image_bytes),
+            "pause_durable_bridge_p50_ms": bridged_pause.0,
+            "pause_durable_bridge_p95_ms": bridged_pause.1,
+            "resume_durable_bridge_p50_ms": bridged_resume.0,
+            "resume_durable_bridge_p95_ms": bridged_resume.1,
             "large_image_mb": mb(large_bytes),
             "large_pause_mb_per_s": pause_rate,
             "large_restore_mb_per_s": resume_rate,

@@ -24,6 +24,10 @@ pub enum NetAttachment {
         addresses: Vec<IpAddr>,
         /// Resolvers for `/etc/resolv.conf`.
         dns: Vec<IpAddr>,
+        /// A host device that a restore from a checkpoint moves into the namespace it makes
+        /// again, as the sandbox's `eth0` (made by [`NetPolicy::prepare_restore`] before each
+        /// restore); `None` when the namespace has no interface but loopback.
+        restore_device: Option<String>,
     },
     /// A prepared interface on the host (FreeBSD: an epair's jail end) that the runtime moves
     /// into the sandbox's own network stack (a VNET jail) and configures there as `eth0`.
@@ -68,6 +72,19 @@ pub trait NetPolicy: Send + Sync + 'static {
     /// # Errors
     /// A backend failure.
     fn list(&self) -> Result<Vec<SandboxId>, NetError>;
+
+    /// Prepares the network of a checkpointed sandbox for its restore, which makes its
+    /// network namespace again: whatever of its old namespace is still on the host goes, and
+    /// the device named in [`NetAttachment::Namespace::restore_device`] is made ready for
+    /// the restore to move in, while the sandbox keeps its addresses and policy. Called
+    /// before every attempt, so a failed restore can be tried again.
+    ///
+    /// # Errors
+    /// `NotFound` for a sandbox without network state; a backend failure.
+    fn prepare_restore(&self, id: &SandboxId) -> Result<(), NetError> {
+        let _ = id;
+        Ok(())
+    }
 }
 
 /// A network failure, classified by kind.

@@ -77,6 +77,8 @@ pub enum FakeCall {
     Attach(SandboxId),
     /// `NetPolicy::detach`.
     Detach(SandboxId),
+    /// `NetPolicy::prepare_restore`.
+    PrepareRestore(SandboxId),
     /// `Storage::snapshot_rootfs`.
     Snapshot(SandboxId, TemplateId),
 }
@@ -606,7 +608,7 @@ pub struct FakeNetPolicy {
 }
 
 impl FakeNetPolicy {
-    /// Makes the next call of `op` ("attach", "detach", "update") fail.
+    /// Makes the next call of `op` ("attach", "detach", "update", "prepare_restore") fail.
     pub fn fail_next(&self, op: &'static str) {
         lock(&self.fail_next).insert(op);
     }
@@ -664,5 +666,15 @@ impl NetPolicy for FakeNetPolicy {
 
     fn list(&self) -> Result<Vec<SandboxId>, NetError> {
         Ok(lock(&self.attached).keys().cloned().collect())
+    }
+
+    fn prepare_restore(&self, id: &SandboxId) -> Result<(), NetError> {
+        lock(&self.calls).push(FakeCall::PrepareRestore(id.clone()));
+        self.injected("prepare_restore")?;
+        if self.holds(id) {
+            Ok(())
+        } else {
+            Err(NetError::NotFound { id: id.clone() })
+        }
     }
 }

@@ -7,24 +7,15 @@
 // Test helpers outside `#[test]` functions unwrap too: a failed step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
-use std::time::{Duration, Instant};
-
 mod daemon;
 
-use daemon::{finish_suite, free_port, run_sdk_step, sdk_dir, start_with, wait_healthy};
+use daemon::{
+    criu_flags, finish_suite, free_port, run_sdk_step, sdk_dir, start_with, wait_for_checkpoint,
+    wait_healthy,
+};
 
 /// Durable pause needs a loopback-only sandbox; it is written to disk after one second.
 const FLAGS: &[&str] = &["--network", "loopback", "--durable-pause-after", "1"];
-
-fn criu_flags() -> Vec<String> {
-    let criu = std::env::var("COPPICE_CRIU").unwrap_or_else(|_| "/usr/local/sbin/criu".into());
-    assert!(
-        Path::new(&criu).is_file(),
-        "{criu} is missing: scripts/test.sh installs CRIU"
-    );
-    vec!["--criu".into(), criu]
-}
 
 #[test]
 #[ignore = "privileged: checkpoints sandboxes with CRIU under a real coppiced; needs the E2B SDK venv"]
@@ -55,16 +46,7 @@ fn test_durable_pause_outlives_the_daemon_and_restores_the_same_processes() {
     assert_eq!(state.len(), 5, "setup printed {printed:?}");
 
     // The memory goes to disk, and the sandbox's processes are gone.
-    let run_dir = dir.path().join("run").join(state[1]);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // CRIU marks the images complete; the runtime then forgets the ended init.
-    while !run_dir.join("checkpoint/complete").is_file() || run_dir.join("state.json").exists() {
-        assert!(
-            Instant::now() < deadline,
-            "the paused sandbox was not written to disk (or its init is still recorded)"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_checkpoint(dir.path(), state[1]);
 
     // A crash of the daemon; the sandbox has no process left to lose.
     daemon.0.kill().unwrap();

@@ -1,6 +1,7 @@
 //! Sandbox networking through a real `coppiced` on a bridge of its own and the unmodified E2B
 //! Python SDK: egress policy, DNS, live updates and exposed ports (`network_sdk.py`), and 200
-//! networked sandboxes that leave nothing behind (`network_density_sdk.py`). The outside is an
+//! networked sandboxes that leave nothing behind (`network_density_sdk.py`), and durable pause
+//! of a networked sandbox across a daemon restart (`network_durable_sdk.py`). The outside is an
 //! "upstream" network namespace this test creates and routes to; nothing else is contacted.
 //! Root only; run with
 //! `COPPICE_PRIVILEGED_TESTS=1 cargo test -p coppice-gateway --test network -- --ignored`.
@@ -16,8 +17,8 @@ use std::process::{Child, Command, Stdio};
 mod daemon;
 
 use daemon::{
-    e2b_python, free_port, kill_all_sandboxes, passed_suite, sdk_dir, sdk_env, start_with,
-    wait_healthy,
+    Daemon, criu_flags, e2b_python, finish_suite, free_port, kill_all_sandboxes, passed_suite,
+    sdk_dir, sdk_env, start_with, wait_for_checkpoint, wait_healthy,
 };
 
 const UPSTREAM_V4: &str = "10.216.0.2";
@@ -122,30 +123,37 @@ impl Drop for Upstream {
     }
 }
 
-/// Runs `script` against a coppiced on bridge `cpsdk0` whose resolver asks the upstream.
-fn run_network_suite(script: &str, extra_env: &[(&str, &str)]) {
-    let _upstream = Upstream::start();
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let daemon = start_with(
-        dir.path(),
-        port,
-        &[
-            "--net-bridge",
-            BRIDGE,
-            "--net-ipv4",
-            "10.215.0.0/22",
-            "--net-ipv6",
-            "fd00:c0:215::/64",
-            "--net-dns-upstream",
-            &format!("{UPSTREAM_V4}:53"),
-        ],
-    );
+/// Starts a coppiced on bridge `cpsdk0`, whose resolver asks the upstream, with `extra`
+/// flags besides.
+fn start_on_bridge(data_dir: &std::path::Path, port: u16, extra: &[String]) -> Daemon {
+    let upstream_dns = format!("{UPSTREAM_V4}:53");
+    let mut flags = vec![
+        "--net-bridge",
+        BRIDGE,
+        "--net-ipv4",
+        "10.215.0.0/22",
+        "--net-ipv6",
+        "fd00:c0:215::/64",
+        "--net-dns-upstream",
+        &upstream_dns,
+    ];
+    flags.extend(extra.iter().map(String::as_str));
+    let daemon = start_with(data_dir, port, &flags);
     wait_healthy(port);
-    let url = format!("http://127.0.0.1:{port}");
-    let output = Command::new(e2b_python())
+    daemon
+}
+
+/// Runs a step of an SDK suite with the upstream's and the bridge's addresses.
+fn run_suite_step(
+    script: &str,
+    args: &[&str],
+    url: &str,
+    extra_env: &[(&str, &str)],
+) -> std::process::Output {
+    Command::new(e2b_python())
         .arg(sdk_dir().join(script))
-        .envs(sdk_env(&url))
+        .args(args)
+        .envs(sdk_env(url))
         .env("UPSTREAM_V4", UPSTREAM_V4)
         .env("UPSTREAM_V6", UPSTREAM_V6)
         .env("UPSTREAM_PORT", UPSTREAM_PORT)
@@ -154,15 +162,30 @@ fn run_network_suite(script: &str, extra_env: &[(&str, &str)]) {
         .envs(extra_env.iter().copied())
         .env_remove("E2B_DEBUG")
         .output()
-        .unwrap();
-    kill_all_sandboxes(port);
-    drop(daemon);
+        .unwrap()
+}
+
+/// Removes the bridge and its tables once the daemon is gone.
+fn remove_bridge() {
     for family in ["inet", "bridge"] {
         let _ = Command::new("nft")
             .args(["delete", "table", family, &format!("coppice_{BRIDGE}")])
             .status();
     }
     let _ = Command::new("ip").args(["link", "del", BRIDGE]).status();
+}
+
+/// Runs `script` against a coppiced on bridge `cpsdk0` whose resolver asks the upstream.
+fn run_network_suite(script: &str, extra_env: &[(&str, &str)]) {
+    let _upstream = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let daemon = start_on_bridge(dir.path(), port, &[]);
+    let url = format!("http://127.0.0.1:{port}");
+    let output = run_suite_step(script, &[], &url, extra_env);
+    kill_all_sandboxes(port);
+    drop(daemon);
+    remove_bridge();
     println!("{}", passed_suite(&output));
 }
 
@@ -178,4 +201,51 @@ fn test_e2b_python_sdk_networking() {
 fn test_two_hundred_networked_sandboxes_leave_nothing_behind() {
     coppice_core::require_privileged!();
     run_network_suite("network_density_sdk.py", &[("COUNT", "200")]);
+}
+
+#[test]
+#[ignore = "privileged: checkpoints a networked sandbox with CRIU under a real coppiced on a bridge; needs the E2B SDK venv"]
+fn test_durable_pause_of_a_networked_sandbox_outlives_the_daemon() {
+    coppice_core::require_privileged!();
+    let _upstream = Upstream::start();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut flags = vec!["--durable-pause-after".to_owned(), "1".to_owned()];
+    flags.extend(criu_flags());
+    let mut daemon = start_on_bridge(dir.path(), port, &flags);
+    let url = format!("http://127.0.0.1:{port}");
+    let script = "network_durable_sdk.py";
+    let setup = run_suite_step(script, &["setup"], &url, &[]);
+    let printed = String::from_utf8_lossy(&setup.stdout).into_owned();
+    let Some(state) = printed.lines().find_map(|line| line.strip_prefix("STATE ")) else {
+        let log = daemon.log_tail(60);
+        drop(daemon);
+        remove_bridge();
+        panic!(
+            "setup printed {printed:?}; stderr {}\ndaemon log:\n{log}",
+            String::from_utf8_lossy(&setup.stderr)
+        );
+    };
+    let state: Vec<String> = state.split_whitespace().map(str::to_owned).collect();
+    assert_eq!(state.len(), 2, "setup printed {printed:?}");
+
+    // On disk, then a crash of the daemon: the namespace it held for the sandbox goes too,
+    // and the restore makes it again.
+    wait_for_checkpoint(dir.path(), &state[0]);
+    daemon.0.kill().unwrap();
+    daemon.0.wait().unwrap();
+    drop(daemon);
+    let restarted = start_on_bridge(dir.path(), port, &flags);
+    let args: Vec<&str> = std::iter::once("verify")
+        .chain(state.iter().map(String::as_str))
+        .collect();
+    let output = run_suite_step(script, &args, &url, &[]);
+    let report = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        finish_suite(port, restarted, &output)
+    }));
+    remove_bridge();
+    match report {
+        Ok(report) => println!("{report}"),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }

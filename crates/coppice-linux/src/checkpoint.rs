@@ -37,9 +37,10 @@ pub struct ExternalMount {
 /// Why a sandbox cannot be checkpointed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CheckpointError {
-    /// Its network namespace belongs to the host's user namespace (a bridge network's).
+    /// Its network namespace belongs to the host's user namespace (a bridge network's, as
+    /// daemons before bridge endpoints had user namespaces of their own made them).
     #[error(
-        "a sandbox on a bridge network cannot be checkpointed yet (loopback-only sandboxes can)"
+        "the sandbox's network namespace belongs to the host, so it cannot be checkpointed (pause it without memory, or make it again)"
     )]
     HostNetwork,
 }
@@ -134,12 +135,17 @@ pub fn dump_args(
 }
 
 /// `criu restore` from `images` onto the root mounted at `root`, detached, writing the
-/// restored PID 1's host pid to `pidfile`.
+/// restored PID 1's host pid to `pidfile`. CRIU makes the sandbox's network namespace
+/// again, and moves the host device `restore_device` (prepared by the network policy, already
+/// connected on the host) into it as the sandbox's `eth0`, with that interface's MAC and
+/// index. (CRIU can also make a veth pair itself, but not into a user namespace's network
+/// namespace on current kernels: the kernel refuses the request with `EOPNOTSUPP`.)
 pub fn restore_args(
     images: &Path,
     root: &Path,
     pidfile: &Path,
     externals: &[ExternalMount],
+    restore_device: Option<&str>,
 ) -> Vec<OsString> {
     let mut args: Vec<OsString> = vec!["restore".into()];
     args.extend(common(images, RESTORE_LOG));
@@ -156,7 +162,25 @@ pub fn restore_args(
         spec.push(&external.source);
         args.push(spec);
     }
+    if let Some(device) = restore_device {
+        args.push("--external".into());
+        args.push(format!("netdev[{SANDBOX_INTERFACE}]:{device}").into());
+    }
     args
+}
+
+/// The name of a sandbox's network interface inside its namespace.
+const SANDBOX_INTERFACE: &str = "eth0";
+
+/// The host device a restore of `config` moves in as the sandbox's interface, if any.
+pub fn restore_device(config: &InitConfig) -> Option<&str> {
+    match &config.network {
+        NetworkSetup::Join {
+            restore_device: Some(name),
+            ..
+        } => Some(name),
+        _ => None,
+    }
 }
 
 /// The action script that marks a dump complete by creating `marker` once CRIU has written
@@ -293,8 +317,14 @@ mod tests {
             Path::new("/run/a/root"),
             Path::new("/img/pid"),
             &externals,
+            None,
         );
         assert_eq!(restore[0], "restore");
+        assert!(
+            !restore
+                .iter()
+                .any(|arg| arg.to_string_lossy().starts_with("veth["))
+        );
         assert!(
             restore
                 .windows(2)
@@ -334,11 +364,38 @@ mod tests {
         let joined = |user: Option<&str>| NetworkSetup::Join {
             path: "/proc/1/fd/3".into(),
             user: user.map(PathBuf::from),
+            restore_device: Some("cpn0r7".into()),
         };
         assert_eq!(check(&config(joined(Some("/proc/1/fd/4")))), Ok(()));
         assert_eq!(
             check(&config(joined(None))),
             Err(CheckpointError::HostNetwork)
         );
+    }
+
+    #[test]
+    fn test_restore_moves_the_prepared_device_in_as_the_sandbox_interface() {
+        let mut bridged = config(NetworkSetup::Join {
+            path: "/proc/1/fd/3".into(),
+            user: Some("/proc/1/fd/4".into()),
+            restore_device: Some("cpn0r7".into()),
+        });
+        assert_eq!(restore_device(&bridged), Some("cpn0r7"));
+        let restore = restore_args(
+            Path::new("/img"),
+            Path::new("/run/a/root"),
+            Path::new("/img/pid"),
+            &[],
+            restore_device(&bridged),
+        );
+        assert!(
+            restore
+                .windows(2)
+                .any(|w| w[0] == "--external" && w[1] == "netdev[eth0]:cpn0r7"),
+            "{restore:?}"
+        );
+
+        bridged.network = NetworkSetup::Loopback;
+        assert_eq!(restore_device(&bridged), None);
     }
 }

@@ -105,6 +105,10 @@ pub enum NetworkSetup {
         /// belongs to the host's (the builder then makes the sandbox's user namespace).
         #[serde(default)]
         user: Option<PathBuf>,
+        /// A host device that a restore moves into the namespace it makes, as `eth0` (the
+        /// network policy prepares it before each restore); `None`: loopback only.
+        #[serde(default)]
+        restore_device: Option<String>,
     },
 }
 

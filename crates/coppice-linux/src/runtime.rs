@@ -215,11 +215,16 @@ impl<S: NsSys> NamespaceRuntime<S> {
         let (network, resolv_conf) = match &spec.network {
             NetAttachment::LoopbackOnly => (NetworkSetup::Loopback, None),
             NetAttachment::Namespace {
-                path, user, dns, ..
+                path,
+                user,
+                dns,
+                restore_device,
+                ..
             } => (
                 NetworkSetup::Join {
                     path: path.clone(),
                     user: user.clone(),
+                    restore_device: restore_device.clone(),
                 },
                 resolv_conf(dns),
             ),

@@ -38,8 +38,11 @@ use state::StateDir;
 #[derive(Debug)]
 struct Endpoint {
     index: u32,
-    /// `None` for an endpoint adopted after a restart: the sandbox's processes hold it.
+    /// `None` for an endpoint adopted after a restart, or made again by a restore: the
+    /// sandbox's processes hold it.
     netns: Option<OwnedFd>,
+    /// The user namespace `netns` belongs to, when not the host's.
+    user: Option<OwnedFd>,
 }
 
 #[derive(Debug)]
@@ -140,10 +143,14 @@ impl Inner {
     }
 
     fn configure(&self, index: u32) -> Result<Endpoint, NetError> {
-        let netns = self
-            .sys
-            .new_namespace()
-            .map_err(|error| backend("create network namespace", error))?;
+        let (netns, user) = match &self.config.sandbox_ids {
+            Some(map) => self
+                .sys
+                .new_owned_namespace(map)
+                .map(|owned| (owned.net, Some(owned.user))),
+            None => self.sys.new_namespace().map(|net| (net, None)),
+        }
+        .map_err(|error| backend("create network namespace", error))?;
         let path = self.sys.path_of(&netns);
         self.sys
             .ip_batch(None, &script::endpoint_host(&self.config, index, &path))
@@ -157,6 +164,7 @@ impl Inner {
         Ok(Endpoint {
             index,
             netns: Some(netns),
+            user,
         })
     }
 
@@ -229,7 +237,7 @@ impl Inner {
     fn attachment(&self, endpoint: &Endpoint) -> NetAttachment {
         let (v4, v6) = self.config.sandbox_addresses(endpoint.index);
         NetAttachment::Namespace {
-            user: None,
+            user: endpoint.user.as_ref().map(|fd| self.sys.path_of(fd)),
             path: endpoint
                 .netns
                 .as_ref()
@@ -237,7 +245,16 @@ impl Inner {
                 .unwrap_or_default(),
             addresses: vec![IpAddr::V4(v4), IpAddr::V6(v6)],
             dns: vec![IpAddr::V4(self.config.bridge_v4())],
+            restore_device: Some(self.config.restore_link(endpoint.index)),
         }
+    }
+
+    /// The index of an attached sandbox.
+    fn index_of(&self, id: &SandboxId) -> Result<u32, NetError> {
+        lock(&self.attached)
+            .get(id)
+            .map(|attached| attached.endpoint.index)
+            .ok_or_else(|| NetError::NotFound { id: id.clone() })
     }
 }
 
@@ -411,6 +428,7 @@ impl BridgeNetwork {
                             endpoint: Endpoint {
                                 index: recorded.index,
                                 netns: None,
+                                user: None,
                             },
                             has_chain: !policy.is_default(),
                             policy,
@@ -641,5 +659,39 @@ impl NetPolicy for BridgeNetwork {
 
     fn list(&self) -> Result<Vec<SandboxId>, NetError> {
         Ok(lock(&self.inner.attached).keys().cloned().collect())
+    }
+
+    /// Makes the pair a restore needs: the veth of the sandbox's old namespace goes (both
+    /// ends together), and the namespace is let go; a new pair is made in its place, its host
+    /// end already an isolated, guarded port, its inner end on the host until the restore
+    /// moves it into the namespace it makes. The index, its rules and its record stay the
+    /// sandbox's.
+    fn prepare_restore(&self, id: &SandboxId) -> Result<(), NetError> {
+        let index = self.inner.index_of(id)?;
+        let link = self.inner.config.host_link(index);
+        if !self.inner.remove_link(index) {
+            return Err(backend(
+                "prepare network for restore",
+                std::io::Error::other(format!("cannot delete {link}")),
+            ));
+        }
+        if let Some(attached) = lock(&self.inner.attached).get_mut(id) {
+            attached.endpoint.netns = None;
+            attached.endpoint.user = None;
+        }
+        // Guarded before it is up: the guard elements name the link, and a port missing
+        // from them drops everything.
+        self.inner
+            .sys
+            .nft(&script::endpoint_guard(&self.inner.config, index))
+            .map_err(|error| backend("guard sandbox port", error))?;
+        if let Err(error) = self.inner.sys.ip_batch(
+            None,
+            &script::endpoint_for_restore(&self.inner.config, index),
+        ) {
+            self.inner.remove_link(index);
+            return Err(backend("prepare network for restore", error));
+        }
+        Ok(())
     }
 }

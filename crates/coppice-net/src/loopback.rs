@@ -75,6 +75,7 @@ impl NetPolicy for LoopbackOnly {
                     user: Some(sys.path_of(&namespace.user)),
                     addresses: Vec::new(),
                     dns: Vec::new(),
+                    restore_device: None,
                 },
                 Some(namespace),
             ),

@@ -6,6 +6,7 @@ use std::time::Duration;
 use super::tests::{Harness, spec};
 use super::*;
 use crate::state::PauseMode;
+use crate::testing::FakeCall;
 
 fn resume_for(seconds: u64) -> ResumeOptions {
     ResumeOptions {
@@ -20,6 +21,18 @@ fn mode_of(manager: &SandboxManager, id: &SandboxId) -> (SandboxState, Option<Pa
 }
 
 const DURABLE: (SandboxState, Option<PauseMode>) = (SandboxState::Paused, Some(PauseMode::Durable));
+
+/// A manager over fresh fakes, and a sandbox of it paused on disk.
+async fn durably_paused() -> (Harness, SandboxManager, Sandbox) {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+    let sandbox = manager.create(spec()).await.unwrap();
+    manager
+        .pause(&sandbox.id, PauseMode::Durable)
+        .await
+        .unwrap();
+    (harness, manager, sandbox)
+}
 
 #[tokio::test]
 async fn test_memory_pause_idle_past_the_limit_is_written_to_disk_and_restored() {
@@ -129,18 +142,53 @@ async fn test_a_sandbox_that_cannot_be_written_to_disk_stays_paused_in_memory() 
 
 #[tokio::test]
 async fn test_a_failed_restore_keeps_the_checkpoint_and_the_pause() {
-    let harness = Harness::new();
-    let manager = harness.manager().await;
-    let sandbox = manager.create(spec()).await.unwrap();
-    manager
-        .pause(&sandbox.id, PauseMode::Durable)
-        .await
-        .unwrap();
+    let (harness, manager, sandbox) = durably_paused().await;
 
     harness.runtime.fail_next("restore");
     assert!(manager.resume(&sandbox.id, resume_for(30)).await.is_err());
     assert_eq!(mode_of(&manager, &sandbox.id), DURABLE);
     assert!(harness.runtime.has_checkpoint(&sandbox.id));
+    // The network was prepared before the attempt, and is again before the next one.
+    assert_eq!(prepared_restores(&harness, &sandbox.id), 1);
+
+    let resumed = manager.resume(&sandbox.id, resume_for(30)).await.unwrap();
+    assert_eq!(resumed.outcome, ResumeOutcome::Restored);
+    assert_eq!(prepared_restores(&harness, &sandbox.id), 2);
+}
+
+/// How often the network policy prepared a restore of `id`.
+fn prepared_restores(harness: &Harness, id: &SandboxId) -> usize {
+    harness
+        .net
+        .calls()
+        .into_iter()
+        .filter(|call| *call == FakeCall::PrepareRestore(id.clone()))
+        .count()
+}
+
+#[tokio::test]
+async fn test_a_restore_whose_network_cannot_be_prepared_keeps_the_pause() {
+    let (harness, manager, sandbox) = durably_paused().await;
+
+    harness.net.fail_next("prepare_restore");
+    let error = manager
+        .resume(&sandbox.id, resume_for(30))
+        .await
+        .unwrap_err();
+    assert!(
+        super::error_chain(&error).contains("prepare network for restore"),
+        "{}",
+        super::error_chain(&error)
+    );
+    assert_eq!(mode_of(&manager, &sandbox.id), DURABLE);
+    assert!(harness.runtime.has_checkpoint(&sandbox.id));
+    assert!(
+        !harness
+            .runtime
+            .calls()
+            .contains(&FakeCall::Restore(sandbox.id.clone())),
+        "no restore without a network"
+    );
 
     let resumed = manager.resume(&sandbox.id, resume_for(30)).await.unwrap();
     assert_eq!(resumed.outcome, ResumeOutcome::Restored);
@@ -148,13 +196,7 @@ async fn test_a_failed_restore_keeps_the_checkpoint_and_the_pause() {
 
 #[tokio::test]
 async fn test_resume_without_memory_boots_a_durable_pause_on_its_files() {
-    let harness = Harness::new();
-    let manager = harness.manager().await;
-    let sandbox = manager.create(spec()).await.unwrap();
-    manager
-        .pause(&sandbox.id, PauseMode::Durable)
-        .await
-        .unwrap();
+    let (harness, manager, sandbox) = durably_paused().await;
 
     let options = ResumeOptions {
         timeout: Duration::from_secs(30),

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::event::{EventKind, Reason};
 use crate::id::SandboxId;
-use crate::runtime::RootUse;
+use crate::runtime::{RootUse, SandboxEndpoints};
 use crate::sandbox::Sandbox;
 use crate::state::{Operation, PauseMode, SandboxState};
 
@@ -304,12 +304,7 @@ impl Inner {
         let outcome = if sandbox.pause_mode == Some(PauseMode::Durable) && keep_memory {
             // A failed restore keeps the checkpoint and the files: the sandbox stays paused,
             // and a resume without memory still boots on its files.
-            let endpoints = self
-                .backends
-                .runtime
-                .restore(id)
-                .map_err(|source| ManagerError::from_runtime("restore", source))?;
-            resumed.endpoints = Some(endpoints);
+            resumed.endpoints = Some(self.restore_blocking(id)?);
             ResumeOutcome::Restored
         } else if sandbox.pause_mode != Some(PauseMode::Memory) || !keep_memory {
             self.reboot_blocking(&sandbox, &mut resumed)?;
@@ -354,6 +349,19 @@ impl Inner {
             sandbox: resumed,
             outcome,
         })
+    }
+
+    /// Brings a checkpointed sandbox's processes back, into a network namespace the restore
+    /// makes again from what the network policy prepared.
+    fn restore_blocking(&self, id: &SandboxId) -> Result<SandboxEndpoints, ManagerError> {
+        self.backends
+            .net
+            .prepare_restore(id)
+            .map_err(|source| ManagerError::from_net("prepare network for restore", source))?;
+        self.backends
+            .runtime
+            .restore(id)
+            .map_err(|source| ManagerError::from_runtime("restore", source))
     }
 
     /// Boots a fresh init on the kept filesystem of a paused sandbox. A sandbox that had kept

@@ -244,3 +244,27 @@ pub fn run_sdk_step(script: &Path, step: &str, args: &[&str], url: &str) -> std:
 pub fn sdk_dir() -> std::path::PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk")
 }
+
+/// The `--criu` flags naming the CRIU the test command installed.
+pub fn criu_flags() -> Vec<String> {
+    let criu = std::env::var("COPPICE_CRIU").unwrap_or_else(|_| "/usr/local/sbin/criu".into());
+    assert!(
+        Path::new(&criu).is_file(),
+        "{criu} is missing: scripts/test.sh installs CRIU"
+    );
+    vec!["--criu".into(), criu]
+}
+
+/// Waits until the sandbox `id` of the daemon over `data_dir` is on disk: CRIU marked its
+/// images complete, and the runtime forgot its ended init.
+pub fn wait_for_checkpoint(data_dir: &Path, id: &str) {
+    let run_dir = data_dir.join("run").join(id);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !run_dir.join("checkpoint/complete").is_file() || run_dir.join("state.json").exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the paused sandbox was not written to disk (or its init is still recorded)"
+        );
+        sleep(Duration::from_millis(100));
+    }
+}

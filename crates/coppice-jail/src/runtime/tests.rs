@@ -347,6 +347,7 @@ fn test_roots_and_networks_a_jail_cannot_use_are_refused_before_anything_is_made
             path: "/run/netns/x".into(),
             addresses: vec![],
             dns: vec![],
+            restore_device: None,
         },
         vec![],
     );

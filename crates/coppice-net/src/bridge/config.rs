@@ -3,6 +3,7 @@
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
+use coppice_core::volume::IdMap;
 use ipnet::{Ipv4Net, Ipv6Net};
 
 /// The longest bridge name that leaves room for `-65535` within the kernel's 15 bytes.
@@ -26,6 +27,10 @@ pub struct BridgeConfig {
     pub pool_size: usize,
     /// Where the sandbox resolver forwards queries.
     pub dns_upstream: Option<std::net::SocketAddr>,
+    /// The sandboxes' id map. With one, each endpoint's network namespace belongs to a user
+    /// namespace of its own with this map, which the sandbox joins as its own: CRIU can
+    /// checkpoint only a tree whose namespaces all belong to its user namespace.
+    pub sandbox_ids: Option<IdMap>,
 }
 
 /// Why a configuration cannot be used.
@@ -53,6 +58,7 @@ impl BridgeConfig {
             state_dir: state_dir.into(),
             pool_size: 24,
             dns_upstream: None,
+            sandbox_ids: None,
         }
     }
 
@@ -148,6 +154,12 @@ impl BridgeConfig {
     /// The host end of the veth of the sandbox at `index`.
     pub fn host_link(&self, index: u32) -> String {
         format!("{}-{index}", self.bridge)
+    }
+
+    /// The name, on the host, of the inner end of the pair made for a restore of the sandbox
+    /// at `index`, until the restore moves it into the sandbox's namespace as `eth0`.
+    pub fn restore_link(&self, index: u32) -> String {
+        format!("{}r{index}", self.bridge)
     }
 
     /// The link group this bridge's host links join just before they are deleted together.

@@ -50,14 +50,39 @@ pub(crate) fn bridge_addresses(config: &BridgeConfig, create: bool) -> String {
 pub(crate) fn endpoint_host(config: &BridgeConfig, index: u32, netns: &Path) -> String {
     let link = config.host_link(index);
     let mac = config.sandbox_mac(index);
+    format!(
+        "link add {link} type veth peer name eth0 address {mac} netns {}\n{}",
+        netns.display(),
+        endpoint_port(config, index),
+    )
+}
+
+/// Host-side `ip -batch` lines that make the pair of the endpoint at `index` for a restore:
+/// its inner end stays on the host, down, with the index's MAC, until the restore moves it
+/// into the namespace it makes; its outer end is already the port it will be.
+pub(crate) fn endpoint_for_restore(config: &BridgeConfig, index: u32) -> String {
+    format!(
+        "link add {} type veth peer name {} address {}\n{}",
+        config.host_link(index),
+        config.restore_link(index),
+        config.sandbox_mac(index),
+        endpoint_port(config, index),
+    )
+}
+
+/// Host-side `ip -batch` lines that make the host end of the endpoint at `index` an isolated
+/// port of the bridge, bring it up, and fix the neighbour entries of its addresses. Isolated
+/// before it is up, so not one frame crosses to another sandbox.
+pub(crate) fn endpoint_port(config: &BridgeConfig, index: u32) -> String {
+    let link = config.host_link(index);
+    let mac = config.sandbox_mac(index);
     let (v4, v6) = config.sandbox_addresses(index);
     format!(
-        "link add {link} type veth peer name eth0 address {mac} netns {}\n\
-         link set {link} master {bridge} up\n\
+        "link set {link} master {bridge}\n\
          link set dev {link} type bridge_slave isolated on\n\
+         link set {link} up\n\
          neigh replace {v4} lladdr {mac} dev {bridge} nud permanent\n\
          neigh replace {v6} lladdr {mac} dev {bridge} nud permanent\n",
-        netns.display(),
         bridge = config.bridge,
     )
 }
@@ -253,8 +278,16 @@ mod tests {
         assert!(
             endpoint_guard(&config, 7).contains("ports_mac { \"cpn0-7\" . 02:c0:ff:ee:00:07 }")
         );
-        assert!(host.contains("master cpn0 up"));
-        assert!(host.contains("isolated on"));
+        // The port is isolated before it comes up, on create and on a restore alike.
+        let port = endpoint_port(&config, 7);
+        assert!(host.ends_with(&port));
+        let isolated = port.find("link set dev cpn0-7 type bridge_slave isolated on\n");
+        let up = port.find("link set cpn0-7 up\n");
+        assert!(port.starts_with("link set cpn0-7 master cpn0\n"), "{port}");
+        assert!(
+            isolated.is_some() && up.is_some() && isolated < up,
+            "{port}"
+        );
         let inside = endpoint_inside(&config, 7);
         assert!(inside.contains("addr add 10.213.0.8/16 dev eth0\n"));
         assert!(inside.contains("addr add fd00:c0:ffee::8/64 dev eth0 nodad\n"));

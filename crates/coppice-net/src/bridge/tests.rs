@@ -449,3 +449,102 @@ fn test_release_groups_differ_between_bridges() {
     assert_eq!(groups.len(), 4);
     assert!(groups.iter().all(|group| *group >> 16 == 0x6370));
 }
+
+fn checkpointable(dir: &Path, sys: &Arc<FakeBridgeSys>) -> BridgeNetwork {
+    let mut config = config(dir, 0);
+    config.sandbox_ids = Some(coppice_core::volume::IdMap {
+        uid_base: 200_000,
+        gid_base: 200_000,
+        count: 65_536,
+    });
+    BridgeNetwork::start(config, Arc::clone(sys) as Arc<dyn BridgeSys>).unwrap()
+}
+
+#[test]
+fn test_with_sandbox_ids_an_endpoint_namespace_has_its_own_user_namespace() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = checkpointable(dir.path(), &sys);
+
+    let attachment = network.attach(&id("a"), &NetworkSpec::default()).unwrap();
+
+    let NetAttachment::Namespace {
+        path,
+        user: Some(user),
+        restore_device,
+        ..
+    } = attachment
+    else {
+        panic!("expected a namespace with a user namespace: {attachment:?}");
+    };
+    assert_ne!(path, user);
+    assert_eq!(restore_device.as_deref(), Some("cpt0r1"));
+
+    // Without a map the namespace is the host's (and cannot be checkpointed).
+    let plain_dir = tempfile::tempdir().unwrap();
+    let plain = start(plain_dir.path(), &Arc::new(FakeBridgeSys::default()), 0);
+    let attachment = plain.attach(&id("b"), &NetworkSpec::default()).unwrap();
+    assert!(matches!(
+        attachment,
+        NetAttachment::Namespace { user: None, .. }
+    ));
+}
+
+#[test]
+fn test_a_restore_gets_a_new_pair_on_the_same_port_isolated_and_guarded() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = checkpointable(dir.path(), &sys);
+    network.attach(&id("a"), &airgapped()).unwrap();
+    let before = sys.ran().len();
+
+    network.prepare_restore(&id("a")).unwrap();
+
+    let ran = sys.ran()[before..].to_vec();
+    let deleted = ran.iter().position(
+        |ran| matches!(ran, Ran::Ip { netns: None, script } if script == "link del cpt0-1\n"),
+    );
+    let guard = ran.iter().position(|ran| {
+        matches!(ran, Ran::Nft(script) if script.contains("ports_mac { \"cpt0-1\" . 02:c0:ff:ee:00:01 }"))
+    });
+    let made = ran.iter().position(|ran| {
+        matches!(ran, Ran::Ip { netns: None, script }
+            if script.starts_with("link add cpt0-1 type veth peer name cpt0r1 address 02:c0:ff:ee:00:01\n")
+                && script.contains("isolated on"))
+    });
+    assert!(
+        deleted.is_some() && guard.is_some() && made.is_some(),
+        "{ran:?}"
+    );
+    assert!(deleted < guard && guard < made, "{ran:?}");
+    assert!(sys.links().contains("cpt0-1"));
+
+    // The sandbox keeps its index, its policy and its record.
+    assert_eq!(network.list().unwrap(), vec![id("a")]);
+    let other = network.attach(&id("b"), &NetworkSpec::default()).unwrap();
+    assert!(matches!(
+        other,
+        NetAttachment::Namespace { restore_device: Some(ref device), .. } if device == "cpt0r2"
+    ));
+    network.update(&id("a"), &NetworkSpec::default()).unwrap();
+
+    // A restore that failed is prepared again: the pair it left is replaced.
+    network.prepare_restore(&id("a")).unwrap();
+    assert!(sys.links().contains("cpt0-1"));
+
+    network.detach(&id("a")).unwrap();
+    wait_for("the restored pair released", || {
+        !sys.links().contains("cpt0-1")
+    });
+}
+
+#[test]
+fn test_restore_of_an_unknown_sandbox_is_not_found() {
+    let dir = tempfile::tempdir().unwrap();
+    let sys = Arc::new(FakeBridgeSys::default());
+    let network = checkpointable(dir.path(), &sys);
+    assert!(matches!(
+        network.prepare_restore(&id("x")),
+        Err(NetError::NotFound { .. })
+    ));
+}

@@ -53,7 +53,7 @@ fn build(
     let config_file = config_memfd(config)?;
     assemble_root(config)?;
     let mut joined_user = None;
-    if let NetworkSetup::Join { path, user } = &config.network {
+    if let NetworkSetup::Join { path, user, .. } = &config.network {
         // A prepared namespace is joined (and its loopback brought up) while this process
         // is still host root, whichever user namespace it belongs to.
         joined_user = user

@@ -22,7 +22,9 @@ use rustix::thread::UnshareFlags;
 
 use super::mounts::apply;
 use super::syscalls::unshare;
-use crate::checkpoint::{ExternalMount, RESTORE_LOG, external_mounts, log_errors, restore_args};
+use crate::checkpoint::{
+    ExternalMount, RESTORE_LOG, external_mounts, log_errors, restore_args, restore_device,
+};
 use crate::protocol::{CONTROL_SOCKET, ENVD_SOCKET, InitConfig, ReadyMessage};
 
 /// The flag that starts the init binary as the restore helper.
@@ -124,7 +126,13 @@ fn criu_restore(
     }
     let pidfile = images.join(PIDFILE);
     let _ = fs::remove_file(&pidfile);
-    let args = restore_args(images, &staged.rootfs, &pidfile, externals);
+    let args = restore_args(
+        images,
+        &staged.rootfs,
+        &pidfile,
+        externals,
+        restore_device(config),
+    );
     let status = Command::new(criu)
         .args(&args)
         .stdin(Stdio::null())

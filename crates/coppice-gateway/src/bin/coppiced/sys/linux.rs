@@ -39,14 +39,19 @@ fn init_command() -> anyhow::Result<InitCommand> {
     })
 }
 
-/// The bridge network as configured.
-fn bridge_network(config: &GatewayConfig) -> Result<BridgeNetwork, coppice_core::net::NetError> {
+/// The bridge network as configured, its sandboxes' namespaces in user namespaces with
+/// `sandbox_ids` (so they can be checkpointed).
+fn bridge_network(
+    config: &GatewayConfig,
+    sandbox_ids: coppice_core::volume::IdMap,
+) -> Result<BridgeNetwork, coppice_core::net::NetError> {
     let settings = &config.network;
     let mut bridge = BridgeConfig::new(&settings.bridge, config.net_dir());
     bridge.ipv4 = settings.ipv4;
     bridge.ipv6 = settings.ipv6;
     bridge.pool_size = NETNS_POOL_SIZE;
     bridge.dns_upstream = settings.dns_upstream;
+    bridge.sandbox_ids = Some(sandbox_ids);
     BridgeNetwork::start(bridge, Arc::new(RealNetnsSys))
 }
 
@@ -112,7 +117,7 @@ pub(crate) fn backends(config: &GatewayConfig) -> anyhow::Result<Backends> {
     let sandbox_ids = coppice_core::runtime::Runtime::id_map(&runtime);
     let (net, network) = super::choose_network(
         config.network.mode,
-        || Ok(Arc::new(bridge_network(config)?)),
+        || Ok(Arc::new(bridge_network(config, sandbox_ids)?)),
         || Arc::new(LoopbackOnly::pooled(NETNS_POOL_SIZE, sandbox_ids)),
         "install iproute2, nftables and conntrack",
     )?;
