@@ -8,35 +8,14 @@ PASS/FAIL line per check and exits 1 if any check failed.
 """
 import hashlib
 import io
-import json
-import os
 import sys
 import tarfile
-import urllib.error
-import urllib.request
 
 from e2b import Sandbox
 
 from checks import check, finish, step
+from control_api import call
 
-API = os.environ["E2B_API_URL"].rstrip("/")
-KEY = os.environ["E2B_API_KEY"]
-
-
-def call(method, path, body=None):
-    """(status, parsed JSON or raw bytes) of one control-plane call."""
-    data = None if body is None else json.dumps(body).encode()
-    request = urllib.request.Request(API + path, data=data, method=method,
-                                     headers={"X-API-KEY": KEY, "Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            raw = response.read()
-            status = response.status
-    except urllib.error.HTTPError as e:
-        raw, status = e.read(), e.code
-    if raw[:1] in (b"{", b"["):
-        return status, json.loads(raw)
-    return status, raw
 
 
 def main():

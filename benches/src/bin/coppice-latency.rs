@@ -194,6 +194,7 @@ mod linux {
     ) -> anyhow::Result<Duration> {
         let id: SandboxId = format!("bench{iteration}").parse()?;
         let spec = RuntimeSpec {
+            defaults: coppice_core::runtime::ProcessDefaults::default(),
             hostname: id.to_string(),
             vcpus: 1,
             memory_mb: 512,

@@ -7,6 +7,7 @@ mod files;
 mod output;
 mod shell;
 mod storage;
+mod templates;
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -92,6 +93,9 @@ pub enum Command {
     /// Directory snapshots: create, list, restore, download, delete.
     #[command(subcommand)]
     DirSnapshot(storage::DirSnapshotCommand),
+    /// Templates: list, info, import (from an OCI image), delete.
+    #[command(subcommand)]
+    Template(templates::TemplateCommand),
 }
 
 /// `coppice sandbox …`.
@@ -264,6 +268,9 @@ pub async fn run(cli: &Cli) -> anyhow::Result<i32> {
         }
         Command::DirSnapshot(command) => {
             storage::dir_snapshot(&client, command, cli.json, &mut stdout).await?;
+        }
+        Command::Template(command) => {
+            templates::run(&client, command, cli.json, &mut stdout).await?;
         }
         Command::Logs { id } => {
             let logs = client.logs(id).await?;

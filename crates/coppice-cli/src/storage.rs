@@ -130,7 +130,7 @@ pub async fn dir_snapshot(
 }
 
 /// One object: as JSON, or its `fields` on one line.
-fn print_one(
+pub(crate) fn print_one(
     out: &mut impl Write,
     json: bool,
     value: &serde_json::Value,
@@ -145,7 +145,7 @@ fn print_one(
 }
 
 /// A list: as JSON, or one line of `fields` per item.
-fn print_all(
+pub(crate) fn print_all(
     out: &mut impl Write,
     json: bool,
     values: &[serde_json::Value],

@@ -6,12 +6,15 @@
 use std::time::Duration;
 
 /// Which identity a command runs as inside the sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ExecUser {
     /// uid 0 / gid 0 of the sandbox (an unprivileged id on the host).
     Root,
-    /// The template's default unprivileged user (uid/gid 1000, home `/home/user`).
+    /// The base template's unprivileged user (uid/gid 1000, home `/home/user`).
     User,
+    /// A user of the sandbox by name (or uid), looked up in the sandbox's own `/etc/passwd`
+    /// when the command starts (an imported image's user, say).
+    Named(String),
 }
 
 /// One command to run.

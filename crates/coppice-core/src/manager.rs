@@ -18,6 +18,7 @@ mod network;
 mod reconcile;
 mod snapshot;
 mod start;
+mod templates;
 mod volumes;
 
 use boot::{boot_blocking, provision_blocking};
@@ -581,7 +582,7 @@ impl Inner {
     /// Every step of a create. Blocks.
     fn create_blocking(
         &self,
-        spec: SandboxSpec,
+        mut spec: SandboxSpec,
         root_template: Option<TemplateId>,
     ) -> Result<Sandbox, ManagerError> {
         let root_template = root_template.unwrap_or_else(|| spec.template.clone());
@@ -592,6 +593,7 @@ impl Inner {
             .storage
             .template(&root_template)
             .map_err(|source| ManagerError::from_storage("look up template", source))?;
+        start::take_template_defaults(&mut spec, &template);
         let id = SandboxId::generate().map_err(|source| ManagerError::Entropy { source })?;
         let access_token =
             AccessToken::generate().map_err(|source| ManagerError::Entropy { source })?;

@@ -44,6 +44,18 @@ pub struct RuntimeSpec {
     pub volumes: Vec<BindMount>,
     /// Whether the root is fresh from its template.
     pub root_use: RootUse,
+    /// Who runs the processes of requests that name no user, and where.
+    pub defaults: ProcessDefaults,
+}
+
+/// The user and working directory of a sandbox's processes when a request names neither:
+/// its template's, fixed at create. `None` leaves the runtime's own default.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProcessDefaults {
+    /// A user name (or uid) of the sandbox.
+    pub user: Option<String>,
+    /// An absolute directory inside the sandbox.
+    pub workdir: Option<String>,
 }
 
 /// A sandbox's root directory on the host: a path, and whatever keeps that path naming the

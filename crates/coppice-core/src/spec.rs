@@ -37,6 +37,8 @@ pub struct SandboxSpec {
     /// Whether its exposed ports answer anyone who can reach the gateway; when false they
     /// answer only requests bearing the sandbox's traffic token.
     pub public_traffic: bool,
+    /// Who runs its processes by default, and where: taken from its template at create.
+    pub defaults: crate::runtime::ProcessDefaults,
 }
 
 impl SandboxSpec {
@@ -56,6 +58,7 @@ impl SandboxSpec {
             network: NetworkSpec::default(),
             volume_mounts: Vec::new(),
             public_traffic: true,
+            defaults: crate::runtime::ProcessDefaults::default(),
         }
     }
 }

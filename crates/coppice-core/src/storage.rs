@@ -24,6 +24,9 @@ pub struct TemplateInfo {
     pub snapshot_of: Option<SandboxId>,
     /// The service every sandbox booted from it starts, if any.
     pub start: Option<TemplateStart>,
+    /// Environment variables every process of its sandboxes gets (a sandbox's own, asked
+    /// for at create, win).
+    pub env: Vec<(String, String)>,
 }
 
 /// A template's service: started in the background once a sandbox from the template boots,
@@ -134,6 +137,26 @@ pub trait Storage: Send + Sync + 'static {
     ) -> Result<TemplateInfo, StorageError> {
         let _ = (id, snapshot);
         Err(StorageError::Unsupported { what: "snapshots" })
+    }
+
+    /// Makes template `id` from the OCI image at `image` on the host (an image layout
+    /// directory, or a tarball of one such as `docker save` writes), keeping the image's
+    /// environment, user, working directory and entrypoint (started by every sandbox). The
+    /// image's owners are sandbox ids, mapped to host ids by `ids`.
+    ///
+    /// # Errors
+    /// `TemplateExists`; `Invalid` for an image that is missing, malformed, unsupported or
+    /// refused (nothing is kept); `Exhausted`; `Unsupported` where the backend cannot.
+    fn import_image(
+        &self,
+        id: &TemplateId,
+        image: &Path,
+        ids: IdMap,
+    ) -> Result<TemplateInfo, StorageError> {
+        let _ = (id, image, ids);
+        Err(StorageError::Unsupported {
+            what: "importing images",
+        })
     }
 
     /// Deletes a template. Sandboxes made from it keep their root filesystems.

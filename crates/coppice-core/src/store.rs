@@ -114,6 +114,11 @@ struct SandboxRecord {
     public_traffic: bool,
     #[serde(default)]
     traffic_token: Option<String>,
+    /// The template's default user and working directory, fixed at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    default_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    default_workdir: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -159,6 +164,8 @@ impl SandboxRecord {
                 .traffic_token
                 .as_ref()
                 .map(|token| token.expose().to_owned()),
+            default_user: spec.defaults.user.clone(),
+            default_workdir: spec.defaults.workdir.clone(),
         }
     }
 
@@ -223,6 +230,10 @@ impl SandboxRecord {
                 },
                 volume_mounts,
                 public_traffic: self.public_traffic,
+                defaults: crate::runtime::ProcessDefaults {
+                    user: self.default_user,
+                    workdir: self.default_workdir,
+                },
             },
             state,
             created_at: from_unix_millis(self.created_at_ms),
@@ -569,6 +580,18 @@ mod tests {
         private.traffic_token = Some(AccessToken::from_persisted("tr4ff1c".into()));
         store.put(&private).unwrap();
         assert_eq!(store.get(&private.id).unwrap(), Some(private));
+    }
+
+    #[test]
+    fn test_store_round_trips_the_template_defaults() {
+        let store = Store::in_memory().unwrap();
+        let mut imported = sandbox("img", SandboxState::Running);
+        imported.spec.defaults = crate::runtime::ProcessDefaults {
+            user: Some("app".into()),
+            workdir: Some("/srv".into()),
+        };
+        store.put(&imported).unwrap();
+        assert_eq!(store.get(&imported.id).unwrap(), Some(imported));
     }
 
     #[test]

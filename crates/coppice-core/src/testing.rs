@@ -92,6 +92,7 @@ pub struct FakeRuntime {
     oom_kills: Mutex<BTreeMap<SandboxId, u64>>,
     frozen: Mutex<BTreeSet<SandboxId>>,
     volumes: Mutex<BTreeMap<SandboxId, Vec<BindMount>>>,
+    specs: Mutex<BTreeMap<SandboxId, RuntimeSpec>>,
     checkpoints: Mutex<BTreeSet<SandboxId>>,
     refuse_checkpoints: std::sync::atomic::AtomicBool,
     host_memory: Mutex<Option<crate::runtime::HostMemory>>,
@@ -140,6 +141,11 @@ impl FakeRuntime {
     /// Whether the fake holds the sandbox.
     pub fn holds(&self, id: &SandboxId) -> bool {
         lock(&self.created).contains_key(id)
+    }
+
+    /// What the sandbox was last created with.
+    pub fn spec_of(&self, id: &SandboxId) -> Option<RuntimeSpec> {
+        lock(&self.specs).get(id).cloned()
     }
 
     /// The volumes the sandbox was last created with.
@@ -197,6 +203,7 @@ impl Runtime for FakeRuntime {
         lock(&self.calls).push(FakeCall::Create(id.clone()));
         self.injected("create", id)?;
         lock(&self.volumes).insert(id.clone(), spec.volumes.clone());
+        lock(&self.specs).insert(id.clone(), spec.clone());
         let mut created = lock(&self.created);
         if created.contains_key(id) {
             return Err(RuntimeError::AlreadyExists { id: id.clone() });
@@ -349,6 +356,9 @@ impl Runtime for FakeRuntime {
     }
 }
 
+/// A template's default user, working directory and environment, as a test set them.
+type TemplateDefaults = (String, String, Vec<(String, String)>);
+
 /// An in-memory `Storage` holding the templates it was built with.
 #[derive(Debug)]
 pub struct FakeStorage {
@@ -361,6 +371,7 @@ pub struct FakeStorage {
     calls: Mutex<Vec<FakeCall>>,
     fail_next: Mutex<BTreeSet<&'static str>>,
     starts: Mutex<BTreeMap<TemplateId, crate::storage::TemplateStart>>,
+    defaults: Mutex<BTreeMap<TemplateId, TemplateDefaults>>,
 }
 
 impl FakeStorage {
@@ -375,7 +386,17 @@ impl FakeStorage {
             calls: Mutex::new(Vec::new()),
             fail_next: Mutex::new(BTreeSet::new()),
             starts: Mutex::new(BTreeMap::new()),
+            defaults: Mutex::new(BTreeMap::new()),
         }
+    }
+
+    /// Gives template `id` its own default user, working directory and environment.
+    pub fn set_defaults(&self, id: &TemplateId, user: &str, workdir: &str, env: &[(&str, &str)]) {
+        let env = env
+            .iter()
+            .map(|(name, value)| ((*name).to_owned(), (*value).to_owned()))
+            .collect();
+        lock(&self.defaults).insert(id.clone(), (user.into(), workdir.into(), env));
     }
 
     /// Gives template `id` a service to start in its sandboxes.
@@ -415,14 +436,19 @@ impl FakeStorage {
     }
 
     fn info(&self, id: &TemplateId) -> TemplateInfo {
+        let (default_user, default_workdir, env) = lock(&self.defaults)
+            .get(id)
+            .cloned()
+            .unwrap_or_else(|| ("user".into(), "/home/user".into(), Vec::new()));
         TemplateInfo {
             id: id.clone(),
             created_at: UNIX_EPOCH + Duration::from_secs(1),
             size_bytes: 0,
-            default_user: "user".into(),
-            default_workdir: "/home/user".into(),
+            default_user,
+            default_workdir,
             snapshot_of: lock(&self.snapshots).get(id).cloned(),
             start: lock(&self.starts).get(id).cloned(),
+            env,
         }
     }
 

@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 mod storage;
+mod templates;
 
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::StreamExt;

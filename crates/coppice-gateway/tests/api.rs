@@ -301,3 +301,37 @@ async fn test_protocol_switches_pass_through_the_envd_forwarder() {
     .unwrap();
     assert_eq!(&echoed, b"ping");
 }
+
+#[tokio::test]
+async fn test_templates_are_listed_and_described_and_imports_check_their_input() {
+    let app = app().await;
+    let listed = call(&app, "GET", "/templates", &[], "").await;
+    assert_eq!(listed.0, StatusCode::OK);
+    assert_eq!(listed.2[0]["templateID"], "base");
+    let one = call(&app, "GET", "/templates/base", &[], "").await;
+    assert_eq!(one.0, StatusCode::OK, "{:?}", one.2);
+    assert_eq!(one.2["defaultUser"], "user");
+    assert_eq!(one.2["defaultWorkdir"], "/home/user");
+    assert!(one.2["startCommand"].is_null());
+
+    assert_error(&call(&app, "GET", "/templates/nope", &[], "").await, 404);
+    assert_error(
+        &call(&app, "GET", "/templates/Bad%2FId", &[], "").await,
+        400,
+    );
+    let refused: [(&str, u16); 4] = [
+        ("{", 400),
+        (r#"{"templateID":"img","image":"relative/layout"}"#, 400),
+        (r#"{"templateID":"Bad/Id","image":"/srv/layout"}"#, 400),
+        (
+            r#"{"templateID":"img","image":"/srv/layout","extra":1}"#,
+            400,
+        ),
+    ];
+    for (body, status) in refused {
+        assert_error(
+            &call(&app, "POST", "/templates/imports", &[], body).await,
+            status,
+        );
+    }
+}

@@ -64,6 +64,26 @@ fn run_python_suite(script: &str) {
 }
 
 #[test]
+#[ignore = "privileged: imports an OCI image into a real coppiced and boots sandboxes from it; needs the E2B SDK venv"]
+fn test_templates_imported_from_oci_images_boot_with_the_image_configuration() {
+    coppice_core::require_privileged!();
+    // The image carries the shared libraries coppice's own binaries (init and envd, bound
+    // into every sandbox) load from the sandbox's root.
+    let daemon = Path::new(env!("CARGO_BIN_EXE_coppiced"));
+    let binaries: Vec<String> = ["coppiced", "coppice-init", "coppice-envd"]
+        .iter()
+        .map(|name| daemon.with_file_name(name))
+        .filter(|path| path.is_file())
+        .map(|path| path.display().to_string())
+        .collect();
+    let mut command = Command::new(e2b_python());
+    command
+        .arg(sdk_dir().join("template_import_sdk.py"))
+        .env("COPPICE_BINARIES", binaries.join(":"));
+    run_suite_against_coppiced(command);
+}
+
+#[test]
 #[ignore = "privileged: starts coppiced and sandboxes; needs the E2B SDK venv (COPPICE_E2B_PYTHON)"]
 fn test_e2b_python_sdk_runs_against_coppiced() {
     coppice_core::require_privileged!();
@@ -258,6 +278,39 @@ fn test_coppice_cli_end_to_end() {
     );
     let reopened = coppice(port, &["sandbox", "network", &id], b"");
     assert!(reopened.status.success(), "{}", text(&reopened.stderr));
+
+    let templates = coppice(port, &["template", "list"], b"");
+    assert!(
+        text(&templates.stdout)
+            .lines()
+            .any(|l| l.starts_with("base ")),
+        "{}",
+        text(&templates.stdout)
+    );
+    let base = coppice(port, &["template", "info", "base"], b"");
+    assert!(
+        text(&base.stdout).contains("defaultUser     user"),
+        "{}",
+        text(&base.stdout)
+    );
+    let missing = coppice(
+        port,
+        &["template", "import", "/no/such/layout", "--name", "img"],
+        b"",
+    );
+    assert!(!missing.status.success());
+    assert!(
+        text(&missing.stderr).contains("not found"),
+        "{}",
+        text(&missing.stderr)
+    );
+    let unknown = coppice(port, &["template", "delete", "nope"], b"");
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown.stderr).contains("404"),
+        "{}",
+        text(&unknown.stderr)
+    );
 
     let exec = coppice(
         port,

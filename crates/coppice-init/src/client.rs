@@ -16,19 +16,28 @@ const CHANNEL_MARGIN: Duration = Duration::from_secs(5);
 /// Channel timeout for commands without a timeout of their own.
 const UNBOUNDED_EXEC_WAIT: Duration = Duration::from_secs(24 * 60 * 60);
 
-fn identity(user: ExecUser) -> ExecIdentity {
+fn identity(user: &ExecUser) -> ExecIdentity {
     match user {
         ExecUser::Root => ExecIdentity {
             uid: 0,
             gid: 0,
             home: "/root".into(),
             name: "root".into(),
+            look_up: false,
         },
         ExecUser::User => ExecIdentity {
             uid: 1000,
             gid: 1000,
             home: "/home/user".into(),
             name: "user".into(),
+            look_up: false,
+        },
+        ExecUser::Named(name) => ExecIdentity {
+            uid: 0,
+            gid: 0,
+            home: "/".into(),
+            name: name.clone(),
+            look_up: true,
         },
     }
 }
@@ -122,7 +131,7 @@ pub fn exec(
         argv: request.argv.clone(),
         env: request.env.clone(),
         cwd: request.cwd.clone(),
-        identity: identity(request.user),
+        identity: identity(&request.user),
         timeout_ms: request
             .timeout
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),

@@ -21,6 +21,10 @@ pub struct ExecIdentity {
     pub home: String,
     /// `USER` and `LOGNAME`.
     pub name: String,
+    /// Whether the init looks `name` up in the sandbox's `/etc/passwd` (the other fields
+    /// are then ignored).
+    #[serde(default)]
+    pub look_up: bool,
 }
 
 /// A request on the control socket.

@@ -14,6 +14,7 @@ pub mod client;
 pub mod control;
 #[cfg(any(target_os = "linux", target_os = "freebsd"))]
 pub mod envd;
+pub mod passwd;
 pub mod records;
 #[cfg(any(target_os = "linux", target_os = "freebsd"))]
 pub mod server;

@@ -239,10 +239,19 @@ struct Finished {
     timed_out: bool,
 }
 
-fn run(shared: &Shared, request: ExecCommand, client: &impl AsFd) -> Result<Finished, String> {
+fn run(shared: &Shared, mut request: ExecCommand, client: &impl AsFd) -> Result<Finished, String> {
     let Some((program, args)) = request.argv.split_first() else {
         return Err("argv is empty".into());
     };
+    if request.identity.look_up {
+        // Read now, from the sandbox's own files: its users may change.
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        request.identity = crate::passwd::resolve(
+            &request.identity.name,
+            &read("/etc/passwd"),
+            &read("/etc/group"),
+        )?;
+    }
     let mut command = Command::new(program);
     command
         .args(args)

@@ -43,11 +43,45 @@ impl EnvdSettings {
         .map(str::to_owned);
         self.leading_args.iter().cloned().chain(own).collect()
     }
+
+    /// [`Self::args`] for a sandbox whose template names its own default user and working
+    /// directory (`None` keeps this envd's).
+    pub fn args_for(
+        &self,
+        sandbox_id: &str,
+        state_file: &str,
+        user: Option<&str>,
+        workdir: Option<&str>,
+    ) -> Vec<String> {
+        let mut settings = self.clone();
+        if let Some(user) = user {
+            user.clone_into(&mut settings.default_user);
+        }
+        let mut args = settings.args(sandbox_id, state_file);
+        if let Some(workdir) = workdir {
+            args.extend(["--default-workdir".to_owned(), workdir.to_owned()]);
+        }
+        args
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn test_a_template_names_its_own_user_and_directory() {
+        let settings = EnvdSettings::new("/usr/bin/coppice-envd".into());
+        let args = settings
+            .args_for("a1", "/run/s.json", Some("app"), Some("/srv"))
+            .join(" ");
+        assert!(args.contains("--default-user app "), "{args}");
+        assert!(args.ends_with(" --default-workdir /srv"), "{args}");
+        assert_eq!(
+            settings.args_for("a1", "/run/s.json", None, None),
+            settings.args("a1", "/run/s.json")
+        );
+    }
 
     #[test]
     fn test_args_follow_the_leading_ones() {

@@ -250,7 +250,12 @@ impl<S: NsSys> NamespaceRuntime<S> {
             exec_output_limit: self.config.exec_output_limit,
             envd: self.config.envd.as_ref().map(|envd| EnvdLaunch {
                 binary: envd.binary.clone(),
-                args: envd.args(id.as_str(), ENVD_STATE_FILE),
+                args: envd.args_for(
+                    id.as_str(),
+                    ENVD_STATE_FILE,
+                    spec.defaults.user.as_deref(),
+                    spec.defaults.workdir.as_deref(),
+                ),
             }),
         };
         Ok(write_json(&dir.join(INIT_CONFIG), &init)?)

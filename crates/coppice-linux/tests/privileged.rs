@@ -83,6 +83,7 @@ impl Host {
             }],
         };
         let spec = RuntimeSpec {
+            defaults: coppice_core::runtime::ProcessDefaults::default(),
             hostname: id.to_string(),
             vcpus: 1,
             memory_mb,
@@ -484,6 +485,7 @@ fn test_exec_caller_hanging_up_kills_the_command() {
         env: Vec::new(),
         cwd: None,
         identity: ExecIdentity {
+            look_up: false,
             uid: 0,
             gid: 0,
             home: "/root".into(),

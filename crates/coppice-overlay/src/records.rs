@@ -63,6 +63,9 @@ struct TemplateFile {
     /// For a template built from sources: their digest, to tell when to build it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     source_digest: Option<String>,
+    /// Environment variables of its sandboxes' processes (an imported image's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    env: Vec<(String, String)>,
 }
 
 /// A template's service, as stored.
@@ -89,6 +92,8 @@ pub(crate) struct TemplateRecord {
     pub(crate) start: Option<TemplateStart>,
     /// For a template built from sources: their digest.
     pub(crate) source_digest: Option<String>,
+    /// Environment variables of its sandboxes' processes.
+    pub(crate) env: Vec<(String, String)>,
 }
 
 impl TemplateRecord {
@@ -108,6 +113,7 @@ impl TemplateRecord {
                 ready: start.ready.clone(),
             }),
             source_digest: self.source_digest.clone(),
+            env: self.env.clone(),
         };
         fsutil::write_json(path, &file, fsutil::Durability::HostCrash)
     }
@@ -146,6 +152,7 @@ impl TemplateRecord {
                 ready: start.ready,
             }),
             source_digest: file.source_digest,
+            env: file.env,
         }))
     }
 }
@@ -264,6 +271,7 @@ mod tests {
                 ready: Some("probe".to_owned()),
             }),
             source_digest: Some("abc".to_owned()),
+            env: vec![("LANG".to_owned(), "C.UTF-8".to_owned())],
         }
     }
 

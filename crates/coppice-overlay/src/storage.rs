@@ -171,6 +171,7 @@ impl OverlayStorage {
             snapshot_of: None,
             start: None,
             source_digest: None,
+            env: Vec::new(),
         };
         record.write(&path)?;
         tracing::info!(
@@ -292,6 +293,7 @@ impl OverlayStorage {
             default_workdir: record.default_workdir.clone(),
             snapshot_of: record.snapshot_of.clone(),
             start: record.start.clone(),
+            env: record.env.clone(),
         })
     }
 
@@ -456,6 +458,15 @@ impl Storage for OverlayStorage {
             .map_err(|err| err.into_storage("look up template"))
     }
 
+    fn import_image(
+        &self,
+        id: &TemplateId,
+        image: &Path,
+        ids: IdMap,
+    ) -> std::result::Result<TemplateInfo, StorageError> {
+        self.import_image_impl(id, image, ids)
+    }
+
     /// Makes `sandboxes/<id>/{upper,work}` and records the template's layers in
     /// `rootfs.json`. The upper directory becomes the sandbox's `/`, so it is owned by the
     /// sandbox's root (`sandbox_root_uid:sandbox_root_gid`) with mode 0755.
@@ -587,6 +598,7 @@ mod derived;
 #[cfg(test)]
 mod derived_tests;
 mod dir_snapshots;
+mod imported;
 mod snapshot;
 
 pub use derived::{SourceFile, TemplateSource};

@@ -155,8 +155,10 @@ impl ZfsStorage {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_WORKDIR.into()),
             snapshot_of: row.snapshot_of.as_deref().and_then(|s| s.parse().ok()),
-            // Templates with a service are built by the overlay storage only, so far.
+            // Templates with a service or an environment are built by the overlay storage
+            // only, so far.
             start: None,
+            env: Vec::new(),
         })
     }
 

@@ -86,6 +86,7 @@ fn disk() -> RootFs {
 
 fn spec() -> RuntimeSpec {
     RuntimeSpec {
+        defaults: coppice_core::runtime::ProcessDefaults::default(),
         hostname: "a1".into(),
         vcpus: 1,
         memory_mb: 256,

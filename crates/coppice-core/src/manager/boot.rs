@@ -44,6 +44,7 @@ pub(super) fn boot_blocking(
         .attach(id, &spec.network)
         .map_err(|source| ManagerError::from_net("attach network", source))?;
     let runtime_spec = RuntimeSpec {
+        defaults: spec.defaults.clone(),
         hostname: id.to_string(),
         vcpus: spec.vcpus,
         memory_mb: spec.memory_mb,

@@ -45,11 +45,18 @@ impl Inner {
         let Some(start) = &template.start else {
             return Ok(());
         };
-        let template = &template.id;
-        let launch = ExecRequest {
+        let as_user = |argv: Vec<String>| ExecRequest {
             timeout: Some(CHECK_TIMEOUT),
-            ..as_user(background(&start.command))
+            user: template_user(&template.default_user),
+            cwd: (!template.default_workdir.is_empty()).then(|| template.default_workdir.clone()),
+            ..ExecRequest::new(argv)
         };
+        let launch = as_user(background(&start.command));
+        let check = start
+            .ready
+            .as_ref()
+            .map(|ready| as_user(vec!["/bin/sh".into(), "-c".into(), ready.clone()]));
+        let template = &template.id;
         let launched =
             self.backends.runtime.exec(id, &launch).map_err(|source| {
                 ManagerError::from_runtime("start the template's service", source)
@@ -57,12 +64,8 @@ impl Inner {
         if launched.status != ExitStatus::Code(0) {
             return Err(self.not_ready(template, start, &describe(&launched)));
         }
-        let Some(ready) = &start.ready else {
+        let Some(check) = check else {
             return Ok(());
-        };
-        let check = ExecRequest {
-            timeout: Some(CHECK_TIMEOUT),
-            ..as_user(vec!["/bin/sh".into(), "-c".into(), ready.clone()])
         };
         let deadline = Instant::now() + self.config.template_ready_timeout;
         let mut pause = FIRST_PAUSE;
@@ -109,10 +112,12 @@ fn background(command: &str) -> Vec<String> {
     ]
 }
 
-fn as_user(argv: Vec<String>) -> ExecRequest {
-    ExecRequest {
-        user: ExecUser::User,
-        ..ExecRequest::new(argv)
+/// Who runs a template's service: its default user.
+fn template_user(name: &str) -> ExecUser {
+    match name {
+        "root" => ExecUser::Root,
+        "user" => ExecUser::User,
+        other => ExecUser::Named(other.to_owned()),
     }
 }
 
@@ -134,4 +139,24 @@ fn describe(outcome: &crate::exec::ExecOutcome) -> String {
             format!(", {said}")
         }
     )
+}
+
+/// Gives a new sandbox its template's environment (under its own) and, unless it has them
+/// already (a fork's come from its source), its template's default user and directory.
+pub(super) fn take_template_defaults(
+    spec: &mut crate::spec::SandboxSpec,
+    template: &crate::storage::TemplateInfo,
+) {
+    for (name, value) in &template.env {
+        spec.env
+            .entry(name.clone())
+            .or_insert_with(|| value.clone());
+    }
+    if spec.defaults == crate::runtime::ProcessDefaults::default() {
+        let given = |value: &str| (!value.is_empty()).then(|| value.to_owned());
+        spec.defaults = crate::runtime::ProcessDefaults {
+            user: given(&template.default_user),
+            workdir: given(&template.default_workdir),
+        };
+    }
 }

@@ -133,3 +133,49 @@ async fn test_a_reboot_starts_the_service_again_and_a_template_without_one_start
     assert_eq!(resumed.outcome, ResumeOutcome::Rebooted);
     assert_eq!(resumed.sandbox.state, SandboxState::Running);
 }
+
+#[tokio::test]
+async fn test_a_sandbox_takes_its_template_environment_user_and_directory() {
+    let harness = Harness::new();
+    harness.storage.set_defaults(
+        &"base".parse().unwrap(),
+        "app",
+        "/srv",
+        &[("LANG", "C.UTF-8"), ("MODE", "template")],
+    );
+    let manager = harness.manager().await;
+    let mut asked = spec();
+    asked.env.insert("MODE".into(), "mine".into());
+
+    let sandbox = manager.create(asked).await.unwrap();
+
+    let runtime = harness.runtime.spec_of(&sandbox.id).unwrap();
+    assert_eq!(runtime.defaults.user.as_deref(), Some("app"));
+    assert_eq!(runtime.defaults.workdir.as_deref(), Some("/srv"));
+    assert!(runtime.env.contains(&("LANG".into(), "C.UTF-8".into())));
+    // What the caller asked for wins over the template.
+    assert!(runtime.env.contains(&("MODE".into(), "mine".into())));
+    assert!(!runtime.env.contains(&("MODE".into(), "template".into())));
+
+    // A reboot keeps them, as recorded at create.
+    manager
+        .pause(&sandbox.id, PauseMode::Filesystem)
+        .await
+        .unwrap();
+    harness
+        .storage
+        .set_defaults(&"base".parse().unwrap(), "other", "/", &[]);
+    manager
+        .resume(
+            &sandbox.id,
+            ResumeOptions {
+                timeout: Duration::from_secs(60),
+                keep_memory: None,
+            },
+        )
+        .await
+        .unwrap();
+    let rebooted = harness.runtime.spec_of(&sandbox.id).unwrap();
+    assert_eq!(rebooted.defaults, runtime.defaults);
+    assert!(rebooted.env.contains(&("LANG".into(), "C.UTF-8".into())));
+}

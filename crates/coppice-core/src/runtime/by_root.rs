@@ -154,6 +154,7 @@ mod tests {
 
     fn spec() -> RuntimeSpec {
         RuntimeSpec {
+            defaults: crate::runtime::ProcessDefaults::default(),
             hostname: "h".into(),
             vcpus: 1,
             memory_mb: 128,

@@ -1,5 +1,6 @@
 //! Snapshots and forks: `POST /sandboxes/{id}/snapshots`, `GET /snapshots`,
-//! `DELETE /templates/{id}` (how the SDKs delete a snapshot) and `POST /sandboxes/{id}/fork`.
+//! `DELETE /templates/{id}` (how the SDKs delete a snapshot; `GET` on it is in `templates`)
+//! and `POST /sandboxes/{id}/fork`.
 
 use axum::Json;
 use axum::Router;
@@ -22,7 +23,10 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/sandboxes/{id}/snapshots", post(create))
         .route("/snapshots", axum::routing::get(list))
-        .route("/templates/{id}", delete(remove))
+        .route(
+            "/templates/{id}",
+            delete(remove).get(super::templates::info),
+        )
         .route("/sandboxes/{id}/fork", post(fork))
 }
 

@@ -100,6 +100,7 @@ fn vnet() -> NetAttachment {
 
 fn spec(network: NetAttachment, volumes: Vec<BindMount>) -> RuntimeSpec {
     RuntimeSpec {
+        defaults: coppice_core::runtime::ProcessDefaults::default(),
         hostname: "a1".into(),
         vcpus: 1,
         memory_mb: 256,

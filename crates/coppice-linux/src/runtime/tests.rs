@@ -51,6 +51,7 @@ fn fixture_with(adjust: impl FnOnce(&mut NamespaceRuntimeConfig)) -> Fixture {
 
 fn spec() -> RuntimeSpec {
     RuntimeSpec {
+        defaults: coppice_core::runtime::ProcessDefaults::default(),
         hostname: "h".into(),
         vcpus: 1,
         memory_mb: 128,

@@ -119,6 +119,7 @@ impl OverlayStorage {
             snapshot_of: None,
             start: Some(source.start.clone()),
             source_digest: Some(digest),
+            env: base_record.env.clone(),
         };
         record.write(&path)?;
         tracing::info!(template = %source.id, layer = %manifest.id, size_bytes = manifest.size_bytes, "template built from its sources");

@@ -66,6 +66,7 @@ impl OverlayStorage {
             // Its sandboxes boot afresh, so they start the source template's service too.
             start: source.as_ref().and_then(|t| t.start.clone()),
             source_digest: None,
+            env: source.as_ref().map(|t| t.env.clone()).unwrap_or_default(),
         };
         if let Err(error) = record.write(&path) {
             // Nothing refers to the new layer yet: take it away again.

@@ -1,0 +1,95 @@
+//! `coppice template …`: list, inspect, import and delete templates.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Subcommand;
+use coppice_gateway::client::Client;
+
+use crate::storage::{print_all, print_one};
+
+/// `coppice template …`.
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Lists templates: id, size, default user, created.
+    List,
+    /// Shows one template: its defaults, start command and environment.
+    Info {
+        /// The template.
+        id: String,
+    },
+    /// Makes a template from an OCI image on the gateway's host: an image layout directory,
+    /// or a `docker save` tarball.
+    Import {
+        /// The image (made absolute here; the gateway reads it on its own host).
+        image: PathBuf,
+        /// The new template's id.
+        #[arg(long)]
+        name: String,
+    },
+    /// Deletes a template (sandboxes made from it keep their files).
+    Delete {
+        /// The template.
+        id: String,
+    },
+}
+
+/// Runs a `template` command.
+///
+/// # Errors
+/// The gateway refuses or cannot be reached.
+pub async fn run(
+    client: &Client,
+    command: &TemplateCommand,
+    json: bool,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    match command {
+        TemplateCommand::List => {
+            let templates = client.templates().await?;
+            print_all(
+                out,
+                json,
+                &templates,
+                &["templateID", "sizeBytes", "defaultUser", "createdAt"],
+            )?;
+        }
+        TemplateCommand::Info { id } => {
+            let template = client.template(id).await?;
+            if json {
+                print_one(out, json, &template, &[])?;
+            } else {
+                for field in [
+                    "templateID",
+                    "createdAt",
+                    "sizeBytes",
+                    "defaultUser",
+                    "defaultWorkdir",
+                    "startCommand",
+                    "readyCommand",
+                    "snapshotOf",
+                    "envVars",
+                ] {
+                    let value = match &template[field] {
+                        serde_json::Value::String(text) => text.clone(),
+                        serde_json::Value::Null => "-".into(),
+                        other => other.to_string(),
+                    };
+                    writeln!(out, "{field:<15} {value}")?;
+                }
+            }
+        }
+        TemplateCommand::Import { image, name } => {
+            let image = std::path::absolute(image)
+                .with_context(|| format!("resolving {}", image.display()))?;
+            let template = client.import_template(name, &image).await?;
+            print_one(out, json, &template, &["templateID", "sizeBytes"])?;
+        }
+        TemplateCommand::Delete { id } => {
+            client.delete_template(id).await?;
+            writeln!(out, "deleted {id}")?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Templates as callers see them: one template's details, and templates imported from OCI
+//! images on the host.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::{ManagerError, SandboxManager, blocking};
+use crate::id::TemplateId;
+use crate::storage::TemplateInfo;
+
+impl SandboxManager {
+    /// One template.
+    ///
+    /// # Errors
+    /// `TemplateNotFound`; a storage failure.
+    pub async fn template(&self, id: &TemplateId) -> Result<TemplateInfo, ManagerError> {
+        let storage = Arc::clone(&self.inner.backends.storage);
+        let id = id.clone();
+        blocking("look up template", move || storage.template(&id))
+            .await?
+            .map_err(|source| ManagerError::from_storage("look up template", source))
+    }
+
+    /// Makes template `id` from the OCI image at `image` on the daemon's host (an image
+    /// layout directory, or a `docker save` tarball). Its sandboxes get the image's
+    /// environment, user and working directory, and start its entrypoint.
+    ///
+    /// # Errors
+    /// `InvalidSpec`-like refusals for a relative path; storage refusals (the template
+    /// exists; the image is missing, malformed or refused: nothing is kept).
+    pub async fn import_template(
+        &self,
+        id: TemplateId,
+        image: PathBuf,
+    ) -> Result<TemplateInfo, ManagerError> {
+        if !image.is_absolute() {
+            return Err(ManagerError::BadDirectory {
+                path: image.display().to_string(),
+                reason: "the image's path must be absolute (a path on the daemon's host)".into(),
+            });
+        }
+        let inner = Arc::clone(&self.inner);
+        blocking("import image", move || {
+            let ids = inner.backends.runtime.id_map();
+            inner.backends.storage.import_image(&id, &image, ids)
+        })
+        .await?
+        .map_err(|source| ManagerError::from_storage("import image", source))
+    }
+}
