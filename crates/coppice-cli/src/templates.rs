@@ -28,6 +28,12 @@ pub enum TemplateCommand {
         #[arg(long)]
         name: String,
     },
+    /// Builds a template from a recipe file (JSON; see `docs/templates.md`), printing the
+    /// build's log as it goes. Steps an earlier build made are reused.
+    Build {
+        /// The recipe.
+        recipe: PathBuf,
+    },
     /// Deletes a template (sandboxes made from it keep their files).
     Delete {
         /// The template.
@@ -84,6 +90,24 @@ pub async fn run(
             let image = std::path::absolute(image)
                 .with_context(|| format!("resolving {}", image.display()))?;
             let template = client.import_template(name, &image).await?;
+            print_one(out, json, &template, &["templateID", "sizeBytes"])?;
+        }
+        TemplateCommand::Build { recipe } => {
+            let text =
+                std::fs::read(recipe).with_context(|| format!("reading {}", recipe.display()))?;
+            let recipe: serde_json::Value = serde_json::from_slice(&text)
+                .with_context(|| format!("{} is not JSON", recipe.display()))?;
+            let mut failed_to_print = None;
+            let template = client
+                .build_template(recipe, |line| {
+                    if let Err(error) = writeln!(out, "{line}") {
+                        failed_to_print.get_or_insert(error);
+                    }
+                })
+                .await?;
+            if let Some(error) = failed_to_print {
+                return Err(error.into());
+            }
             print_one(out, json, &template, &["templateID", "sizeBytes"])?;
         }
         TemplateCommand::Delete { id } => {

@@ -24,6 +24,7 @@ pub mod exec;
 pub mod id;
 pub mod manager;
 pub mod net;
+pub mod recipe;
 pub mod runtime;
 pub mod sandbox;
 pub mod spec;

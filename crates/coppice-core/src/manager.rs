@@ -10,6 +10,9 @@
 
 mod background;
 mod boot;
+mod build;
+#[cfg(test)]
+mod build_tests;
 mod dir_snapshots;
 mod durable;
 mod error;
@@ -31,6 +34,7 @@ use std::time::Duration;
 
 use tokio::sync::Notify;
 
+pub use self::build::BuildLog;
 pub use self::error::ManagerError;
 pub use self::lifecycle::{ResumeOptions, ResumeOutcome, Resumed};
 pub use self::snapshot::MAX_FORKS;
@@ -460,9 +464,12 @@ impl SandboxManager {
     /// A storage failure.
     pub async fn templates(&self) -> Result<Vec<TemplateInfo>, ManagerError> {
         let storage = Arc::clone(&self.inner.backends.storage);
-        blocking("list templates", move || storage.templates())
+        let mut templates = blocking("list templates", move || storage.templates())
             .await?
-            .map_err(|source| ManagerError::from_storage("list templates", source))
+            .map_err(|source| ManagerError::from_storage("list templates", source))?;
+        // The build cache's steps are no one's templates.
+        templates.retain(|template| !Self::is_build_cache(&template.id));
+        Ok(templates)
     }
 
     fn oom_seen(&self) -> MutexGuard<'_, HashMap<SandboxId, u64>> {
@@ -633,7 +640,7 @@ impl Inner {
                 )
             })
             .and_then(|endpoints| {
-                self.start_service_blocking(&id, &template)?;
+                self.start_service_blocking(&id, &sandbox.spec)?;
                 sandbox.state = transition(&sandbox, Operation::Start)?;
                 sandbox.endpoints = Some(endpoints);
                 // Not recorded as running means not running: a failure here rolls back too.

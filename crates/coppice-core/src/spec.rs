@@ -39,6 +39,9 @@ pub struct SandboxSpec {
     pub public_traffic: bool,
     /// Who runs its processes by default, and where: taken from its template at create.
     pub defaults: crate::runtime::ProcessDefaults,
+    /// The service every boot of it starts: its template's, recorded at create (`None` in
+    /// records from before it was, whose template is then asked again).
+    pub service: Option<crate::storage::TemplateStart>,
 }
 
 impl SandboxSpec {
@@ -59,6 +62,7 @@ impl SandboxSpec {
             volume_mounts: Vec::new(),
             public_traffic: true,
             defaults: crate::runtime::ProcessDefaults::default(),
+            service: None,
         }
     }
 }

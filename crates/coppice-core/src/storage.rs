@@ -29,6 +29,15 @@ pub struct TemplateInfo {
     pub env: Vec<(String, String)>,
 }
 
+/// What a derived template sets over the template it is made from.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TemplateMeta {
+    /// Environment variables of its sandboxes' processes (over the parent's).
+    pub env: Vec<(String, String)>,
+    /// The service its sandboxes start (`None`: the parent's).
+    pub start: Option<TemplateStart>,
+}
+
 /// A template's service: started in the background once a sandbox from the template boots,
 /// and waited for before the sandbox is handed out.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,6 +165,42 @@ pub trait Storage: Send + Sync + 'static {
         let _ = (id, image, ids);
         Err(StorageError::Unsupported {
             what: "importing images",
+        })
+    }
+
+    /// Makes template `id` a Debian root of `base` from the archive, owners mapped by `ids`,
+    /// with the base template's `user` account; `log` gets the tool's output, line by line.
+    ///
+    /// # Errors
+    /// `TemplateExists`; `Invalid` when the archive refuses (an unknown package: the log
+    /// says which); `Exhausted`; `Unsupported` where the backend cannot.
+    fn bootstrap_debian(
+        &self,
+        id: &TemplateId,
+        base: &crate::recipe::DebianBase,
+        ids: IdMap,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<TemplateInfo, StorageError> {
+        let _ = (id, base, ids, log);
+        Err(StorageError::Unsupported {
+            what: "building templates from Debian packages",
+        })
+    }
+
+    /// Makes template `id` of `from`'s layers (nothing copied) with `meta` for its
+    /// environment and service.
+    ///
+    /// # Errors
+    /// `TemplateNotFound` for `from`; `TemplateExists`; `Unsupported`.
+    fn derive_template(
+        &self,
+        id: &TemplateId,
+        from: &TemplateId,
+        meta: &TemplateMeta,
+    ) -> Result<TemplateInfo, StorageError> {
+        let _ = (id, from, meta);
+        Err(StorageError::Unsupported {
+            what: "deriving templates",
         })
     }
 

@@ -119,6 +119,11 @@ struct SandboxRecord {
     default_user: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     default_workdir: Option<String>,
+    /// The template's service, fixed at create.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    service_command: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    service_ready: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -166,6 +171,8 @@ impl SandboxRecord {
                 .map(|token| token.expose().to_owned()),
             default_user: spec.defaults.user.clone(),
             default_workdir: spec.defaults.workdir.clone(),
+            service_command: spec.service.as_ref().map(|s| s.command.clone()),
+            service_ready: spec.service.as_ref().and_then(|s| s.ready.clone()),
         }
     }
 
@@ -234,6 +241,12 @@ impl SandboxRecord {
                     user: self.default_user,
                     workdir: self.default_workdir,
                 },
+                service: self
+                    .service_command
+                    .map(|command| crate::storage::TemplateStart {
+                        command,
+                        ready: self.service_ready,
+                    }),
             },
             state,
             created_at: from_unix_millis(self.created_at_ms),
@@ -583,13 +596,17 @@ mod tests {
     }
 
     #[test]
-    fn test_store_round_trips_the_template_defaults() {
+    fn test_store_round_trips_the_template_defaults_and_service() {
         let store = Store::in_memory().unwrap();
         let mut imported = sandbox("img", SandboxState::Running);
         imported.spec.defaults = crate::runtime::ProcessDefaults {
             user: Some("app".into()),
             workdir: Some("/srv".into()),
         };
+        imported.spec.service = Some(crate::storage::TemplateStart {
+            command: "serve".into(),
+            ready: Some("probe".into()),
+        });
         store.put(&imported).unwrap();
         assert_eq!(store.get(&imported.id).unwrap(), Some(imported));
     }

@@ -81,6 +81,10 @@ pub enum FakeCall {
     PrepareRestore(SandboxId),
     /// `Storage::snapshot_rootfs`.
     Snapshot(SandboxId, TemplateId),
+    /// `Storage::bootstrap_debian`.
+    Bootstrap(TemplateId),
+    /// `Storage::derive_template`: the new template and the one it is made from.
+    Derive(TemplateId, TemplateId),
 }
 
 /// An in-memory `Runtime`. `exec` echoes its argv joined by spaces on stdout.
@@ -485,6 +489,59 @@ impl Storage for FakeStorage {
         known
             .then(|| self.info(id))
             .ok_or_else(|| StorageError::TemplateNotFound { id: id.clone() })
+    }
+
+    /// Refuses a package named `no-such-package`, as the archive would.
+    fn bootstrap_debian(
+        &self,
+        id: &TemplateId,
+        base: &crate::recipe::DebianBase,
+        _ids: IdMap,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<TemplateInfo, StorageError> {
+        lock(&self.calls).push(FakeCall::Bootstrap(id.clone()));
+        self.injected("bootstrap_debian")?;
+        log(&format!("fake bootstrap of {}", base.release));
+        if base.packages.iter().any(|p| p == "no-such-package") {
+            return Err(StorageError::Invalid {
+                reason: "E: Unable to locate package no-such-package".into(),
+            });
+        }
+        let mut templates = lock(&self.templates);
+        if templates.contains(id) {
+            return Err(StorageError::TemplateExists { id: id.clone() });
+        }
+        templates.push(id.clone());
+        drop(templates);
+        Ok(self.info(id))
+    }
+
+    fn derive_template(
+        &self,
+        id: &TemplateId,
+        from: &TemplateId,
+        meta: &crate::storage::TemplateMeta,
+    ) -> Result<TemplateInfo, StorageError> {
+        lock(&self.calls).push(FakeCall::Derive(id.clone(), from.clone()));
+        let mut templates = lock(&self.templates);
+        if !templates.contains(from) {
+            return Err(StorageError::TemplateNotFound { id: from.clone() });
+        }
+        if templates.contains(id) {
+            return Err(StorageError::TemplateExists { id: id.clone() });
+        }
+        templates.push(id.clone());
+        drop(templates);
+        if let Some(start) = &meta.start {
+            lock(&self.starts).insert(id.clone(), start.clone());
+        }
+        let env: Vec<(&str, &str)> = meta
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.set_defaults(id, "user", "/home/user", &env);
+        Ok(self.info(id))
     }
 
     fn snapshot_rootfs(

@@ -48,6 +48,7 @@ pub fn router(state: AppState) -> Router {
     let control_plane = Router::new()
         .merge(routes::sandboxes::routes())
         .merge(routes::templates::routes())
+        .merge(routes::builds::routes())
         .merge(routes::snapshots::routes())
         .merge(routes::volumes::routes())
         .merge(routes::dir_snapshots::routes())

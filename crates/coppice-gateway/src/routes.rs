@@ -1,5 +1,6 @@
 //! HTTP routes, one module per resource.
 
+pub mod builds;
 pub mod dir_snapshots;
 pub mod health;
 pub mod network;

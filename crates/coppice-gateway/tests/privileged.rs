@@ -64,6 +64,13 @@ fn run_python_suite(script: &str) {
 }
 
 #[test]
+#[ignore = "privileged: builds templates from recipes (the Debian archive, PyPI) in a real coppiced; needs mmdebstrap and the E2B SDK venv"]
+fn test_templates_built_from_recipes_reuse_their_cached_steps() {
+    coppice_core::require_privileged!();
+    run_python_suite("template_build_sdk.py");
+}
+
+#[test]
 #[ignore = "privileged: imports an OCI image into a real coppiced and boots sandboxes from it; needs the E2B SDK venv"]
 fn test_templates_imported_from_oci_images_boot_with_the_image_configuration() {
     coppice_core::require_privileged!();

@@ -29,10 +29,11 @@ pub fn resolve(spec: &str, passwd: &str, group: &str) -> Result<ExecIdentity, St
     });
     let mut identity = match (entry, user.parse::<u32>()) {
         (Some(entry), _) => entry,
-        // A bare uid the image has no entry for runs with that uid and gid, in `/`.
+        // A bare uid the image has no entry for runs with that uid and group 0, in `/`, as a
+        // container runtime runs it.
         (None, Ok(uid)) => ExecIdentity {
             uid,
-            gid: uid,
+            gid: 0,
             home: "/".into(),
             name: user.to_owned(),
             look_up: false,
@@ -78,7 +79,7 @@ mod tests {
             (1000, 50, "/srv/app".into(), "app".into())
         );
         assert_eq!(ids("app:7"), (1000, 7, "/srv/app".into(), "app".into()));
-        assert_eq!(ids("4242"), (4242, 4242, "/".into(), "4242".into()));
+        assert_eq!(ids("4242"), (4242, 0, "/".into(), "4242".into()));
         assert_eq!(ids("root"), (0, 0, "/root".into(), "root".into()));
     }
 

@@ -1,6 +1,8 @@
 //! Why an image cannot be imported, classified by kind.
 
-use coppice_volume::VolumeFsError;
+use std::io::ErrorKind;
+
+use coppice_volume::{VolumeFsError, VolumeFsErrorKind};
 
 /// What kind of failure an [`OciError`] is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,6 +14,8 @@ pub enum OciErrorKind {
     NotFound,
     /// The image uses something this importer does not read (e.g. zstd layers).
     Unsupported,
+    /// The disk is full or a quota is reached while writing the tree.
+    OutOfSpace,
     /// Reading the image or writing the tree failed.
     Io,
 }
@@ -49,6 +53,15 @@ pub enum OciError {
     /// Writing the tree failed.
     #[error("cannot write the image's files")]
     Write(#[from] VolumeFsError),
+    /// Writing a file's contents failed.
+    #[error("cannot write {path}")]
+    WriteContents {
+        /// The file, inside the tree.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl OciError {
@@ -58,7 +71,21 @@ impl OciError {
             Self::Invalid { .. } => OciErrorKind::Invalid,
             Self::NotFound { .. } => OciErrorKind::NotFound,
             Self::Unsupported { .. } => OciErrorKind::Unsupported,
-            Self::Read { .. } | Self::Write(_) => OciErrorKind::Io,
+            Self::Write(error) => match error.kind() {
+                // A tree the image makes that the file system cannot hold as written.
+                VolumeFsErrorKind::Invalid | VolumeFsErrorKind::Conflict => OciErrorKind::Invalid,
+                VolumeFsErrorKind::OutOfSpace => OciErrorKind::OutOfSpace,
+                VolumeFsErrorKind::NotFound | VolumeFsErrorKind::Internal => OciErrorKind::Io,
+            },
+            Self::WriteContents { source, .. }
+                if matches!(
+                    source.kind(),
+                    ErrorKind::StorageFull | ErrorKind::QuotaExceeded
+                ) =>
+            {
+                OciErrorKind::OutOfSpace
+            }
+            Self::Read { .. } | Self::WriteContents { .. } => OciErrorKind::Io,
         }
     }
 

@@ -20,8 +20,13 @@ use crate::error::OciError;
 use crate::manifest::LayerRef;
 use crate::source::{ImageSource, check_digest, hex};
 
-/// Most entries one image may hold, across its layers.
+/// Most entries one image may hold, across its layers (and one layer's entries, whiteouts
+/// included, while it is read).
 const MAX_ENTRIES: usize = 4_000_000;
+/// Most bytes of file content one image may write.
+const MAX_IMAGE_BYTES: u64 = 64 << 30;
+/// Longest path of an entry, in bytes (what the kernel takes).
+const MAX_PATH_BYTES: usize = 4096;
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_MARKER: &str = ".wh..wh..opq";
 
@@ -62,6 +67,8 @@ enum Removal {
 pub(crate) struct LayerPlan {
     removals: Vec<Removal>,
     entries: Vec<PlannedEntry>,
+    /// Bytes of file content it writes.
+    pub(crate) bytes: u64,
 }
 
 /// The tree the layers checked so far make, by path.
@@ -118,13 +125,12 @@ impl Tree {
             }
             match removal {
                 Removal::Whiteout(path) => self.remove_below(path, true),
+                // Below a file or a symlink there is nothing to hide: the layer's own entry
+                // for the directory replaces it (overlayfs writes this for `rm f; mkdir f`).
                 Removal::Opaque(path) => {
-                    if matches!(self.nodes.get(path), Some(Node::Symlink | Node::File)) {
-                        return Err(OciError::invalid(format!(
-                            "opaque marker in {shown:?}, which is not a directory"
-                        )));
+                    if !matches!(self.nodes.get(path), Some(Node::Symlink | Node::File)) {
+                        self.remove_below(path, false);
                     }
-                    self.remove_below(path, false);
                 }
             }
         }
@@ -161,6 +167,12 @@ impl Tree {
 
 /// The components of an entry's path; `Ok(empty)` for the root itself.
 fn components(raw: &[u8]) -> Result<Vec<String>, String> {
+    if raw.len() > MAX_PATH_BYTES {
+        return Err(format!("its path is longer than {MAX_PATH_BYTES} bytes"));
+    }
+    if raw.contains(&0) {
+        return Err("its path has a NUL byte".into());
+    }
     let text = std::str::from_utf8(raw).map_err(|_| "its name is not UTF-8".to_owned())?;
     if text.starts_with('/') {
         return Err("its path is absolute".into());
@@ -210,10 +222,12 @@ pub(crate) fn plan(source: &ImageSource, layer: &LayerRef) -> Result<LayerPlan, 
     let mut plan = LayerPlan {
         removals: Vec::new(),
         entries: Vec::new(),
+        bytes: 0,
     };
     let refuse = |what: &str, why: &str| {
         OciError::invalid(format!("layer {shown_layer}: entry {what:?}: {why}"))
     };
+    let mut bytes = 0u64;
     {
         let entries = archive
             .entries()
@@ -222,6 +236,18 @@ pub(crate) fn plan(source: &ImageSource, layer: &LayerRef) -> Result<LayerPlan, 
             let entry = entry.map_err(|e| {
                 OciError::invalid(format!("layer {shown_layer} has an unreadable entry: {e}"))
             })?;
+            if plan.entries.len() + plan.removals.len() >= MAX_ENTRIES {
+                return Err(OciError::invalid(format!(
+                    "layer {shown_layer} holds more than {MAX_ENTRIES} entries"
+                )));
+            }
+            bytes = bytes.saturating_add(entry.size());
+            if bytes > MAX_IMAGE_BYTES {
+                return Err(OciError::invalid(format!(
+                    "layer {shown_layer} holds more than {} GiB",
+                    MAX_IMAGE_BYTES >> 30
+                )));
+            }
             let raw = entry.path_bytes();
             let shown = String::from_utf8_lossy(&raw).into_owned();
             let path = components(&raw).map_err(|why| refuse(&shown, &why))?;
@@ -280,6 +306,7 @@ pub(crate) fn plan(source: &ImageSource, layer: &LayerRef) -> Result<LayerPlan, 
     if let Some(digest) = &layer.digest {
         check_digest(digest, &hash.finish())?;
     }
+    plan.bytes = bytes;
     Ok(plan)
 }
 
@@ -297,6 +324,13 @@ pub(crate) fn apply(
             Removal::Whiteout(path) => remove_if_there(fs, &volume_path(path)?)?,
             Removal::Opaque(path) => {
                 let dir = volume_path(path)?;
+                let is_dir = dir.is_root()
+                    || fs
+                        .stat(&dir)
+                        .is_ok_and(|entry| entry.kind == EntryKind::Directory);
+                if !is_dir {
+                    continue;
+                }
                 match fs.list(&dir, 1) {
                     Ok(children) => {
                         for child in children {
@@ -309,7 +343,7 @@ pub(crate) fn apply(
             }
         }
     }
-    let (mut archive, _) = open_layer(source, layer)?;
+    let (mut archive, hash) = open_layer(source, layer)?;
     let changed = || {
         OciError::invalid(format!(
             "layer {} changed while it was imported",
@@ -363,10 +397,19 @@ pub(crate) fn apply(
                 }
                 match write {
                     Write::File => {
+                        // A symlink (or anything else) of a lower layer gives way to a file.
+                        if existing.is_some_and(|kind| {
+                            !matches!(kind, EntryKind::File | EntryKind::Directory)
+                        }) {
+                            fs.remove(&target)?;
+                        }
                         let mut pending = fs.begin_write(&target, &ownership, true)?;
                         let mut file = pending.take_file().ok_or_else(changed)?;
-                        io::copy(&mut entry, &mut file).map_err(|e| {
-                            OciError::read(format!("write {}", next.path.join("/")), e)
+                        io::copy(&mut entry, &mut file).map_err(|source| {
+                            OciError::WriteContents {
+                                path: next.path.join("/"),
+                                source,
+                            }
                         })?;
                         pending.commit(file)?;
                     }
@@ -382,6 +425,13 @@ pub(crate) fn apply(
     if planned.next().is_some() {
         return Err(changed());
     }
+    // What was written must be what was checked: the blob is hashed again as it is read.
+    let mut rest = archive.into_inner();
+    io::copy(&mut rest, &mut io::sink())
+        .map_err(|e| OciError::read(format!("read layer {}", layer.member), e))?;
+    if let Some(digest) = &layer.digest {
+        check_digest(digest, &hash.finish()).map_err(|_| changed())?;
+    }
     Ok(())
 }
 
@@ -396,13 +446,22 @@ fn volume_path(components: &[String]) -> Result<VolumePath, OciError> {
     Ok(VolumePath::parse(&components.join("/"))?)
 }
 
-/// An entry's owner (when the sandbox ids map it) and mode, never setuid or setgid: no
-/// sandbox process could gain privileges from them anyway (`no_new_privs`).
+/// An entry's owner (sandbox root when the sandbox ids do not reach its ids) and mode,
+/// never setuid or setgid: no sandbox process could gain privileges from them anyway
+/// (`no_new_privs`).
 fn ownership(header: &tar::Header, ids: IdMap) -> Ownership {
     let id = |value: io::Result<u64>| value.ok().and_then(|v| u32::try_from(v).ok());
     Ownership {
-        uid: id(header.uid()).filter(|uid| ids.host_uid(*uid).is_some()),
-        gid: id(header.gid()).filter(|gid| ids.host_gid(*gid).is_some()),
+        uid: Some(
+            id(header.uid())
+                .filter(|uid| ids.host_uid(*uid).is_some())
+                .unwrap_or(0),
+        ),
+        gid: Some(
+            id(header.gid())
+                .filter(|gid| ids.host_gid(*gid).is_some())
+                .unwrap_or(0),
+        ),
         mode: header.mode().ok().map(|mode| mode & 0o1777),
     }
 }

@@ -62,3 +62,26 @@ pub fn import(image: &Path, into: &Path, ids: IdMap) -> Result<Imported, OciErro
         layers: image.layers.len(),
     })
 }
+
+/// Writes the root filesystem tarball `tar` (plain or gzip; a bootstrap tool's output, say)
+/// into the existing, empty directory `into`, owners mapped through `ids`, with the same
+/// checks as an image's layer: refused whole before anything is written.
+///
+/// # Errors
+/// As [`import`].
+pub fn import_rootfs_tar(tar: &Path, into: &Path, ids: IdMap) -> Result<(), OciError> {
+    let (Some(dir), Some(name)) = (tar.parent(), tar.file_name().and_then(|n| n.to_str())) else {
+        return Err(OciError::NotFound {
+            what: tar.display().to_string(),
+        });
+    };
+    let source = source::ImageSource::Directory(dir.to_owned());
+    let layer = manifest::LayerRef {
+        member: name.to_owned(),
+        digest: None,
+    };
+    let plan = layer::plan(&source, &layer)?;
+    layer::Tree::default().check(&plan)?;
+    let fs = VolumeFs::open(into, ids)?;
+    layer::apply(&source, &layer, &plan, &fs, ids)
+}

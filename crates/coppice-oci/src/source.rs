@@ -40,19 +40,36 @@ impl ImageSource {
         let file = File::open(path).map_err(|e| OciError::read("open the tarball", e))?;
         let mut archive = tar::Archive::new(file);
         let mut members = BTreeMap::new();
+        // `docker save` writes a layer shared by two images once, and a symlink to it.
+        let mut links = Vec::new();
         let entries = archive
             .entries()
             .map_err(|e| OciError::invalid(format!("not a tar archive: {e}")))?;
         for entry in entries {
             let entry = entry.map_err(|e| OciError::invalid(format!("unreadable tarball: {e}")))?;
-            if entry.header().entry_type() != tar::EntryType::Regular {
-                continue;
-            }
             let Some(name) = member_name(&entry.path_bytes()) else {
                 continue;
             };
-            let size = entry.header().size().unwrap_or(0);
-            members.insert(name, (entry.raw_file_position(), size));
+            match entry.header().entry_type() {
+                tar::EntryType::Regular => {
+                    members.insert(name, (entry.raw_file_position(), entry.size()));
+                }
+                tar::EntryType::Symlink => {
+                    if let Some(target) = entry.link_name_bytes() {
+                        links.push((name, target.into_owned()));
+                    }
+                }
+                _ => {}
+            }
+        }
+        for (name, target) in links {
+            let parent = name.rsplit_once('/').map_or("", |(dir, _)| dir);
+            let joined = format!("{parent}/{}", String::from_utf8_lossy(&target));
+            if let Some(found) =
+                member_name(joined.as_bytes()).and_then(|t| members.get(&t).copied())
+            {
+                members.entry(name).or_insert(found);
+            }
         }
         Ok(Self::Tarball {
             path: path.to_owned(),

@@ -343,3 +343,91 @@ fn test_zstd_layers_and_missing_images_are_reported() {
     let error = import(&empty.path().join("nothing"), into.path(), IdMap::IDENTITY).unwrap_err();
     assert_eq!(error.kind(), OciErrorKind::NotFound, "{error}");
 }
+
+#[test]
+fn test_a_rootfs_tarball_imports_and_an_escaping_one_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("rootfs.tar");
+    std::fs::write(
+        &good,
+        layer_tar(&[
+            Item::Dir("etc"),
+            Item::File("etc/os-release", "ID=debian\n"),
+        ]),
+    )
+    .unwrap();
+    let into = tempfile::tempdir().unwrap();
+    import_rootfs_tar(&good, into.path(), IdMap::IDENTITY).unwrap();
+    assert_eq!(read(&into.path().join("etc/os-release")), "ID=debian\n");
+
+    let bad = dir.path().join("bad.tar");
+    std::fs::write(
+        &bad,
+        gzip(&layer_tar(&[
+            Item::File("ok", "x"),
+            Item::RawName(b"../escaped"),
+        ])),
+    )
+    .unwrap();
+    let empty = tempfile::tempdir().unwrap();
+    let error = import_rootfs_tar(&bad, empty.path(), IdMap::IDENTITY).unwrap_err();
+    assert_eq!(error.kind(), OciErrorKind::Invalid, "{error}");
+    assert_eq!(std::fs::read_dir(empty.path()).unwrap().count(), 0);
+}
+
+/// An image of `layers`, each a list of items, imported into a fresh directory.
+fn import_layers(layers: &[&[Item<'_>]]) -> (tempfile::TempDir, Result<Imported, OciError>) {
+    let image = tempfile::tempdir().unwrap();
+    let layout = Layout::new(image.path());
+    let blobs: Vec<String> = layers
+        .iter()
+        .map(|items| layout.blob(&gzip(&layer_tar(items))))
+        .collect();
+    layout.finish(&blobs, &config());
+    let into = tempfile::tempdir().unwrap();
+    let result = import(image.path(), into.path(), IdMap::IDENTITY);
+    (into, result)
+}
+
+#[test]
+fn test_later_layers_replace_links_files_and_directories_as_overlayfs_does() {
+    let (into, result) = import_layers(&[
+        &[
+            Item::Symlink("sh", "dash"),
+            Item::File("f", "file"),
+            Item::Dir("tree"),
+            Item::Dir("tree/sub"),
+            Item::File("tree/sub/leaf", "leaf"),
+        ],
+        &[
+            // A file where a symlink was; a directory (made opaque) where a file was; a
+            // whited-out directory with everything in it.
+            Item::File("sh", "a real shell"),
+            Item::Dir("f"),
+            Item::File("f/.wh..wh..opq", ""),
+            Item::File("f/inside", "in"),
+            Item::File(".wh.tree", ""),
+        ],
+    ]);
+    result.unwrap();
+    let root = into.path();
+    assert_eq!(read(&root.join("sh")), "a real shell");
+    assert!(
+        !std::fs::symlink_metadata(root.join("sh"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(read(&root.join("f/inside")), "in");
+    assert!(!root.join("tree").exists());
+}
+
+#[test]
+fn test_over_long_paths_are_refused() {
+    let long = "d/".repeat(2100) + "f";
+    let (into, result) = import_layers(&[&[Item::File(&long, "x")]]);
+    let error = result.unwrap_err();
+    assert_eq!(error.kind(), OciErrorKind::Invalid, "{error}");
+    assert!(error.to_string().contains("longer than"), "{error}");
+    assert_eq!(std::fs::read_dir(into.path()).unwrap().count(), 0);
+}

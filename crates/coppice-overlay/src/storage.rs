@@ -467,6 +467,25 @@ impl Storage for OverlayStorage {
         self.import_image_impl(id, image, ids)
     }
 
+    fn bootstrap_debian(
+        &self,
+        id: &TemplateId,
+        base: &coppice_core::recipe::DebianBase,
+        ids: IdMap,
+        log: &mut dyn FnMut(&str),
+    ) -> std::result::Result<TemplateInfo, StorageError> {
+        self.bootstrap_debian_impl(id, base, ids, log)
+    }
+
+    fn derive_template(
+        &self,
+        id: &TemplateId,
+        from: &TemplateId,
+        meta: &coppice_core::storage::TemplateMeta,
+    ) -> std::result::Result<TemplateInfo, StorageError> {
+        self.derive_template_impl(id, from, meta)
+    }
+
     /// Makes `sandboxes/<id>/{upper,work}` and records the template's layers in
     /// `rootfs.json`. The upper directory becomes the sandbox's `/`, so it is owned by the
     /// sandbox's root (`sandbox_root_uid:sandbox_root_gid`) with mode 0755.
@@ -594,6 +613,7 @@ fn is_damage(err: &OverlayError) -> bool {
     )
 }
 
+mod built;
 mod derived;
 #[cfg(test)]
 mod derived_tests;

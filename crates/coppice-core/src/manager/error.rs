@@ -27,6 +27,17 @@ pub enum ManagerError {
         /// The template.
         id: TemplateId,
     },
+    /// A template recipe that cannot be built as written.
+    #[error(transparent)]
+    InvalidRecipe(#[from] crate::recipe::RecipeError),
+    /// A build step failed; nothing of it was kept.
+    #[error("build step {step:?} failed: {detail}")]
+    BuildFailed {
+        /// The step.
+        step: String,
+        /// What it said last.
+        detail: String,
+    },
     /// The operation does not fit the sandbox's state.
     #[error("sandbox {id}: invalid state")]
     InvalidState {
@@ -171,9 +182,11 @@ impl ManagerError {
     /// The kind of failure, for picking a status code.
     pub fn kind(&self) -> ErrorKind {
         match self {
-            Self::InvalidSpec(_) | Self::InvalidId { .. } | Self::BadDirectory { .. } => {
-                ErrorKind::Invalid
-            }
+            Self::InvalidSpec(_)
+            | Self::InvalidId { .. }
+            | Self::BadDirectory { .. }
+            | Self::InvalidRecipe(_)
+            | Self::BuildFailed { .. } => ErrorKind::Invalid,
             Self::SandboxNotFound { .. }
             | Self::TemplateNotFound { .. }
             | Self::VolumeNotFound { .. }

@@ -396,7 +396,7 @@ impl Inner {
             // The files are what a resume must give back: a service that no longer gets
             // ready (its user may have changed the files it runs from) is reported, and the
             // sandbox resumes without it.
-            if let Err(error) = self.restart_service_blocking(id, &paused.spec.template) {
+            if let Err(error) = self.restart_service_blocking(id, &paused.spec) {
                 tracing::warn!(sandbox_id = %id, error = %super::error_chain(&error), "the template's service did not get ready after the resume");
             }
         });

@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use crate::exec::{ExecRequest, ExecUser, ExitStatus};
 use crate::id::{SandboxId, TemplateId};
-use crate::storage::{TemplateInfo, TemplateStart};
+use crate::spec::SandboxSpec;
+use crate::storage::TemplateStart;
 
 use super::{Inner, ManagerError};
 
@@ -19,36 +20,48 @@ const FIRST_PAUSE: Duration = Duration::from_millis(5);
 const MAX_PAUSE: Duration = Duration::from_millis(100);
 
 impl Inner {
-    /// Starts the service of the template a rebooted sandbox `id` came from, as that
-    /// template is now. A template that is gone starts nothing (a sandbox may outlive it).
+    /// Starts the service a rebooted sandbox recorded at create; a record from before
+    /// services were recorded asks its template as it is now (one that is gone starts
+    /// nothing: a sandbox may outlive its template).
     pub(super) fn restart_service_blocking(
         &self,
         id: &SandboxId,
-        template: &TemplateId,
+        spec: &SandboxSpec,
     ) -> Result<(), ManagerError> {
-        match self.backends.storage.template(template) {
-            Ok(info) => self.start_service_blocking(id, &info),
+        if spec.service.is_some() {
+            return self.start_service_blocking(id, spec);
+        }
+        match self.backends.storage.template(&spec.template) {
+            Ok(info) => {
+                let mut asked = spec.clone();
+                asked.service = info.start;
+                self.start_service_blocking(id, &asked)
+            }
             Err(error) => {
-                tracing::debug!(sandbox_id = %id, %template, error = %error, "no template to start a service from");
+                tracing::debug!(sandbox_id = %id, template = %spec.template, error = %error, "no template to start a service from");
                 Ok(())
             }
         }
     }
 
-    /// Starts the service of `template` (if it has one) in sandbox `id` and waits until its
-    /// ready check passes, for at most the configured time.
+    /// Starts sandbox `id`'s service (if it has one) as its default user, and waits until
+    /// its ready check passes, for at most the configured time.
     pub(super) fn start_service_blocking(
         &self,
         id: &SandboxId,
-        template: &TemplateInfo,
+        spec: &SandboxSpec,
     ) -> Result<(), ManagerError> {
-        let Some(start) = &template.start else {
+        let Some(start) = &spec.service else {
             return Ok(());
         };
         let as_user = |argv: Vec<String>| ExecRequest {
             timeout: Some(CHECK_TIMEOUT),
-            user: template_user(&template.default_user),
-            cwd: (!template.default_workdir.is_empty()).then(|| template.default_workdir.clone()),
+            user: spec
+                .defaults
+                .user
+                .as_deref()
+                .map_or(ExecUser::User, template_user),
+            cwd: spec.defaults.workdir.clone(),
             ..ExecRequest::new(argv)
         };
         let launch = as_user(background(&start.command));
@@ -56,7 +69,7 @@ impl Inner {
             .ready
             .as_ref()
             .map(|ready| as_user(vec!["/bin/sh".into(), "-c".into(), ready.clone()]));
-        let template = &template.id;
+        let template = &spec.template;
         let launched =
             self.backends.runtime.exec(id, &launch).map_err(|source| {
                 ManagerError::from_runtime("start the template's service", source)
@@ -112,11 +125,11 @@ fn background(command: &str) -> Vec<String> {
     ]
 }
 
-/// Who runs a template's service: its default user.
+/// Who runs a template's service: its default user, as the sandbox's own `/etc/passwd`
+/// names it (root needs no looking up).
 fn template_user(name: &str) -> ExecUser {
     match name {
         "root" => ExecUser::Root,
-        "user" => ExecUser::User,
         other => ExecUser::Named(other.to_owned()),
     }
 }
@@ -142,7 +155,8 @@ fn describe(outcome: &crate::exec::ExecOutcome) -> String {
 }
 
 /// Gives a new sandbox its template's environment (under its own) and, unless it has them
-/// already (a fork's come from its source), its template's default user and directory.
+/// already (a fork's come from its source), its template's default user and directory and
+/// its service.
 pub(super) fn take_template_defaults(
     spec: &mut crate::spec::SandboxSpec,
     template: &crate::storage::TemplateInfo,
@@ -158,5 +172,8 @@ pub(super) fn take_template_defaults(
             user: given(&template.default_user),
             workdir: given(&template.default_workdir),
         };
+    }
+    if spec.service.is_none() {
+        spec.service.clone_from(&template.start);
     }
 }

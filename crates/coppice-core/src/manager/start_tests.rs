@@ -143,6 +143,12 @@ async fn test_a_sandbox_takes_its_template_environment_user_and_directory() {
         "/srv",
         &[("LANG", "C.UTF-8"), ("MODE", "template")],
     );
+    let base: TemplateId = "base".parse().unwrap();
+    let service = |command: &str| TemplateStart {
+        command: command.into(),
+        ready: None,
+    };
+    harness.storage.set_start(&base, service("serve v1"));
     let manager = harness.manager().await;
     let mut asked = spec();
     asked.env.insert("MODE".into(), "mine".into());
@@ -162,9 +168,9 @@ async fn test_a_sandbox_takes_its_template_environment_user_and_directory() {
         .pause(&sandbox.id, PauseMode::Filesystem)
         .await
         .unwrap();
-    harness
-        .storage
-        .set_defaults(&"base".parse().unwrap(), "other", "/", &[]);
+    // What the template is now does not change a sandbox made from it before.
+    harness.storage.set_defaults(&base, "other", "/", &[]);
+    harness.storage.set_start(&base, service("serve v2"));
     manager
         .resume(
             &sandbox.id,
@@ -178,4 +184,13 @@ async fn test_a_sandbox_takes_its_template_environment_user_and_directory() {
     let rebooted = harness.runtime.spec_of(&sandbox.id).unwrap();
     assert_eq!(rebooted.defaults, runtime.defaults);
     assert!(rebooted.env.contains(&("LANG".into(), "C.UTF-8".into())));
+    let started = |version: &str| {
+        harness
+            .runtime
+            .execs(&sandbox.id)
+            .iter()
+            .filter(|line| line.contains(&format!("serve {version}")))
+            .count()
+    };
+    assert_eq!((started("v1"), started("v2")), (2, 0));
 }

@@ -1,5 +1,9 @@
 //! The typed client's calls for templates: list, details, import from an OCI image, delete.
 
+use bytes::BytesMut;
+use futures_util::StreamExt;
+use http_body_util::BodyStream;
+
 use super::{Client, ClientError};
 
 impl Client {
@@ -36,6 +40,60 @@ impl Client {
         let request = self.api("POST", "/templates/imports", Some(body))?;
         let (_, bytes) = Self::whole(self.send(request).await?).await?;
         Self::json(&bytes)
+    }
+
+    /// Builds a template from `recipe` (the JSON of `POST /templates/builds`), handing each
+    /// log line to `on_log` as it comes; returns the template.
+    ///
+    /// # Errors
+    /// [`ClientError::Status`] for a refused recipe or a failed build (its message names the
+    /// step).
+    pub async fn build_template(
+        &self,
+        recipe: serde_json::Value,
+        mut on_log: impl FnMut(&str),
+    ) -> Result<serde_json::Value, ClientError> {
+        let request = self.api("POST", "/templates/builds", Some(recipe))?;
+        let response = self.send(request).await?;
+        if !response.status().is_success() {
+            return Err(Self::whole(response)
+                .await
+                .err()
+                .unwrap_or(ClientError::Decode("build refused".into())));
+        }
+        let mut body = BodyStream::new(response.into_body());
+        let mut buffer = BytesMut::new();
+        let mut last = None;
+        while let Some(frame) = body.next().await {
+            let frame = frame.map_err(|e| ClientError::Decode(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                buffer.extend_from_slice(&data);
+            }
+            while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+                let line = buffer.split_to(end + 1);
+                let value: serde_json::Value = Self::json(&line)?;
+                if let Some(text) = value["log"].as_str() {
+                    on_log(text);
+                } else {
+                    last = Some(value);
+                }
+            }
+        }
+        let Some(last) = last else {
+            return Err(ClientError::Decode(
+                "the build's stream ended without its outcome".into(),
+            ));
+        };
+        if last["status"] == "ready" {
+            return Ok(last["template"].clone());
+        }
+        Err(ClientError::Status {
+            status: u16::try_from(last["code"].as_u64().unwrap_or(500)).unwrap_or(500),
+            message: last["message"]
+                .as_str()
+                .unwrap_or("the build failed")
+                .to_owned(),
+        })
     }
 
     /// Deletes a template (a snapshot, an imported one, …; not a built-in one).

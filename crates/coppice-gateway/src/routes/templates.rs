@@ -23,7 +23,7 @@ pub fn routes() -> Router<AppState> {
         .route("/templates/imports", post(import))
 }
 
-fn template_json(state: &AppState, t: &TemplateInfo) -> serde_json::Value {
+pub(crate) fn template_json(state: &AppState, t: &TemplateInfo) -> serde_json::Value {
     serde_json::json!({
         "templateID": t.id.to_string(),
         "buildID": t.id.to_string(),

@@ -150,3 +150,40 @@ fn test_a_source_path_that_leaves_the_tree_is_refused() {
         "no half-made template is listed"
     );
 }
+
+#[test]
+fn test_a_derived_template_shares_its_parents_layers_with_its_own_environment_and_service() {
+    let harness = harness();
+    let base = harness.storage.ensure_base_template().unwrap();
+    let meta = coppice_core::storage::TemplateMeta {
+        env: vec![("LANG".into(), "C.UTF-8".into())],
+        start: Some(TemplateStart {
+            command: "serve".into(),
+            ready: None,
+        }),
+    };
+
+    let derived = harness
+        .storage
+        .derive_template(&template_id("derived"), &base.id, &meta)
+        .unwrap();
+
+    assert_eq!(derived.env, meta.env);
+    assert_eq!(derived.start, meta.start);
+    assert_eq!(derived.default_user, base.default_user);
+    let record = harness.storage.read_template(&derived.id).unwrap();
+    let parent = harness.storage.read_template(&base.id).unwrap();
+    assert_eq!(record.layers, parent.layers, "nothing copied");
+    assert!(matches!(
+        harness
+            .storage
+            .derive_template(&template_id("derived"), &base.id, &meta),
+        Err(coppice_core::storage::StorageError::TemplateExists { .. })
+    ));
+    assert!(matches!(
+        harness
+            .storage
+            .derive_template(&template_id("other"), &template_id("nope"), &meta),
+        Err(coppice_core::storage::StorageError::TemplateNotFound { .. })
+    ));
+}

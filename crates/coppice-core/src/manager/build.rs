@@ -1,0 +1,259 @@
+//! Template builds from recipes. Each step's result is kept as a hidden cache template
+//! (`build-<key>`), so a build reuses every step up to the first one that changed: the
+//! Debian root is made by the storage, every later step runs as sandbox root in a build
+//! sandbox made from the step before, whose writes are then captured as the step's template.
+//! The template itself is the last step's layers with the recipe's environment and service.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::{ManagerError, SandboxManager, blocking};
+use crate::exec::{ExecRequest, ExecUser, ExitStatus};
+use crate::id::TemplateId;
+use crate::recipe::{BuildStep, CACHE_PREFIX, PlannedStep, Recipe, RecipeFile};
+use crate::spec::SandboxSpec;
+use crate::storage::{StorageError, TemplateInfo, TemplateMeta};
+
+/// Longest one build step may run.
+const STEP_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+/// Memory of a build sandbox.
+const BUILD_MEMORY_MB: u32 = 2048;
+/// The host's CA bundle, handed to build steps so that registries behind an intercepting
+/// proxy the host trusts are trusted too.
+const HOST_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+/// Where a build sandbox finds it: on its `/tmp`, a tmpfs, so no template keeps it.
+const BUILD_CA_BUNDLE: &str = "/tmp/.coppice-build-ca.crt";
+/// Lines of a failed step's output its error carries.
+const FAILED_TAIL_LINES: usize = 12;
+
+/// Where a build's log lines go.
+pub type BuildLog = UnboundedSender<String>;
+
+impl SandboxManager {
+    /// Builds template `recipe.id`, sending its log line by line to `log`.
+    ///
+    /// # Errors
+    /// `InvalidRecipe`; `TemplateExists`-like storage refusals when the template exists;
+    /// `BuildFailed` naming the step that failed with its last output (nothing of that step
+    /// is kept, and no template is made); backend failures.
+    pub async fn build_template(
+        &self,
+        recipe: Recipe,
+        log: BuildLog,
+    ) -> Result<TemplateInfo, ManagerError> {
+        let recipe = recipe.validate()?;
+        super::templates::check_new_template_id(&recipe.id)?;
+        let say = |line: String| {
+            let _ = log.send(line);
+        };
+        if self.template(&recipe.id).await.is_ok() {
+            return Err(ManagerError::from_storage(
+                "build template",
+                StorageError::TemplateExists {
+                    id: recipe.id.clone(),
+                },
+            ));
+        }
+        let steps = recipe.steps();
+        let began = Instant::now();
+        let mut parent: Option<TemplateId> = None;
+        for (n, step) in steps.iter().enumerate() {
+            let cache = step
+                .cache_template()
+                .map_err(|source| ManagerError::InvalidId { source })?;
+            let header = format!("==> step {}/{}: {}", n + 1, steps.len(), step.label());
+            if self.template(&cache).await.is_ok() {
+                say(format!("{header} (cached)"));
+            } else {
+                say(header);
+                let started = Instant::now();
+                self.build_step(step, &cache, parent.as_ref(), &log).await?;
+                say(format!(
+                    "    done in {:.1} s",
+                    started.elapsed().as_secs_f64()
+                ));
+            }
+            parent = Some(cache);
+        }
+        let Some(last) = parent else {
+            return Err(ManagerError::BuildFailed {
+                step: "plan".into(),
+                detail: "the recipe has no steps".into(),
+            });
+        };
+        let meta = TemplateMeta {
+            env: recipe.env.clone().into_iter().collect(),
+            start: recipe.start.clone(),
+        };
+        let storage = Arc::clone(&self.inner.backends.storage);
+        let id = recipe.id.clone();
+        let template = blocking("derive template", move || {
+            storage.derive_template(&id, &last, &meta)
+        })
+        .await?
+        .map_err(|source| ManagerError::from_storage("derive template", source))?;
+        say(format!(
+            "==> template {} ready in {:.1} s",
+            template.id,
+            began.elapsed().as_secs_f64()
+        ));
+        Ok(template)
+    }
+
+    async fn build_step(
+        &self,
+        step: &PlannedStep,
+        cache: &TemplateId,
+        parent: Option<&TemplateId>,
+        log: &BuildLog,
+    ) -> Result<(), ManagerError> {
+        let made = match (&step.step, parent) {
+            (BuildStep::Debian(base), _) => {
+                let storage = Arc::clone(&self.inner.backends.storage);
+                let ids = self.inner.backends.runtime.id_map();
+                let (base, cache, log) = (base.clone(), cache.clone(), log.clone());
+                blocking("bootstrap Debian", move || {
+                    storage.bootstrap_debian(&cache, &base, ids, &mut |line| {
+                        let _ = log.send(format!("    {line}"));
+                    })
+                })
+                .await?
+                .map(drop)
+            }
+            (_, None) => {
+                return Err(ManagerError::BuildFailed {
+                    step: step.label(),
+                    detail: "a step needs the Debian root under it".into(),
+                });
+            }
+            (_, Some(parent)) => return self.sandbox_step(step, cache, parent, log).await,
+        };
+        match made {
+            // Another build made the same step meanwhile: it is the same.
+            Ok(()) | Err(StorageError::TemplateExists { .. }) => Ok(()),
+            Err(StorageError::Invalid { reason }) => Err(ManagerError::BuildFailed {
+                step: step.label(),
+                detail: reason,
+            }),
+            Err(source) => Err(ManagerError::from_storage("build step", source)),
+        }
+    }
+
+    /// Runs `step` in a build sandbox made from `parent` and keeps its writes as `cache`.
+    async fn sandbox_step(
+        &self,
+        step: &PlannedStep,
+        cache: &TemplateId,
+        parent: &TemplateId,
+        log: &BuildLog,
+    ) -> Result<(), ManagerError> {
+        let mut spec = SandboxSpec::new(parent.clone());
+        spec.memory_mb = BUILD_MEMORY_MB;
+        spec.timeout = STEP_TIMEOUT + Duration::from_secs(60);
+        spec.metadata
+            .insert("coppice.build-step".into(), step.label());
+        let sandbox = self.create(spec).await?;
+        let outcome = self.run_in_build_sandbox(&sandbox.id, step, log).await;
+        let kept = match outcome {
+            Ok(()) => match self.snapshot_as(&sandbox.id, Some(cache.clone())).await {
+                Ok(_)
+                | Err(ManagerError::Storage {
+                    source: StorageError::TemplateExists { .. },
+                    ..
+                }) => Ok(()),
+                Err(error) => Err(error),
+            },
+            Err(error) => Err(error),
+        };
+        if let Err(error) = self.kill(&sandbox.id).await {
+            tracing::warn!(sandbox_id = %sandbox.id, error = %super::error_chain(&error), "cannot remove a build sandbox");
+        }
+        kept
+    }
+
+    async fn run_in_build_sandbox(
+        &self,
+        id: &crate::id::SandboxId,
+        step: &PlannedStep,
+        log: &BuildLog,
+    ) -> Result<(), ManagerError> {
+        let mut env = Vec::new();
+        if let Ok(bundle) = std::fs::read(HOST_CA_BUNDLE) {
+            let copy = self
+                .exec(
+                    id,
+                    ExecRequest {
+                        stdin: bundle,
+                        ..ExecRequest::new(["/bin/sh", "-c", &format!("cat > {BUILD_CA_BUNDLE}")])
+                    },
+                )
+                .await?;
+            if copy.status == ExitStatus::Code(0) {
+                for name in [
+                    "PIP_CERT",
+                    "SSL_CERT_FILE",
+                    "NODE_EXTRA_CA_CERTS",
+                    "npm_config_cafile",
+                ] {
+                    env.push((name.to_owned(), BUILD_CA_BUNDLE.to_owned()));
+                }
+            }
+        }
+        let requests: Vec<ExecRequest> = match &step.step {
+            BuildStep::Command { script, .. } => vec![ExecRequest::new(["/bin/sh", "-c", script])],
+            BuildStep::Files(files) => files.iter().map(write_file).collect(),
+            BuildStep::Debian(_) => Vec::new(),
+        };
+        for request in requests {
+            let request = ExecRequest {
+                env: env.clone(),
+                user: ExecUser::Root,
+                cwd: Some("/".into()),
+                timeout: Some(STEP_TIMEOUT),
+                ..request
+            };
+            let outcome = self.exec(id, request).await?;
+            let output = format!(
+                "{}{}",
+                String::from_utf8_lossy(&outcome.stdout),
+                String::from_utf8_lossy(&outcome.stderr)
+            );
+            for line in output.lines() {
+                let _ = log.send(format!("    {line}"));
+            }
+            if outcome.status != ExitStatus::Code(0) {
+                let lines: Vec<&str> = output.lines().collect();
+                let tail = lines[lines.len().saturating_sub(FAILED_TAIL_LINES)..].join("\n");
+                return Err(ManagerError::BuildFailed {
+                    step: step.label(),
+                    detail: format!("{:?}: {tail}", outcome.status),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether `id` names a build cache template (hidden from listings).
+    pub(super) fn is_build_cache(id: &TemplateId) -> bool {
+        id.as_str().starts_with(CACHE_PREFIX)
+    }
+}
+
+/// The command that writes `file` (its contents on stdin), making its directory.
+fn write_file(file: &RecipeFile) -> ExecRequest {
+    ExecRequest {
+        stdin: file.contents.clone(),
+        ..ExecRequest::new([
+            "/bin/sh".to_owned(),
+            "-c".to_owned(),
+            format!(
+                "mkdir -p -- \"$(dirname -- \"$1\")\" && cat > \"$1\" && chmod {:o} -- \"$1\"",
+                file.mode
+            ),
+            "sh".to_owned(),
+            file.path.clone(),
+        ])
+    }
+}

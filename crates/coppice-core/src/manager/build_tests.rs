@@ -1,0 +1,159 @@
+//! Template builds over the fake backends: steps in order, each kept and reused by the next
+//! build whose steps up to it are the same, and failed steps that leave no template.
+
+use std::collections::BTreeMap;
+
+use super::tests::Harness;
+use super::*;
+use crate::recipe::{DebianBase, Recipe};
+use crate::testing::FakeCall;
+
+fn recipe(id: &str, pip: &[&str], run: &[&str]) -> Recipe {
+    Recipe {
+        id: id.parse().unwrap(),
+        debian: DebianBase {
+            release: "bookworm".into(),
+            packages: vec!["python3-pip".into(), "jq".into()],
+        },
+        pip: pip.iter().map(|p| (*p).to_owned()).collect(),
+        npm: Vec::new(),
+        files: Vec::new(),
+        run: run.iter().map(|r| (*r).to_owned()).collect(),
+        env: BTreeMap::from([("LANG".into(), "C.UTF-8".into())]),
+        start: None,
+    }
+}
+
+/// Builds `recipe`; its outcome and its log.
+async fn build(
+    manager: &SandboxManager,
+    recipe: Recipe,
+) -> (Result<TemplateInfo, ManagerError>, Vec<String>) {
+    let (log, mut lines) = tokio::sync::mpsc::unbounded_channel();
+    let outcome = manager.build_template(recipe, log).await;
+    let mut seen = Vec::new();
+    while let Ok(line) = lines.try_recv() {
+        seen.push(line);
+    }
+    (outcome, seen)
+}
+
+fn count(harness: &Harness, wanted: impl Fn(&FakeCall) -> bool) -> usize {
+    harness
+        .storage
+        .calls()
+        .iter()
+        .filter(|call| wanted(call))
+        .count()
+}
+
+#[tokio::test]
+async fn test_a_build_runs_its_steps_and_a_rebuild_reuses_the_unchanged_ones() {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+
+    let (built, log) = build(&manager, recipe("py", &["six"], &["echo done"])).await;
+
+    let built = built.unwrap();
+    assert_eq!(built.id.as_str(), "py");
+    assert_eq!(built.env, vec![("LANG".to_owned(), "C.UTF-8".to_owned())]);
+    assert!(
+        log.iter()
+            .any(|l| l == "==> step 1/3: debian bookworm (2 packages)"),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.starts_with("==> template py ready")),
+        "{log:?}"
+    );
+    assert_eq!(count(&harness, |c| matches!(c, FakeCall::Bootstrap(_))), 1);
+    assert_eq!(count(&harness, |c| matches!(c, FakeCall::Snapshot(..))), 2);
+    // Only the template is listed; the cache's steps are hidden, and no build sandbox is left.
+    let listed: Vec<String> = manager
+        .templates()
+        .await
+        .unwrap()
+        .iter()
+        .map(|t| t.id.to_string())
+        .collect();
+    assert!(listed.contains(&"py".to_owned()));
+    assert!(
+        !listed.iter().any(|id| id.starts_with("build-")),
+        "{listed:?}"
+    );
+    assert!(manager.list(&Default::default()).is_empty());
+
+    // One more pip package: the Debian root is reused, the pip step and those after it run.
+    let (rebuilt, log) = build(&manager, recipe("py2", &["six", "idna"], &["echo done"])).await;
+    rebuilt.unwrap();
+    assert!(
+        log.iter()
+            .any(|l| l.ends_with("(cached)") && l.contains("debian")),
+        "{log:?}"
+    );
+    assert_eq!(count(&harness, |c| matches!(c, FakeCall::Bootstrap(_))), 1);
+    assert_eq!(count(&harness, |c| matches!(c, FakeCall::Snapshot(..))), 4);
+    let pip_runs = harness
+        .runtime
+        .calls()
+        .iter()
+        .filter(|call| matches!(call, FakeCall::Exec(_, argv) if argv.join(" ").contains("pip install")))
+        .count();
+    assert_eq!(pip_runs, 2);
+}
+
+#[tokio::test]
+async fn test_a_failed_step_ends_the_build_with_its_output_and_no_template() {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+    harness.runtime.fail_execs_containing("exit 3");
+
+    let (failed, _) = build(&manager, recipe("broken", &[], &["exit 3"])).await;
+
+    let error = failed.unwrap_err();
+    assert!(
+        matches!(&error, ManagerError::BuildFailed { step, .. } if step.starts_with("run[0]")),
+        "{error}"
+    );
+    assert!(matches!(
+        manager.template(&"broken".parse().unwrap()).await,
+        Err(ManagerError::TemplateNotFound { .. })
+    ));
+    assert!(
+        manager.list(&Default::default()).is_empty(),
+        "build sandbox removed"
+    );
+
+    let mut unknown = recipe("unknown", &[], &[]);
+    unknown.debian.packages.push("no-such-package".into());
+    let (failed, log) = build(&manager, unknown).await;
+    let error = failed.unwrap_err();
+    assert!(error.to_string().contains("no-such-package"), "{error}");
+    assert!(log.iter().any(|l| l.contains("fake bootstrap")), "{log:?}");
+}
+
+#[tokio::test]
+async fn test_bad_recipes_and_taken_names_are_refused_before_anything_runs() {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+    let mut bad = recipe("bad", &[], &[]);
+    bad.pip.push("--index-url=http://elsewhere".into());
+    assert!(matches!(
+        build(&manager, bad).await.0,
+        Err(ManagerError::InvalidRecipe(_))
+    ));
+    assert!(matches!(
+        build(&manager, recipe("builds", &[], &[])).await.0,
+        Err(ManagerError::InvalidRecipe(_))
+    ));
+    let taken = build(&manager, recipe("base", &[], &[]))
+        .await
+        .0
+        .unwrap_err();
+    assert_eq!(
+        taken.kind(),
+        crate::error::ErrorKind::AlreadyExists,
+        "{taken}"
+    );
+    assert_eq!(count(&harness, |c| matches!(c, FakeCall::Bootstrap(_))), 0);
+}
