@@ -190,13 +190,20 @@ impl Recipe {
             }
         }
         for (n, step) in self.run.iter().enumerate() {
-            if step.trim().is_empty() {
-                return Err(refuse(format!("run[{n}]"), "an empty command"));
+            if step.trim().is_empty() || step.contains('\0') {
+                return Err(refuse(
+                    format!("run[{n}]"),
+                    "an empty command, or one with a NUL byte",
+                ));
             }
         }
-        for name in self.env.keys() {
-            if name.is_empty() || name.contains('=') || name.contains('\0') {
-                return Err(refuse("env", format!("{name:?} is not a variable name")));
+        for (name, value) in &self.env {
+            if name.is_empty() || name.contains('=') || name.contains('\0') || value.contains('\0')
+            {
+                return Err(refuse(
+                    "env",
+                    format!("{name:?} is not a variable name, or its value has a NUL byte"),
+                ));
             }
         }
         Ok(self)
@@ -396,6 +403,13 @@ mod tests {
             "files[0].path"
         );
         assert_eq!(refused(|r| r.run.push("  ".into())), "run[1]");
+        assert_eq!(refused(|r| r.run.push("echo \0".into())), "run[1]");
+        assert_eq!(
+            refused(|r| {
+                r.env.insert("A".into(), "x\0y".into());
+            }),
+            "env"
+        );
         assert_eq!(refused(|r| r.id = "build-x".parse().unwrap()), "templateID");
     }
 }

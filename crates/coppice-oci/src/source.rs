@@ -65,9 +65,7 @@ impl ImageSource {
         for (name, target) in links {
             let parent = name.rsplit_once('/').map_or("", |(dir, _)| dir);
             let joined = format!("{parent}/{}", String::from_utf8_lossy(&target));
-            if let Some(found) =
-                member_name(joined.as_bytes()).and_then(|t| members.get(&t).copied())
-            {
+            if let Some(found) = resolve_member(&joined).and_then(|t| members.get(&t).copied()) {
                 members.entry(name).or_insert(found);
             }
         }
@@ -183,6 +181,22 @@ fn member_name(raw: &[u8]) -> Option<String> {
         return None;
     }
     Some(parts.join("/"))
+}
+
+/// A link target inside the tarball (`a/../b/layer.tar`), normalised; `None` when it would
+/// leave the tarball.
+fn resolve_member(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for part in path.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            part => parts.push(part),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
 }
 
 /// `dir` joined with relative `name`, which may not leave it.

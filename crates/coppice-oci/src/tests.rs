@@ -216,6 +216,7 @@ fn test_layout_imports_with_whiteouts_opaque_dirs_and_links() {
 /// A tarball of `dir`'s files, as `docker save` writes one.
 fn tarball(dir: &Path, out: &Path) {
     let mut builder = tar::Builder::new(std::fs::File::create(out).unwrap());
+    builder.follow_symlinks(false);
     builder.append_dir_all(".", dir).unwrap();
     builder.finish().unwrap();
 }

@@ -152,8 +152,9 @@ impl SandboxManager {
         let mut spec = SandboxSpec::new(parent.clone());
         spec.memory_mb = BUILD_MEMORY_MB;
         spec.timeout = STEP_TIMEOUT + Duration::from_secs(60);
+        // The key, not the label: a label can be longer than metadata may be.
         spec.metadata
-            .insert("coppice.build-step".into(), step.label());
+            .insert("coppice.build-step".into(), step.key[..32].to_owned());
         let sandbox = self.create(spec).await?;
         let outcome = self.run_in_build_sandbox(&sandbox.id, step, log).await;
         let kept = match outcome {

@@ -42,6 +42,10 @@ impl SandboxManager {
                 name: name.to_string(),
             }));
         }
+        // The build cache trusts its names: no one else may take them.
+        if let Some(name) = &name {
+            super::templates::check_new_template_id(name)?;
+        }
         self.snapshot_as(id, name).await
     }
 

@@ -32,6 +32,15 @@ pub(super) fn check_new_template_id(id: &TemplateId) -> Result<(), ManagerError>
 }
 
 impl SandboxManager {
+    /// Refuses an id a caller may not give a new template (the build cache's, the template
+    /// routes' own names).
+    ///
+    /// # Errors
+    /// `InvalidRecipe`-like refusal naming why.
+    pub fn check_template_name(id: &TemplateId) -> Result<(), ManagerError> {
+        check_new_template_id(id)
+    }
+
     /// One template.
     ///
     /// # Errors

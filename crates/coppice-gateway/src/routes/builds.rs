@@ -117,6 +117,7 @@ fn recipe(body: &[u8]) -> Result<Recipe, ApiError> {
 async fn build(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     let recipe = recipe(&body)?;
     // Refused before the stream starts, so these get their own status codes.
+    coppice_core::SandboxManager::check_template_name(&recipe.id)?;
     if state.manager.template(&recipe.id).await.is_ok() {
         return Err(ApiError::new(
             StatusCode::CONFLICT,

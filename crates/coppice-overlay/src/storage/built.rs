@@ -115,7 +115,12 @@ impl OverlayStorage {
         append("passwd", "user:x:1000:1000::/home/user:/bin/bash\n")?;
         append("group", "user:x:1000:\n")?;
         let home = tree.join("home/user");
-        fsutil::create_dir_all(&home)?;
+        match std::fs::symlink_metadata(&home) {
+            Err(_) => fsutil::create_dir(&home)?,
+            Ok(metadata) if metadata.file_type().is_dir() => {}
+            // Something else there (a link a package made): left alone, never followed.
+            Ok(_) => return Ok(()),
+        }
         self.ids.user.apply(&*self.sys, &home)?;
         fsutil::set_mode(&home, 0o755)
     }
@@ -173,7 +178,8 @@ fn run_mmdebstrap(
     command
         .arg(&base.release)
         .arg(tar)
-        .arg(host_mirror())
+        .args(sources(&base.release, &host_mirror()));
+    command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -210,17 +216,43 @@ fn run_mmdebstrap(
         .into_iter()
         .filter(|line| line.starts_with("E:") || line.contains("rror"))
         .collect();
-    Err(StorageError::Invalid {
-        reason: format!(
-            "mmdebstrap {} failed ({status}): {}",
-            base.release,
-            if said.is_empty() {
-                "see the build log".to_owned()
-            } else {
-                said.join("; ")
-            }
-        ),
-    })
+    let reason = format!(
+        "mmdebstrap {} failed ({status}): {}",
+        base.release,
+        if said.is_empty() {
+            "see the build log".to_owned()
+        } else {
+            said.join("; ")
+        }
+    );
+    // Only a recipe the archive cannot satisfy is the caller's mistake; an unreachable
+    // mirror or a full disk is the host's.
+    let recipe_error = said.iter().any(|line| {
+        line.contains("Unable to locate package") || line.contains("has no installation candidate")
+    });
+    if recipe_error {
+        Err(StorageError::Invalid { reason })
+    } else {
+        Err(StorageError::Backend {
+            op: "run mmdebstrap",
+            source: Box::new(std::io::Error::other(reason)),
+        })
+    }
+}
+
+/// The archive lines for `release` from `mirror`: the release, and its updates and security
+/// suites where the release has them (a stable one), so a root gets Debian's fixes.
+fn sources(release: &str, mirror: &str) -> Vec<String> {
+    let mut lines = vec![format!("deb {mirror} {release} main")];
+    if !matches!(release, "sid" | "unstable" | "experimental") {
+        lines.push(format!("deb {mirror} {release}-updates main"));
+        let security = mirror.strip_suffix("/debian").map_or_else(
+            || "http://deb.debian.org/debian-security".to_owned(),
+            |host| format!("{host}/debian-security"),
+        );
+        lines.push(format!("deb {security} {release}-security main"));
+    }
+    lines
 }
 
 /// The Debian archive the host's own apt uses.
@@ -238,7 +270,30 @@ fn host_mirror() -> String {
             .then(|| words.find(|word| word.contains("://")).map(str::to_owned))
             .flatten()
     });
+    // A host on another distribution (Ubuntu's archive has no Debian releases) uses Debian's.
     from_deb822
         .or(from_legacy)
+        .filter(|mirror| mirror.contains("debian"))
         .unwrap_or_else(|| DEFAULT_MIRROR.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_a_stable_release_gets_its_updates_and_security_suites() {
+        assert_eq!(
+            sources("bookworm", "http://deb.debian.org/debian"),
+            [
+                "deb http://deb.debian.org/debian bookworm main",
+                "deb http://deb.debian.org/debian bookworm-updates main",
+                "deb http://deb.debian.org/debian-security bookworm-security main",
+            ]
+        );
+        assert_eq!(
+            sources("sid", "http://mirror.example/debian"),
+            ["deb http://mirror.example/debian sid main"]
+        );
+    }
 }
