@@ -119,18 +119,35 @@ fn refuse(field: impl Into<String>, reason: impl Into<String>) -> RecipeError {
     }
 }
 
+/// Template ids no caller may give a new template, besides the cache's: the names of the
+/// template routes' own paths.
+const RESERVED_TEMPLATE_IDS: [&str; 2] = ["imports", "builds"];
+
+/// Refuses an id a caller may not give a new template (made by a build, an import or a
+/// snapshot): the build cache's, and the template routes' own names.
+///
+/// # Errors
+/// [`RecipeError`] on `templateID`, saying why.
+pub fn check_template_name(id: &TemplateId) -> Result<(), RecipeError> {
+    if id.as_str().starts_with(CACHE_PREFIX) {
+        return Err(refuse(
+            "templateID",
+            format!("ids starting with {CACHE_PREFIX:?} are the build cache's"),
+        ));
+    }
+    if RESERVED_TEMPLATE_IDS.contains(&id.as_str()) {
+        return Err(refuse("templateID", format!("{id:?} is reserved")));
+    }
+    Ok(())
+}
+
 impl Recipe {
     /// Checks every field; sorts and dedupes the Debian packages.
     ///
     /// # Errors
     /// [`RecipeError`] naming the first bad field.
     pub fn validate(mut self) -> Result<Self, RecipeError> {
-        if self.id.as_str().starts_with(CACHE_PREFIX) {
-            return Err(refuse(
-                "templateID",
-                format!("ids starting with {CACHE_PREFIX:?} are the build cache's"),
-            ));
-        }
+        check_template_name(&self.id)?;
         let release = &self.debian.release;
         if release.is_empty()
             || release.len() > 32

@@ -44,7 +44,7 @@ impl SandboxManager {
         }
         // The build cache trusts its names: no one else may take them.
         if let Some(name) = &name {
-            super::templates::check_new_template_id(name)?;
+            Self::check_template_name(name)?;
         }
         self.snapshot_as(id, name).await
     }

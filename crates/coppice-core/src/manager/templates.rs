@@ -8,29 +8,6 @@ use super::{ManagerError, SandboxManager, blocking};
 use crate::id::TemplateId;
 use crate::storage::TemplateInfo;
 
-/// Template ids no caller may take: the build cache's, and the names of the template
-/// routes' own paths.
-const RESERVED_TEMPLATE_IDS: [&str; 2] = ["imports", "builds"];
-
-/// Refuses an id for a new template that belongs to coppice.
-pub(super) fn check_new_template_id(id: &TemplateId) -> Result<(), ManagerError> {
-    let reason = if id.as_str().starts_with(crate::recipe::CACHE_PREFIX) {
-        format!(
-            "ids starting with {:?} are the build cache's",
-            crate::recipe::CACHE_PREFIX
-        )
-    } else if RESERVED_TEMPLATE_IDS.contains(&id.as_str()) {
-        format!("{id:?} is reserved")
-    } else {
-        return Ok(());
-    };
-    Err(crate::recipe::RecipeError {
-        field: "templateID".into(),
-        reason,
-    }
-    .into())
-}
-
 impl SandboxManager {
     /// Refuses an id a caller may not give a new template (the build cache's, the template
     /// routes' own names).
@@ -38,7 +15,7 @@ impl SandboxManager {
     /// # Errors
     /// `InvalidRecipe`-like refusal naming why.
     pub fn check_template_name(id: &TemplateId) -> Result<(), ManagerError> {
-        check_new_template_id(id)
+        Ok(crate::recipe::check_template_name(id)?)
     }
 
     /// One template.
@@ -65,7 +42,7 @@ impl SandboxManager {
         id: TemplateId,
         image: PathBuf,
     ) -> Result<TemplateInfo, ManagerError> {
-        check_new_template_id(&id)?;
+        Self::check_template_name(&id)?;
         if !image.is_absolute() {
             return Err(ManagerError::BadDirectory {
                 path: image.display().to_string(),
