@@ -78,7 +78,9 @@ class Worker:
         self.requests = os.fdopen(self.requests_w, "w", encoding="utf-8")
         self.marker = ""
         self.marker_lock = threading.Lock()
-        # Output pipes that reached their end: a cell may close its own stdout.
+        # Output pipes whose end an execution has taken from the events (a cell may close its
+        # own stdout). Kept by the consumer, never the reader: the reader's end comes after
+        # output still queued, which must not be skipped.
         self.closed = set()
         for kind, pipe in (("stdout", self.process.stdout), ("stderr", self.process.stderr)):
             threading.Thread(target=self.read_output, args=(kind, pipe), daemon=True).start()
@@ -93,7 +95,6 @@ class Worker:
             if not chunk:
                 if pending:
                     self.events.put((kind, pending))
-                self.closed.add(kind)
                 self.events.put((kind + "_closed", None))
                 return
             pending += decoder.decode(chunk)
@@ -261,8 +262,10 @@ class Context:
                     yield from early
                     early.clear()
             elif kind == "stdout_closed":
+                worker.closed.add("stdout")
                 stdout_done = True
             elif kind == "stderr_closed":
+                worker.closed.add("stderr")
                 stderr_done = True
             elif kind == "ended":
                 # The worker died mid-cell, its replies all in. A fresh one first, so the
@@ -277,9 +280,8 @@ class Context:
 
 def last_output(worker):
     """The output a dead worker's pipes still hold, briefly waited for."""
-    closed = set(worker.closed)
     deadline = time.monotonic() + 0.5
-    while closed != {"stdout", "stderr"}:
+    while worker.closed != {"stdout", "stderr"}:
         try:
             kind, value = worker.events.get(timeout=max(0.0, deadline - time.monotonic()))
         except queue.Empty:
@@ -287,7 +289,7 @@ def last_output(worker):
         if kind in ("stdout", "stderr"):
             yield {"type": kind, "text": value, "timestamp": now()}
         elif kind.endswith("_closed"):
-            closed.add(kind[: -len("_closed")])
+            worker.closed.add(kind[: -len("_closed")])
 
 
 class Contexts:
