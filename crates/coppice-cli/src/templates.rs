@@ -75,6 +75,7 @@ pub async fn run(
                     "startCommand",
                     "readyCommand",
                     "snapshotOf",
+                    "builtFrom",
                     "envVars",
                 ] {
                     let value = match &template[field] {

@@ -15,6 +15,8 @@ use crate::storage::TemplateStart;
 pub const CACHE_PREFIX: &str = "build-";
 /// Largest file a recipe may carry.
 pub const MAX_FILE_BYTES: usize = 1 << 20;
+/// How [`Recipe::digest`] starts, telling a recipe build from other builds coppice makes.
+pub const RECIPE_DIGEST_PREFIX: &str = "recipe:";
 /// Most packages of one kind a recipe may name.
 const MAX_PACKAGES: usize = 500;
 
@@ -295,6 +297,40 @@ fn quote_all(words: &[String]) -> String {
         .join(" ")
 }
 
+impl Recipe {
+    /// `recipe:<hex>`, a digest of everything the template is built from (every step, its
+    /// environment and service): equal digests make equal templates.
+    pub fn digest(&self) -> String {
+        let mut hash = Sha256::new();
+        let mut field = |bytes: &[u8]| {
+            hash.update((bytes.len() as u64).to_le_bytes());
+            hash.update(bytes);
+        };
+        field(
+            self.steps()
+                .last()
+                .map_or("", |step| step.key.as_str())
+                .as_bytes(),
+        );
+        for (name, value) in &self.env {
+            field(name.as_bytes());
+            field(value.as_bytes());
+        }
+        if let Some(start) = &self.start {
+            field(start.command.as_bytes());
+            field(start.ready.as_deref().unwrap_or("").as_bytes());
+        }
+        format!("{RECIPE_DIGEST_PREFIX}{}", hex(hash))
+    }
+}
+
+fn hex(hash: Sha256) -> String {
+    hash.finalize().iter().fold(String::new(), |mut out, byte| {
+        let _ = write!(out, "{byte:02x}");
+        out
+    })
+}
+
 /// The key of `step` after the step whose key is `previous`.
 fn step_key(previous: &str, step: &BuildStep) -> String {
     let mut hash = Sha256::new();
@@ -324,10 +360,7 @@ fn step_key(previous: &str, step: &BuildStep) -> String {
             field(script.as_bytes());
         }
     }
-    hash.finalize().iter().fold(String::new(), |mut out, byte| {
-        let _ = write!(out, "{byte:02x}");
-        out
-    })
+    hex(hash)
 }
 
 #[cfg(test)]
@@ -388,6 +421,37 @@ mod tests {
             "later steps sit on a new layer"
         );
         assert_ne!(before[3].key, after[3].key);
+    }
+
+    #[test]
+    fn test_the_digest_covers_steps_environment_and_service_only() {
+        let base = recipe().validate().unwrap().digest();
+        assert!(base.starts_with(RECIPE_DIGEST_PREFIX));
+        assert_eq!(base, recipe().validate().unwrap().digest());
+        let changed = |edit: fn(&mut Recipe)| {
+            let mut other = recipe();
+            edit(&mut other);
+            other.validate().unwrap().digest()
+        };
+        assert_ne!(base, changed(|r| r.pip.push("idna".into())));
+        assert_ne!(base, changed(|r| r.files[0].mode = 0o600));
+        assert_ne!(
+            base,
+            changed(|r| {
+                r.env.insert("LANG".into(), "C".into());
+            })
+        );
+        assert_ne!(
+            base,
+            changed(|r| {
+                r.start = Some(TemplateStart {
+                    command: "serve".into(),
+                    ready: None,
+                });
+            })
+        );
+        // Package order is not what the template is made of.
+        assert_eq!(base, changed(|r| r.debian.packages.reverse()));
     }
 
     #[test]

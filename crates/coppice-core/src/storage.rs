@@ -27,6 +27,10 @@ pub struct TemplateInfo {
     /// Environment variables every process of its sandboxes gets (a sandbox's own, asked
     /// for at create, win).
     pub env: Vec<(String, String)>,
+    /// For a template coppice ships: a digest of what it was built from (its sources, or
+    /// `recipe:<hex>` for a recipe), telling when to build it again. `None` for the templates
+    /// users make, which coppice never replaces.
+    pub built_from: Option<String>,
 }
 
 /// What a derived template sets over the template it is made from.
@@ -36,6 +40,9 @@ pub struct TemplateMeta {
     pub env: Vec<(String, String)>,
     /// The service its sandboxes start (`None`: the parent's).
     pub start: Option<TemplateStart>,
+    /// For a template coppice ships, the digest of what it is built from: it then replaces
+    /// an earlier build of the same id (one with a digest too) instead of being refused.
+    pub built_from: Option<String>,
 }
 
 /// A template's service: started in the background once a sandbox from the template boots,
@@ -188,7 +195,9 @@ pub trait Storage: Send + Sync + 'static {
     }
 
     /// Makes template `id` of `from`'s layers (nothing copied) with `meta` for its
-    /// environment and service.
+    /// environment and service. With `meta.built_from`, an existing template `id` that
+    /// coppice built (one with `built_from` too) is replaced; sandboxes made from it keep
+    /// their files.
     ///
     /// # Errors
     /// `TemplateNotFound` for `from`; `TemplateExists`; `Unsupported`.

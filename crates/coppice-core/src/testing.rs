@@ -376,6 +376,7 @@ pub struct FakeStorage {
     fail_next: Mutex<BTreeSet<&'static str>>,
     starts: Mutex<BTreeMap<TemplateId, crate::storage::TemplateStart>>,
     defaults: Mutex<BTreeMap<TemplateId, TemplateDefaults>>,
+    built_from: Mutex<BTreeMap<TemplateId, String>>,
 }
 
 impl FakeStorage {
@@ -391,6 +392,7 @@ impl FakeStorage {
             fail_next: Mutex::new(BTreeSet::new()),
             starts: Mutex::new(BTreeMap::new()),
             defaults: Mutex::new(BTreeMap::new()),
+            built_from: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -453,6 +455,7 @@ impl FakeStorage {
             snapshot_of: lock(&self.snapshots).get(id).cloned(),
             start: lock(&self.starts).get(id).cloned(),
             env,
+            built_from: lock(&self.built_from).get(id).cloned(),
         }
     }
 
@@ -528,10 +531,17 @@ impl Storage for FakeStorage {
             return Err(StorageError::TemplateNotFound { id: from.clone() });
         }
         if templates.contains(id) {
-            return Err(StorageError::TemplateExists { id: id.clone() });
+            let replaceable = meta.built_from.is_some() && lock(&self.built_from).contains_key(id);
+            if !replaceable {
+                return Err(StorageError::TemplateExists { id: id.clone() });
+            }
+        } else {
+            templates.push(id.clone());
         }
-        templates.push(id.clone());
         drop(templates);
+        if let Some(digest) = &meta.built_from {
+            lock(&self.built_from).insert(id.clone(), digest.clone());
+        }
         if let Some(start) = &meta.start {
             lock(&self.starts).insert(id.clone(), start.clone());
         }

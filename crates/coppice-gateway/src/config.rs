@@ -67,6 +67,12 @@ pub struct Cli {
     #[arg(long, env = "COPPICE_DURABLE_PAUSE_MEMORY_LOW", default_value_t = 10,
           value_parser = clap::value_parser!(u8).range(0..=100))]
     pub durable_pause_memory_low: u8,
+    /// Where the shipped templates (`python`, `code-interpreter-v1`) come from: `build`
+    /// makes stand-ins over the host's `/usr` at start, then builds each from its recipe in
+    /// the background (from the Debian archive the host's apt uses) and swaps it in once
+    /// built; `host` keeps the stand-ins only.
+    #[arg(long, env = "COPPICE_SHIPPED_TEMPLATES", value_enum, default_value_t = ShippedTemplates::Build)]
+    pub shipped_templates: ShippedTemplates,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.
     #[arg(long, env = "COPPICE_LOG")]
     pub log_filter: Option<String>,
@@ -98,6 +104,17 @@ pub struct GatewayConfig {
     pub durable_pause_after: Option<std::time::Duration>,
     /// Below this percentage of host memory available, memory pauses go to disk at once.
     pub durable_pause_memory_low: u8,
+    /// Where the shipped templates come from.
+    pub shipped_templates: ShippedTemplates,
+}
+
+/// Where the templates coppice ships come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShippedTemplates {
+    /// Stand-ins over the host's `/usr` first, then each built from its recipe.
+    Build,
+    /// The stand-ins over the host's `/usr` only.
+    Host,
 }
 
 /// Which network backend connects sandboxes.
@@ -176,6 +193,7 @@ impl GatewayConfig {
             durable_pause_after: (cli.durable_pause_after > 0)
                 .then(|| std::time::Duration::from_secs(cli.durable_pause_after)),
             durable_pause_memory_low: cli.durable_pause_memory_low,
+            shipped_templates: cli.shipped_templates,
         })
     }
 

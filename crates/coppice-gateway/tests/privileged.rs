@@ -14,8 +14,8 @@ use std::process::{Command, Stdio};
 mod daemon;
 
 use daemon::{
-    API_KEY, e2b_python, finish_suite, free_port, kill_all_sandboxes, run_sdk_step, sdk_dir,
-    sdk_env, start, wait_healthy,
+    API_KEY, call, e2b_python, finish_suite, free_port, kill_all_sandboxes, passed_suite,
+    run_sdk_step, sdk_dir, sdk_env, start, start_with, wait_healthy,
 };
 
 #[test]
@@ -68,6 +68,70 @@ fn run_python_suite(script: &str) {
 fn test_templates_built_from_recipes_reuse_their_cached_steps() {
     coppice_core::require_privileged!();
     run_python_suite("template_build_sdk.py");
+}
+
+#[test]
+#[ignore = "privileged: builds the shipped templates from their recipes (the Debian archive) in a real coppiced and drives them with both SDKs; needs mmdebstrap, the E2B SDK venv and tests/sdk/node_modules"]
+fn test_shipped_templates_are_built_from_their_recipes_and_serve_both_sdks() {
+    coppice_core::require_privileged!();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let flags = ["--shipped-templates", "build"];
+    let daemon = start_with(dir.path(), port, &flags);
+    wait_healthy(port);
+    let url = format!("http://127.0.0.1:{port}");
+    let python = |script: &str| {
+        let mut command = Command::new(e2b_python());
+        command.arg(sdk_dir().join(script));
+        command
+    };
+    let node = |script: &str| {
+        let mut command = Command::new("node");
+        command.arg(script).current_dir(sdk_dir());
+        command
+    };
+    // The first waits for the builds; the code interpreter's own suites then run against
+    // the built template.
+    let suites = [
+        python("shipped_templates_sdk.py"),
+        python("code_interpreter_sdk.py"),
+        node("code_interpreter_sdk.mjs"),
+        node("shipped_templates_sdk.mjs"),
+    ];
+    for mut suite in suites {
+        let output = suite
+            .envs(sdk_env(&url))
+            .env_remove("E2B_DEBUG")
+            .output()
+            .unwrap();
+        if !output.status.success() {
+            finish_suite(port, daemon, &output);
+            unreachable!("finish_suite fails a failed suite");
+        }
+        println!("{}", passed_suite(&output));
+    }
+    let built = call(port, "GET", "/templates/code-interpreter-v1");
+    kill_all_sandboxes(port);
+    drop(daemon);
+
+    // At the next start neither the stand-in nor a rebuild takes the built template's place.
+    let port = free_port();
+    let _again = start_with(dir.path(), port, &flags);
+    wait_healthy(port);
+    let kept = call(port, "GET", "/templates/code-interpreter-v1");
+    let identity = |response: &str| {
+        let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
+        let value: serde_json::Value = serde_json::from_str(body).unwrap();
+        (value["builtFrom"].clone(), value["createdAt"].clone())
+    };
+    let (built_from, _) = identity(&built);
+    assert!(
+        built_from
+            .as_str()
+            .is_some_and(|b| b.starts_with("recipe:")),
+        "{built}"
+    );
+    assert_eq!(identity(&kept), identity(&built));
 }
 
 #[test]

@@ -60,7 +60,8 @@ struct TemplateFile {
     /// The service its sandboxes start.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     start: Option<StartRecord>,
-    /// For a template built from sources: their digest, to tell when to build it again.
+    /// For a template coppice builds (from sources, or from a shipped recipe): the digest of
+    /// what it was built from, to tell when to build it again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     source_digest: Option<String>,
     /// Environment variables of its sandboxes' processes (an imported image's).

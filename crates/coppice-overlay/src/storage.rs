@@ -294,6 +294,7 @@ impl OverlayStorage {
             snapshot_of: record.snapshot_of.clone(),
             start: record.start.clone(),
             env: record.env.clone(),
+            built_from: record.source_digest.clone(),
         })
     }
 

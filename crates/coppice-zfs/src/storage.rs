@@ -159,6 +159,7 @@ impl ZfsStorage {
             // only, so far.
             start: None,
             env: Vec::new(),
+            built_from: None,
         })
     }
 

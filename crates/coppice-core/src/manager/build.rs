@@ -44,17 +44,47 @@ impl SandboxManager {
         log: BuildLog,
     ) -> Result<TemplateInfo, ManagerError> {
         let recipe = recipe.validate()?;
+        if self.template(&recipe.id).await.is_ok() {
+            return Err(template_exists(&recipe.id));
+        }
+        self.build_recipe(&recipe, None, &log).await
+    }
+
+    /// Makes sure template `recipe.id` is built from exactly `recipe` (a template coppice
+    /// ships), building it if not, every unchanged step taken from the cache. An earlier
+    /// build of that id, or the stand-in coppice made from sources, is replaced; sandboxes
+    /// made from it keep their files.
+    ///
+    /// # Errors
+    /// As [`Self::build_template`]; `TemplateExists`-like storage refusals when a template of
+    /// that id is a user's.
+    pub async fn ensure_recipe_template(
+        &self,
+        recipe: Recipe,
+        log: BuildLog,
+    ) -> Result<TemplateInfo, ManagerError> {
+        let recipe = recipe.validate()?;
+        let digest = recipe.digest();
+        if let Ok(existing) = self.template(&recipe.id).await {
+            match existing.built_from.as_deref() {
+                Some(built) if built == digest => return Ok(existing),
+                Some(_) => {}
+                None => return Err(template_exists(&recipe.id)),
+            }
+        }
+        self.build_recipe(&recipe, Some(digest), &log).await
+    }
+
+    /// Runs `recipe`'s steps, each unless cached, and makes its template of the last one.
+    async fn build_recipe(
+        &self,
+        recipe: &Recipe,
+        built_from: Option<String>,
+        log: &BuildLog,
+    ) -> Result<TemplateInfo, ManagerError> {
         let say = |line: String| {
             let _ = log.send(line);
         };
-        if self.template(&recipe.id).await.is_ok() {
-            return Err(ManagerError::from_storage(
-                "build template",
-                StorageError::TemplateExists {
-                    id: recipe.id.clone(),
-                },
-            ));
-        }
         let steps = recipe.steps();
         let began = Instant::now();
         let mut parent: Option<TemplateId> = None;
@@ -68,7 +98,7 @@ impl SandboxManager {
             } else {
                 say(header);
                 let started = Instant::now();
-                self.build_step(step, &cache, parent.as_ref(), &log).await?;
+                self.build_step(step, &cache, parent.as_ref(), log).await?;
                 say(format!(
                     "    done in {:.1} s",
                     started.elapsed().as_secs_f64()
@@ -85,6 +115,7 @@ impl SandboxManager {
         let meta = TemplateMeta {
             env: recipe.env.clone().into_iter().collect(),
             start: recipe.start.clone(),
+            built_from,
         };
         let storage = Arc::clone(&self.inner.backends.storage);
         let id = recipe.id.clone();
@@ -239,6 +270,13 @@ impl SandboxManager {
     pub(super) fn is_build_cache(id: &TemplateId) -> bool {
         id.as_str().starts_with(CACHE_PREFIX)
     }
+}
+
+fn template_exists(id: &TemplateId) -> ManagerError {
+    ManagerError::from_storage(
+        "build template",
+        StorageError::TemplateExists { id: id.clone() },
+    )
 }
 
 /// The command that writes `file` (its contents on stdin), making its directory.

@@ -157,3 +157,54 @@ async fn test_bad_recipes_and_taken_names_are_refused_before_anything_runs() {
     );
     assert_eq!(count(&harness, |c| matches!(c, FakeCall::Bootstrap(_))), 0);
 }
+
+#[tokio::test]
+async fn test_a_shipped_recipe_is_built_once_rebuilt_when_it_changes_and_never_over_a_users_template()
+ {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+    let ensure = |recipe: Recipe| {
+        let manager = manager.clone();
+        async move {
+            let (log, _lines) = tokio::sync::mpsc::unbounded_channel();
+            manager.ensure_recipe_template(recipe, log).await
+        }
+    };
+    let derives = || count(&harness, |c| matches!(c, FakeCall::Derive(..)));
+
+    let first = ensure(recipe("python", &["six"], &[])).await.unwrap();
+    assert_eq!(
+        first.built_from,
+        Some(recipe("python", &["six"], &[]).validate().unwrap().digest())
+    );
+    assert_eq!(derives(), 1);
+    // Built from the same recipe: nothing to do.
+    let again = ensure(recipe("python", &["six"], &[])).await.unwrap();
+    assert_eq!(again.built_from, first.built_from);
+    assert_eq!(derives(), 1);
+    // A changed recipe replaces it, its unchanged Debian step taken from the cache.
+    let changed = ensure(recipe("python", &["six", "idna"], &[]))
+        .await
+        .unwrap();
+    assert_ne!(changed.built_from, first.built_from);
+    assert_eq!(derives(), 2);
+    assert_eq!(count(&harness, |c| matches!(c, FakeCall::Bootstrap(_))), 1);
+
+    // A template of that name that a user made is never built over.
+    let (mine, _) = build(&manager, recipe("mine", &[], &["true"])).await;
+    mine.unwrap();
+    let refused = ensure(recipe("mine", &["six"], &[])).await.unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        crate::error::ErrorKind::AlreadyExists,
+        "{refused}"
+    );
+    assert_eq!(
+        manager
+            .template(&"mine".parse().unwrap())
+            .await
+            .unwrap()
+            .built_from,
+        None
+    );
+}

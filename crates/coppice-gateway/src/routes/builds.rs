@@ -75,17 +75,24 @@ struct StartBody {
 
 /// The recipe a request body describes, checked.
 fn recipe(body: &[u8]) -> Result<Recipe, ApiError> {
+    parse_recipe(body).map_err(ApiError::bad_request)
+}
+
+/// The recipe a JSON document describes (the body of `POST /templates/builds`, the file
+/// `coppice template build` reads), checked; or why it is not one.
+///
+/// # Errors
+/// A message naming what is wrong.
+pub fn parse_recipe(body: &[u8]) -> Result<Recipe, String> {
     let body: RecipeBody = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(format!(
+        format!(
             "expected a recipe ({{\"templateID\", \"debian\": {{\"release\", \"packages\"}}, \"pip\", \"npm\", \"files\", \"run\", \"env\", \"start\"}}): {e}"
-        ))
+        )
     })?;
-    let id = body.template_id.parse().map_err(|e| {
-        ApiError::bad_request(format!(
-            "template id {:?} is not valid: {e}",
-            body.template_id
-        ))
-    })?;
+    let id = body
+        .template_id
+        .parse()
+        .map_err(|e| format!("template id {:?} is not valid: {e}", body.template_id))?;
     Recipe {
         id,
         debian: DebianBase {
@@ -111,7 +118,7 @@ fn recipe(body: &[u8]) -> Result<Recipe, ApiError> {
         }),
     }
     .validate()
-    .map_err(|e| ApiError::bad_request(e.to_string()))
+    .map_err(|e| e.to_string())
 }
 
 async fn build(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {

@@ -43,6 +43,9 @@ pub(crate) fn template_json(state: &AppState, t: &TemplateInfo) -> serde_json::V
         "readyCommand": t.start.as_ref().and_then(|start| start.ready.as_ref()),
         "envVars": t.env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
         "snapshotOf": t.snapshot_of.as_ref().map(ToString::to_string),
+        // For a template coppice ships: what it was built from (`recipe:<digest>` once
+        // built from its recipe).
+        "builtFrom": t.built_from,
     })
 }
 

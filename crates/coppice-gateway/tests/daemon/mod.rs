@@ -127,6 +127,9 @@ pub fn start_with(data_dir: &Path, port: u16, flags: &[&str]) -> Daemon {
         .args(network_flags)
         .args(flags)
         .env("COPPICE_API_KEY", API_KEY)
+        // No background builds of the shipped templates unless a test asks for them
+        // (`--shipped-templates build` wins over this).
+        .env("COPPICE_SHIPPED_TEMPLATES", "host")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()

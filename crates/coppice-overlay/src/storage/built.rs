@@ -134,7 +134,12 @@ impl OverlayStorage {
         let overlay = |error: OverlayError| error.into_storage("derive template");
         let _guard = self.lock_builds();
         let path = self.template_path(id);
-        if TemplateRecord::read(&path, id).map_err(overlay)?.is_some() {
+        let existing = TemplateRecord::read(&path, id).map_err(overlay)?;
+        // Only a template coppice built gives way, and only to another such build.
+        if existing
+            .as_ref()
+            .is_some_and(|record| record.source_digest.is_none() || meta.built_from.is_none())
+        {
             return Err(StorageError::TemplateExists { id: id.clone() });
         }
         let parent = self.read_template(from).map_err(overlay)?;
@@ -147,12 +152,19 @@ impl OverlayStorage {
             id: id.clone(),
             created_at: fsutil::truncate_to_ms(SystemTime::now()),
             snapshot_of: None,
-            source_digest: None,
+            source_digest: meta.built_from.clone(),
             start: meta.start.clone().or_else(|| parent.start.clone()),
             env,
             ..parent
         };
         record.write(&path).map_err(overlay)?;
+        if existing.is_some() {
+            tracing::info!(template = %id, "template replaced by a new build");
+            // The replaced build's layers go unless a sandbox or the build cache holds them.
+            if let Err(error) = self.prune_layers_locked() {
+                tracing::warn!(error = %error, "cannot remove unused layers");
+            }
+        }
         self.template_info(&record).map_err(overlay)
     }
 }

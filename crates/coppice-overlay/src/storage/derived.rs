@@ -25,8 +25,8 @@ pub struct TemplateSource {
     pub description: String,
     /// The files, owned by sandbox root.
     pub files: Vec<SourceFile>,
-    /// The service its sandboxes start.
-    pub start: TemplateStart,
+    /// The service its sandboxes start, if any.
+    pub start: Option<TemplateStart>,
 }
 
 /// One file of a [`TemplateSource`].
@@ -53,8 +53,10 @@ impl TemplateSource {
             field(&file.contents);
             field(&file.mode.to_le_bytes());
         }
-        field(self.start.command.as_bytes());
-        field(self.start.ready.as_deref().unwrap_or("").as_bytes());
+        if let Some(start) = &self.start {
+            field(start.command.as_bytes());
+            field(start.ready.as_deref().unwrap_or("").as_bytes());
+        }
         hash.finalize()
             .iter()
             .map(|byte| format!("{byte:02x}"))
@@ -83,7 +85,10 @@ impl OverlayStorage {
                     template: source.id.clone(),
                 });
             };
-            if built_from == digest
+            // A build from the template's shipped recipe supersedes the sources, which
+            // stand in for it until it is built.
+            let superseded = built_from.starts_with(coppice_core::recipe::RECIPE_DIGEST_PREFIX);
+            if (built_from == digest || superseded)
                 && let Ok(info) = self.template_info(&record)
             {
                 return Ok(info);
@@ -117,7 +122,7 @@ impl OverlayStorage {
             created_at: manifest.created_at,
             binds: base_record.binds.clone(),
             snapshot_of: None,
-            start: Some(source.start.clone()),
+            start: source.start.clone(),
             source_digest: Some(digest),
             env: base_record.env.clone(),
         };

@@ -17,10 +17,10 @@ fn source(script: &str) -> TemplateSource {
             contents: script.as_bytes().to_vec(),
             mode: 0o644,
         }],
-        start: TemplateStart {
+        start: Some(TemplateStart {
             command: "python3 -m server".into(),
             ready: Some("true".into()),
-        },
+        }),
     }
 }
 
@@ -161,6 +161,7 @@ fn test_a_derived_template_shares_its_parents_layers_with_its_own_environment_an
             command: "serve".into(),
             ready: None,
         }),
+        built_from: None,
     };
 
     let derived = harness
@@ -186,4 +187,64 @@ fn test_a_derived_template_shares_its_parents_layers_with_its_own_environment_an
             .derive_template(&template_id("other"), &template_id("nope"), &meta),
         Err(coppice_core::storage::StorageError::TemplateNotFound { .. })
     ));
+}
+
+#[test]
+fn test_a_recipe_build_replaces_the_stand_in_and_later_builds_but_never_a_users_template() {
+    use coppice_core::storage::{StorageError, TemplateMeta};
+    let harness = harness();
+    let base = harness.storage.ensure_base_template().unwrap();
+    let stand_in = harness.storage.ensure_template(&source("v1")).unwrap();
+    let stand_in_layer = top_layer(&harness);
+    let recipe_build = |digest: &str| TemplateMeta {
+        env: vec![("MPLBACKEND".into(), "Agg".into())],
+        start: None,
+        built_from: Some(digest.into()),
+    };
+
+    let built = harness
+        .storage
+        .derive_template(&stand_in.id, &base.id, &recipe_build("recipe:1"))
+        .unwrap();
+    assert_eq!(built.built_from.as_deref(), Some("recipe:1"));
+    assert_eq!(built.env, vec![("MPLBACKEND".to_owned(), "Agg".to_owned())]);
+    assert!(
+        !harness.storage.layers().tree_dir(&stand_in_layer).exists(),
+        "the stand-in's own layer is pruned"
+    );
+    // The stand-in's sources at the next start do not take the template back.
+    let kept = harness.storage.ensure_template(&source("v1")).unwrap();
+    assert_eq!(kept.built_from.as_deref(), Some("recipe:1"));
+    // A newer recipe replaces the older build.
+    let rebuilt = harness
+        .storage
+        .derive_template(&stand_in.id, &base.id, &recipe_build("recipe:2"))
+        .unwrap();
+    assert_eq!(rebuilt.built_from.as_deref(), Some("recipe:2"));
+    // A plain derive never replaces it, nor does a recipe build replace a user's template.
+    let plain = TemplateMeta::default();
+    assert!(matches!(
+        harness
+            .storage
+            .derive_template(&stand_in.id, &base.id, &plain),
+        Err(StorageError::TemplateExists { .. })
+    ));
+    harness
+        .storage
+        .derive_template(&template_id("mine"), &base.id, &plain)
+        .unwrap();
+    assert!(matches!(
+        harness
+            .storage
+            .derive_template(&template_id("mine"), &base.id, &recipe_build("recipe:3")),
+        Err(StorageError::TemplateExists { .. })
+    ));
+    assert_eq!(
+        harness
+            .storage
+            .template(&template_id("mine"))
+            .unwrap()
+            .built_from,
+        None
+    );
 }

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import traceback
+import warnings
 
 RICH_REPRS = (
     ("html", "_repr_html_"),
@@ -156,6 +157,10 @@ def main():
     requests = os.fdopen(requests_fd, "r", encoding="utf-8")
     replies = os.fdopen(replies_fd, "w", encoding="utf-8")
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # `plt.show()` under Agg warns that nothing can be shown; here every open figure is
+    # sent as a result when the cell ends, which is what showing it means.
+    warnings.filterwarnings("ignore", message=".*(non-interactive|non-GUI backend)",
+                            category=UserWarning)
     # A line at a time, so that `print` reaches the client whole and as it happens.
     sys.stdout.reconfigure(line_buffering=True)
     sys.stderr.reconfigure(line_buffering=True)

@@ -4,6 +4,7 @@
 //! `base` template built on first start, the API on `127.0.0.1:3000`.
 #![forbid(unsafe_code)]
 
+mod shipped;
 mod sys;
 
 use std::process::ExitCode;
@@ -16,7 +17,7 @@ use coppice_core::clock::SystemClock;
 use coppice_core::manager::ManagerConfig;
 use coppice_core::store::Store;
 use coppice_gateway::auth::{ApiKeys, KeySource};
-use coppice_gateway::config::{Cli, GatewayConfig};
+use coppice_gateway::config::{Cli, GatewayConfig, ShippedTemplates};
 use coppice_gateway::{AppState, router, serve};
 use tracing_subscriber::EnvFilter;
 
@@ -80,6 +81,9 @@ async fn run(config: GatewayConfig, api_key: Option<String>) -> anyhow::Result<(
     )
     .await
     .context("starting the sandbox manager")?;
+    if config.shipped_templates == ShippedTemplates::Build {
+        shipped::build_in_background(manager.clone());
+    }
     let (api_keys, key, source) = ApiKeys::load_or_generate(api_key.as_deref(), &config.data_dir)
         .context("setting up the API key")?;
     match source {

@@ -13,7 +13,7 @@ use coppice_linux::{EnvdSettings, IdMap, InitCommand, NamespaceRuntime, Namespac
 use coppice_net::{BridgeConfig, BridgeNetwork, LoopbackOnly, RealNetnsSys};
 use coppice_overlay::{OverlayConfig, OverlayStorage};
 
-mod code_interpreter;
+mod stand_ins;
 
 /// Network namespaces kept ready, so that creating one stays off the create path (enough
 /// for a burst of 20 concurrent creates).
@@ -93,14 +93,18 @@ pub(crate) fn backends(config: &GatewayConfig) -> anyhow::Result<Backends> {
         .ensure_base_template()
         .context("building the base template")?;
     tracing::info!(template = %base.id, "base template ready");
-    // Sandboxes of the base template do not need it: a failed build is reported, not fatal.
-    match code_interpreter::source().and_then(|source| Ok(storage.ensure_template(&source)?)) {
-        Ok(template) => tracing::info!(template = %template.id, "code interpreter template ready"),
-        Err(error) => tracing::warn!(
-            template = code_interpreter::TEMPLATE,
-            error = format!("{error:#}"),
-            "cannot build the code interpreter template"
-        ),
+    // Sandboxes of the base template do not need them: a failed build is reported, not fatal.
+    for source in stand_ins::sources()? {
+        match storage.ensure_template(&source) {
+            Ok(template) => {
+                tracing::info!(template = %template.id, built_from = template.built_from.as_deref().unwrap_or_default(), "template ready")
+            }
+            Err(error) => tracing::warn!(
+                template = %source.id,
+                error = format!("{error:#}"),
+                "cannot build the template's stand-in"
+            ),
+        }
     }
     let mut runtime_config = NamespaceRuntimeConfig::new(config.run_dir(), init_command()?);
     runtime_config.id_map = id_map;
