@@ -17,6 +17,8 @@ pub const CACHE_PREFIX: &str = "build-";
 pub const MAX_FILE_BYTES: usize = 1 << 20;
 /// How [`Recipe::digest`] starts, telling a recipe build from other builds coppice makes.
 pub const RECIPE_DIGEST_PREFIX: &str = "recipe:";
+/// Largest input one run step may take (an archive a copy unpacks).
+pub const MAX_STEP_INPUT_BYTES: usize = 64 << 20;
 /// Most packages of one kind a recipe may name.
 const MAX_PACKAGES: usize = 500;
 
@@ -33,12 +35,51 @@ pub struct Recipe {
     pub npm: Vec<String>,
     /// Files written after the packages.
     pub files: Vec<RecipeFile>,
-    /// Shell commands run last, in order, as sandbox root.
-    pub run: Vec<String>,
+    /// Shell commands run last, in order.
+    pub run: Vec<RunStep>,
     /// Environment variables of every process of the template's sandboxes.
     pub env: BTreeMap<String, String>,
     /// The service every sandbox of the template starts.
     pub start: Option<TemplateStart>,
+    /// The user its sandboxes' processes run as by default (`None`: the Debian root's
+    /// `user`).
+    pub user: Option<String>,
+    /// Their default working directory (`None`: that user's home).
+    pub workdir: Option<String>,
+}
+
+/// A shell command of a build, with what it runs as and in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunStep {
+    /// What the log calls it (`None`: the command itself).
+    pub label: Option<String>,
+    /// The command, run by `/bin/sh -c` with `args` as `$1`...
+    pub script: String,
+    /// Its positional arguments.
+    pub args: Vec<String>,
+    /// Its standard input (an archive a copy unpacks).
+    pub stdin: Vec<u8>,
+    /// The user it runs as (`None`: sandbox root).
+    pub user: Option<String>,
+    /// Its working directory (`None`: `/`).
+    pub workdir: Option<String>,
+    /// Variables it gets besides the build's own.
+    pub env: BTreeMap<String, String>,
+}
+
+impl RunStep {
+    /// `script` as sandbox root in `/`, with nothing else.
+    pub fn root(script: impl Into<String>) -> Self {
+        Self {
+            label: None,
+            script: script.into(),
+            args: Vec::new(),
+            stdin: Vec::new(),
+            user: None,
+            workdir: None,
+            env: BTreeMap::new(),
+        }
+    }
 }
 
 /// A Debian root made from the archive.
@@ -68,12 +109,12 @@ pub enum BuildStep {
     Debian(DebianBase),
     /// Write files.
     Files(Vec<RecipeFile>),
-    /// Run a shell command as sandbox root.
+    /// Run a shell command.
     Command {
         /// What the log calls it.
         label: String,
-        /// The command.
-        script: String,
+        /// The command, its arguments, input, user, directory and variables.
+        run: RunStep,
     },
 }
 
@@ -123,7 +164,7 @@ fn refuse(field: impl Into<String>, reason: impl Into<String>) -> RecipeError {
 
 /// Template ids no caller may give a new template, besides the cache's: the names of the
 /// template routes' own paths.
-const RESERVED_TEMPLATE_IDS: [&str; 2] = ["imports", "builds"];
+const RESERVED_TEMPLATE_IDS: [&str; 3] = ["imports", "builds", "aliases"];
 
 /// Refuses an id a caller may not give a new template (made by a build, an import or a
 /// snapshot): the build cache's, and the template routes' own names.
@@ -209,22 +250,15 @@ impl Recipe {
             }
         }
         for (n, step) in self.run.iter().enumerate() {
-            if step.trim().is_empty() || step.contains('\0') {
-                return Err(refuse(
-                    format!("run[{n}]"),
-                    "an empty command, or one with a NUL byte",
-                ));
-            }
+            step.check(&format!("run[{n}]"))?;
         }
-        for (name, value) in &self.env {
-            if name.is_empty() || name.contains('=') || name.contains('\0') || value.contains('\0')
-            {
-                return Err(refuse(
-                    "env",
-                    format!("{name:?} is not a variable name, or its value has a NUL byte"),
-                ));
-            }
+        if let Some(user) = &self.user {
+            check_user("user", user)?;
         }
+        if let Some(workdir) = &self.workdir {
+            check_dir("workdir", workdir)?;
+        }
+        check_env("env", &self.env)?;
         Ok(self)
     }
 
@@ -234,28 +268,29 @@ impl Recipe {
         if !self.pip.is_empty() {
             steps.push(BuildStep::Command {
                 label: format!("pip install {}", self.pip.join(" ")),
-                script: format!(
+                run: RunStep::root(format!(
                     "pip install --no-cache-dir --break-system-packages -- {}",
                     quote_all(&self.pip)
-                ),
+                )),
             });
         }
         if !self.npm.is_empty() {
             steps.push(BuildStep::Command {
                 label: format!("npm install -g {}", self.npm.join(" ")),
-                script: format!(
+                run: RunStep::root(format!(
                     "npm install -g --no-audit --no-fund -- {}",
                     quote_all(&self.npm)
-                ),
+                )),
             });
         }
         if !self.files.is_empty() {
             steps.push(BuildStep::Files(self.files.clone()));
         }
-        for (n, script) in self.run.iter().enumerate() {
+        for (n, run) in self.run.iter().enumerate() {
+            let said = run.label.as_deref().unwrap_or(&run.script);
             steps.push(BuildStep::Command {
-                label: format!("run[{n}]: {}", script.chars().take(60).collect::<String>()),
-                script: script.clone(),
+                label: format!("run[{n}]: {}", said.chars().take(60).collect::<String>()),
+                run: run.clone(),
             });
         }
         let mut key = String::new();
@@ -270,6 +305,68 @@ impl Recipe {
             })
             .collect()
     }
+}
+
+impl RunStep {
+    fn check(&self, field: &str) -> Result<(), RecipeError> {
+        if self.script.trim().is_empty()
+            || self.script.contains('\0')
+            || self.args.iter().any(|arg| arg.contains('\0'))
+        {
+            return Err(refuse(field, "an empty command, or one with a NUL byte"));
+        }
+        if self.stdin.len() > MAX_STEP_INPUT_BYTES {
+            return Err(refuse(
+                format!("{field}.input"),
+                format!("more than {} MiB", MAX_STEP_INPUT_BYTES >> 20),
+            ));
+        }
+        if let Some(user) = &self.user {
+            check_user(&format!("{field}.user"), user)?;
+        }
+        if let Some(workdir) = &self.workdir {
+            check_dir(&format!("{field}.workdir"), workdir)?;
+        }
+        check_env(&format!("{field}.env"), &self.env)
+    }
+}
+
+/// A user name as `useradd` takes it (or a numeric uid).
+fn check_user(field: &str, user: &str) -> Result<(), RecipeError> {
+    let valid = !user.is_empty()
+        && user.len() <= 32
+        && user
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_' || b.is_ascii_digit())
+        && user
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"_-".contains(&b));
+    if valid {
+        Ok(())
+    } else {
+        Err(refuse(field, format!("{user:?} is not a user name")))
+    }
+}
+
+fn check_dir(field: &str, dir: &str) -> Result<(), RecipeError> {
+    if dir.starts_with('/') && dir.len() <= 4096 && !dir.contains('\0') {
+        Ok(())
+    } else {
+        Err(refuse(field, format!("{dir:?} is not an absolute path")))
+    }
+}
+
+fn check_env(field: &str, env: &BTreeMap<String, String>) -> Result<(), RecipeError> {
+    for (name, value) in env {
+        if name.is_empty() || name.contains('=') || name.contains('\0') || value.contains('\0') {
+            return Err(refuse(
+                field,
+                format!("{name:?} is not a variable name, or its value has a NUL byte"),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_names(
@@ -320,6 +417,8 @@ impl Recipe {
             field(start.command.as_bytes());
             field(start.ready.as_deref().unwrap_or("").as_bytes());
         }
+        field(self.user.as_deref().unwrap_or("").as_bytes());
+        field(self.workdir.as_deref().unwrap_or("").as_bytes());
         format!("{RECIPE_DIGEST_PREFIX}{}", hex(hash))
     }
 }
@@ -355,9 +454,32 @@ fn step_key(previous: &str, step: &BuildStep) -> String {
                 field(&file.mode.to_le_bytes());
             }
         }
-        BuildStep::Command { script, .. } => {
+        BuildStep::Command { run, .. } => {
             field(b"command");
-            field(script.as_bytes());
+            field(run.script.as_bytes());
+            // What the command runs with, only where it differs from a plain root command,
+            // so plain commands keep their keys.
+            for arg in &run.args {
+                field(b"arg");
+                field(arg.as_bytes());
+            }
+            if !run.stdin.is_empty() {
+                field(b"stdin");
+                field(&Sha256::digest(&run.stdin));
+            }
+            if let Some(user) = &run.user {
+                field(b"user");
+                field(user.as_bytes());
+            }
+            if let Some(workdir) = &run.workdir {
+                field(b"workdir");
+                field(workdir.as_bytes());
+            }
+            for (name, value) in &run.env {
+                field(b"env");
+                field(name.as_bytes());
+                field(value.as_bytes());
+            }
         }
     }
     hex(hash)
@@ -381,9 +503,11 @@ mod tests {
                 contents: b"hi\n".to_vec(),
                 mode: 0o644,
             }],
-            run: vec!["echo done > /etc/done".into()],
+            run: vec![RunStep::root("echo done > /etc/done")],
             env: BTreeMap::new(),
             start: None,
+            user: None,
+            workdir: None,
         }
     }
 
@@ -402,8 +526,8 @@ mod tests {
                 "run[0]: echo done > /etc/done"
             ]
         );
-        assert!(matches!(&steps[1].step, BuildStep::Command { script, .. }
-            if script == "pip install --no-cache-dir --break-system-packages -- 'six'"));
+        assert!(matches!(&steps[1].step, BuildStep::Command { run, .. }
+            if run.script == "pip install --no-cache-dir --break-system-packages -- 'six'"));
         let cache = steps[0].cache_template().unwrap();
         assert!(cache.as_str().starts_with(CACHE_PREFIX));
     }
@@ -435,6 +559,11 @@ mod tests {
         };
         assert_ne!(base, changed(|r| r.pip.push("idna".into())));
         assert_ne!(base, changed(|r| r.files[0].mode = 0o600));
+        assert_ne!(base, changed(|r| r.run[0].user = Some("user".into())));
+        assert_ne!(base, changed(|r| r.run[0].stdin = b"tar".to_vec()));
+        assert_ne!(base, changed(|r| r.workdir = Some("/srv".into())));
+        // A label is only what the log says.
+        assert_eq!(base, changed(|r| r.run[0].label = Some("copy".into())));
         assert_ne!(
             base,
             changed(|r| {
@@ -483,8 +612,22 @@ mod tests {
             refused(|r| r.files[0].path = "relative".into()),
             "files[0].path"
         );
-        assert_eq!(refused(|r| r.run.push("  ".into())), "run[1]");
-        assert_eq!(refused(|r| r.run.push("echo \0".into())), "run[1]");
+        assert_eq!(refused(|r| r.run.push(RunStep::root("  "))), "run[1]");
+        assert_eq!(refused(|r| r.run.push(RunStep::root("echo \0"))), "run[1]");
+        assert_eq!(
+            refused(|r| r.run[0].user = Some("Root;".into())),
+            "run[0].user"
+        );
+        assert_eq!(
+            refused(|r| r.run[0].workdir = Some("srv".into())),
+            "run[0].workdir"
+        );
+        assert_eq!(
+            refused(|r| r.run[0].stdin = vec![0; MAX_STEP_INPUT_BYTES + 1]),
+            "run[0].input"
+        );
+        assert_eq!(refused(|r| r.user = Some(String::new())), "user");
+        assert_eq!(refused(|r| r.workdir = Some("~/x".into())), "workdir");
         assert_eq!(
             refused(|r| {
                 r.env.insert("A".into(), "x\0y".into());

@@ -40,6 +40,10 @@ pub struct TemplateMeta {
     pub env: Vec<(String, String)>,
     /// The service its sandboxes start (`None`: the parent's).
     pub start: Option<TemplateStart>,
+    /// The user its sandboxes' processes run as by default (`None`: the parent's).
+    pub default_user: Option<String>,
+    /// Their default working directory (`None`: the parent's).
+    pub default_workdir: Option<String>,
     /// For a template coppice ships, the digest of what it is built from: it then replaces
     /// an earlier build of the same id (one with a digest too) instead of being refused.
     pub built_from: Option<String>,

@@ -101,9 +101,15 @@ pub struct FakeRuntime {
     refuse_checkpoints: std::sync::atomic::AtomicBool,
     host_memory: Mutex<Option<crate::runtime::HostMemory>>,
     failing_execs: Mutex<Vec<String>>,
+    exec_requests: Mutex<Vec<ExecRequest>>,
 }
 
 impl FakeRuntime {
+    /// Every exec request so far, in every sandbox, in order.
+    pub fn exec_requests(&self) -> Vec<ExecRequest> {
+        lock(&self.exec_requests).clone()
+    }
+
     /// Makes every further exec whose command line contains `needle` exit 1 (until
     /// [`FakeRuntime::stop_failing_execs`]).
     pub fn fail_execs_containing(&self, needle: &str) {
@@ -232,6 +238,7 @@ impl Runtime for FakeRuntime {
 
     fn exec(&self, id: &SandboxId, request: &ExecRequest) -> Result<ExecOutcome, RuntimeError> {
         lock(&self.calls).push(FakeCall::Exec(id.clone(), request.argv.clone()));
+        lock(&self.exec_requests).push(request.clone());
         self.injected("exec", id)?;
         if lock(&self.created).get(id) != Some(&true) {
             return Err(RuntimeError::NotFound { id: id.clone() });
@@ -550,7 +557,12 @@ impl Storage for FakeStorage {
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        self.set_defaults(id, "user", "/home/user", &env);
+        self.set_defaults(
+            id,
+            meta.default_user.as_deref().unwrap_or("user"),
+            meta.default_workdir.as_deref().unwrap_or("/home/user"),
+            &env,
+        );
         Ok(self.info(id))
     }
 

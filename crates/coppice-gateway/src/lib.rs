@@ -45,7 +45,9 @@ pub struct AppState {
 /// The whole HTTP application: `/health` open, the control plane behind API keys, and
 /// sandbox traffic routed before either.
 pub fn router(state: AppState) -> Router {
+    let (template_builds, template_uploads) = routes::e2b_builds::routes();
     let control_plane = Router::new()
+        .merge(template_builds)
         .merge(routes::sandboxes::routes())
         .merge(routes::templates::routes())
         .merge(routes::builds::routes())
@@ -61,6 +63,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(routes::health::routes())
         .merge(routes::volume_content::routes())
+        .merge(template_uploads)
         .merge(control_plane)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -2,6 +2,7 @@
 
 pub mod builds;
 pub mod dir_snapshots;
+pub mod e2b_builds;
 pub mod health;
 pub mod network;
 pub mod sandboxes;

@@ -71,6 +71,13 @@ fn test_templates_built_from_recipes_reuse_their_cached_steps() {
 }
 
 #[test]
+#[ignore = "privileged: builds templates through E2B's template-build API (the Debian archive) in a real coppiced; needs mmdebstrap and the E2B SDK venv"]
+fn test_the_sdks_template_build_makes_templates_from_their_steps() {
+    coppice_core::require_privileged!();
+    run_python_suite("template_build_e2b_sdk.py");
+}
+
+#[test]
 #[ignore = "privileged: builds the shipped templates from their recipes (the Debian archive) in a real coppiced and drives them with both SDKs; needs mmdebstrap, the E2B SDK venv and tests/sdk/node_modules"]
 fn test_shipped_templates_are_built_from_their_recipes_and_serve_both_sdks() {
     coppice_core::require_privileged!();

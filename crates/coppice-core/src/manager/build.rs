@@ -12,7 +12,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::{ManagerError, SandboxManager, blocking};
 use crate::exec::{ExecRequest, ExecUser, ExitStatus};
 use crate::id::TemplateId;
-use crate::recipe::{BuildStep, CACHE_PREFIX, PlannedStep, Recipe, RecipeFile};
+use crate::recipe::{BuildStep, CACHE_PREFIX, PlannedStep, Recipe, RecipeFile, RunStep};
 use crate::spec::SandboxSpec;
 use crate::storage::{StorageError, TemplateInfo, TemplateMeta};
 
@@ -43,11 +43,39 @@ impl SandboxManager {
         recipe: Recipe,
         log: BuildLog,
     ) -> Result<TemplateInfo, ManagerError> {
+        self.build_over(recipe, &log, |_| false).await
+    }
+
+    /// Builds template `recipe.id` as [`Self::build_template`] does, replacing a template of
+    /// that id built earlier (from a recipe, or a stand-in coppice made); sandboxes made from
+    /// it keep their files.
+    ///
+    /// # Errors
+    /// As [`Self::build_template`], and `TemplateExists`-like storage refusals when a
+    /// template of that id was not built (a snapshot, an import).
+    pub async fn rebuild_template(
+        &self,
+        recipe: Recipe,
+        log: BuildLog,
+    ) -> Result<TemplateInfo, ManagerError> {
+        self.build_over(recipe, &log, |existing| existing.built_from.is_some())
+            .await
+    }
+
+    /// Builds `recipe` unless a template of its id exists that `may_replace` refuses.
+    async fn build_over(
+        &self,
+        recipe: Recipe,
+        log: &BuildLog,
+        may_replace: fn(&TemplateInfo) -> bool,
+    ) -> Result<TemplateInfo, ManagerError> {
         let recipe = recipe.validate()?;
-        if self.template(&recipe.id).await.is_ok() {
+        if let Ok(existing) = self.template(&recipe.id).await
+            && !may_replace(&existing)
+        {
             return Err(template_exists(&recipe.id));
         }
-        self.build_recipe(&recipe, None, &log).await
+        self.build_recipe(&recipe, log).await
     }
 
     /// Makes sure template `recipe.id` is built from exactly `recipe` (a template coppice
@@ -64,22 +92,18 @@ impl SandboxManager {
         log: BuildLog,
     ) -> Result<TemplateInfo, ManagerError> {
         let recipe = recipe.validate()?;
-        let digest = recipe.digest();
-        if let Ok(existing) = self.template(&recipe.id).await {
-            match existing.built_from.as_deref() {
-                Some(built) if built == digest => return Ok(existing),
-                Some(_) => {}
-                None => return Err(template_exists(&recipe.id)),
-            }
+        if let Ok(existing) = self.template(&recipe.id).await
+            && existing.built_from == Some(recipe.digest())
+        {
+            return Ok(existing);
         }
-        self.build_recipe(&recipe, Some(digest), &log).await
+        self.rebuild_template(recipe, log).await
     }
 
     /// Runs `recipe`'s steps, each unless cached, and makes its template of the last one.
     async fn build_recipe(
         &self,
         recipe: &Recipe,
-        built_from: Option<String>,
         log: &BuildLog,
     ) -> Result<TemplateInfo, ManagerError> {
         let say = |line: String| {
@@ -98,7 +122,18 @@ impl SandboxManager {
             } else {
                 say(header);
                 let started = Instant::now();
-                self.build_step(step, &cache, parent.as_ref(), log).await?;
+                self.build_step(step, &cache, parent.as_ref(), log)
+                    .await
+                    .map_err(|error| match error {
+                        ManagerError::BuildFailed { step, detail, .. } => {
+                            ManagerError::BuildFailed {
+                                step,
+                                index: Some(n),
+                                detail,
+                            }
+                        }
+                        other => other,
+                    })?;
                 say(format!(
                     "    done in {:.1} s",
                     started.elapsed().as_secs_f64()
@@ -109,13 +144,16 @@ impl SandboxManager {
         let Some(last) = parent else {
             return Err(ManagerError::BuildFailed {
                 step: "plan".into(),
+                index: None,
                 detail: "the recipe has no steps".into(),
             });
         };
         let meta = TemplateMeta {
             env: recipe.env.clone().into_iter().collect(),
             start: recipe.start.clone(),
-            built_from,
+            default_user: recipe.user.clone(),
+            default_workdir: recipe.workdir.clone(),
+            built_from: Some(recipe.digest()),
         };
         let storage = Arc::clone(&self.inner.backends.storage);
         let id = recipe.id.clone();
@@ -155,6 +193,7 @@ impl SandboxManager {
             (_, None) => {
                 return Err(ManagerError::BuildFailed {
                     step: step.label(),
+                    index: None,
                     detail: "a step needs the Debian root under it".into(),
                 });
             }
@@ -165,6 +204,7 @@ impl SandboxManager {
             Ok(()) | Err(StorageError::TemplateExists { .. }) => Ok(()),
             Err(StorageError::Invalid { reason }) => Err(ManagerError::BuildFailed {
                 step: step.label(),
+                index: None,
                 detail: reason,
             }),
             Err(source) => Err(ManagerError::from_storage("build step", source)),
@@ -233,15 +273,14 @@ impl SandboxManager {
             }
         }
         let requests: Vec<ExecRequest> = match &step.step {
-            BuildStep::Command { script, .. } => vec![ExecRequest::new(["/bin/sh", "-c", script])],
+            BuildStep::Command { run, .. } => vec![run_request(run)],
             BuildStep::Files(files) => files.iter().map(write_file).collect(),
             BuildStep::Debian(_) => Vec::new(),
         };
         for request in requests {
             let request = ExecRequest {
-                env: env.clone(),
-                user: ExecUser::Root,
-                cwd: Some("/".into()),
+                // The step's own variables win over the build's.
+                env: env.iter().cloned().chain(request.env).collect(),
                 timeout: Some(STEP_TIMEOUT),
                 ..request
             };
@@ -259,6 +298,7 @@ impl SandboxManager {
                 let tail = lines[lines.len().saturating_sub(FAILED_TAIL_LINES)..].join("\n");
                 return Err(ManagerError::BuildFailed {
                     step: step.label(),
+                    index: None,
                     detail: format!("{:?}: {tail}", outcome.status),
                 });
             }
@@ -279,10 +319,30 @@ fn template_exists(id: &TemplateId) -> ManagerError {
     )
 }
 
+/// The command `run` describes, as its user in its directory.
+fn run_request(run: &RunStep) -> ExecRequest {
+    let argv = ["/bin/sh", "-c", &run.script, "sh"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(run.args.iter().cloned());
+    ExecRequest {
+        stdin: run.stdin.clone(),
+        env: run.env.clone().into_iter().collect(),
+        user: match run.user.as_deref() {
+            None | Some("root") => ExecUser::Root,
+            Some(name) => ExecUser::Named(name.to_owned()),
+        },
+        cwd: Some(run.workdir.clone().unwrap_or_else(|| "/".into())),
+        ..ExecRequest::new(argv)
+    }
+}
+
 /// The command that writes `file` (its contents on stdin), making its directory.
 fn write_file(file: &RecipeFile) -> ExecRequest {
     ExecRequest {
         stdin: file.contents.clone(),
+        user: ExecUser::Root,
+        cwd: Some("/".into()),
         ..ExecRequest::new([
             "/bin/sh".to_owned(),
             "-c".to_owned(),

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::tests::Harness;
 use super::*;
-use crate::recipe::{DebianBase, Recipe};
+use crate::recipe::{DebianBase, Recipe, RunStep};
 use crate::testing::FakeCall;
 
 fn recipe(id: &str, pip: &[&str], run: &[&str]) -> Recipe {
@@ -18,9 +18,11 @@ fn recipe(id: &str, pip: &[&str], run: &[&str]) -> Recipe {
         pip: pip.iter().map(|p| (*p).to_owned()).collect(),
         npm: Vec::new(),
         files: Vec::new(),
-        run: run.iter().map(|r| (*r).to_owned()).collect(),
+        run: run.iter().map(|r| RunStep::root(*r)).collect(),
         env: BTreeMap::from([("LANG".into(), "C.UTF-8".into())]),
         start: None,
+        user: None,
+        workdir: None,
     }
 }
 
@@ -190,10 +192,20 @@ async fn test_a_shipped_recipe_is_built_once_rebuilt_when_it_changes_and_never_o
     assert_eq!(derives(), 2);
     assert_eq!(count(&harness, |c| matches!(c, FakeCall::Bootstrap(_))), 1);
 
-    // A template of that name that a user made is never built over.
+    // A template a build made records its recipe, so a rebuild may replace it...
     let (mine, _) = build(&manager, recipe("mine", &[], &["true"])).await;
-    mine.unwrap();
-    let refused = ensure(recipe("mine", &["six"], &[])).await.unwrap_err();
+    assert_eq!(
+        mine.unwrap().built_from,
+        Some(recipe("mine", &[], &["true"]).validate().unwrap().digest())
+    );
+    let (log, _lines) = tokio::sync::mpsc::unbounded_channel();
+    let rebuilt = manager
+        .rebuild_template(recipe("mine", &["six"], &["true"]), log)
+        .await
+        .unwrap();
+    assert_eq!(rebuilt.id.as_str(), "mine");
+    // ...but one nobody built (the base, a snapshot, an import) is never built over.
+    let refused = ensure(recipe("base", &["six"], &[])).await.unwrap_err();
     assert_eq!(
         refused.kind(),
         crate::error::ErrorKind::AlreadyExists,
@@ -201,10 +213,61 @@ async fn test_a_shipped_recipe_is_built_once_rebuilt_when_it_changes_and_never_o
     );
     assert_eq!(
         manager
-            .template(&"mine".parse().unwrap())
+            .template(&"base".parse().unwrap())
             .await
             .unwrap()
             .built_from,
         None
     );
+}
+
+#[tokio::test]
+async fn test_a_run_step_runs_as_its_user_in_its_directory_with_its_input_and_variables() {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+    let mut with_context = recipe("ctx", &[], &[]);
+    with_context.run = vec![
+        RunStep {
+            label: Some("COPY app /srv".into()),
+            args: vec!["app".into(), "/srv".into()],
+            stdin: b"an archive".to_vec(),
+            workdir: Some("/srv".into()),
+            env: BTreeMap::from([("GREETING".into(), "hi".into())]),
+            ..RunStep::root("unpack \"$1\" \"$2\"")
+        },
+        RunStep {
+            user: Some("user".into()),
+            ..RunStep::root("make")
+        },
+    ];
+    with_context.user = Some("root".into());
+    with_context.workdir = Some("/srv".into());
+
+    let (built, log) = build(&manager, with_context).await;
+
+    let built = built.unwrap();
+    assert_eq!(
+        (built.default_user.as_str(), built.default_workdir.as_str()),
+        ("root", "/srv")
+    );
+    assert!(
+        log.iter().any(|l| l.contains("run[0]: COPY app /srv")),
+        "{log:?}"
+    );
+    let requests = harness.runtime.exec_requests();
+    let copy = requests
+        .iter()
+        .find(|r| r.argv.get(2).is_some_and(|s| s.starts_with("unpack")))
+        .unwrap();
+    assert_eq!(copy.argv[3..], ["sh", "app", "/srv"]);
+    assert_eq!(copy.stdin, b"an archive");
+    assert_eq!(copy.user, crate::exec::ExecUser::Root);
+    assert_eq!(copy.cwd.as_deref(), Some("/srv"));
+    assert!(copy.env.contains(&("GREETING".to_owned(), "hi".to_owned())));
+    let make = requests
+        .iter()
+        .find(|r| r.argv.get(2).is_some_and(|s| s == "make"))
+        .unwrap();
+    assert_eq!(make.user, crate::exec::ExecUser::Named("user".into()));
+    assert_eq!(make.cwd.as_deref(), Some("/"));
 }

@@ -35,6 +35,9 @@ pub enum ManagerError {
     BuildFailed {
         /// The step.
         step: String,
+        /// Its position among the recipe's steps ([`crate::recipe::Recipe::steps`]), where
+        /// one step failed.
+        index: Option<usize>,
         /// What it said last.
         detail: String,
     },

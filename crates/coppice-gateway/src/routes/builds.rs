@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use coppice_core::recipe::{DebianBase, Recipe, RecipeFile};
+use coppice_core::recipe::{DebianBase, Recipe, RecipeFile, RunStep};
 use coppice_core::storage::TemplateStart;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt;
@@ -42,6 +42,12 @@ struct RecipeBody {
     env: BTreeMap<String, String>,
     #[serde(default)]
     start: Option<StartBody>,
+    /// The default user of the template's sandboxes.
+    #[serde(default)]
+    user: Option<String>,
+    /// Their default working directory.
+    #[serde(default)]
+    workdir: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -86,7 +92,7 @@ fn recipe(body: &[u8]) -> Result<Recipe, ApiError> {
 pub fn parse_recipe(body: &[u8]) -> Result<Recipe, String> {
     let body: RecipeBody = serde_json::from_slice(body).map_err(|e| {
         format!(
-            "expected a recipe ({{\"templateID\", \"debian\": {{\"release\", \"packages\"}}, \"pip\", \"npm\", \"files\", \"run\", \"env\", \"start\"}}): {e}"
+            "expected a recipe ({{\"templateID\", \"debian\": {{\"release\", \"packages\"}}, \"pip\", \"npm\", \"files\", \"run\", \"env\", \"start\", \"user\", \"workdir\"}}): {e}"
         )
     })?;
     let id = body
@@ -110,12 +116,14 @@ pub fn parse_recipe(body: &[u8]) -> Result<Recipe, String> {
                 mode: file.mode,
             })
             .collect(),
-        run: body.run,
+        run: body.run.into_iter().map(RunStep::root).collect(),
         env: body.env,
         start: body.start.map(|start| TemplateStart {
             command: start.command,
             ready: start.ready,
         }),
+        user: body.user,
+        workdir: body.workdir,
     }
     .validate()
     .map_err(|e| e.to_string())

@@ -155,6 +155,14 @@ impl OverlayStorage {
             source_digest: meta.built_from.clone(),
             start: meta.start.clone().or_else(|| parent.start.clone()),
             env,
+            default_user: meta
+                .default_user
+                .clone()
+                .unwrap_or_else(|| parent.default_user.clone()),
+            default_workdir: meta
+                .default_workdir
+                .clone()
+                .unwrap_or_else(|| parent.default_workdir.clone()),
             ..parent
         };
         record.write(&path).map_err(overlay)?;

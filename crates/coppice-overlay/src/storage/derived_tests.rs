@@ -161,6 +161,8 @@ fn test_a_derived_template_shares_its_parents_layers_with_its_own_environment_an
             command: "serve".into(),
             ready: None,
         }),
+        default_user: Some("root".into()),
+        default_workdir: Some("/srv".into()),
         built_from: None,
     };
 
@@ -171,7 +173,8 @@ fn test_a_derived_template_shares_its_parents_layers_with_its_own_environment_an
 
     assert_eq!(derived.env, meta.env);
     assert_eq!(derived.start, meta.start);
-    assert_eq!(derived.default_user, base.default_user);
+    assert_eq!(derived.default_user, "root");
+    assert_eq!(derived.default_workdir, "/srv");
     let record = harness.storage.read_template(&derived.id).unwrap();
     let parent = harness.storage.read_template(&base.id).unwrap();
     assert_eq!(record.layers, parent.layers, "nothing copied");
@@ -200,8 +203,13 @@ fn test_a_recipe_build_replaces_the_stand_in_and_later_builds_but_never_a_users_
         env: vec![("MPLBACKEND".into(), "Agg".into())],
         start: None,
         built_from: Some(digest.into()),
+        ..TemplateMeta::default()
     };
 
+    assert!(
+        harness.storage.delete_template(&stand_in.id).is_err(),
+        "a stand-in made from sources is coppice's"
+    );
     let built = harness
         .storage
         .derive_template(&stand_in.id, &base.id, &recipe_build("recipe:1"))
@@ -247,4 +255,6 @@ fn test_a_recipe_build_replaces_the_stand_in_and_later_builds_but_never_a_users_
             .built_from,
         None
     );
+    // A recipe's build may be deleted (a shipped one comes back at the next start).
+    harness.storage.delete_template(&stand_in.id).unwrap();
 }

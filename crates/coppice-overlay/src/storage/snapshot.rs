@@ -82,10 +82,13 @@ impl OverlayStorage {
     /// Removes template `id`; layers no other template or sandbox uses go with it.
     pub(super) fn delete_template(&self, id: &TemplateId) -> Result<()> {
         let _guard = self.lock_builds();
+        // A stand-in made from sources is coppice's; a recipe's build may go (a shipped one
+        // comes back at the next start).
         let built_from_sources = TemplateRecord::read(&self.template_path(id), id)
             .ok()
             .flatten()
-            .is_some_and(|record| record.source_digest.is_some());
+            .and_then(|record| record.source_digest)
+            .is_some_and(|digest| !digest.starts_with(coppice_core::recipe::RECIPE_DIGEST_PREFIX));
         if id.as_str() == base::BASE_TEMPLATE || built_from_sources {
             return Err(OverlayError::BuiltinTemplate {
                 template: id.clone(),

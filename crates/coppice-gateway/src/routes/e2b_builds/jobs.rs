@@ -1,0 +1,300 @@
+//! The builds and uploads of E2B's template-build API, in memory: a build is opened by
+//! `POST /v3/templates`, started once, and polled for its log until it ends; a `COPY` step's
+//! files wait here, under a one-use upload token, until a build takes them. A restart of the
+//! daemon forgets both (the SDKs then see 404 and upload again).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use coppice_core::TemplateId;
+
+/// Builds remembered; past this, the oldest not running is forgotten as a new one opens.
+const MAX_KEPT_BUILDS: usize = 256;
+/// Most bytes of uploads kept at once (each one is at most a run step's input).
+pub(crate) const MAX_UPLOADED_BYTES: usize = 512 << 20;
+
+/// Where a build is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BuildState {
+    /// Opened, its steps not sent yet.
+    Waiting,
+    /// Running.
+    Building,
+    /// Its template is made.
+    Ready,
+    /// It failed.
+    Error,
+}
+
+impl BuildState {
+    pub(crate) fn wire(self) -> &'static str {
+        match self {
+            Self::Waiting => "waiting",
+            Self::Building => "building",
+            Self::Ready => "ready",
+            Self::Error => "error",
+        }
+    }
+}
+
+/// A line of a build's log.
+#[derive(Debug, Clone)]
+pub(crate) struct LogLine {
+    pub(crate) at: SystemTime,
+    pub(crate) error: bool,
+    pub(crate) message: String,
+}
+
+/// Why a build failed.
+#[derive(Debug, Clone)]
+pub(crate) struct Failure {
+    pub(crate) message: String,
+    /// The E2B step (`"base"`, or its number) that failed, when one did.
+    pub(crate) step: Option<String>,
+}
+
+/// One build.
+#[derive(Debug, Clone)]
+pub(crate) struct Build {
+    /// When it was opened, in the order of openings.
+    opened: u64,
+    pub(crate) template: TemplateId,
+    pub(crate) state: BuildState,
+    pub(crate) log: Vec<LogLine>,
+    pub(crate) failure: Option<Failure>,
+}
+
+#[derive(Debug)]
+struct Upload {
+    template: TemplateId,
+    hash: String,
+    token: String,
+    files: Option<Arc<Vec<u8>>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    builds: HashMap<String, Build>,
+    uploads: Vec<Upload>,
+    openings: u64,
+}
+
+/// Every build and upload.
+#[derive(Debug, Default)]
+pub(crate) struct Jobs {
+    inner: Mutex<Inner>,
+}
+
+impl Jobs {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding it left plain data behind, still consistent.
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Opens build `build_id` of `template`.
+    pub(crate) fn open(&self, build_id: &str, template: TemplateId) {
+        let mut inner = self.lock();
+        while inner.builds.len() >= MAX_KEPT_BUILDS {
+            let oldest = inner
+                .builds
+                .iter()
+                .filter(|(_, build)| build.state != BuildState::Building)
+                .min_by_key(|(_, build)| build.opened)
+                .map(|(id, _)| id.clone());
+            match oldest {
+                Some(id) => inner.builds.remove(&id),
+                None => break,
+            };
+        }
+        inner.openings += 1;
+        let opened = inner.openings;
+        inner.builds.insert(
+            build_id.to_owned(),
+            Build {
+                opened,
+                template,
+                state: BuildState::Waiting,
+                log: Vec::new(),
+                failure: None,
+            },
+        );
+    }
+
+    /// Build `build_id` of `template`, if it is one.
+    pub(crate) fn build(&self, template: &TemplateId, build_id: &str) -> Option<Build> {
+        self.lock()
+            .builds
+            .get(build_id)
+            .filter(|build| build.template == *template)
+            .cloned()
+    }
+
+    /// Moves a waiting build to building; false if it is not waiting (started already).
+    pub(crate) fn start(&self, template: &TemplateId, build_id: &str) -> bool {
+        let mut inner = self.lock();
+        match inner.builds.get_mut(build_id) {
+            Some(build) if build.template == *template && build.state == BuildState::Waiting => {
+                build.state = BuildState::Building;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Adds a line to build `build_id`'s log.
+    pub(crate) fn log(&self, build_id: &str, error: bool, message: String) {
+        if let Some(build) = self.lock().builds.get_mut(build_id) {
+            build.log.push(LogLine {
+                at: SystemTime::now(),
+                error,
+                message,
+            });
+        }
+    }
+
+    /// Ends build `build_id`: ready, or failed with `failure`.
+    pub(crate) fn finish(&self, build_id: &str, failure: Option<Failure>) {
+        if let Some(build) = self.lock().builds.get_mut(build_id) {
+            build.state = if failure.is_some() {
+                BuildState::Error
+            } else {
+                BuildState::Ready
+            };
+            build.failure = failure;
+        }
+    }
+
+    /// Whether `template`'s files with `hash` are here; if not, the token to upload them with.
+    pub(crate) fn upload_slot(
+        &self,
+        template: &TemplateId,
+        hash: &str,
+        token: String,
+    ) -> Result<(), String> {
+        let mut inner = self.lock();
+        if let Some(upload) = inner
+            .uploads
+            .iter()
+            .find(|u| u.template == *template && u.hash == hash)
+        {
+            return match upload.files {
+                Some(_) => Ok(()),
+                None => Err(upload.token.clone()),
+            };
+        }
+        inner.uploads.push(Upload {
+            template: template.clone(),
+            hash: hash.to_owned(),
+            token: token.clone(),
+            files: None,
+        });
+        Err(token)
+    }
+
+    /// Keeps the files uploaded under `token`.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown token; `TooMany` when the uploads kept would pass their
+    /// bound.
+    pub(crate) fn put(&self, token: &str, files: Vec<u8>) -> Result<(), UploadError> {
+        let mut inner = self.lock();
+        let kept: usize = inner
+            .uploads
+            .iter()
+            .filter_map(|u| u.files.as_ref().map(|f| f.len()))
+            .sum();
+        let upload = inner
+            .uploads
+            .iter_mut()
+            .find(|u| u.token == token)
+            .ok_or(UploadError::NotFound)?;
+        if kept.saturating_add(files.len()) > MAX_UPLOADED_BYTES {
+            return Err(UploadError::TooMany);
+        }
+        upload.files = Some(Arc::new(files));
+        Ok(())
+    }
+
+    /// The files of `template` with `hash`, if uploaded.
+    pub(crate) fn files(&self, template: &TemplateId, hash: &str) -> Option<Arc<Vec<u8>>> {
+        self.lock()
+            .uploads
+            .iter()
+            .find(|u| u.template == *template && u.hash == hash)
+            .and_then(|u| u.files.clone())
+    }
+
+    /// Lets go of `template`'s uploads (its build has them).
+    pub(crate) fn forget_uploads(&self, template: &TemplateId) {
+        self.lock().uploads.retain(|u| u.template != *template);
+    }
+}
+
+/// Why an upload is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum UploadError {
+    /// No upload waits under that token.
+    NotFound,
+    /// The uploads kept would pass [`MAX_UPLOADED_BYTES`].
+    TooMany,
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn id(name: &str) -> TemplateId {
+        name.parse().unwrap()
+    }
+
+    #[test]
+    fn test_the_oldest_builds_not_running_are_forgotten_first() {
+        let jobs = Jobs::default();
+        jobs.open("running", id("a"));
+        assert!(jobs.start(&id("a"), "running"));
+        for n in 0..MAX_KEPT_BUILDS + 5 {
+            jobs.open(&format!("b{n}"), id("b"));
+        }
+        assert!(
+            jobs.build(&id("a"), "running").is_some(),
+            "a running build stays"
+        );
+        assert!(jobs.build(&id("b"), "b0").is_none());
+        assert!(
+            jobs.build(&id("b"), &format!("b{}", MAX_KEPT_BUILDS + 4))
+                .is_some()
+        );
+        assert_eq!(jobs.lock().builds.len(), MAX_KEPT_BUILDS);
+    }
+
+    #[test]
+    fn test_uploads_wait_under_one_token_within_their_bound() {
+        let jobs = Jobs::default();
+        let token = jobs.upload_slot(&id("a"), "h", "t1".into()).unwrap_err();
+        assert_eq!(token, "t1");
+        // Asked again before the upload: the same token.
+        assert_eq!(
+            jobs.upload_slot(&id("a"), "h", "t2".into()),
+            Err("t1".into())
+        );
+        assert_eq!(jobs.put("nope", vec![1]), Err(UploadError::NotFound));
+        jobs.put("t1", vec![1, 2]).unwrap();
+        assert_eq!(jobs.upload_slot(&id("a"), "h", "t3".into()), Ok(()));
+        assert_eq!(jobs.files(&id("a"), "h").unwrap().as_slice(), [1, 2]);
+        assert!(
+            jobs.files(&id("b"), "h").is_none(),
+            "uploads are per template"
+        );
+        let big = jobs.upload_slot(&id("a"), "big", "t4".into()).unwrap_err();
+        assert_eq!(
+            jobs.put(&big, vec![0; MAX_UPLOADED_BYTES]),
+            Err(UploadError::TooMany)
+        );
+        jobs.forget_uploads(&id("a"));
+        assert!(jobs.files(&id("a"), "h").is_none());
+    }
+}
