@@ -16,6 +16,7 @@ from e2b import Sandbox, Template, wait_for_file
 from e2b.exceptions import BuildException
 
 from checks import check, finish, step
+from control_api import call
 
 NAME = "e2b-built"
 
@@ -27,6 +28,7 @@ def recorded(context, marker):
         .set_envs({"GREETING": "hello"})
         .apt_install(["jq"])
         .run_cmd("echo \"$GREETING from $(whoami)\" > /home/user/greeting")
+        .copy("site", "/home/user/", user="root:user", mode=0o640)
         .set_workdir("/opt/app")
         .copy("hello.txt", "/opt/app/")
         .copy("site", "/opt/app/site", mode=0o640)
@@ -45,14 +47,20 @@ def main():
             f.write("<h1>hi</h1>\n")
         with open(os.path.join(context, "site", "css", "a.css"), "w") as f:
             f.write("h1 {}\n")
-        first = build(recorded(context, "one"), "first build")
-        check_sandbox("one")
+        first = build(recorded(context, "one"), "first build", tags=["v1"])
+        check_sandbox(NAME, "one")
         second = build(recorded(context, "two"), "rebuild with one step changed")
-        check_sandbox("two")
+        check_sandbox(NAME, "two")
+        check_sandbox(f"{NAME}:v1", "one")
+        tags()
         if first is not None and second is not None:
             check("the rebuild reuses the unchanged steps",
                   second[1] < first[1] and any("(cached)" in line for line in second[0]),
                   f"{first[1]:.1f} s, then {second[1]:.1f} s")
+    status, kept = call("GET", f"/templates/{NAME}/build-log")
+    check("the build's log is kept with the template",
+          status == 200 and any(line.startswith(f"==> template {NAME} ready")
+                                for line in kept.get("lines", [])), repr(kept)[:300])
     check("Template.exists sees the template", step("exists", lambda: Template.exists(NAME)))
     check("and not one never built",
           step("exists (missing)", lambda: Template.exists("never-built")) is False)
@@ -60,11 +68,11 @@ def main():
     return finish()
 
 
-def build(template, what):
+def build(template, what, tags=None):
     lines = []
     began = time.monotonic()
     built = step(what, lambda: Template.build(
-        template, NAME, on_build_logs=lambda entry: lines.append(entry.message)))
+        template, NAME, tags=tags, on_build_logs=lambda entry: lines.append(entry.message)))
     took = time.monotonic() - began
     print(f"{what}: {took:.1f} s", flush=True)
     check(f"{what} succeeds", built is not None)
@@ -73,8 +81,25 @@ def build(template, what):
     return (lines, took) if built is not None else None
 
 
-def check_sandbox(marker):
-    sandbox = step("create", lambda: Sandbox.create(template=NAME, timeout=120))
+def tags():
+    listed = step("get_tags", lambda: Template.get_tags(NAME))
+    names = sorted(t.tag for t in listed or [])
+    check("get_tags lists the name's tags", names == ["latest", "v1"], repr(listed))
+    step("assign_tags", lambda: Template.assign_tags(f"{NAME}:v1", ["stable"]))
+    stable = step("create from the new tag",
+                  lambda: Sandbox.create(template=f"{NAME}:stable", timeout=120))
+    if stable is not None:
+        marker = step("marker", lambda: stable.commands.run("cat marker"))
+        check("a tag assigned from another stands for the same build",
+              marker is not None and marker.stdout.strip() == "one", repr(marker))
+        step("kill", lambda: stable.kill())
+    step("remove_tags", lambda: Template.remove_tags(NAME, ["stable"]))
+    after = sorted(t.tag for t in step("get_tags", lambda: Template.get_tags(NAME)) or [])
+    check("remove_tags removes the tag", after == ["latest", "v1"], repr(after))
+
+
+def check_sandbox(template, marker):
+    sandbox = step("create", lambda: Sandbox.create(template=template, timeout=120))
     if sandbox is None:
         return
     try:
@@ -91,6 +116,13 @@ def check_sandbox(marker):
               == ["hello from user", "unset"], repr(greeting))
         copied = run("cat hello.txt site/index.html site/css/a.css; stat -c '%U %a' hello.txt "
                      "site/index.html; cat marker")
+        home = run("stat -c '%U %G %a' /home/user /home/user/greeting /home/user/index.html "
+                   "/home/user/css/a.css")
+        check("COPY into an existing directory leaves what was there, and takes its owner "
+              "(user:group) and mode",
+              home is not None and home.stdout.split("\n") == [
+                  "user user 755", "user user 644", "root user 640", "root user 640", ""],
+              repr(home))
         check("COPY brought the file and the directory's contents, owned by the user",
               copied is not None and copied.stdout.split("\n") == [
                   "copied", "<h1>hi</h1>", "h1 {}", "user 644", "user 640", marker, ""],
@@ -113,6 +145,11 @@ def failing():
               str(e))
     check("and leaves no template",
           step("exists (broken)", lambda: Template.exists("e2b-broken")) is False)
+    try:
+        Template.build(Template().from_debian_image("bookworm").run_cmd("true"), "python")
+        check("a shipped template's name is refused", False, "it built")
+    except BuildException as e:
+        check("a shipped template's name is refused", "coppice ships" in str(e), str(e))
     pulled = Template().from_image("ubuntu:22.04").run_cmd("true")
     try:
         Template.build(pulled, "e2b-ubuntu")

@@ -1,4 +1,4 @@
-//! `coppice template …`: list, inspect, import and delete templates.
+//! `coppice template …`: list, inspect, import, build, delete and tag templates.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -34,9 +34,36 @@ pub enum TemplateCommand {
         /// The recipe.
         recipe: PathBuf,
     },
-    /// Deletes a template (sandboxes made from it keep their files).
+    /// Deletes a template and its tags (sandboxes made from them keep their files).
     Delete {
         /// The template.
+        id: String,
+    },
+    /// Points tags of a built template's name at one of its builds (`name` or `name:tag`);
+    /// sandboxes start from a tagged build as `name:tag`.
+    Tag {
+        /// The build: `name` (its latest) or `name:tag`.
+        target: String,
+        /// The tags.
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Removes tags of a template.
+    Untag {
+        /// The template's name.
+        name: String,
+        /// The tags.
+        #[arg(required = true)]
+        tags: Vec<String>,
+    },
+    /// Lists a template's tags and the builds they stand for.
+    Tags {
+        /// The template's name.
+        name: String,
+    },
+    /// Prints the log of the build that made a template.
+    Log {
+        /// The template (`name` or `name:tag`).
         id: String,
     },
 }
@@ -114,6 +141,28 @@ pub async fn run(
         TemplateCommand::Delete { id } => {
             client.delete_template(id).await?;
             writeln!(out, "deleted {id}")?;
+        }
+        TemplateCommand::Tag { target, tags } => {
+            client.tag_template(target, tags).await?;
+            writeln!(out, "tagged {target}: {}", tags.join(", "))?;
+        }
+        TemplateCommand::Untag { name, tags } => {
+            client.untag_template(name, tags).await?;
+            writeln!(out, "untagged {name}: {}", tags.join(", "))?;
+        }
+        TemplateCommand::Log { id } => {
+            let lines = client.template_build_log(id).await?;
+            if json {
+                writeln!(out, "{}", serde_json::json!({ "lines": lines }))?;
+            } else {
+                for line in lines {
+                    writeln!(out, "{line}")?;
+                }
+            }
+        }
+        TemplateCommand::Tags { name } => {
+            let tags = client.template_tags(name).await?;
+            print_all(out, json, &tags, &["tag", "buildID", "createdAt"])?;
         }
     }
     Ok(())

@@ -99,14 +99,39 @@ impl FromStr for SandboxId {
 formatted_as_its_text!(SandboxId);
 
 /// The name of a template: lowercase letters, digits, `-`, `_` and `.`, starting with a letter or
-/// digit (so it is safe as a file name and a ZFS dataset component).
+/// digit (so it is safe as a file name and a ZFS dataset component), optionally followed by
+/// `:` and a tag of the same characters (`name:v1`, a tagged build of `name`). `name:latest`
+/// is `name` itself.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TemplateId(String);
+
+/// The tag every template's own name stands for.
+pub const LATEST_TAG: &str = "latest";
 
 impl TemplateId {
     /// The id as a string slice.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The template's name, without its tag.
+    pub fn name(&self) -> &str {
+        self.0
+            .split_once(':')
+            .map_or(self.0.as_str(), |(name, _)| name)
+    }
+
+    /// Its tag, if it names a tagged build.
+    pub fn tag(&self) -> Option<&str> {
+        self.0.split_once(':').map(|(_, tag)| tag)
+    }
+
+    /// The id of this template's name with `tag` (the name itself for `latest`).
+    ///
+    /// # Errors
+    /// A tag that is not valid, or too long an id.
+    pub fn with_tag(&self, tag: &str) -> Result<Self, ParseIdError> {
+        format!("{}:{tag}", self.name()).parse()
     }
 }
 
@@ -118,18 +143,28 @@ impl FromStr for TemplateId {
         check_length(KIND, value, TEMPLATE_ID_MAX_LEN)?;
         let allowed_char =
             |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'-' | b'_' | b'.');
-        let first_ok = value
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
-        if !first_ok || !value.bytes().all(allowed_char) {
+        let valid = |part: &str| {
+            part.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+                && part.bytes().all(allowed_char)
+        };
+        let (name, tag) = match value.split_once(':') {
+            Some((name, tag)) => (name, Some(tag)),
+            None => (value, None),
+        };
+        if !valid(name) || tag.is_some_and(|tag| !valid(tag)) {
             return Err(ParseIdError::BadCharacter {
                 kind: KIND,
                 value: truncate_for_message(value),
-                allowed: "lowercase letters, digits, '-', '_' and '.', starting with a letter or digit",
+                allowed: "lowercase letters, digits, '-', '_' and '.', starting with a letter or digit \
+                          (and a ':tag' of the same)",
             });
         }
-        Ok(Self(value.to_owned()))
+        match tag {
+            Some(LATEST_TAG) => Ok(Self(name.to_owned())),
+            _ => Ok(Self(value.to_owned())),
+        }
     }
 }
 
@@ -322,10 +357,26 @@ mod tests {
             ("Base", false),
             ("", false),
             (&"t".repeat(65), false),
+            ("mine:v1.0", true),
+            ("mine:", false),
+            (":v1", false),
+            ("mine:v1:v2", false),
+            ("mine:V1", false),
         ];
         for (input, ok) in cases {
             assert_eq!(input.parse::<TemplateId>().is_ok(), *ok, "{input:?}");
         }
+    }
+
+    #[test]
+    fn test_a_tagged_template_id_names_its_template_and_latest_is_the_name() {
+        let tagged: TemplateId = "mine:v1".parse().unwrap();
+        assert_eq!((tagged.name(), tagged.tag()), ("mine", Some("v1")));
+        let latest: TemplateId = "mine:latest".parse().unwrap();
+        assert_eq!((latest.as_str(), latest.tag()), ("mine", None));
+        assert_eq!(tagged.with_tag("latest").unwrap().as_str(), "mine");
+        assert_eq!(latest.with_tag("prod").unwrap().as_str(), "mine:prod");
+        assert!(latest.with_tag("Bad").is_err());
     }
 
     #[test]

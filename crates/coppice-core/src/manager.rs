@@ -21,6 +21,7 @@ mod network;
 mod reconcile;
 mod snapshot;
 mod start;
+mod tags;
 mod templates;
 mod volumes;
 
@@ -47,7 +48,7 @@ use crate::runtime::{Runtime, SandboxEndpoints};
 use crate::sandbox::{AccessToken, Sandbox};
 use crate::spec::{Limits, SandboxSpec};
 use crate::state::{Operation, SandboxState};
-use crate::storage::{Storage, TemplateInfo};
+use crate::storage::Storage;
 use crate::store::Store;
 
 /// The three backends, chosen once by the daemon.
@@ -135,6 +136,9 @@ struct Inner {
     volume_mounts: Mutex<()>,
     /// Since when each sandbox has been paused in memory, or that it cannot pause durably.
     memory_paused: Mutex<HashMap<SandboxId, durable::Watch>>,
+    /// One lock per template name that serialises its builds, so they replace it in the
+    /// order they were asked for.
+    template_builds: Mutex<HashMap<TemplateId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl SandboxManager {
@@ -162,6 +166,7 @@ impl SandboxManager {
                 operations: Mutex::new(HashMap::new()),
                 volume_mounts: Mutex::new(()),
                 memory_paused: Mutex::new(HashMap::new()),
+                template_builds: Mutex::new(HashMap::new()),
             }),
         };
         manager.reconcile().await?;
@@ -456,20 +461,6 @@ impl SandboxManager {
         let inner = Arc::clone(&self.inner);
         let id = id.clone();
         Ok(blocking("read events", move || inner.store.events(&id)).await??)
-    }
-
-    /// Every template.
-    ///
-    /// # Errors
-    /// A storage failure.
-    pub async fn templates(&self) -> Result<Vec<TemplateInfo>, ManagerError> {
-        let storage = Arc::clone(&self.inner.backends.storage);
-        let mut templates = blocking("list templates", move || storage.templates())
-            .await?
-            .map_err(|source| ManagerError::from_storage("list templates", source))?;
-        // The build cache's steps are no one's templates.
-        templates.retain(|template| !Self::is_build_cache(&template.id));
-        Ok(templates)
     }
 
     fn oom_seen(&self) -> MutexGuard<'_, HashMap<SandboxId, u64>> {
@@ -778,6 +769,8 @@ mod network_tests;
 mod snapshot_tests;
 #[cfg(test)]
 mod start_tests;
+#[cfg(test)]
+mod tag_tests;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
@@ -57,8 +58,8 @@ pub struct RunStep {
     pub script: String,
     /// Its positional arguments.
     pub args: Vec<String>,
-    /// Its standard input (an archive a copy unpacks).
-    pub stdin: Vec<u8>,
+    /// Its standard input (an archive a copy unpacks), shared by every copy of the step.
+    pub stdin: Arc<[u8]>,
     /// The user it runs as (`None`: sandbox root).
     pub user: Option<String>,
     /// Its working directory (`None`: `/`).
@@ -74,7 +75,7 @@ impl RunStep {
             label: None,
             script: script.into(),
             args: Vec::new(),
-            stdin: Vec::new(),
+            stdin: Arc::from(Vec::new()),
             user: None,
             workdir: None,
             env: BTreeMap::new(),
@@ -164,7 +165,14 @@ fn refuse(field: impl Into<String>, reason: impl Into<String>) -> RecipeError {
 
 /// Template ids no caller may give a new template, besides the cache's: the names of the
 /// template routes' own paths.
-const RESERVED_TEMPLATE_IDS: [&str; 3] = ["imports", "builds", "aliases"];
+const RESERVED_TEMPLATE_IDS: [&str; 4] = ["imports", "builds", "aliases", "tags"];
+/// The templates coppice ships (built from its own recipes, and replaced when those change),
+/// which no caller may build, import or snapshot over.
+pub const SHIPPED_TEMPLATE_IDS: [&str; 2] = ["python", "code-interpreter-v1"];
+/// Most run steps a recipe may have.
+const MAX_RUN_STEPS: usize = 500;
+/// Most input all of a recipe's run steps may take together.
+pub const MAX_RECIPE_INPUT_BYTES: usize = 256 << 20;
 
 /// Refuses an id a caller may not give a new template (made by a build, an import or a
 /// snapshot): the build cache's, and the template routes' own names.
@@ -178,19 +186,31 @@ pub fn check_template_name(id: &TemplateId) -> Result<(), RecipeError> {
             format!("ids starting with {CACHE_PREFIX:?} are the build cache's"),
         ));
     }
+    if id.tag().is_some() {
+        return Err(refuse(
+            "templateID",
+            format!("{id:?} names a tag: tags are given to built templates (tags)"),
+        ));
+    }
     if RESERVED_TEMPLATE_IDS.contains(&id.as_str()) {
         return Err(refuse("templateID", format!("{id:?} is reserved")));
+    }
+    if SHIPPED_TEMPLATE_IDS.contains(&id.as_str()) {
+        return Err(refuse(
+            "templateID",
+            format!("{id:?} is a template coppice ships: pick another name"),
+        ));
     }
     Ok(())
 }
 
 impl Recipe {
-    /// Checks every field; sorts and dedupes the Debian packages.
+    /// Checks every field but the template's name (see [`check_template_name`], which
+    /// callers building for users apply); sorts and dedupes the Debian packages.
     ///
     /// # Errors
     /// [`RecipeError`] naming the first bad field.
     pub fn validate(mut self) -> Result<Self, RecipeError> {
-        check_template_name(&self.id)?;
         let release = &self.debian.release;
         if release.is_empty()
             || release.len() > 32
@@ -249,8 +269,21 @@ impl Recipe {
                 return Err(refuse(format!("files[{n}].mode"), "not permission bits"));
             }
         }
+        if self.run.len() > MAX_RUN_STEPS {
+            return Err(refuse("run", format!("more than {MAX_RUN_STEPS} steps")));
+        }
         for (n, step) in self.run.iter().enumerate() {
             step.check(&format!("run[{n}]"))?;
+        }
+        let input: usize = self.run.iter().map(|step| step.stdin.len()).sum();
+        if input > MAX_RECIPE_INPUT_BYTES {
+            return Err(refuse(
+                "run",
+                format!(
+                    "the steps' input passes {} MiB",
+                    MAX_RECIPE_INPUT_BYTES >> 20
+                ),
+            ));
         }
         if let Some(user) = &self.user {
             check_user("user", user)?;
@@ -403,22 +436,36 @@ impl Recipe {
             hash.update((bytes.len() as u64).to_le_bytes());
             hash.update(bytes);
         };
+        // Each section tagged and counted, and every option marked, so no two recipes
+        // share a digest by moving text from one section to another.
+        let option = |tag: &[u8], value: Option<&str>, field: &mut dyn FnMut(&[u8])| {
+            field(tag);
+            match value {
+                Some(text) => {
+                    field(b"some");
+                    field(text.as_bytes());
+                }
+                None => field(b"none"),
+            }
+        };
+        field(b"steps");
         field(
             self.steps()
                 .last()
                 .map_or("", |step| step.key.as_str())
                 .as_bytes(),
         );
+        field(b"env");
+        field(&(self.env.len() as u64).to_le_bytes());
         for (name, value) in &self.env {
             field(name.as_bytes());
             field(value.as_bytes());
         }
-        if let Some(start) = &self.start {
-            field(start.command.as_bytes());
-            field(start.ready.as_deref().unwrap_or("").as_bytes());
-        }
-        field(self.user.as_deref().unwrap_or("").as_bytes());
-        field(self.workdir.as_deref().unwrap_or("").as_bytes());
+        let start = self.start.as_ref();
+        option(b"start", start.map(|s| s.command.as_str()), &mut field);
+        option(b"ready", start.and_then(|s| s.ready.as_deref()), &mut field);
+        option(b"user", self.user.as_deref(), &mut field);
+        option(b"workdir", self.workdir.as_deref(), &mut field);
         format!("{RECIPE_DIGEST_PREFIX}{}", hex(hash))
     }
 }
@@ -560,7 +607,10 @@ mod tests {
         assert_ne!(base, changed(|r| r.pip.push("idna".into())));
         assert_ne!(base, changed(|r| r.files[0].mode = 0o600));
         assert_ne!(base, changed(|r| r.run[0].user = Some("user".into())));
-        assert_ne!(base, changed(|r| r.run[0].stdin = b"tar".to_vec()));
+        assert_ne!(
+            base,
+            changed(|r| r.run[0].stdin = Arc::from(b"tar".as_slice()))
+        );
         assert_ne!(base, changed(|r| r.workdir = Some("/srv".into())));
         // A label is only what the log says.
         assert_eq!(base, changed(|r| r.run[0].label = Some("copy".into())));
@@ -623,7 +673,7 @@ mod tests {
             "run[0].workdir"
         );
         assert_eq!(
-            refused(|r| r.run[0].stdin = vec![0; MAX_STEP_INPUT_BYTES + 1]),
+            refused(|r| r.run[0].stdin = Arc::from(vec![0; MAX_STEP_INPUT_BYTES + 1])),
             "run[0].input"
         );
         assert_eq!(refused(|r| r.user = Some(String::new())), "user");
@@ -634,6 +684,21 @@ mod tests {
             }),
             "env"
         );
-        assert_eq!(refused(|r| r.id = "build-x".parse().unwrap()), "templateID");
+    }
+
+    #[test]
+    fn test_names_of_the_cache_the_routes_the_shipped_templates_and_tags_are_refused() {
+        for name in [
+            "build-x",
+            "imports",
+            "tags",
+            "python",
+            "code-interpreter-v1",
+            "mine:v1",
+        ] {
+            let error = check_template_name(&name.parse().unwrap()).unwrap_err();
+            assert_eq!(error.field, "templateID", "{name}");
+        }
+        check_template_name(&"python-data".parse().unwrap()).unwrap();
     }
 }

@@ -21,6 +21,7 @@ use crate::spec::{NetworkSpec, SandboxSpec, TimeoutAction};
 use crate::state::{PauseMode, SandboxState};
 use crate::volume::VolumeMount;
 
+mod build_logs;
 mod dir_snapshots;
 mod volumes;
 
@@ -289,6 +290,11 @@ CREATE TABLE IF NOT EXISTS volumes (
     id TEXT PRIMARY KEY,
     name TEXT NOT NULL UNIQUE,
     record TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS build_logs (
+    template TEXT PRIMARY KEY,
+    written_at_ms INTEGER NOT NULL,
+    log TEXT NOT NULL
 );
 ";
 

@@ -70,7 +70,7 @@ pub struct Cli {
     /// Where the shipped templates (`python`, `code-interpreter-v1`) come from: `build`
     /// makes stand-ins over the host's `/usr` at start, then builds each from its recipe in
     /// the background (from the Debian archive the host's apt uses) and swaps it in once
-    /// built; `host` keeps the stand-ins only.
+    /// built; `host` builds nothing (a template built at an earlier start stays).
     #[arg(long, env = "COPPICE_SHIPPED_TEMPLATES", value_enum, default_value_t = ShippedTemplates::Build)]
     pub shipped_templates: ShippedTemplates,
     /// Log filter (tracing `EnvFilter` syntax); `RUST_LOG` wins when set.

@@ -50,6 +50,7 @@ pub fn router(state: AppState) -> Router {
         .merge(template_builds)
         .merge(routes::sandboxes::routes())
         .merge(routes::templates::routes())
+        .merge(routes::template_tags::routes())
         .merge(routes::builds::routes())
         .merge(routes::snapshots::routes())
         .merge(routes::volumes::routes())

@@ -7,6 +7,7 @@ pub mod health;
 pub mod network;
 pub mod sandboxes;
 pub mod snapshots;
+pub mod template_tags;
 pub mod templates;
 pub mod volume_content;
 pub mod volumes;

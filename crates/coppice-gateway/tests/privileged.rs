@@ -123,8 +123,23 @@ fn test_shipped_templates_are_built_from_their_recipes_and_serve_both_sdks() {
 
     // At the next start neither the stand-in nor a rebuild takes the built template's place.
     let port = free_port();
-    let _again = start_with(dir.path(), port, &flags);
+    let again = start_with(dir.path(), port, &flags);
     wait_healthy(port);
+    // Both recipes looked at again (the log is shared with the first start, which built).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while again
+        .log_tail(400)
+        .matches("template up to date with its recipe")
+        .count()
+        < 2
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the second start did not find both templates up to date:\n{}",
+            again.log_tail(60)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
     let kept = call(port, "GET", "/templates/code-interpreter-v1");
     let identity = |response: &str| {
         let body = response.split("\r\n\r\n").nth(1).unwrap_or_default();
@@ -381,6 +396,24 @@ fn test_coppice_cli_end_to_end() {
         text(&missing.stderr).contains("not found"),
         "{}",
         text(&missing.stderr)
+    );
+    let untaggable = coppice(port, &["template", "tag", "base", "v1"], b"");
+    assert!(!untaggable.status.success());
+    assert!(
+        text(&untaggable.stderr).contains("only builds are tagged"),
+        "{}",
+        text(&untaggable.stderr)
+    );
+    let tags = coppice(port, &["template", "tags", "base"], b"");
+    assert!(
+        text(&tags.stdout).lines().any(|l| l.starts_with("latest ")),
+        "{}",
+        text(&tags.stdout)
+    );
+    let log = coppice(port, &["template", "log", "base"], b"");
+    assert!(
+        log.status.success() && log.stdout.is_empty(),
+        "no build made base"
     );
     let unknown = coppice(port, &["template", "delete", "nope"], b"");
     assert!(!unknown.status.success());

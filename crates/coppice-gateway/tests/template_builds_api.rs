@@ -131,6 +131,17 @@ async fn test_a_build_uploads_its_files_runs_its_steps_and_reports_its_log() {
     )
     .await;
     assert_eq!(rest["logEntries"], serde_json::json!([]));
+    // The log stays with the template after the build is forgotten.
+    let (status, _, kept) = call(&app, "GET", "/templates/mine/build-log", &[], "").await;
+    assert_eq!(status, StatusCode::OK, "{kept}");
+    assert!(
+        kept["lines"].to_string().contains("COPY app /srv/"),
+        "{kept}"
+    );
+    let (_, _, none) = call(&app, "GET", "/templates/base/build-log", &[], "").await;
+    assert_eq!(none["lines"], serde_json::json!([]));
+    let (status, _, _) = call(&app, "GET", "/templates/nope/build-log", &[], "").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
     assert!(
         runtime
             .exec_requests()
@@ -148,6 +159,7 @@ async fn test_a_build_uploads_its_files_runs_its_steps_and_reports_its_log() {
     assert_eq!(status, StatusCode::NOT_FOUND);
 
     // A second build of the name replaces the first.
+    let (_, _, first) = call(&app, "GET", "/templates/mine", &[], "").await;
     let (_, _, reopened) = call(&app, "POST", "/v3/templates", &[], r#"{"name": "mine"}"#).await;
     let rebuild = reopened["buildID"].as_str().unwrap();
     let steps = serde_json::json!({"fromImage": "debian:bookworm", "steps": [{"type": "RUN", "args": ["make again"]}]});
@@ -161,6 +173,22 @@ async fn test_a_build_uploads_its_files_runs_its_steps_and_reports_its_log() {
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_eq!(wait(&app, "mine", rebuild).await["status"], "ready");
+    let (_, _, second) = call(&app, "GET", "/templates/mine", &[], "").await;
+    assert!(
+        second["builtFrom"]
+            .as_str()
+            .is_some_and(|b| b.starts_with("recipe:"))
+    );
+    assert_ne!(
+        second["builtFrom"], first["builtFrom"],
+        "the new build replaced it"
+    );
+    assert!(
+        runtime
+            .exec_requests()
+            .iter()
+            .any(|request| request.argv.join(" ").contains("make again"))
+    );
 }
 
 #[tokio::test]
@@ -262,5 +290,114 @@ async fn test_bad_requests_are_refused_with_the_error_body() {
     refused(
         call(&app, "POST", "/v2/templates/other/builds/nope", &[], good).await,
         404,
+    );
+}
+
+#[tokio::test]
+async fn test_tags_name_builds_and_sandboxes_start_from_them() {
+    let (app, _) = app().await;
+    let build = |tags: &'static str, run: &'static str| {
+        let app = app.clone();
+        async move {
+            let (_, _, opened) = call(&app, "POST", "/v3/templates", &[], tags).await;
+            let build = opened["buildID"].as_str().unwrap().to_owned();
+            assert_eq!(build.len(), 36, "a UUID: {build}");
+            let steps = serde_json::json!({"fromImage": "debian:bookworm", "steps": [{"type": "RUN", "args": [run]}]});
+            let (status, _, _) = call(
+                &app,
+                "POST",
+                &format!("/v2/templates/tagged/builds/{build}"),
+                &[],
+                &steps.to_string(),
+            )
+            .await;
+            assert_eq!(status, StatusCode::ACCEPTED);
+            assert_eq!(wait(&app, "tagged", &build).await["status"], "ready");
+        }
+    };
+    build(r#"{"name": "tagged:v1", "tags": ["stable"]}"#, "one").await;
+    build(r#"{"name": "tagged"}"#, "two").await;
+
+    let (status, _, tags) = call(&app, "GET", "/templates/tagged/tags", &[], "").await;
+    assert_eq!(status, StatusCode::OK, "{tags}");
+    let names: Vec<&str> = tags
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["tag"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["latest", "stable", "v1"]);
+    assert_eq!(
+        tags[1]["buildID"], tags[2]["buildID"],
+        "one build, two tags"
+    );
+    assert_ne!(tags[0]["buildID"], tags[1]["buildID"]);
+    let (_, _, listed) = call(&app, "GET", "/templates", &[], "").await;
+    assert!(
+        !listed.to_string().contains("tagged:"),
+        "tags are not templates of their own: {listed}"
+    );
+
+    let (status, _, created) = call(
+        &app,
+        "POST",
+        "/sandboxes",
+        &[],
+        r#"{"templateID": "tagged:v1"}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["templateID"], "tagged:v1");
+
+    let (status, _, assigned) = call(
+        &app,
+        "POST",
+        "/templates/tags",
+        &[],
+        r#"{"target": "tagged:v1", "tags": ["prod"]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::CREATED, "{assigned}");
+    assert_eq!(assigned["buildID"], tags[2]["buildID"]);
+    let (status, _, _) = call(
+        &app,
+        "DELETE",
+        "/templates/tags",
+        &[],
+        r#"{"name": "tagged", "tags": ["prod", "stable"]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, _, after) = call(&app, "GET", "/templates/tagged/tags", &[], "").await;
+    assert_eq!(after.as_array().unwrap().len(), 2, "{after}");
+    let (status, _, refused) = call(
+        &app,
+        "POST",
+        "/templates/tags",
+        &[],
+        r#"{"target": "base", "tags": ["v1"]}"#,
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::BAD_REQUEST,
+        "only builds are tagged: {refused}"
+    );
+    let (status, _, _) = call(
+        &app,
+        "DELETE",
+        "/templates/tags",
+        &[],
+        r#"{"name": "tagged", "tags": ["latest"]}"#,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _, _) = call(&app, "DELETE", "/templates/tagged", &[], "").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _, _) = call(&app, "GET", "/templates/tagged/tags", &[], "").await;
+    assert_eq!(
+        status,
+        StatusCode::NOT_FOUND,
+        "the tags went with the template"
     );
 }

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use coppice_core::storage::{BindMount, RootFs, Storage, StorageError, TemplateInfo};
@@ -67,6 +67,10 @@ pub struct OverlayStorage {
     layers: LayerRegistry,
     /// Serialises template builds and layer pruning within this process.
     build_lock: Mutex<()>,
+    /// Held shared by a create from reading its template until its record names the layers,
+    /// and exclusively by pruning: a layer a create is about to use is never pruned (a
+    /// template replaced meanwhile would otherwise lose its old layers under it).
+    layers_in_use: RwLock<()>,
 }
 
 impl OverlayStorage {
@@ -95,6 +99,7 @@ impl OverlayStorage {
             sys,
             layers,
             build_lock: Mutex::new(()),
+            layers_in_use: RwLock::new(()),
         })
     }
 
@@ -199,6 +204,10 @@ impl OverlayStorage {
     }
 
     fn prune_layers_locked(&self) -> Result<Vec<LayerId>> {
+        let _pruning = self
+            .layers_in_use
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut referenced = BTreeSet::new();
         for record in self.template_records()? {
             referenced.extend(record.layers);
@@ -314,6 +323,10 @@ impl OverlayStorage {
     }
 
     fn create(&self, id: &SandboxId, template: &TemplateId, disk_mb: u32) -> Result<RootFs> {
+        let _in_use = self
+            .layers_in_use
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
         let record = self.read_template(template)?;
         for layer in &record.layers {
             self.layers.get(layer)?;

@@ -12,7 +12,9 @@ use tokio::sync::mpsc::UnboundedSender;
 use super::{ManagerError, SandboxManager, blocking};
 use crate::exec::{ExecRequest, ExecUser, ExitStatus};
 use crate::id::TemplateId;
-use crate::recipe::{BuildStep, CACHE_PREFIX, PlannedStep, Recipe, RecipeFile, RunStep};
+use crate::recipe::{
+    BuildStep, CACHE_PREFIX, PlannedStep, RECIPE_DIGEST_PREFIX, Recipe, RecipeFile, RunStep,
+};
 use crate::spec::SandboxSpec;
 use crate::storage::{StorageError, TemplateInfo, TemplateMeta};
 
@@ -43,6 +45,7 @@ impl SandboxManager {
         recipe: Recipe,
         log: BuildLog,
     ) -> Result<TemplateInfo, ManagerError> {
+        Self::check_template_name(&recipe.id)?;
         self.build_over(recipe, &log, |_| false).await
     }
 
@@ -58,8 +61,15 @@ impl SandboxManager {
         recipe: Recipe,
         log: BuildLog,
     ) -> Result<TemplateInfo, ManagerError> {
-        self.build_over(recipe, &log, |existing| existing.built_from.is_some())
-            .await
+        Self::check_template_name(&recipe.id)?;
+        // A build a user asked for replaces builds, never a stand-in coppice made.
+        self.build_over(recipe, &log, |existing| {
+            existing
+                .built_from
+                .as_deref()
+                .is_some_and(|digest| digest.starts_with(RECIPE_DIGEST_PREFIX))
+        })
+        .await
     }
 
     /// Builds `recipe` unless a template of its id exists that `may_replace` refuses.
@@ -70,12 +80,67 @@ impl SandboxManager {
         may_replace: fn(&TemplateInfo) -> bool,
     ) -> Result<TemplateInfo, ManagerError> {
         let recipe = recipe.validate()?;
+        let lock = Arc::clone(
+            self.inner
+                .template_builds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(recipe.id.clone())
+                .or_default(),
+        );
+        let _building = lock.lock().await;
         if let Ok(existing) = self.template(&recipe.id).await
             && !may_replace(&existing)
         {
             return Err(template_exists(&recipe.id));
         }
-        self.build_recipe(&recipe, log).await
+        // Every line goes to the caller as it comes, and is kept with the template.
+        let (teed, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let caller = log.clone();
+        let collecting = tokio::spawn(async move {
+            let mut kept = Vec::new();
+            while let Some(line) = lines.recv().await {
+                let _ = caller.send(line.clone());
+                kept.push(line);
+            }
+            kept
+        });
+        let built = self.build_recipe(&recipe, &teed).await;
+        drop(teed);
+        let kept = collecting.await.unwrap_or_default();
+        let template = built?;
+        self.keep_build_log(&template.id, kept).await;
+        Ok(template)
+    }
+
+    /// Keeps `lines` as template `id`'s build log; a failure to is logged, not fatal (the
+    /// template is made).
+    pub(super) async fn keep_build_log(&self, id: &TemplateId, lines: Vec<String>) {
+        let inner = Arc::clone(&self.inner);
+        let template = id.clone();
+        let now = self.inner.clock.now();
+        let kept = blocking("keep build log", move || {
+            inner.store.put_build_log(&template, &lines, now)
+        })
+        .await;
+        if let Err(error) = kept.and_then(|stored| stored.map_err(ManagerError::from)) {
+            tracing::warn!(template = %id, error = %super::error_chain(&error), "cannot keep the build log");
+        }
+    }
+
+    /// The log of the build that made template `id` (empty for one no build made).
+    ///
+    /// # Errors
+    /// `TemplateNotFound`; store failures.
+    pub async fn template_build_log(&self, id: &TemplateId) -> Result<Vec<String>, ManagerError> {
+        self.template(id).await?;
+        let inner = Arc::clone(&self.inner);
+        let template = id.clone();
+        Ok(
+            blocking("read build log", move || inner.store.build_log(&template))
+                .await??
+                .unwrap_or_default(),
+        )
     }
 
     /// Makes sure template `recipe.id` is built from exactly `recipe` (a template coppice
@@ -97,7 +162,10 @@ impl SandboxManager {
         {
             return Ok(existing);
         }
-        self.rebuild_template(recipe, log).await
+        // The shipped names are no user's (`check_template_name`): whatever coppice built
+        // under one is an earlier stand-in or build of it.
+        self.build_over(recipe, &log, |existing| existing.built_from.is_some())
+            .await
     }
 
     /// Runs `recipe`'s steps, each unless cached, and makes its template of the last one.
@@ -326,7 +394,7 @@ fn run_request(run: &RunStep) -> ExecRequest {
         .map(str::to_owned)
         .chain(run.args.iter().cloned());
     ExecRequest {
-        stdin: run.stdin.clone(),
+        stdin: run.stdin.to_vec(),
         env: run.env.clone().into_iter().collect(),
         user: match run.user.as_deref() {
             None | Some("root") => ExecUser::Root,

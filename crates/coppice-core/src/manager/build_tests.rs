@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use super::tests::Harness;
 use super::*;
 use crate::recipe::{DebianBase, Recipe, RunStep};
+use crate::storage::TemplateInfo;
 use crate::testing::FakeCall;
 
 fn recipe(id: &str, pip: &[&str], run: &[&str]) -> Recipe {
@@ -230,7 +231,7 @@ async fn test_a_run_step_runs_as_its_user_in_its_directory_with_its_input_and_va
         RunStep {
             label: Some("COPY app /srv".into()),
             args: vec!["app".into(), "/srv".into()],
-            stdin: b"an archive".to_vec(),
+            stdin: Arc::from(b"an archive".as_slice()),
             workdir: Some("/srv".into()),
             env: BTreeMap::from([("GREETING".into(), "hi".into())]),
             ..RunStep::root("unpack \"$1\" \"$2\"")

@@ -30,6 +30,20 @@ pub enum ManagerError {
     /// A template recipe that cannot be built as written.
     #[error(transparent)]
     InvalidRecipe(#[from] crate::recipe::RecipeError),
+    /// A tag that cannot be used so.
+    #[error("tag {tag:?}: {reason}")]
+    InvalidTag {
+        /// The tag.
+        tag: String,
+        /// Why.
+        reason: &'static str,
+    },
+    /// Tags name builds; this template was not built (a snapshot, an import, `base`).
+    #[error("template {id} was not made by a build: only builds are tagged")]
+    NotABuild {
+        /// The template.
+        id: TemplateId,
+    },
     /// A build step failed; nothing of it was kept.
     #[error("build step {step:?} failed: {detail}")]
     BuildFailed {
@@ -189,6 +203,8 @@ impl ManagerError {
             | Self::InvalidId { .. }
             | Self::BadDirectory { .. }
             | Self::InvalidRecipe(_)
+            | Self::NotABuild { .. }
+            | Self::InvalidTag { .. }
             | Self::BuildFailed { .. } => ErrorKind::Invalid,
             Self::SandboxNotFound { .. }
             | Self::TemplateNotFound { .. }

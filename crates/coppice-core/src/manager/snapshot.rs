@@ -87,18 +87,37 @@ impl SandboxManager {
         Ok(snapshots)
     }
 
-    /// Deletes a template (a snapshot); sandboxes made from it keep running.
+    /// Deletes a template (a snapshot, a build) and the tags of its name; sandboxes made from
+    /// them keep running.
     ///
     /// # Errors
     /// `TemplateNotFound`; `InvalidSpec`-like refusals from storage for built-in templates.
     pub async fn delete_template(&self, id: &TemplateId) -> Result<(), ManagerError> {
+        // A template's tags go with it (they only exist for builds, which may be deleted).
+        if id.tag().is_none() {
+            for tagged in self.all_templates().await? {
+                if tagged.id.name() == id.as_str() && tagged.id.tag().is_some() {
+                    self.delete_one_template(&tagged.id).await?;
+                }
+            }
+        }
+        self.delete_one_template(id).await
+    }
+
+    pub(super) async fn delete_one_template(&self, id: &TemplateId) -> Result<(), ManagerError> {
         let storage = Arc::clone(&self.inner.backends.storage);
         let template = id.clone();
         blocking("delete template", move || {
             storage.delete_template(&template)
         })
         .await?
-        .map_err(|source| ManagerError::from_storage("delete template", source))
+        .map_err(|source| ManagerError::from_storage("delete template", source))?;
+        let inner = Arc::clone(&self.inner);
+        let template = id.clone();
+        Ok(blocking("delete build log", move || {
+            inner.store.delete_build_log(&template)
+        })
+        .await??)
     }
 
     /// Starts `count` new sandboxes from a snapshot of sandbox `id` taken now; each has the

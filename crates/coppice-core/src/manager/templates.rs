@@ -1,5 +1,5 @@
-//! Templates as callers see them: one template's details, and templates imported from OCI
-//! images on the host.
+//! Templates as callers see them: the list, one template's details, and templates imported
+//! from OCI images on the host.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,6 +16,25 @@ impl SandboxManager {
     /// `InvalidRecipe`-like refusal naming why.
     pub fn check_template_name(id: &TemplateId) -> Result<(), ManagerError> {
         Ok(crate::recipe::check_template_name(id)?)
+    }
+
+    /// Every template, but the build cache's steps and tagged builds (see
+    /// [`Self::template_tags`]).
+    ///
+    /// # Errors
+    /// A storage failure.
+    pub async fn templates(&self) -> Result<Vec<TemplateInfo>, ManagerError> {
+        let mut templates = self.all_templates().await?;
+        templates
+            .retain(|template| !Self::is_build_cache(&template.id) && template.id.tag().is_none());
+        Ok(templates)
+    }
+
+    pub(super) async fn all_templates(&self) -> Result<Vec<TemplateInfo>, ManagerError> {
+        let storage = Arc::clone(&self.inner.backends.storage);
+        blocking("list templates", move || storage.templates())
+            .await?
+            .map_err(|source| ManagerError::from_storage("list templates", source))
     }
 
     /// One template.

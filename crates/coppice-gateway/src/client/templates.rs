@@ -1,4 +1,5 @@
-//! The typed client's calls for templates: list, details, import from an OCI image, delete.
+//! The typed client's calls for templates: list, details, import from an OCI image, build,
+//! delete, and tags.
 
 use bytes::BytesMut;
 use futures_util::StreamExt;
@@ -103,5 +104,54 @@ impl Client {
     pub async fn delete_template(&self, id: &str) -> Result<(), ClientError> {
         let request = self.api("DELETE", &format!("/templates/{id}"), None)?;
         Self::whole(self.send(request).await?).await.map(drop)
+    }
+
+    /// Points `tags` of `target`'s name (`name` or `name:tag`) at that build.
+    ///
+    /// # Errors
+    /// [`ClientError`] (400 for a template no build made or a bad tag, 404 for none).
+    pub async fn tag_template(&self, target: &str, tags: &[String]) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "target": target, "tags": tags });
+        let request = self.api("POST", "/templates/tags", Some(body))?;
+        Self::whole(self.send(request).await?).await.map(drop)
+    }
+
+    /// Removes `tags` of template `name`.
+    ///
+    /// # Errors
+    /// [`ClientError`] (404 for a tag it does not have).
+    pub async fn untag_template(&self, name: &str, tags: &[String]) -> Result<(), ClientError> {
+        let body = serde_json::json!({ "name": name, "tags": tags });
+        let request = self.api("DELETE", "/templates/tags", Some(body))?;
+        Self::whole(self.send(request).await?).await.map(drop)
+    }
+
+    /// The log of the build that made template `id` (empty for one no build made).
+    ///
+    /// # Errors
+    /// [`ClientError`] (404 for an unknown template).
+    pub async fn template_build_log(&self, id: &str) -> Result<Vec<String>, ClientError> {
+        let request = self.api("GET", &format!("/templates/{id}/build-log"), None)?;
+        let (_, bytes) = Self::whole(self.send(request).await?).await?;
+        let answer: serde_json::Value = Self::json(&bytes)?;
+        Ok(answer["lines"]
+            .as_array()
+            .map(|lines| {
+                lines
+                    .iter()
+                    .filter_map(|line| line.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// Template `name`'s tags: `tag`, `buildID`, `createdAt` each.
+    ///
+    /// # Errors
+    /// [`ClientError`] (404 for an unknown template).
+    pub async fn template_tags(&self, name: &str) -> Result<Vec<serde_json::Value>, ClientError> {
+        let request = self.api("GET", &format!("/templates/{name}/tags"), None)?;
+        let (_, bytes) = Self::whole(self.send(request).await?).await?;
+        Self::json(&bytes)
     }
 }

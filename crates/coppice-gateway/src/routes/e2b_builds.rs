@@ -16,7 +16,6 @@ use axum::extract::{DefaultBodyLimit, Extension, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
-use coppice_core::TemplateId;
 use coppice_core::manager::ManagerError;
 use coppice_core::recipe::MAX_STEP_INPUT_BYTES;
 use serde::Deserialize;
@@ -45,11 +44,6 @@ pub fn routes() -> (Router<AppState>, Router<AppState>) {
         .layer(DefaultBodyLimit::max(MAX_STEP_INPUT_BYTES))
         .layer(Extension(jobs));
     (api, uploads)
-}
-
-fn template_id(raw: &str) -> Result<TemplateId, ApiError> {
-    raw.parse()
-        .map_err(|e| ApiError::bad_request(format!("template name {raw:?} is not valid: {e}")))
 }
 
 fn random_hex(bytes: usize) -> Result<String, ApiError> {
@@ -87,11 +81,18 @@ async fn open(
         .or(request.alias)
         .ok_or_else(|| ApiError::bad_request("the template needs a name"))?;
     let (name, tag) = full.split_once(':').unwrap_or((&full, ""));
-    let id = template_id(name)?;
+    let id = super::templates::parse_template_id(name)?;
     coppice_core::SandboxManager::check_template_name(&id)?;
-    if let Ok(existing) = state.manager.template(&id).await
-        && existing.built_from.is_none()
-    {
+    let existing = match state.manager.template(&id).await {
+        Ok(existing) => Some(existing),
+        Err(ManagerError::TemplateNotFound { .. }) => None,
+        Err(error) => return Err(error.into()),
+    };
+    if existing.is_some_and(|existing| {
+        !existing
+            .built_from
+            .is_some_and(|digest| digest.starts_with(coppice_core::recipe::RECIPE_DIGEST_PREFIX))
+    }) {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
             format!(
@@ -103,8 +104,17 @@ async fn open(
     if !tag.is_empty() {
         tags.push(tag.to_owned());
     }
-    let build_id = random_hex(16)?;
-    jobs.open(&build_id, id.clone());
+    let hex = random_hex(16)?;
+    // A UUID, as the SDKs parse it.
+    let build_id = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    jobs.open(&build_id, id.clone(), tags.clone());
     Ok((
         StatusCode::ACCEPTED,
         Json(serde_json::json!({
@@ -124,7 +134,7 @@ async fn upload_link(
     Path((raw, hash)): Path<(String, String)>,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<serde_json::Value>), ApiError> {
-    let id = template_id(&raw)?;
+    let id = super::templates::parse_template_id(&raw)?;
     if hash.is_empty() || hash.len() > 128 || !hash.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(ApiError::bad_request(format!(
             "{hash:?} is not a files hash"
@@ -152,22 +162,47 @@ async fn upload_link(
     Ok((StatusCode::CREATED, Json(answer)))
 }
 
-/// `PUT /template-uploads/{token}`: a `COPY` step's files (a tar, gzipped or not).
+/// `PUT /template-uploads/{token}`: a `COPY` step's files (a tar, gzipped or not). The
+/// token is checked before the body is read, and only a few bodies are read at once.
 async fn upload(
     Extension(jobs): Extension<Arc<Jobs>>,
     Path(token): Path<String>,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<StatusCode, ApiError> {
-    match jobs.put(&token, body.to_vec()) {
-        Ok(()) => Ok(StatusCode::OK),
-        Err(UploadError::NotFound) => Err(ApiError::not_found("no upload waits under that token")),
-        Err(UploadError::TooMany) => Err(ApiError::new(
-            StatusCode::INSUFFICIENT_STORAGE,
+    jobs.awaits(&token).map_err(refused_upload)?;
+    let _receiving =
+        jobs.receiving.acquire().await.map_err(|_| {
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping")
+        })?;
+    let files = axum::body::to_bytes(body, MAX_STEP_INPUT_BYTES)
+        .await
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    "the upload passes {} MiB, or broke off: {error}",
+                    MAX_STEP_INPUT_BYTES >> 20
+                ),
+            )
+        })?;
+    jobs.put(&token, files).map_err(refused_upload)?;
+    Ok(StatusCode::OK)
+}
+
+fn refused_upload(error: UploadError) -> ApiError {
+    match error {
+        UploadError::NotFound => ApiError::not_found("no upload waits under that token"),
+        UploadError::Done => ApiError::new(
+            StatusCode::CONFLICT,
+            "the files for that token were uploaded already",
+        ),
+        UploadError::TooMany => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
             format!(
-                "uploads waiting for their builds pass {} MiB: build, then upload again",
+                "uploads waiting for their builds pass {} MiB: try again once builds took theirs",
                 jobs::MAX_UPLOADED_BYTES >> 20
             ),
-        )),
+        ),
     }
 }
 
@@ -178,22 +213,22 @@ async fn start(
     Path((raw, build_id)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
-    let id = template_id(&raw)?;
+    let id = super::templates::parse_template_id(&raw)?;
     let started_already = || {
         ApiError::new(
             StatusCode::CONFLICT,
             format!("build {build_id} was started already"),
         )
     };
-    match jobs.build(&id, &build_id) {
+    let tags = match jobs.build(&id, &build_id) {
         None => {
             return Err(ApiError::not_found(format!(
                 "no build {build_id} of template {id}"
             )));
         }
         Some(build) if build.state != BuildState::Waiting => return Err(started_already()),
-        Some(_) => {}
-    }
+        Some(build) => build.tags,
+    };
     let request: steps::BuildStart = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("expected the template's steps: {e}")))?;
     let translated = steps::translate(id.clone(), request, |hash| jobs.files(&id, hash))
@@ -202,12 +237,16 @@ async fn start(
     if !jobs.start(&id, &build_id) {
         return Err(started_already());
     }
-    jobs.forget_uploads(&id);
     let (log, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
     let manager = state.manager.clone();
     tokio::spawn(async move {
-        let building =
-            tokio::spawn(async move { manager.rebuild_template(translated.recipe, log).await });
+        let building = tokio::spawn(async move {
+            let built = manager.rebuild_template(translated.recipe, log).await?;
+            if !tags.is_empty() {
+                manager.tag_template(&built.id, &tags).await?;
+            }
+            Ok::<_, ManagerError>(built)
+        });
         while let Some(line) = lines.recv().await {
             jobs.log(&build_id, false, line);
         }
@@ -258,7 +297,7 @@ async fn status(
     Path((raw, build_id)): Path<(String, String)>,
     Query(query): Query<StatusQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = template_id(&raw)?;
+    let id = super::templates::parse_template_id(&raw)?;
     let build = jobs
         .build(&id, &build_id)
         .ok_or_else(|| ApiError::not_found(format!("no build {build_id} of template {id}")))?;
@@ -295,7 +334,7 @@ async fn alias(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id = template_id(&raw)?;
+    let id = super::templates::parse_template_id(&raw)?;
     let template = state.manager.template(&id).await?;
     Ok(Json(serde_json::json!({
         "templateID": template.id.to_string(),

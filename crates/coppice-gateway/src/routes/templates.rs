@@ -21,12 +21,13 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/templates", get(list))
         .route("/templates/imports", post(import))
+        .route("/templates/{id}/build-log", get(build_log))
 }
 
 pub(crate) fn template_json(state: &AppState, t: &TemplateInfo) -> serde_json::Value {
     serde_json::json!({
         "templateID": t.id.to_string(),
-        "buildID": t.id.to_string(),
+        "buildID": super::template_tags::build_id(t),
         "aliases": [t.id.to_string()],
         "public": true,
         "cpuCount": 1,
@@ -56,16 +57,33 @@ async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, 
     )))
 }
 
+/// A template id from a request, or 400 saying why it is not one.
+pub(crate) fn parse_template_id(raw: &str) -> Result<TemplateId, ApiError> {
+    raw.parse()
+        .map_err(|e| ApiError::bad_request(format!("template {raw:?} is not valid: {e}")))
+}
+
 /// `GET /templates/{id}`.
 pub(crate) async fn info(
     State(state): State<AppState>,
     Path(raw): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let id: TemplateId = raw
-        .parse()
-        .map_err(|e| ApiError::bad_request(format!("template id {raw:?} is not valid: {e}")))?;
+    let id = parse_template_id(&raw)?;
     let template = state.manager.template(&id).await?;
     Ok(Json(template_json(&state, &template)))
+}
+
+/// `GET /templates/{id}/build-log`: the log of the build that made it (`lines` is empty for
+/// a template no build made).
+async fn build_log(
+    State(state): State<AppState>,
+    Path(raw): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let id = parse_template_id(&raw)?;
+    let lines = state.manager.template_build_log(&id).await?;
+    Ok(Json(
+        serde_json::json!({ "templateID": id.to_string(), "lines": lines }),
+    ))
 }
 
 #[derive(Debug, Deserialize)]

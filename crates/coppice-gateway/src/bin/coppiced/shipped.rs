@@ -96,40 +96,81 @@ pub(crate) fn build_in_background(manager: SandboxManager) {
     };
     tokio::spawn(async move {
         for recipe in recipes {
-            let id = recipe.id.clone();
-            let (log, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
-            let logged = id.clone();
-            let printer = tokio::spawn(async move {
-                while let Some(line) = lines.recv().await {
-                    // Step headers and timings tell an operator where a build is.
-                    if line.starts_with("==>") || line.starts_with("    done in") {
-                        tracing::info!(template = %logged, "{}", line.trim());
-                    } else {
-                        tracing::debug!(template = %logged, "{line}");
+            for (attempt, pause) in RETRY_PAUSES.iter().enumerate() {
+                if !pause.is_zero() {
+                    tokio::time::sleep(*pause).await;
+                }
+                match build_one(&manager, recipe.clone()).await {
+                    Outcome::Done => break,
+                    Outcome::Unsupported => return,
+                    Outcome::Failed if attempt + 1 < RETRY_PAUSES.len() => {
+                        tracing::info!(template = %recipe.id, "will try the build again");
                     }
+                    Outcome::Failed => {}
                 }
-            });
-            let started = std::time::Instant::now();
-            let built = manager.ensure_recipe_template(recipe, log).await;
-            let _ = printer.await;
-            match built {
-                Ok(template) => tracing::info!(
-                    template = %template.id,
-                    seconds = started.elapsed().as_secs(),
-                    "template built from its recipe"
-                ),
-                Err(error) if error.kind() == ErrorKind::Unsupported => {
-                    tracing::info!(template = %id, "this platform does not build templates from recipes");
-                    return;
-                }
-                Err(error) => tracing::warn!(
-                    template = %id,
-                    error = %error,
-                    "cannot build the template from its recipe; its stand-in stays"
-                ),
             }
         }
     });
+}
+
+/// Pauses before each attempt at a shipped build: a failure (the archive out of reach) is
+/// tried again a few times before the stand-in is left to serve until the next start.
+const RETRY_PAUSES: [std::time::Duration; 3] = [
+    std::time::Duration::ZERO,
+    std::time::Duration::from_secs(60),
+    std::time::Duration::from_secs(600),
+];
+
+enum Outcome {
+    Done,
+    Failed,
+    Unsupported,
+}
+
+async fn build_one(manager: &SandboxManager, recipe: Recipe) -> Outcome {
+    let id = recipe.id.clone();
+    let before = manager.template(&id).await.ok().and_then(|t| t.built_from);
+    let (log, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let logged = id.clone();
+    let printer = tokio::spawn(async move {
+        while let Some(line) = lines.recv().await {
+            // Step headers and timings tell an operator where a build is.
+            if line.starts_with("==>") || line.starts_with("    done in") {
+                tracing::info!(template = %logged, "{}", line.trim());
+            } else {
+                tracing::debug!(template = %logged, "{line}");
+            }
+        }
+    });
+    let started = std::time::Instant::now();
+    let built = manager.ensure_recipe_template(recipe, log).await;
+    let _ = printer.await;
+    match built {
+        Ok(template) if template.built_from == before => {
+            tracing::info!(template = %template.id, "template up to date with its recipe");
+            Outcome::Done
+        }
+        Ok(template) => {
+            tracing::info!(
+                template = %template.id,
+                seconds = started.elapsed().as_secs(),
+                "template built from its recipe"
+            );
+            Outcome::Done
+        }
+        Err(error) if error.kind() == ErrorKind::Unsupported => {
+            tracing::info!(template = %id, "this platform does not build templates from recipes");
+            Outcome::Unsupported
+        }
+        Err(error) => {
+            tracing::warn!(
+                template = %id,
+                error = %error,
+                "cannot build the template from its recipe; its stand-in stays"
+            );
+            Outcome::Failed
+        }
+    }
 }
 
 #[cfg(test)]

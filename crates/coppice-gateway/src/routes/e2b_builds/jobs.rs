@@ -1,11 +1,13 @@
 //! The builds and uploads of E2B's template-build API, in memory: a build is opened by
 //! `POST /v3/templates`, started once, and polled for its log until it ends; a `COPY` step's
-//! files wait here, under a one-use upload token, until a build takes them. A restart of the
-//! daemon forgets both (the SDKs then see 404 and upload again).
+//! files wait here, sent once under their upload token, until unused for a while. A restart
+//! of the daemon forgets both (the SDKs then see 404, or upload again).
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::SystemTime;
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
 
 use coppice_core::TemplateId;
 
@@ -13,6 +15,10 @@ use coppice_core::TemplateId;
 const MAX_KEPT_BUILDS: usize = 256;
 /// Most bytes of uploads kept at once (each one is at most a run step's input).
 pub(crate) const MAX_UPLOADED_BYTES: usize = 512 << 20;
+/// Uploads whose bodies are read at once; more wait their turn.
+const MAX_UPLOADS_RECEIVED_AT_ONCE: usize = 4;
+/// How long an upload is kept after it was last asked for, sent or used.
+const UPLOAD_TTL: Duration = Duration::from_secs(15 * 60);
 
 /// Where a build is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +66,8 @@ pub(crate) struct Build {
     /// When it was opened, in the order of openings.
     opened: u64,
     pub(crate) template: TemplateId,
+    /// Tags its template gets once built.
+    pub(crate) tags: Vec<String>,
     pub(crate) state: BuildState,
     pub(crate) log: Vec<LogLine>,
     pub(crate) failure: Option<Failure>,
@@ -70,7 +78,9 @@ struct Upload {
     template: TemplateId,
     hash: String,
     token: String,
-    files: Option<Arc<Vec<u8>>>,
+    files: Option<Bytes>,
+    /// When it was asked for, uploaded or used last: unused ones expire.
+    touched: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -81,9 +91,20 @@ struct Inner {
 }
 
 /// Every build and upload.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Jobs {
     inner: Mutex<Inner>,
+    /// Bodies being read at once: each may hold up to a run step's input in memory.
+    pub(crate) receiving: tokio::sync::Semaphore,
+}
+
+impl Default for Jobs {
+    fn default() -> Self {
+        Self {
+            inner: Mutex::default(),
+            receiving: tokio::sync::Semaphore::new(MAX_UPLOADS_RECEIVED_AT_ONCE),
+        }
+    }
 }
 
 impl Jobs {
@@ -95,7 +116,7 @@ impl Jobs {
     }
 
     /// Opens build `build_id` of `template`.
-    pub(crate) fn open(&self, build_id: &str, template: TemplateId) {
+    pub(crate) fn open(&self, build_id: &str, template: TemplateId, tags: Vec<String>) {
         let mut inner = self.lock();
         while inner.builds.len() >= MAX_KEPT_BUILDS {
             let oldest = inner
@@ -116,6 +137,7 @@ impl Jobs {
             Build {
                 opened,
                 template,
+                tags,
                 state: BuildState::Waiting,
                 log: Vec::new(),
                 failure: None,
@@ -167,7 +189,8 @@ impl Jobs {
         }
     }
 
-    /// Whether `template`'s files with `hash` are here; if not, the token to upload them with.
+    /// Whether `template`'s files with `hash` are here; if not, the token to upload them with
+    /// (`token`, unless one was handed out already).
     pub(crate) fn upload_slot(
         &self,
         template: &TemplateId,
@@ -175,11 +198,13 @@ impl Jobs {
         token: String,
     ) -> Result<(), String> {
         let mut inner = self.lock();
+        inner.expire_uploads();
         if let Some(upload) = inner
             .uploads
-            .iter()
+            .iter_mut()
             .find(|u| u.template == *template && u.hash == hash)
         {
+            upload.touched = Instant::now();
             return match upload.files {
                 Some(_) => Ok(()),
                 None => Err(upload.token.clone()),
@@ -190,56 +215,81 @@ impl Jobs {
             hash: hash.to_owned(),
             token: token.clone(),
             files: None,
+            touched: Instant::now(),
         });
         Err(token)
+    }
+
+    /// Whether an upload under `token` is awaited (checked before its body is read).
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown or expired token; `Done` when its files came already.
+    pub(crate) fn awaits(&self, token: &str) -> Result<(), UploadError> {
+        let mut inner = self.lock();
+        inner.expire_uploads();
+        match inner.uploads.iter().find(|u| u.token == token) {
+            None => Err(UploadError::NotFound),
+            Some(upload) if upload.files.is_some() => Err(UploadError::Done),
+            Some(_) => Ok(()),
+        }
     }
 
     /// Keeps the files uploaded under `token`.
     ///
     /// # Errors
-    /// `NotFound` for an unknown token; `TooMany` when the uploads kept would pass their
-    /// bound.
-    pub(crate) fn put(&self, token: &str, files: Vec<u8>) -> Result<(), UploadError> {
+    /// As [`Self::awaits`]; `TooMany` when the uploads kept would pass their bound.
+    pub(crate) fn put(&self, token: &str, files: Bytes) -> Result<(), UploadError> {
         let mut inner = self.lock();
         let kept: usize = inner
             .uploads
             .iter()
-            .filter_map(|u| u.files.as_ref().map(|f| f.len()))
+            .filter_map(|u| u.files.as_ref().map(Bytes::len))
             .sum();
         let upload = inner
             .uploads
             .iter_mut()
             .find(|u| u.token == token)
             .ok_or(UploadError::NotFound)?;
+        if upload.files.is_some() {
+            return Err(UploadError::Done);
+        }
         if kept.saturating_add(files.len()) > MAX_UPLOADED_BYTES {
             return Err(UploadError::TooMany);
         }
-        upload.files = Some(Arc::new(files));
+        upload.files = Some(files);
+        upload.touched = Instant::now();
         Ok(())
     }
 
     /// The files of `template` with `hash`, if uploaded.
-    pub(crate) fn files(&self, template: &TemplateId, hash: &str) -> Option<Arc<Vec<u8>>> {
-        self.lock()
+    pub(crate) fn files(&self, template: &TemplateId, hash: &str) -> Option<Bytes> {
+        let mut inner = self.lock();
+        let upload = inner
             .uploads
-            .iter()
-            .find(|u| u.template == *template && u.hash == hash)
-            .and_then(|u| u.files.clone())
+            .iter_mut()
+            .find(|u| u.template == *template && u.hash == hash)?;
+        upload.touched = Instant::now();
+        upload.files.clone()
     }
+}
 
-    /// Lets go of `template`'s uploads (its build has them).
-    pub(crate) fn forget_uploads(&self, template: &TemplateId) {
-        self.lock().uploads.retain(|u| u.template != *template);
+impl Inner {
+    /// Forgets uploads nobody asked for, sent or used for [`UPLOAD_TTL`]: a client that went
+    /// away must not hold memory, and the SDKs upload again when asked.
+    fn expire_uploads(&mut self) {
+        self.uploads.retain(|u| u.touched.elapsed() < UPLOAD_TTL);
     }
 }
 
 /// Why an upload is refused.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum UploadError {
     /// No upload waits under that token.
     NotFound,
     /// The uploads kept would pass [`MAX_UPLOADED_BYTES`].
     TooMany,
+    /// Its files came already.
+    Done,
 }
 
 #[cfg(test)]
@@ -254,10 +304,10 @@ mod tests {
     #[test]
     fn test_the_oldest_builds_not_running_are_forgotten_first() {
         let jobs = Jobs::default();
-        jobs.open("running", id("a"));
+        jobs.open("running", id("a"), Vec::new());
         assert!(jobs.start(&id("a"), "running"));
         for n in 0..MAX_KEPT_BUILDS + 5 {
-            jobs.open(&format!("b{n}"), id("b"));
+            jobs.open(&format!("b{n}"), id("b"), Vec::new());
         }
         assert!(
             jobs.build(&id("a"), "running").is_some(),
@@ -281,20 +331,32 @@ mod tests {
             jobs.upload_slot(&id("a"), "h", "t2".into()),
             Err("t1".into())
         );
-        assert_eq!(jobs.put("nope", vec![1]), Err(UploadError::NotFound));
-        jobs.put("t1", vec![1, 2]).unwrap();
+        assert_eq!(jobs.awaits("nope"), Err(UploadError::NotFound));
+        assert_eq!(jobs.awaits("t1"), Ok(()));
+        assert_eq!(
+            jobs.put("nope", Bytes::from_static(&[1])),
+            Err(UploadError::NotFound)
+        );
+        jobs.put("t1", Bytes::from_static(&[1, 2])).unwrap();
+        assert_eq!(jobs.awaits("t1"), Err(UploadError::Done), "sent once");
+        assert_eq!(
+            jobs.put("t1", Bytes::from_static(&[3])),
+            Err(UploadError::Done)
+        );
         assert_eq!(jobs.upload_slot(&id("a"), "h", "t3".into()), Ok(()));
-        assert_eq!(jobs.files(&id("a"), "h").unwrap().as_slice(), [1, 2]);
+        assert_eq!(jobs.files(&id("a"), "h").unwrap().as_ref(), [1, 2]);
         assert!(
             jobs.files(&id("b"), "h").is_none(),
             "uploads are per template"
         );
         let big = jobs.upload_slot(&id("a"), "big", "t4".into()).unwrap_err();
         assert_eq!(
-            jobs.put(&big, vec![0; MAX_UPLOADED_BYTES]),
+            jobs.put(&big, Bytes::from(vec![0; MAX_UPLOADED_BYTES])),
             Err(UploadError::TooMany)
         );
-        jobs.forget_uploads(&id("a"));
+        // Unused for a while, an upload is forgotten.
+        jobs.lock().uploads[0].touched = Instant::now() - UPLOAD_TTL;
+        assert_eq!(jobs.awaits("t4"), Ok(()));
         assert!(jobs.files(&id("a"), "h").is_none());
     }
 }

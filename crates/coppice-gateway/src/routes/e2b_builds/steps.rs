@@ -23,37 +23,48 @@ const E2B_BASE_RELEASE: &str = "bookworm";
 const FIRST_USER: &str = "user";
 const FIRST_WORKDIR: &str = "/home/user";
 /// Unpacks a `COPY` step's upload (stdin) and copies what `$1` matches in it to `$2`, owned
-/// by `$3`, files given mode `$4` when set; `$5` is `z` for a gzipped upload. A directory's
-/// contents go into the destination, as Docker copies them.
+/// by `$3` (`user` or `user:group`), files given mode `$4` when set; `$5` is `z` for a
+/// gzipped upload. A directory's contents go into the destination, as Docker copies them.
+/// What is copied is staged first and given its owner and mode there, so nothing already
+/// in the destination changes but what the copy replaces; a destination directory that did
+/// not exist is made for the owner.
 const COPY_SCRIPT: &str = r#"set -eu
 dest=$2
 case "$dest" in /*) ;; *) dest="$(pwd)/$dest" ;; esac
+case "$3" in *:*) owner=$3 ;; *) owner="$3:" ;; esac
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-tar -x"$5"f - -C "$work" --no-same-owner
-cd "$work"
+mkdir "$work/in"
+tar -x"$5"f - -C "$work/in" --no-same-owner
+cd "$work/in"
 found=0
 IFS=''
 for item in $1; do
     [ -e "$item" ] || [ -L "$item" ] || continue
     found=1
+    rm -rf "$work/out"
+    mkdir "$work/out"
     if [ -d "$item" ] && [ ! -L "$item" ]; then
-        mkdir -p -- "$dest"
-        cp -a -- "$item/." "$dest/"
-        target=$dest
+        cp -a -- "$item/." "$work/out/"
+        into=$dest
     else
         case "$dest" in
-            */) mkdir -p -- "$dest"; target="$dest$(basename -- "$item")" ;;
-            *) if [ -d "$dest" ]; then target="$dest/$(basename -- "$item")"
-               else mkdir -p -- "$(dirname -- "$dest")"; target=$dest; fi ;;
+            */) into=$dest; name=$(basename -- "$item") ;;
+            *) if [ -d "$dest" ]; then into=$dest; name=$(basename -- "$item")
+               else into=$(dirname -- "$dest"); name=$(basename -- "$dest"); fi ;;
         esac
-        cp -a -- "$item" "$target"
+        cp -a -- "$item" "$work/out/$name"
     fi
-    chown -R -- "$3:" "$target"
-    if [ -n "$4" ]; then
-        if [ -d "$target" ]; then find "$target" -type f -exec chmod -- "$4" {} +
-        else chmod -- "$4" "$target"; fi
-    fi
+    for entry in "$work/out"/* "$work/out"/.[!.]* "$work/out"/..?*; do
+        [ -e "$entry" ] || [ -L "$entry" ] || continue
+        chown -R -h -- "$owner" "$entry"
+        if [ -n "$4" ]; then find "$entry" -type f -exec chmod -- "$4" {} +; fi
+    done
+    [ -d "$into" ] || { mkdir -p -- "$into" && chown -- "$owner" "$into"; }
+    for entry in "$work/out"/* "$work/out"/.[!.]* "$work/out"/..?*; do
+        [ -e "$entry" ] || [ -L "$entry" ] || continue
+        cp -a -- "$entry" "$into/"
+    done
 done
 [ "$found" = 1 ] || { echo "nothing in the upload matches $1" >&2; exit 1; }
 "#;
@@ -109,7 +120,7 @@ pub(crate) struct Translated {
 pub(crate) fn translate(
     id: TemplateId,
     start: BuildStart,
-    upload: impl Fn(&str) -> Option<Arc<Vec<u8>>>,
+    upload: impl Fn(&str) -> Option<bytes::Bytes>,
 ) -> Result<Translated, String> {
     let debian = base(&start)?;
     let mut user = FIRST_USER.to_owned();
@@ -212,7 +223,7 @@ pub(crate) fn translate(
                         mode,
                         gzip.to_owned(),
                     ],
-                    stdin: files.to_vec(),
+                    stdin: Arc::from(files.as_ref()),
                     workdir: Some(workdir.clone()),
                     env: step_env,
                     ..RunStep::root(COPY_SCRIPT)

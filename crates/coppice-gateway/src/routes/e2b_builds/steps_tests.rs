@@ -16,7 +16,7 @@ fn id() -> TemplateId {
     "mine".parse().unwrap()
 }
 
-fn no_uploads(_: &str) -> Option<Arc<Vec<u8>>> {
+fn no_uploads(_: &str) -> Option<bytes::Bytes> {
     None
 }
 
@@ -33,7 +33,7 @@ fn test_steps_carry_the_user_directory_and_variables_set_before_them() {
             {"type": "WORKDIR", "args": ["sub"]},
             {"type": "COPY", "args": ["app", "dest/", "", "0755"], "filesHash": "h1"},
         ])),
-        |hash| (hash == "h1").then(|| Arc::new(vec![0x1f, 0x8b, 8])),
+        |hash| (hash == "h1").then(|| bytes::Bytes::from_static(&[0x1f, 0x8b, 8])),
     )
     .unwrap();
 
@@ -58,7 +58,7 @@ fn test_steps_carry_the_user_directory_and_variables_set_before_them() {
     assert_eq!(run[2].workdir.as_deref(), Some("/srv/app"));
     assert_eq!(run[3].args, ["/srv/app/sub", "root"], "a relative WORKDIR");
     assert_eq!(run[4].args, ["app", "dest/", "root", "0755", "z"]);
-    assert_eq!(run[4].stdin, [0x1f, 0x8b, 8]);
+    assert_eq!(*run[4].stdin, [0x1f, 0x8b, 8]);
     assert_eq!(run[4].workdir.as_deref(), Some("/srv/app/sub"));
     assert_eq!(recipe.user.as_deref(), Some("root"));
     assert_eq!(recipe.workdir.as_deref(), Some("/srv/app/sub"));
@@ -119,7 +119,7 @@ fn test_bases_and_steps_that_do_not_map_are_refused_saying_why() {
         "steps": [{"type": "COPY", "args": ["a", "/b", "", "rwx"], "filesHash": "h"}],
     }))
     .unwrap();
-    let uploaded = |_: &str| Some(Arc::new(b"tar".to_vec()));
+    let uploaded = |_: &str| Some(bytes::Bytes::from_static(b"tar"));
     assert!(
         translate(id(), start, uploaded)
             .unwrap_err()

@@ -94,7 +94,14 @@ pub(crate) fn backends(config: &GatewayConfig) -> anyhow::Result<Backends> {
         .context("building the base template")?;
     tracing::info!(template = %base.id, "base template ready");
     // Sandboxes of the base template do not need them: a failed build is reported, not fatal.
-    for source in stand_ins::sources()? {
+    let sources = stand_ins::sources().unwrap_or_else(|error| {
+        tracing::warn!(
+            error = format!("{error:#}"),
+            "cannot read the stand-ins' sources"
+        );
+        Vec::new()
+    });
+    for source in sources {
         match storage.ensure_template(&source) {
             Ok(template) => {
                 tracing::info!(template = %template.id, built_from = template.built_from.as_deref().unwrap_or_default(), "template ready")

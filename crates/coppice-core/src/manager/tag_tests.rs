@@ -1,0 +1,159 @@
+//! Template tags over the fake backends: tags stand for builds, stay when the name is built
+//! again, move, and go with their template; only builds are tagged.
+
+use std::collections::BTreeMap;
+
+use super::tests::Harness;
+use super::*;
+use crate::recipe::{DebianBase, Recipe, RunStep};
+
+fn recipe(run: &str) -> Recipe {
+    Recipe {
+        id: "py".parse().unwrap(),
+        debian: DebianBase {
+            release: "bookworm".into(),
+            packages: Vec::new(),
+        },
+        pip: Vec::new(),
+        npm: Vec::new(),
+        files: Vec::new(),
+        run: vec![RunStep::root(run)],
+        env: BTreeMap::new(),
+        start: None,
+        user: None,
+        workdir: None,
+    }
+}
+
+fn id(text: &str) -> TemplateId {
+    text.parse().unwrap()
+}
+
+#[tokio::test]
+async fn test_tags_stand_for_builds_and_stay_when_the_name_is_built_again() {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+    let (log, _lines) = tokio::sync::mpsc::unbounded_channel();
+    let first = manager
+        .rebuild_template(recipe("one"), log.clone())
+        .await
+        .unwrap();
+
+    let made = manager
+        .tag_template(&id("py"), &["v1".into(), "stable".into()])
+        .await
+        .unwrap();
+    assert_eq!(made, [id("py:v1"), id("py:stable")]);
+    let second = manager.rebuild_template(recipe("two"), log).await.unwrap();
+    assert_ne!(second.built_from, first.built_from);
+
+    let tags: Vec<(String, Option<String>)> = manager
+        .template_tags(&id("py"))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(tag, template)| (tag, template.built_from))
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            ("latest".into(), second.built_from.clone()),
+            ("stable".into(), first.built_from.clone()),
+            ("v1".into(), first.built_from.clone()),
+        ]
+    );
+    let listed: Vec<String> = manager
+        .templates()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id.to_string())
+        .collect();
+    assert!(
+        listed.contains(&"py".into()) && !listed.iter().any(|t| t.contains(':')),
+        "{listed:?}"
+    );
+
+    // `latest` from a tag rolls the name back to that build.
+    manager
+        .tag_template(&id("py:v1"), &["latest".into()])
+        .await
+        .unwrap();
+    assert_eq!(
+        manager.template(&id("py")).await.unwrap().built_from,
+        first.built_from
+    );
+
+    manager
+        .untag_template(&id("py"), &["stable".into()])
+        .await
+        .unwrap();
+    assert!(manager.template(&id("py:stable")).await.is_err());
+    let latest = manager
+        .untag_template(&id("py"), &["latest".into()])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(latest, ManagerError::InvalidTag { .. }),
+        "{latest}"
+    );
+    let missing = manager
+        .untag_template(&id("py"), &["nope".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        missing.kind(),
+        crate::error::ErrorKind::NotFound,
+        "{missing}"
+    );
+
+    // Each build keeps its log, and a tag its build's.
+    let log = manager.template_build_log(&id("py:v1")).await.unwrap();
+    assert!(
+        log.iter().any(|l| l.starts_with("==> template py ready")),
+        "{log:?}"
+    );
+    assert!(
+        log.iter().any(|l| l.contains("run[0]: one")),
+        "the first build's: {log:?}"
+    );
+    assert!(
+        manager
+            .template_build_log(&id("base"))
+            .await
+            .unwrap()
+            .is_empty(),
+        "no build made base"
+    );
+
+    // Deleting the template takes its tags and their logs.
+    manager.delete_template(&id("py")).await.unwrap();
+    assert!(manager.template(&id("py:v1")).await.is_err());
+    assert_eq!(manager.inner.store.build_log(&id("py:v1")).unwrap(), None);
+}
+
+#[tokio::test]
+async fn test_only_builds_are_tagged() {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+    let refused = manager
+        .tag_template(&id("base"), &["v1".into()])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(refused, ManagerError::NotABuild { .. }),
+        "{refused}"
+    );
+    let missing = manager
+        .tag_template(&id("nope"), &["v1".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(missing.kind(), crate::error::ErrorKind::NotFound);
+    let (log, _lines) = tokio::sync::mpsc::unbounded_channel();
+    manager.rebuild_template(recipe("one"), log).await.unwrap();
+    let bad = manager
+        .tag_template(&id("py"), &["Bad Tag".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(bad.kind(), crate::error::ErrorKind::Invalid, "{bad}");
+}
