@@ -12,7 +12,8 @@ pub enum OciErrorKind {
     Invalid,
     /// The image, or a blob it names, is not there.
     NotFound,
-    /// The image uses something this importer does not read (e.g. zstd layers).
+    /// The image uses something this importer does not read (e.g. a digest other than
+    /// sha256).
     Unsupported,
     /// The disk is full or a quota is reached while writing the tree.
     OutOfSpace,

@@ -205,11 +205,7 @@ fn open_layer(
         .map_err(|e| OciError::read(format!("read layer {}", layer.member), e))?;
     let stream: Box<dyn Read> = match magic {
         [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => {
-            return Err(OciError::Unsupported {
-                what: format!("zstd-compressed layer {}", layer.member),
-            });
-        }
+        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(crate::zstd::ZstdFrames::new(buffered)),
         _ => Box::new(buffered),
     };
     Ok((tar::Archive::new(stream), hasher))

@@ -18,6 +18,7 @@ mod manifest;
 mod source;
 #[cfg(test)]
 mod tests;
+mod zstd;
 
 use std::path::Path;
 

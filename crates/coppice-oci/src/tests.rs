@@ -329,14 +329,41 @@ fn test_a_blob_that_does_not_match_its_digest_is_refused() {
 }
 
 #[test]
-fn test_zstd_layers_and_missing_images_are_reported() {
+fn test_zstd_layers_are_applied_and_a_corrupt_one_refused() {
+    use ruzstd::encoding::{CompressionLevel, compress_to_vec};
     let image = tempfile::tempdir().unwrap();
     let layout = Layout::new(image.path());
-    let zstd = layout.blob(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0]);
-    layout.finish(&[zstd], &config());
+    let tar = layer_tar(&[Item::Dir("etc"), Item::File("etc/zstd", "decoded\n")]);
+    // Two frames, as `pzstd` writes them.
+    let (head, tail) = tar.split_at(tar.len() / 2);
+    let mut zstd = compress_to_vec(head, CompressionLevel::Fastest);
+    zstd.extend(compress_to_vec(tail, CompressionLevel::Fastest));
+    let blob = layout.blob(&zstd);
+    layout.finish(&[blob], &config());
     let into = tempfile::tempdir().unwrap();
-    let error = import(image.path(), into.path(), IdMap::IDENTITY).unwrap_err();
-    assert_eq!(error.kind(), OciErrorKind::Unsupported, "{error}");
+    import(image.path(), into.path(), IdMap::IDENTITY).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(into.path().join("etc/zstd")).unwrap(),
+        "decoded\n"
+    );
+
+    let corrupt = tempfile::tempdir().unwrap();
+    let layout = Layout::new(corrupt.path());
+    let blob = layout.blob(&[0x28, 0xb5, 0x2f, 0xfd, 0, 0, 0, 0]);
+    layout.finish(&[blob], &config());
+    let into = tempfile::tempdir().unwrap();
+    let error = import(corrupt.path(), into.path(), IdMap::IDENTITY).unwrap_err();
+    assert_ne!(error.kind(), OciErrorKind::Unsupported, "{error}");
+    assert_eq!(
+        std::fs::read_dir(into.path()).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+#[test]
+fn test_missing_images_are_reported() {
+    let into = tempfile::tempdir().unwrap();
 
     let empty = tempfile::tempdir().unwrap();
     let error = import(empty.path(), into.path(), IdMap::IDENTITY).unwrap_err();
