@@ -61,6 +61,13 @@ pub enum TemplateCommand {
         /// The template's name.
         name: String,
     },
+    /// Deletes build cache steps unused for a while (the next build needing one makes it
+    /// again; templates keep their files).
+    PruneCache {
+        /// Steps unused for this many hours go (at least one).
+        #[arg(long, default_value_t = 24 * 7)]
+        older_than_hours: u64,
+    },
     /// Prints the log of the build that made a template.
     Log {
         /// The template (`name` or `name:tag`).
@@ -149,6 +156,14 @@ pub async fn run(
         TemplateCommand::Untag { name, tags } => {
             client.untag_template(name, tags).await?;
             writeln!(out, "untagged {name}: {}", tags.join(", "))?;
+        }
+        TemplateCommand::PruneCache { older_than_hours } => {
+            let pruned = client
+                .prune_build_cache(std::time::Duration::from_secs(
+                    older_than_hours.saturating_mul(3600),
+                ))
+                .await?;
+            writeln!(out, "pruned {} build steps", pruned.len())?;
         }
         TemplateCommand::Log { id } => {
             let lines = client.template_build_log(id).await?;

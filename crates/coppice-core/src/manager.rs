@@ -11,6 +11,7 @@
 mod background;
 mod boot;
 mod build;
+mod build_cache;
 #[cfg(test)]
 mod build_tests;
 mod dir_snapshots;
@@ -84,6 +85,8 @@ pub struct ManagerConfig {
     /// Longest wait for a template's service to pass its ready check before a sandbox from
     /// it is handed out (it fails instead).
     pub template_ready_timeout: Duration,
+    /// Build cache steps unused this long are deleted after each build (`None`: never).
+    pub build_cache_max_age: Option<Duration>,
 }
 
 impl Default for ManagerConfig {
@@ -94,6 +97,7 @@ impl Default for ManagerConfig {
             durable_pause_after: Some(Duration::from_secs(600)),
             durable_pause_memory_low: 10,
             template_ready_timeout: Duration::from_secs(30),
+            build_cache_max_age: Some(Duration::from_secs(7 * 24 * 3600)),
         }
     }
 }

@@ -296,6 +296,10 @@ CREATE TABLE IF NOT EXISTS build_logs (
     written_at_ms INTEGER NOT NULL,
     log TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS build_steps (
+    template TEXT PRIMARY KEY,
+    used_at_ms INTEGER NOT NULL
+);
 ";
 
 impl Store {

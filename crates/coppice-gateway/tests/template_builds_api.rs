@@ -258,6 +258,22 @@ async fn test_bad_requests_are_refused_with_the_error_body() {
     );
     refused(call(&app, "POST", "/v3/templates", &[], "{}").await, 400);
     refused(
+        call(
+            &app,
+            "POST",
+            "/templates/builds/prune",
+            &[],
+            r#"{"days": 1}"#,
+        )
+        .await,
+        400,
+    );
+    let (status, _, pruned) = call(&app, "POST", "/templates/builds/prune", &[], "").await;
+    assert_eq!(
+        (status, pruned),
+        (StatusCode::OK, serde_json::json!({"pruned": []}))
+    );
+    refused(
         call(&app, "GET", "/templates/mine/builds/nope/status", &[], "").await,
         404,
     );

@@ -110,6 +110,11 @@ impl SandboxManager {
         let kept = collecting.await.unwrap_or_default();
         let template = built?;
         self.keep_build_log(&template.id, kept).await;
+        if let Some(age) = self.inner.config.build_cache_max_age
+            && let Err(error) = self.prune_build_cache(age).await
+        {
+            tracing::warn!(error = %super::error_chain(&error), "cannot prune the build cache");
+        }
         Ok(template)
     }
 
@@ -207,6 +212,7 @@ impl SandboxManager {
                     started.elapsed().as_secs_f64()
                 ));
             }
+            self.touch_build_step(&cache).await;
             parent = Some(cache);
         }
         let Some(last) = parent else {

@@ -2,6 +2,7 @@
 //! build whose steps up to it are the same, and failed steps that leave no template.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use super::tests::Harness;
 use super::*;
@@ -271,4 +272,58 @@ async fn test_a_run_step_runs_as_its_user_in_its_directory_with_its_input_and_va
         .unwrap();
     assert_eq!(make.user, crate::exec::ExecUser::Named("user".into()));
     assert_eq!(make.cwd.as_deref(), Some("/"));
+}
+
+#[tokio::test]
+async fn test_build_steps_unused_for_a_while_are_pruned_and_rebuilt_when_needed() {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+    let steps = || {
+        harness
+            .storage
+            .calls()
+            .iter()
+            .filter(|call| matches!(call, FakeCall::Snapshot(..)))
+            .count()
+    };
+    build(&manager, recipe("old", &["six"], &["echo old"]))
+        .await
+        .0
+        .unwrap();
+    // Right after a build nothing is old enough, whatever is asked.
+    assert!(
+        manager
+            .prune_build_cache(Duration::ZERO)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    harness.clock.advance(Duration::from_secs(2 * 3600));
+    // A second build reuses the Debian and pip steps (marking them used), not the run step.
+    build(&manager, recipe("new", &["six"], &["echo new"]))
+        .await
+        .0
+        .unwrap();
+    let pruned = manager
+        .prune_build_cache(Duration::from_secs(3600))
+        .await
+        .unwrap();
+    assert_eq!(pruned.len(), 1, "only old's run step: {pruned:?}");
+    assert!(
+        manager.template(&"old".parse().unwrap()).await.is_ok(),
+        "templates stay"
+    );
+
+    // Rebuilding old runs its pruned step again, and only it.
+    manager
+        .delete_template(&"old".parse().unwrap())
+        .await
+        .unwrap();
+    let before = steps();
+    build(&manager, recipe("old", &["six"], &["echo old"]))
+        .await
+        .0
+        .unwrap();
+    assert_eq!(steps() - before, 1);
 }

@@ -1,5 +1,6 @@
-//! Build logs: the log of the build that made each template (and each tag of it), kept with
-//! the template's other metadata and gone with it.
+//! Build records: the log of the build that made each template (and each tag of it), kept
+//! with the template's other metadata and gone with it; and when each step of the build
+//! cache was last used, so unused steps can be pruned.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -71,6 +72,67 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Records that build cache step `id` was used (made or reused) at `at`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn touch_build_step(
+        &self,
+        id: &TemplateId,
+        at: std::time::SystemTime,
+    ) -> Result<(), StoreError> {
+        self.connection()
+            .execute(
+                "INSERT INTO build_steps (template, used_at_ms) VALUES (?1, ?2)
+                 ON CONFLICT (template) DO UPDATE SET used_at_ms = ?2",
+                params![id.as_str(), to_unix_millis(at)],
+            )
+            .map_err(|source| StoreError::Query {
+                op: "touch build step",
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// When build cache step `id` was last used, if that was recorded.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn build_step_used(
+        &self,
+        id: &TemplateId,
+    ) -> Result<Option<std::time::SystemTime>, StoreError> {
+        let at: Option<i64> = self
+            .connection()
+            .query_row(
+                "SELECT used_at_ms FROM build_steps WHERE template = ?1",
+                [id.as_str()],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(|source| StoreError::Query {
+                op: "get build step",
+                source,
+            })?;
+        Ok(at.map(crate::clock::from_unix_millis))
+    }
+
+    /// Forgets build cache step `id`.
+    ///
+    /// # Errors
+    /// [`StoreError`].
+    pub fn forget_build_step(&self, id: &TemplateId) -> Result<(), StoreError> {
+        self.connection()
+            .execute("DELETE FROM build_steps WHERE template = ?1", [id.as_str()])
+            .map_err(|source| StoreError::Query {
+                op: "forget build step",
+                source,
+            })?;
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
@@ -96,5 +158,19 @@ mod tests {
         store.delete_build_log(&id).unwrap();
         assert_eq!(store.build_log(&id).unwrap(), None);
         store.delete_build_log(&id).unwrap();
+    }
+
+    #[test]
+    fn test_a_build_steps_last_use_is_kept_until_forgotten() {
+        let store = Store::in_memory().unwrap();
+        let id: TemplateId = "build-0123".parse().unwrap();
+        assert_eq!(store.build_step_used(&id).unwrap(), None);
+        let first = std::time::UNIX_EPOCH + std::time::Duration::from_secs(100);
+        let later = first + std::time::Duration::from_secs(60);
+        store.touch_build_step(&id, first).unwrap();
+        store.touch_build_step(&id, later).unwrap();
+        assert_eq!(store.build_step_used(&id).unwrap(), Some(later));
+        store.forget_build_step(&id).unwrap();
+        assert_eq!(store.build_step_used(&id).unwrap(), None);
     }
 }

@@ -145,6 +145,29 @@ impl Client {
             .unwrap_or_default())
     }
 
+    /// Deletes the build cache's steps unused for `older_than` (at least an hour); returns
+    /// their ids.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn prune_build_cache(
+        &self,
+        older_than: std::time::Duration,
+    ) -> Result<Vec<String>, ClientError> {
+        let body = serde_json::json!({ "olderThanSeconds": older_than.as_secs() });
+        let request = self.api("POST", "/templates/builds/prune", Some(body))?;
+        let (_, bytes) = Self::whole(self.send(request).await?).await?;
+        let answer: serde_json::Value = Self::json(&bytes)?;
+        Ok(answer["pruned"]
+            .as_array()
+            .map(|ids| {
+                ids.iter()
+                    .filter_map(|id| id.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// Template `name`'s tags: `tag`, `buildID`, `createdAt` each.
     ///
     /// # Errors

@@ -1,3 +1,4 @@
+//! `POST /templates/builds/prune` deletes build cache steps unused for a while.
 //! `POST /templates/builds`: builds a template from a recipe and streams the build's log as
 //! NDJSON, `{"log": "..."}` per line, then `{"status": "ready", "template": {...}}` or
 //! `{"status": "error", "code": ..., "message": "..."}`. A build goes on if the caller goes
@@ -21,7 +22,9 @@ use crate::error::ApiError;
 
 /// The build route.
 pub fn routes() -> Router<AppState> {
-    Router::new().route("/templates/builds", post(build))
+    Router::new()
+        .route("/templates/builds", post(build))
+        .route("/templates/builds/prune", post(prune))
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +130,36 @@ pub fn parse_recipe(body: &[u8]) -> Result<Recipe, String> {
     }
     .validate()
     .map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct PruneBody {
+    /// Steps unused this long go (at least an hour).
+    #[serde(default)]
+    older_than_seconds: u64,
+}
+
+/// `POST /templates/builds/prune`: deletes the build cache's steps unused for a while.
+async fn prune(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    let body: PruneBody = if body.is_empty() {
+        PruneBody {
+            older_than_seconds: 0,
+        }
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("expected {{\"olderThanSeconds\"}}: {e}")))?
+    };
+    let pruned = state
+        .manager
+        .prune_build_cache(std::time::Duration::from_secs(body.older_than_seconds))
+        .await?;
+    Ok(axum::Json(serde_json::json!({
+        "pruned": pruned.iter().map(ToString::to_string).collect::<Vec<_>>(),
+    })))
 }
 
 async fn build(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
