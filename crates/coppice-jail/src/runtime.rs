@@ -94,6 +94,12 @@ struct JailRecord {
     path: PathBuf,
     hostname: String,
     env: Vec<(String, String)>,
+    /// The template's default user and working directory for envd (`None`: envd's own);
+    /// absent from records written before they were kept.
+    #[serde(default)]
+    default_user: Option<String>,
+    #[serde(default)]
+    default_workdir: Option<String>,
     /// The link handed over at create, if any; reclaimed at destroy.
     link: Option<VnetLink>,
     /// nullfs mount targets on the host, in mount order.
@@ -265,6 +271,8 @@ impl JailRuntime {
             path: root.to_owned(),
             hostname: spec.hostname.clone(),
             env: spec.env.clone(),
+            default_user: spec.defaults.user.clone(),
+            default_workdir: spec.defaults.workdir.clone(),
             link: None,
             mounts: Vec::new(),
         };
@@ -327,7 +335,12 @@ impl JailRuntime {
             Some(envd) => Some((
                 bind(&endpoints.envd_socket)?,
                 fs::File::open(&envd.binary).map_err(host_step("open envd"))?,
-                envd.args(id.as_str(), ENVD_STATE_FILE),
+                envd.args_for(
+                    id.as_str(),
+                    ENVD_STATE_FILE,
+                    record.default_user.as_deref(),
+                    record.default_workdir.as_deref(),
+                ),
             )),
             None => None,
         };

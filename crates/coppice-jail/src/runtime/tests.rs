@@ -218,6 +218,31 @@ fn test_start_hands_the_init_its_sockets_and_exec_reaches_it() {
 }
 
 #[test]
+fn test_envd_gets_the_templates_default_user_and_directory() {
+    let f = fixture();
+    let sandbox = id("a1");
+    let mut with_defaults = spec(NetAttachment::LoopbackOnly, vec![]);
+    with_defaults.defaults = coppice_core::runtime::ProcessDefaults {
+        user: Some("app".into()),
+        workdir: Some("/srv".into()),
+    };
+    f.runtime
+        .create(&sandbox, &with_defaults, &f.root_fs())
+        .unwrap();
+    f.runtime.start(&sandbox).unwrap();
+    let envd_args = f.sys.init_config(1).unwrap().envd_args.unwrap();
+    assert!(
+        envd_args
+            .windows(2)
+            .any(|pair| pair == ["--default-user", "app"])
+            && envd_args
+                .windows(2)
+                .any(|pair| pair == ["--default-workdir", "/srv"]),
+        "{envd_args:?}"
+    );
+}
+
+#[test]
 fn test_an_init_that_fails_is_reported_with_its_message() {
     let f = fixture();
     let sandbox = id("a1");
