@@ -667,7 +667,16 @@ impl NetPolicy for BridgeNetwork {
     /// moves it into the namespace it makes. The index, its rules and its record stay the
     /// sandbox's.
     fn prepare_restore(&self, id: &SandboxId) -> Result<(), NetError> {
-        let index = self.inner.index_of(id)?;
+        // The sandbox exists (it is being restored): a missing record is this backend's
+        // failure, not an unknown sandbox, which callers would report as gone.
+        let index = self.inner.index_of(id).map_err(|_| {
+            backend(
+                "prepare network for restore",
+                std::io::Error::other(format!(
+                    "sandbox {id} has no network record, so its address cannot be given back"
+                )),
+            )
+        })?;
         let link = self.inner.config.host_link(index);
         if !self.inner.remove_link(index) {
             return Err(backend(

@@ -539,12 +539,12 @@ fn test_a_restore_gets_a_new_pair_on_the_same_port_isolated_and_guarded() {
 }
 
 #[test]
-fn test_restore_of_an_unknown_sandbox_is_not_found() {
+fn test_restore_without_a_network_record_fails_saying_so_not_as_an_unknown_sandbox() {
     let dir = tempfile::tempdir().unwrap();
     let sys = Arc::new(FakeBridgeSys::default());
     let network = checkpointable(dir.path(), &sys);
-    assert!(matches!(
-        network.prepare_restore(&id("x")),
-        Err(NetError::NotFound { .. })
-    ));
+    let error = network.prepare_restore(&id("x")).unwrap_err();
+    assert!(matches!(error, NetError::Backend { .. }), "{error:?}");
+    let chain = format!("{error}: {}", std::error::Error::source(&error).unwrap());
+    assert!(chain.contains("no network record"), "{chain}");
 }
