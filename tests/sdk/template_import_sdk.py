@@ -31,8 +31,9 @@ from control_api import call
 TOOLS = ["/bin/bash", "/bin/sh", "/bin/cat", "/bin/ls", "/usr/bin/id", "/bin/pwd", "/bin/sleep", "/usr/bin/env",
          "/bin/echo", "/usr/bin/test"]
 PASSWD = "root:x:0:0:root:/root:/bin/bash\napp:x:1000:1000:app:/app:/bin/bash\n"
-GROUP = "root:x:0:\napp:x:1000:\n"
-ENTRYPOINT = ["/bin/sh", "-c", "echo started as $(id -un) in $(pwd) > /tmp/entrypoint.txt; exec sleep 100000"]
+GROUP = "root:x:0:\napp:x:1000:\nstaff:x:50:\n"
+ENTRYPOINT = ["/bin/sh", "-c",
+              "echo started as $(id -un):$(id -gn) in $(pwd) > /tmp/entrypoint.txt; exec sleep 100000"]
 
 
 class Layer:
@@ -145,7 +146,7 @@ def image_layers():
 
 CONFIG = {"architecture": "amd64", "os": "linux",
           "config": {"Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "GREETING=hello from the config"],
-                     "User": "app", "WorkingDir": "/app", "Entrypoint": ENTRYPOINT}}
+                     "User": "app:staff", "WorkingDir": "/app", "Entrypoint": ENTRYPOINT}}
 
 
 def run(sbx, command):
@@ -186,7 +187,8 @@ def imported(workdir):
             if entry:
                 break
             time.sleep(0.1)
-        check("the entrypoint runs as the image's user in its directory", entry == "started as app in /app", entry)
+        check("the entrypoint runs as the image's user and group in its directory",
+              entry == "started as app:staff in /app", entry)
     finally:
         sbx.kill()
 

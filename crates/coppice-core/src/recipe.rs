@@ -626,6 +626,7 @@ mod tests {
                 r.start = Some(TemplateStart {
                     command: "serve".into(),
                     ready: None,
+                    user: None,
                 });
             })
         );

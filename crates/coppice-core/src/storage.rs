@@ -57,6 +57,9 @@ pub struct TemplateStart {
     pub command: String,
     /// A shell command that exits 0 once the service is ready; `None` waits for nothing.
     pub ready: Option<String>,
+    /// Who runs it, `user` or `user:group` of the sandbox (an image's `User`, its group
+    /// kept); `None`: the template's default user.
+    pub user: Option<String>,
 }
 
 /// A host directory mounted into the sandbox.

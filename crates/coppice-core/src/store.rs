@@ -125,6 +125,8 @@ struct SandboxRecord {
     service_command: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     service_ready: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    service_user: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -174,6 +176,7 @@ impl SandboxRecord {
             default_workdir: spec.defaults.workdir.clone(),
             service_command: spec.service.as_ref().map(|s| s.command.clone()),
             service_ready: spec.service.as_ref().and_then(|s| s.ready.clone()),
+            service_user: spec.service.as_ref().and_then(|s| s.user.clone()),
         }
     }
 
@@ -247,6 +250,7 @@ impl SandboxRecord {
                     .map(|command| crate::storage::TemplateStart {
                         command,
                         ready: self.service_ready,
+                        user: self.service_user,
                     }),
             },
             state,
@@ -616,6 +620,7 @@ mod tests {
         imported.spec.service = Some(crate::storage::TemplateStart {
             command: "serve".into(),
             ready: Some("probe".into()),
+            user: Some("app:staff".into()),
         });
         store.put(&imported).unwrap();
         assert_eq!(store.get(&imported.id).unwrap(), Some(imported));

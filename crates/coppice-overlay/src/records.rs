@@ -75,6 +75,8 @@ struct StartRecord {
     command: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     ready: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
 }
 
 /// A template's metadata, parsed.
@@ -112,6 +114,7 @@ impl TemplateRecord {
             start: self.start.as_ref().map(|start| StartRecord {
                 command: start.command.clone(),
                 ready: start.ready.clone(),
+                user: start.user.clone(),
             }),
             source_digest: self.source_digest.clone(),
             env: self.env.clone(),
@@ -151,6 +154,7 @@ impl TemplateRecord {
             start: file.start.map(|start| TemplateStart {
                 command: start.command,
                 ready: start.ready,
+                user: start.user,
             }),
             source_digest: file.source_digest,
             env: file.env,
@@ -270,6 +274,7 @@ mod tests {
             start: Some(TemplateStart {
                 command: "serve".to_owned(),
                 ready: Some("probe".to_owned()),
+                user: Some("app:staff".to_owned()),
             }),
             source_digest: Some("abc".to_owned()),
             env: vec![("LANG".to_owned(), "C.UTF-8".to_owned())],

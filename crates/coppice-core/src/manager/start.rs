@@ -44,7 +44,8 @@ impl Inner {
         }
     }
 
-    /// Starts sandbox `id`'s service (if it has one) as its default user, and waits until
+    /// Starts sandbox `id`'s service (if it has one) as its own user, else the sandbox's
+    /// default user, and waits until
     /// its ready check passes, for at most the configured time.
     pub(super) fn start_service_blocking(
         &self,
@@ -56,10 +57,10 @@ impl Inner {
         };
         let as_user = |argv: Vec<String>| ExecRequest {
             timeout: Some(CHECK_TIMEOUT),
-            user: spec
-                .defaults
+            user: start
                 .user
                 .as_deref()
+                .or(spec.defaults.user.as_deref())
                 .map_or(ExecUser::User, template_user),
             cwd: spec.defaults.workdir.clone(),
             ..ExecRequest::new(argv)

@@ -14,6 +14,7 @@ fn serving(harness: &Harness) {
         TemplateStart {
             command: "serve --port 49999".into(),
             ready: Some("probe 49999".into()),
+            user: None,
         },
     );
 }
@@ -147,6 +148,7 @@ async fn test_a_sandbox_takes_its_template_environment_user_and_directory() {
     let service = |command: &str| TemplateStart {
         command: command.into(),
         ready: None,
+        user: None,
     };
     harness.storage.set_start(&base, service("serve v1"));
     let manager = harness.manager().await;
@@ -193,4 +195,36 @@ async fn test_a_sandbox_takes_its_template_environment_user_and_directory() {
             .count()
     };
     assert_eq!((started("v1"), started("v2")), (2, 0));
+}
+
+#[tokio::test]
+async fn test_a_service_with_its_own_user_runs_as_that_user_and_group() {
+    let harness = Harness::new();
+    let base: TemplateId = "base".parse().unwrap();
+    harness.storage.set_defaults(&base, "app", "/srv", &[]);
+    harness.storage.set_start(
+        &base,
+        TemplateStart {
+            command: "serve".into(),
+            ready: Some("probe".into()),
+            user: Some("app:staff".into()),
+        },
+    );
+    let manager = harness.manager().await;
+
+    manager.create(spec()).await.unwrap();
+
+    let requests = harness.runtime.exec_requests();
+    let by = |needle: &str| {
+        requests
+            .iter()
+            .find(|r| r.argv.join(" ").contains(needle))
+            .map(|r| (r.user.clone(), r.cwd.clone()))
+    };
+    let expected = Some((
+        crate::exec::ExecUser::Named("app:staff".into()),
+        Some("/srv".into()),
+    ));
+    assert_eq!(by("serve"), expected);
+    assert_eq!(by("probe"), expected, "its ready check too");
 }

@@ -124,6 +124,7 @@ pub fn parse_recipe(body: &[u8]) -> Result<Recipe, String> {
         start: body.start.map(|start| TemplateStart {
             command: start.command,
             ready: start.ready,
+            user: None,
         }),
         user: body.user,
         workdir: body.workdir,

@@ -20,6 +20,7 @@ fn source(script: &str) -> TemplateSource {
         start: Some(TemplateStart {
             command: "python3 -m server".into(),
             ready: Some("true".into()),
+            user: None,
         }),
     }
 }
@@ -42,6 +43,7 @@ fn test_a_template_is_built_over_the_base_once_and_again_when_its_sources_change
         Some(TemplateStart {
             command: "python3 -m server".into(),
             ready: Some("true".into()),
+            user: None,
         })
     );
     let first = top_layer(&harness);
@@ -160,6 +162,7 @@ fn test_a_derived_template_shares_its_parents_layers_with_its_own_environment_an
         start: Some(TemplateStart {
             command: "serve".into(),
             ready: None,
+            user: None,
         }),
         default_user: Some("root".into()),
         default_workdir: Some("/srv".into()),

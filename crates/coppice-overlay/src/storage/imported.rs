@@ -36,7 +36,17 @@ impl OverlayStorage {
         let (pending, tree, created_at) = self.begin_root_layer(id)?;
         let mut imported = coppice_oci::import(image, &tree, ids).map_err(image_error)?;
         self.add_mount_points(&tree).map_err(overlay)?;
-        imported.config.user = Some(self.image_user(&tree, imported.config.user.as_deref())?);
+        let asked = imported.config.user.take();
+        let user = self.image_user(&tree, asked.as_deref())?;
+        // The group an image's `User` names is kept for its main process (envd's users are
+        // names, run with their own groups).
+        let group = asked
+            .as_deref()
+            .and_then(|spec| spec.split_once(':'))
+            .map(|(_, group)| group.to_owned())
+            .filter(|group| !group.is_empty());
+        let service_user = group.map(|group| format!("{user}:{group}"));
+        imported.config.user = Some(user);
         let manifest = self
             .layers
             .commit(
@@ -50,6 +60,7 @@ impl OverlayStorage {
             manifest.id.clone(),
             manifest.created_at,
             imported.config,
+            service_user,
         );
         record.write(&path).map_err(overlay)?;
         tracing::info!(template = %id, image = %image.display(), layer = %manifest.id, size_bytes = manifest.size_bytes, "template imported from an image");
@@ -199,6 +210,7 @@ fn image_record(
     layer: LayerId,
     created_at: SystemTime,
     config: ImageConfig,
+    service_user: Option<String>,
 ) -> TemplateRecord {
     let process: Vec<&String> = config.entrypoint.iter().chain(&config.cmd).collect();
     TemplateRecord {
@@ -220,6 +232,7 @@ fn image_record(
                 .collect::<Vec<_>>()
                 .join(" "),
             ready: None,
+            user: service_user,
         }),
         source_digest: None,
         env: config.env,
@@ -276,10 +289,17 @@ mod tests {
             "l1".parse().unwrap(),
             SystemTime::UNIX_EPOCH,
             config,
+            Some("app:staff".into()),
+        );
+        let start = record.start.unwrap();
+        assert_eq!(
+            start.command,
+            r"/bin/sh -c 'echo '\''hi there'\'' > /tmp/x'"
         );
         assert_eq!(
-            record.start.unwrap().command,
-            r"/bin/sh -c 'echo '\''hi there'\'' > /tmp/x'"
+            start.user.as_deref(),
+            Some("app:staff"),
+            "the group is kept"
         );
         assert_eq!(record.default_user, "root");
         assert_eq!(record.default_workdir, "/");
@@ -298,6 +318,7 @@ mod tests {
                 workdir: Some("/srv".into()),
                 ..ImageConfig::default()
             },
+            None,
         );
         assert!(record.start.is_none());
         assert_eq!(

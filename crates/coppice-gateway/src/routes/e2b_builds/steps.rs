@@ -249,6 +249,7 @@ pub(crate) fn translate(
         start: start_command.map(|command| TemplateStart {
             command,
             ready: start.ready_cmd.filter(|cmd| !cmd.trim().is_empty()),
+            user: None,
         }),
         user: Some(user),
         workdir: Some(workdir),
