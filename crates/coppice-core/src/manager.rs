@@ -143,6 +143,9 @@ struct Inner {
     /// One lock per template name that serialises its builds, so they replace it in the
     /// order they were asked for.
     template_builds: Mutex<HashMap<TemplateId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held shared by every build while it stands on the build cache's steps, and
+    /// exclusively while they are pruned.
+    build_cache_use: tokio::sync::RwLock<()>,
 }
 
 impl SandboxManager {
@@ -171,6 +174,7 @@ impl SandboxManager {
                 volume_mounts: Mutex::new(()),
                 memory_paused: Mutex::new(HashMap::new()),
                 template_builds: Mutex::new(HashMap::new()),
+                build_cache_use: tokio::sync::RwLock::new(()),
             }),
         };
         manager.reconcile().await?;

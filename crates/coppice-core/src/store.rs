@@ -22,6 +22,7 @@ use crate::state::{PauseMode, SandboxState};
 use crate::volume::VolumeMount;
 
 mod build_logs;
+pub use build_logs::MAX_KEPT_LOG_LINES;
 mod dir_snapshots;
 mod volumes;
 

@@ -261,6 +261,17 @@ async fn test_bad_requests_are_refused_with_the_error_body() {
         call(
             &app,
             "POST",
+            "/v3/templates",
+            &[],
+            r#"{"name": "mine", "tags": ["V1"]}"#,
+        )
+        .await,
+        400,
+    );
+    refused(
+        call(
+            &app,
+            "POST",
             "/templates/builds/prune",
             &[],
             r#"{"days": 1}"#,

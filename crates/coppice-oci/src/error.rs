@@ -86,6 +86,16 @@ impl OciError {
             {
                 OciErrorKind::OutOfSpace
             }
+            // A stream that does not decode (corrupt gzip or zstd, a truncated tar) is the
+            // image's fault, not the host's.
+            Self::Read { source, .. }
+                if matches!(
+                    source.kind(),
+                    ErrorKind::InvalidData | ErrorKind::UnexpectedEof
+                ) =>
+            {
+                OciErrorKind::Invalid
+            }
             Self::Read { .. } | Self::WriteContents { .. } => OciErrorKind::Io,
         }
     }

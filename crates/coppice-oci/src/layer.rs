@@ -205,7 +205,10 @@ fn open_layer(
         .map_err(|e| OciError::read(format!("read layer {}", layer.member), e))?;
     let stream: Box<dyn Read> = match magic {
         [0x1f, 0x8b, ..] => Box::new(flate2::bufread::MultiGzDecoder::new(buffered)),
-        [0x28, 0xb5, 0x2f, 0xfd, ..] => Box::new(crate::zstd::ZstdFrames::new(buffered)),
+        // A zstd frame, or a skippable frame (`pzstd` starts with one).
+        [0x28, 0xb5, 0x2f, 0xfd, ..] | [0x50..=0x5f, 0x2a, 0x4d, 0x18, ..] => {
+            Box::new(crate::zstd::ZstdFrames::new(buffered))
+        }
         _ => Box::new(buffered),
     };
     Ok((tar::Archive::new(stream), hasher))

@@ -43,8 +43,14 @@ impl<R: BufRead> Read for ZstdFrames<R> {
                     self.state = Some(Frames::Between(frame.into_inner()));
                 }
                 Some(Frames::Between(mut source)) => {
-                    if source.fill_buf()?.is_empty() {
+                    let head = source.fill_buf()?;
+                    if head.is_empty() {
                         return Ok(0);
+                    }
+                    if is_skippable(head) {
+                        skip_frame(&mut source)?;
+                        self.state = Some(Frames::Between(source));
+                        continue;
                     }
                     let frame = StreamingDecoder::new(source).map_err(|error| {
                         io::Error::new(io::ErrorKind::InvalidData, format!("zstd: {error}"))
@@ -54,6 +60,30 @@ impl<R: BufRead> Read for ZstdFrames<R> {
             }
         }
     }
+}
+
+/// Whether `head` starts a skippable frame (magic `0x184D2A5?`, little-endian): metadata
+/// such as `pzstd`'s frame sizes or a zstd:chunked table of contents, no content.
+fn is_skippable(head: &[u8]) -> bool {
+    matches!(head, [0x50..=0x5f, 0x2a, 0x4d, 0x18, ..])
+}
+
+/// Reads past the skippable frame at the start of `source`: its magic, its length, and
+/// that many bytes.
+fn skip_frame(source: &mut impl BufRead) -> io::Result<()> {
+    let mut header = [0u8; 8];
+    source.read_exact(&mut header)?;
+    let length = u64::from(u32::from_le_bytes([
+        header[4], header[5], header[6], header[7],
+    ]));
+    let skipped = io::copy(&mut source.take(length), &mut io::sink())?;
+    if skipped < length {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "zstd: a skippable frame ends early",
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -77,6 +107,28 @@ mod tests {
         ));
         assert_eq!(decoded(&stream).unwrap(), b"first frame, second frame");
         assert_eq!(decoded(&[]).unwrap(), b"");
+    }
+
+    #[test]
+    fn test_skippable_frames_are_passed_over() {
+        // As `pzstd` writes: a skippable frame before each frame, and one at the end.
+        let skippable = |content: &[u8]| {
+            let mut frame = vec![0x50, 0x2a, 0x4d, 0x18];
+            frame.extend(u32::try_from(content.len()).unwrap().to_le_bytes());
+            frame.extend(content);
+            frame
+        };
+        let mut stream = skippable(&[1, 2, 3, 4]);
+        stream.extend(compress_to_vec(&b"one "[..], CompressionLevel::Fastest));
+        stream.extend(skippable(&[5; 4]));
+        stream.extend(compress_to_vec(&b"two"[..], CompressionLevel::Fastest));
+        stream.extend(skippable(b"table of contents"));
+        assert_eq!(decoded(&stream).unwrap(), b"one two");
+        let truncated = &skippable(&[0; 16])[..12];
+        assert_eq!(
+            decoded(truncated).unwrap_err().kind(),
+            io::ErrorKind::UnexpectedEof
+        );
     }
 
     #[test]

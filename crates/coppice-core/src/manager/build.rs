@@ -46,7 +46,7 @@ impl SandboxManager {
         log: BuildLog,
     ) -> Result<TemplateInfo, ManagerError> {
         Self::check_template_name(&recipe.id)?;
-        self.build_over(recipe, &log, |_| false).await
+        self.build_over(recipe, &[], &log, |_| false).await
     }
 
     /// Builds template `recipe.id` as [`Self::build_template`] does, replacing a template of
@@ -61,9 +61,29 @@ impl SandboxManager {
         recipe: Recipe,
         log: BuildLog,
     ) -> Result<TemplateInfo, ManagerError> {
+        self.rebuild_tagged_template(recipe, &[], log).await
+    }
+
+    /// [`Self::rebuild_template`], then `tags` of the name pointed at the new build, before
+    /// any other build of the name may replace it. Tags are checked before anything is built.
+    ///
+    /// # Errors
+    /// As [`Self::rebuild_template`]; `InvalidId` for a bad tag.
+    pub async fn rebuild_tagged_template(
+        &self,
+        recipe: Recipe,
+        tags: &[String],
+        log: BuildLog,
+    ) -> Result<TemplateInfo, ManagerError> {
         Self::check_template_name(&recipe.id)?;
+        for tag in tags {
+            recipe
+                .id
+                .with_tag(tag)
+                .map_err(|source| ManagerError::InvalidId { source })?;
+        }
         // A build a user asked for replaces builds, never a stand-in coppice made.
-        self.build_over(recipe, &log, |existing| {
+        self.build_over(recipe, tags, &log, |existing| {
             existing
                 .built_from
                 .as_deref()
@@ -72,44 +92,49 @@ impl SandboxManager {
         .await
     }
 
-    /// Builds `recipe` unless a template of its id exists that `may_replace` refuses.
+    /// Builds `recipe` unless a template of its id exists that `may_replace` refuses, and
+    /// points `tags` at the build, all under the name's lock.
     async fn build_over(
         &self,
         recipe: Recipe,
+        tags: &[String],
         log: &BuildLog,
         may_replace: fn(&TemplateInfo) -> bool,
     ) -> Result<TemplateInfo, ManagerError> {
         let recipe = recipe.validate()?;
-        let lock = Arc::clone(
-            self.inner
-                .template_builds
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .entry(recipe.id.clone())
-                .or_default(),
-        );
-        let _building = lock.lock().await;
+        let building = self.lock_template_name(&recipe.id).await;
         if let Ok(existing) = self.template(&recipe.id).await
             && !may_replace(&existing)
         {
             return Err(template_exists(&recipe.id));
         }
-        // Every line goes to the caller as it comes, and is kept with the template.
+        // Every line goes to the caller as it comes; the last ones are kept with the template.
         let (teed, mut lines) = tokio::sync::mpsc::unbounded_channel::<String>();
         let caller = log.clone();
         let collecting = tokio::spawn(async move {
-            let mut kept = Vec::new();
+            let mut kept = std::collections::VecDeque::new();
             while let Some(line) = lines.recv().await {
                 let _ = caller.send(line.clone());
-                kept.push(line);
+                if kept.len() == crate::store::MAX_KEPT_LOG_LINES {
+                    kept.pop_front();
+                }
+                kept.push_back(line);
             }
-            kept
+            Vec::from(kept)
         });
-        let built = self.build_recipe(&recipe, &teed).await;
+        let built = {
+            // Shared with other builds; pruning waits until none stands on the cache.
+            let _using_cache = self.inner.build_cache_use.read().await;
+            self.build_recipe(&recipe, &teed).await
+        };
         drop(teed);
         let kept = collecting.await.unwrap_or_default();
         let template = built?;
         self.keep_build_log(&template.id, kept).await;
+        if !tags.is_empty() {
+            self.tag_locked(&template.id, tags).await?;
+        }
+        drop(building);
         if let Some(age) = self.inner.config.build_cache_max_age
             && let Err(error) = self.prune_build_cache(age).await
         {
@@ -169,7 +194,7 @@ impl SandboxManager {
         }
         // The shipped names are no user's (`check_template_name`): whatever coppice built
         // under one is an earlier stand-in or build of it.
-        self.build_over(recipe, &log, |existing| existing.built_from.is_some())
+        self.build_over(recipe, &[], &log, |existing| existing.built_from.is_some())
             .await
     }
 
@@ -190,6 +215,7 @@ impl SandboxManager {
                 .cache_template()
                 .map_err(|source| ManagerError::InvalidId { source })?;
             let header = format!("==> step {}/{}: {}", n + 1, steps.len(), step.label());
+            self.touch_build_step(&cache).await;
             if self.template(&cache).await.is_ok() {
                 say(format!("{header} (cached)"));
             } else {
@@ -212,7 +238,6 @@ impl SandboxManager {
                     started.elapsed().as_secs_f64()
                 ));
             }
-            self.touch_build_step(&cache).await;
             parent = Some(cache);
         }
         let Some(last) = parent else {

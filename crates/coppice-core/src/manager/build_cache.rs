@@ -9,8 +9,8 @@ use std::time::Duration;
 use super::{ManagerError, SandboxManager, blocking};
 use crate::id::TemplateId;
 
-/// Steps used more recently than this are never pruned, so a build in progress keeps the
-/// steps it stands on whatever a caller asks.
+/// Steps used more recently than this are never pruned, whatever a caller asks (a build
+/// marks each step used before it looks for it, and pruning waits for running builds).
 pub const MIN_PRUNE_AGE: Duration = Duration::from_secs(3600);
 
 impl SandboxManager {
@@ -39,6 +39,8 @@ impl SandboxManager {
         older_than: Duration,
     ) -> Result<Vec<TemplateId>, ManagerError> {
         let older_than = older_than.max(MIN_PRUNE_AGE);
+        // No build stands on the cache meanwhile (each holds this shared while it runs).
+        let _pruning = self.inner.build_cache_use.write().await;
         let now = self.inner.clock.now();
         let mut pruned = Vec::new();
         for step in self.all_templates().await? {
@@ -53,7 +55,11 @@ impl SandboxManager {
             if now.duration_since(used).unwrap_or_default() < older_than {
                 continue;
             }
-            self.delete_one_template(&step.id).await?;
+            match self.delete_one_template(&step.id).await {
+                // Deleted meanwhile (by hand): as good as pruned.
+                Ok(()) | Err(ManagerError::TemplateNotFound { .. }) => {}
+                Err(error) => return Err(error),
+            }
             let inner = Arc::clone(&self.inner);
             let id = step.id.clone();
             blocking("forget build step", move || {

@@ -93,7 +93,9 @@ impl SandboxManager {
     /// # Errors
     /// `TemplateNotFound`; `InvalidSpec`-like refusals from storage for built-in templates.
     pub async fn delete_template(&self, id: &TemplateId) -> Result<(), ManagerError> {
-        // A template's tags go with it (they only exist for builds, which may be deleted).
+        let _name = self.lock_template_name(id).await;
+        // The name first: if it may not go, its tags stay too.
+        self.delete_one_template(id).await?;
         if id.tag().is_none() {
             for tagged in self.all_templates().await? {
                 if tagged.id.name() == id.as_str() && tagged.id.tag().is_some() {
@@ -101,7 +103,7 @@ impl SandboxManager {
                 }
             }
         }
-        self.delete_one_template(id).await
+        Ok(())
     }
 
     pub(super) async fn delete_one_template(&self, id: &TemplateId) -> Result<(), ManagerError> {
@@ -114,10 +116,15 @@ impl SandboxManager {
         .map_err(|source| ManagerError::from_storage("delete template", source))?;
         let inner = Arc::clone(&self.inner);
         let template = id.clone();
-        Ok(blocking("delete build log", move || {
+        let forgotten = blocking("delete build log", move || {
             inner.store.delete_build_log(&template)
         })
-        .await??)
+        .await;
+        // The template is gone; a log left behind is only a row.
+        if let Err(error) = forgotten.and_then(|deleted| deleted.map_err(ManagerError::from)) {
+            tracing::warn!(template = %id, error = %super::error_chain(&error), "cannot delete the build log");
+        }
+        Ok(())
     }
 
     /// Starts `count` new sandboxes from a snapshot of sandbox `id` taken now; each has the

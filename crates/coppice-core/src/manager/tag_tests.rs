@@ -157,3 +157,48 @@ async fn test_only_builds_are_tagged() {
         .unwrap_err();
     assert_eq!(bad.kind(), crate::error::ErrorKind::Invalid, "{bad}");
 }
+
+#[tokio::test]
+async fn test_a_tagged_build_checks_its_tags_first_and_a_shipped_name_keeps_its_latest() {
+    let harness = Harness::new();
+    let manager = harness.manager().await;
+    let (log, _lines) = tokio::sync::mpsc::unbounded_channel();
+    let bad = manager
+        .rebuild_tagged_template(recipe("one"), &["Bad".into()], log.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(bad.kind(), crate::error::ErrorKind::Invalid, "{bad}");
+    assert!(
+        !harness
+            .storage
+            .calls()
+            .iter()
+            .any(|call| matches!(call, crate::testing::FakeCall::Bootstrap(_))),
+        "nothing was built"
+    );
+    let built = manager
+        .rebuild_tagged_template(recipe("one"), &["v1".into()], log)
+        .await
+        .unwrap();
+    let tagged = manager.template(&id("py:v1")).await.unwrap();
+    assert_eq!(tagged.built_from, built.built_from);
+
+    // A shipped template's own name is coppice's: a tag cannot replace it.
+    let mut shipped = recipe("one");
+    shipped.id = id("python");
+    let (log, _lines) = tokio::sync::mpsc::unbounded_channel();
+    manager.ensure_recipe_template(shipped, log).await.unwrap();
+    manager
+        .tag_template(&id("python"), &["mine".into()])
+        .await
+        .unwrap();
+    let refused = manager
+        .tag_template(&id("python:mine"), &["latest".into()])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.kind(),
+        crate::error::ErrorKind::Invalid,
+        "{refused}"
+    );
+}

@@ -11,6 +11,24 @@ use crate::recipe::RECIPE_DIGEST_PREFIX;
 use crate::storage::{TemplateInfo, TemplateMeta};
 
 impl SandboxManager {
+    /// The lock of `id`'s name (its tags share it): builds, tags and deletes of one name
+    /// take their turns.
+    pub(super) async fn lock_template_name(
+        &self,
+        id: &TemplateId,
+    ) -> tokio::sync::OwnedMutexGuard<()> {
+        let name = id.with_tag(LATEST_TAG).unwrap_or_else(|_| id.clone());
+        let lock = Arc::clone(
+            self.inner
+                .template_builds
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(name)
+                .or_default(),
+        );
+        lock.lock_owned().await
+    }
+
     /// Makes every tag of `tags` on `target`'s name stand for `target` (`name` or
     /// `name:tag`): a tag that named another build is moved, `latest` makes `target` the
     /// name's own build. Returns the ids made.
@@ -19,6 +37,16 @@ impl SandboxManager {
     /// `TemplateNotFound`; `NotABuild` for a target no build made; `InvalidId` for a bad
     /// tag; storage failures.
     pub async fn tag_template(
+        &self,
+        target: &TemplateId,
+        tags: &[String],
+    ) -> Result<Vec<TemplateId>, ManagerError> {
+        let _name = self.lock_template_name(target).await;
+        self.tag_locked(target, tags).await
+    }
+
+    /// [`Self::tag_template`] with the name's lock held by the caller.
+    pub(super) async fn tag_locked(
         &self,
         target: &TemplateId,
         tags: &[String],
@@ -35,6 +63,14 @@ impl SandboxManager {
             .map(|tag| target.with_tag(tag))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|source| ManagerError::InvalidId { source })?;
+        // `latest` replaces the name itself, which only a name a user may build can be.
+        if ids.iter().any(|id| id.tag().is_none()) {
+            Self::check_template_name(
+                &target
+                    .with_tag(LATEST_TAG)
+                    .map_err(|source| ManagerError::InvalidId { source })?,
+            )?;
+        }
         let mut made = Vec::new();
         for id in ids {
             if id == *target {
@@ -69,6 +105,7 @@ impl SandboxManager {
         name: &TemplateId,
         tags: &[String],
     ) -> Result<(), ManagerError> {
+        let _name = self.lock_template_name(name).await;
         for tag in tags {
             let id = name
                 .with_tag(tag)

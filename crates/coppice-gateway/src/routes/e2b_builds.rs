@@ -104,6 +104,11 @@ async fn open(
     if !tag.is_empty() {
         tags.push(tag.to_owned());
     }
+    // Refused now, not after a build replaced the name.
+    for tag in &tags {
+        id.with_tag(tag)
+            .map_err(|e| ApiError::bad_request(format!("tag {tag:?} is not valid: {e}")))?;
+    }
     let hex = random_hex(16)?;
     // A UUID, as the SDKs parse it.
     let build_id = format!(
@@ -241,11 +246,9 @@ async fn start(
     let manager = state.manager.clone();
     tokio::spawn(async move {
         let building = tokio::spawn(async move {
-            let built = manager.rebuild_template(translated.recipe, log).await?;
-            if !tags.is_empty() {
-                manager.tag_template(&built.id, &tags).await?;
-            }
-            Ok::<_, ManagerError>(built)
+            manager
+                .rebuild_tagged_template(translated.recipe, &tags, log)
+                .await
         });
         while let Some(line) = lines.recv().await {
             jobs.log(&build_id, false, line);

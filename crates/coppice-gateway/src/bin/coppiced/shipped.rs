@@ -95,20 +95,27 @@ pub(crate) fn build_in_background(manager: SandboxManager) {
         }
     };
     tokio::spawn(async move {
-        for recipe in recipes {
-            for (attempt, pause) in RETRY_PAUSES.iter().enumerate() {
-                if !pause.is_zero() {
-                    tokio::time::sleep(*pause).await;
-                }
+        // Each round builds every recipe not built yet, so one that fails holds up no other.
+        let mut pending = recipes;
+        for (round, pause) in RETRY_PAUSES.iter().enumerate() {
+            if !pause.is_zero() {
+                tokio::time::sleep(*pause).await;
+            }
+            let mut failed = Vec::new();
+            for recipe in pending {
                 match build_one(&manager, recipe.clone()).await {
-                    Outcome::Done => break,
+                    Outcome::Done => {}
                     Outcome::Unsupported => return,
-                    Outcome::Failed if attempt + 1 < RETRY_PAUSES.len() => {
-                        tracing::info!(template = %recipe.id, "will try the build again");
-                    }
-                    Outcome::Failed => {}
+                    Outcome::Failed => failed.push(recipe),
                 }
             }
+            if failed.is_empty() {
+                return;
+            }
+            if round + 1 < RETRY_PAUSES.len() {
+                tracing::info!(count = failed.len(), "will try the failed builds again");
+            }
+            pending = failed;
         }
     });
 }
