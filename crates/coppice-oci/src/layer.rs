@@ -11,6 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read};
+use std::time::{Duration, UNIX_EPOCH};
 
 use coppice_core::volume::IdMap;
 use coppice_volume::{EntryKind, Ownership, VolumeFs, VolumeFsErrorKind, VolumePath};
@@ -410,6 +411,14 @@ pub(crate) fn apply(
                                 source,
                             }
                         })?;
+                        // The image's time, not the import's: Python's bytecode caches (and
+                        // make-like tools) compare it.
+                        let mtime = entry.header().mtime().unwrap_or(0);
+                        file.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
+                            .map_err(|source| OciError::WriteContents {
+                                path: next.path.join("/"),
+                                source,
+                            })?;
                         pending.commit(file)?;
                     }
                     Write::Symlink(link) => fs.make_symlink(&target, link, &ownership)?,

@@ -11,6 +11,9 @@ use super::*;
 use crate::source::hex;
 
 /// One entry of a test layer.
+/// The modification time of every entry the tests write.
+const ENTRY_MTIME: u64 = 1_600_000_000;
+
 enum Item<'a> {
     Dir(&'a str),
     File(&'a str, &'a str),
@@ -33,7 +36,7 @@ fn layer_tar(items: &[Item<'_>]) -> Vec<u8> {
         let mut header = tar::Header::new_gnu();
         header.set_uid(uid);
         header.set_gid(gid);
-        header.set_mtime(0);
+        header.set_mtime(ENTRY_MTIME);
         match item {
             Item::Dir(path) => {
                 header.set_entry_type(tar::EntryType::Directory);
@@ -196,8 +199,13 @@ fn test_layout_imports_with_whiteouts_opaque_dirs_and_links() {
         std::fs::read_link(root.join("etc/abs")).unwrap(),
         Path::new("/etc/passwd")
     );
-    let mode = std::fs::metadata(root.join("etc/a")).unwrap().mode();
-    assert_eq!(mode & 0o7777, 0o755, "setuid dropped");
+    let metadata = std::fs::metadata(root.join("etc/a")).unwrap();
+    assert_eq!(metadata.mode() & 0o7777, 0o755, "setuid dropped");
+    assert_eq!(
+        metadata.modified().unwrap(),
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(ENTRY_MTIME),
+        "the image's time, which bytecode caches compare"
+    );
     assert_eq!(
         imported.config,
         ImageConfig {
