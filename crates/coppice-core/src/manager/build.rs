@@ -146,15 +146,29 @@ impl SandboxManager {
     /// Keeps `lines` as template `id`'s build log; a failure to is logged, not fatal (the
     /// template is made).
     pub(super) async fn keep_build_log(&self, id: &TemplateId, lines: Vec<String>) {
-        let inner = Arc::clone(&self.inner);
-        let template = id.clone();
         let now = self.inner.clock.now();
-        let kept = blocking("keep build log", move || {
-            inner.store.put_build_log(&template, &lines, now)
+        self.store_best_effort("keep build log", id, move |store, template| {
+            store.put_build_log(template, &lines, now)
         })
         .await;
-        if let Err(error) = kept.and_then(|stored| stored.map_err(ManagerError::from)) {
-            tracing::warn!(template = %id, error = %super::error_chain(&error), "cannot keep the build log");
+    }
+
+    /// Runs `write` about template `id` on the state database off the runtime; a failure is
+    /// logged, not returned: what it records (a log, a step's last use) is the template's
+    /// metadata, and the template stands either way.
+    pub(super) async fn store_best_effort(
+        &self,
+        op: &'static str,
+        id: &TemplateId,
+        write: impl FnOnce(&crate::store::Store, &TemplateId) -> Result<(), crate::store::StoreError>
+        + Send
+        + 'static,
+    ) {
+        let inner = Arc::clone(&self.inner);
+        let template = id.clone();
+        let written = blocking(op, move || write(&inner.store, &template)).await;
+        if let Err(error) = written.and_then(|stored| stored.map_err(ManagerError::from)) {
+            tracing::warn!(template = %id, op, error = %super::error_chain(&error), "cannot record template metadata");
         }
     }
 

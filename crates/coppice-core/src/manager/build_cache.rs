@@ -17,16 +17,11 @@ impl SandboxManager {
     /// Marks build cache step `id` used now; a failure is logged (the step then ages from
     /// its creation).
     pub(super) async fn touch_build_step(&self, id: &TemplateId) {
-        let inner = Arc::clone(&self.inner);
-        let step = id.clone();
         let now = self.inner.clock.now();
-        let touched = blocking("touch build step", move || {
-            inner.store.touch_build_step(&step, now)
+        self.store_best_effort("touch build step", id, move |store, step| {
+            store.touch_build_step(step, now)
         })
         .await;
-        if let Err(error) = touched.and_then(|stored| stored.map_err(ManagerError::from)) {
-            tracing::warn!(step = %id, error = %super::error_chain(&error), "cannot mark a build step used");
-        }
     }
 
     /// Deletes the build cache's steps unused for `older_than` (at least [`MIN_PRUNE_AGE`]);

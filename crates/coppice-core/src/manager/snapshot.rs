@@ -114,16 +114,11 @@ impl SandboxManager {
         })
         .await?
         .map_err(|source| ManagerError::from_storage("delete template", source))?;
-        let inner = Arc::clone(&self.inner);
-        let template = id.clone();
-        let forgotten = blocking("delete build log", move || {
-            inner.store.delete_build_log(&template)
+        // The template is gone; a log left behind is only a row.
+        self.store_best_effort("delete build log", id, |store, template| {
+            store.delete_build_log(template)
         })
         .await;
-        // The template is gone; a log left behind is only a row.
-        if let Err(error) = forgotten.and_then(|deleted| deleted.map_err(ManagerError::from)) {
-            tracing::warn!(template = %id, error = %super::error_chain(&error), "cannot delete the build log");
-        }
         Ok(())
     }
 

@@ -46,15 +46,16 @@ pub fn routes() -> (Router<AppState>, Router<AppState>) {
     (api, uploads)
 }
 
-fn random_hex(bytes: usize) -> Result<String, ApiError> {
-    let mut buffer = vec![0u8; bytes];
-    getrandom::fill(&mut buffer).map_err(|error| {
-        ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("no randomness: {error}"),
-        )
-    })?;
-    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
+/// A fresh random token (hex), as the sandboxes' access tokens are made.
+fn random_token() -> Result<String, ApiError> {
+    coppice_core::sandbox::AccessToken::generate()
+        .map(|token| token.expose().to_owned())
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("no randomness: {error}"),
+            )
+        })
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,16 +110,9 @@ async fn open(
         id.with_tag(tag)
             .map_err(|e| ApiError::bad_request(format!("tag {tag:?} is not valid: {e}")))?;
     }
-    let hex = random_hex(16)?;
     // A UUID, as the SDKs parse it.
-    let build_id = format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    );
+    let build_id = super::template_tags::uuid_of_hex(&random_token()?)
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "a token is too short"))?;
     jobs.open(&build_id, id.clone(), tags.clone());
     Ok((
         StatusCode::ACCEPTED,
@@ -145,7 +139,7 @@ async fn upload_link(
             "{hash:?} is not a files hash"
         )));
     }
-    let answer = match jobs.upload_slot(&id, &hash, random_hex(24)?) {
+    let answer = match jobs.upload_slot(&id, &hash, random_token()?) {
         Ok(()) => serde_json::json!({ "present": true }),
         Err(token) => {
             // The address the client reached us at, so the upload goes the same way.

@@ -25,22 +25,27 @@ pub fn routes() -> Router<AppState> {
 /// The id E2B's clients expect of a build (a UUID): the first half of its recipe's digest,
 /// so every tag of one build shows the same id; the template's name for one no build made.
 pub(crate) fn build_id(template: &TemplateInfo) -> String {
-    let hex = template
+    template
         .built_from
         .as_deref()
         .and_then(|digest| digest.strip_prefix(coppice_core::recipe::RECIPE_DIGEST_PREFIX))
-        .filter(|hex| hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit()));
-    match hex {
-        Some(hex) => format!(
-            "{}-{}-{}-{}-{}",
-            &hex[..8],
-            &hex[8..12],
-            &hex[12..16],
-            &hex[16..20],
-            &hex[20..32]
-        ),
-        None => template.id.to_string(),
-    }
+        .and_then(uuid_of_hex)
+        .unwrap_or_else(|| template.id.to_string())
+}
+
+/// The first 32 hex digits of `hex` written as a UUID (8-4-4-4-12), if it has them.
+pub(crate) fn uuid_of_hex(hex: &str) -> Option<String> {
+    let hex = hex
+        .get(..32)
+        .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))?;
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
 }
 
 #[derive(Debug, Deserialize)]

@@ -131,7 +131,10 @@ pub(crate) fn translate(
     // `force` (the SDKs' `skip_cache`) reruns that step and every later one: a fresh value
     // in their variables changes their cache keys.
     let mut forced = start.force.unwrap_or(false);
-    let nonce = fresh_nonce()?;
+    let nonce = coppice_core::sandbox::AccessToken::generate()
+        .map_err(|error| format!("no randomness: {error}"))?
+        .expose()
+        .to_owned();
     for (index, step) in start.steps.iter().enumerate() {
         let number = index + 1;
         forced |= step.force.unwrap_or(false);
@@ -324,12 +327,6 @@ fn resolve(from: &str, path: &str) -> String {
     } else {
         format!("{}/{path}", from.trim_end_matches('/'))
     }
-}
-
-fn fresh_nonce() -> Result<String, String> {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|error| format!("no randomness: {error}"))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 #[cfg(test)]
